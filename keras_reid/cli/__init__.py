@@ -1,0 +1,57 @@
+"""The ``keras-reid`` command line: thin click commands over the library.
+
+Each command group lives in its own module; user errors (``keras_reid.errors.UserError``)
+are printed as one line and turned into a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from keras_reid import __version__
+from keras_reid.errors import UserError
+from keras_reid.registry import RegistryError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def handle_user_errors(func):
+    """Decorator: print UserError/RegistryError as one red line and exit with its code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except RegistryError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="keras-reid")
+def main() -> None:
+    """keras-reid: train person re-identification models on GAN-augmented data.
+
+    \b
+    Typical use:
+      keras-reid run recipes/quickstart.yaml        run a recipe end to end
+      keras-reid validate recipes/market_model4.yaml check a recipe without running it
+      keras-reid plugins                             list the registered components
+      keras-reid data synth data/synth --ids 50      write the synthetic dataset
+      tensorboard --logdir runs                      look at what happened
+    """
+
+
+def _register_commands() -> None:
+    from keras_reid.cli import data, evaluate, models, plugins, run  # noqa: F401
+
+
+_register_commands()

@@ -1,0 +1,70 @@
+"""The contracts between the core and the components of each kind.
+
+Every registered component is constructed as ``Component(config)`` where ``config``
+is a validated instance of its pydantic config model (see ``keras_reid.registry``).
+What it must then provide depends on its kind:
+
+============  =====================================================================
+kind          interface
+============  =====================================================================
+dataset       :class:`DatasetReader` - ``load() -> DatasetSplits``
+filter        :class:`SemanticFilter` - uint8 ``[N, H, W, 3]`` -> float32 scores ``[N]`` in [0, 1]
+masker        :class:`Masker` - uint8 ``[N, H, W, 3]`` -> float32 masks ``[N, H, W, 1]`` in [0, 1]
+pose          :class:`PoseEstimator` - uint8 ``[N, H, W, 3]`` -> float32 ``[N, 18, 3]`` (y, x, score), COCO-18 order, -1 where missing
+backbone      :class:`Backbone` - ``build(input_shape, num_classes) -> keras.Model``
+loss          :class:`ReIDLoss` - ``(labels, outputs) -> per-example loss [B]``
+generator     a ``keras.Model`` subclass with its own ``train_step`` (Keras GAN idiom)
+stage         :class:`Stage` - ``run(context) -> dict`` (outputs recorded in the run folder)
+============  =====================================================================
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from keras_reid.data.records import DatasetSplits
+
+
+@runtime_checkable
+class DatasetReader(Protocol):
+    def load(self) -> DatasetSplits:
+        """Read the dataset root and return its splits of records."""
+
+
+@runtime_checkable
+class SemanticFilter(Protocol):
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [N, H, W, 3] (RGB) -> float32 scores [N] in [0, 1]."""
+
+
+@runtime_checkable
+class Masker(Protocol):
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [N, H, W, 3] (RGB) -> float32 person masks [N, H, W, 1] in [0, 1]."""
+
+
+@runtime_checkable
+class PoseEstimator(Protocol):
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [N, H, W, 3] (RGB) -> float32 keypoints [N, 18, 3] as (y, x, score)."""
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
+        """Return a keras.Model mapping float32 images [B, H, W, 3] in [0, 255] to
+        ``{"features": [B, D], "logits": [B, num_classes], "embedding": [B, D']}``
+        (``embedding`` is the pre-BN-neck feature used by metric losses)."""
+
+
+@runtime_checkable
+class ReIDLoss(Protocol):
+    def __call__(self, labels: Any, outputs: Mapping[str, Any]) -> Any:
+        """int labels [B] and the backbone's outputs -> float32 per-example loss [B]."""
+
+
+@runtime_checkable
+class Stage(Protocol):
+    def run(self, context: Any) -> Mapping[str, Any]:
+        """Do the stage's work in ``context.stage_dir``; return a JSON-able summary."""
