@@ -1,1 +1,6 @@
-"""Pipeline stages (registered through the keras_reid.plugins entry point like any plugin)."""
+"""Pipeline stages, registered through the ``keras_reid.plugins`` entry point like any plugin.
+
+Each stage module keeps its config and registration light; the TensorFlow work lives
+in a private ``_*_impl`` module imported when the stage runs.
+"""
+from keras_reid.stages import evaluate, train_reid  # noqa: F401

@@ -1,0 +1,474 @@
+"""YAML recipes: loading (``base:`` inheritance, ``--set`` overrides, ``${VAR:-default}``),
+validation against the registered components' schemas, and the resolved form.
+
+A recipe is data, never code (``yaml.safe_load`` semantics only)::
+
+    name: quickstart
+    seed: 0
+    strategy: {type: one_device}
+    datasets:
+      synth: {type: synthetic, root: "${KERAS_REID_DATA:-data}/synthetic-quickstart", ids: 60}
+    stages:
+      train: {type: train_reid, dataset: synth, epochs: 6, backbone: {type: resnet50}}
+      evaluate: {type: evaluate, dataset: synth, models: [train]}
+
+Every problem is reported as a :class:`~keras_reid.errors.RecipeError` whose message
+starts with the YAML location (``file:line``), then the key path, the bad value and
+what was expected.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from keras_reid.distribute import StrategyConfig
+from keras_reid.errors import RecipeError
+from keras_reid.registry import REGISTRY, Registry, RegistryError
+
+Path_ = tuple  # a key path: tuple of str keys / int indices
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+# ---------------------------------------------------------------------------- schema helpers
+def component(kind: str, default: dict | None = None, description: str = "") -> Any:
+    """A config field holding a registered component spec ``{type: NAME, **params}``.
+
+    The recipe validator checks the spec against the named plugin's own config.
+    """
+    return Field(
+        default_factory=(lambda: copy.deepcopy(default)) if default is not None else None,
+        description=description,
+        json_schema_extra={"plugin_kind": kind},
+    )
+
+
+def ref(target: str, default: Any = ..., description: str = "") -> Any:
+    """A config field naming an entry of the recipe's ``datasets`` or ``stages`` (checked)."""
+    return Field(default, description=description, json_schema_extra={"ref": target})
+
+
+class ComponentSpec(BaseModel):
+    """``{type: NAME, ...params}``: the params are validated by the plugin's config."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class RecipeModel(BaseModel):
+    """The top level of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="run name; the run folder is <run_dir>/<name>")
+    description: str = ""
+    seed: int = 0
+    run_dir: str = "runs"
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    jit_compile: bool = False
+    datasets: dict[str, ComponentSpec] = Field(default_factory=dict)
+    stages: dict[str, ComponentSpec]
+
+
+# ---------------------------------------------------------------------------- YAML with locations
+@dataclass
+class LoadedYaml:
+    """YAML data plus the ``file:line`` of every key path."""
+
+    data: Any
+    locations: dict[Path_, str] = field(default_factory=dict)
+
+
+def _node_to_data(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, fname: str,
+                  locs: dict[Path_, str]) -> Any:
+    locs[path] = f"{fname}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key == "<<":
+                raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: YAML merge keys '<<' are "
+                                  "not supported in recipes; use 'base:' to inherit")
+            if key in out:
+                raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: "
+                                  f"{_fmt_path(path + (key,))}: duplicate key; remove one of them")
+            locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
+            out[key] = _node_to_data(value_node, loader, path + (key,), fname, locs)
+            locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_data(v, loader, path + (i,), fname, locs) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(path: str | Path) -> LoadedYaml:
+    """Parse one YAML file with safe semantics, recording the line of every key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist; check the path "
+                          "(recipes shipped with keras-reid are in the recipes/ folder)")
+    text = path.read_text(encoding="utf-8")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        locs: dict[Path_, str] = {}
+        data = _node_to_data(node, loader, (), str(path), locs) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{where}: invalid YAML: {problem}; fix the syntax at that line") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe must be a YAML mapping (key: value), "
+                          f"got {type(data).__name__}")
+    return LoadedYaml(data, locs)
+
+
+def _deep_merge(base: Any, over: Any, base_locs: dict, over_locs: dict, path: Path_ = ()) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v, base_locs, over_locs, path + (k,)) if k in base else v
+            if k not in base:
+                _copy_locs(over_locs, base_locs, path + (k,))
+        base_locs[path] = over_locs.get(path, base_locs.get(path))
+        return out
+    _drop_locs(base_locs, path)
+    _copy_locs(over_locs, base_locs, path)
+    return over
+
+
+def _copy_locs(src: dict, dst: dict, prefix: Path_) -> None:
+    n = len(prefix)
+    for p, loc in src.items():
+        if p[:n] == prefix:
+            dst[p] = loc
+
+
+def _drop_locs(locs: dict, prefix: Path_) -> None:
+    n = len(prefix)
+    for p in [p for p in locs if p[:n] == prefix and len(p) > n]:
+        del locs[p]
+
+
+def load_with_bases(path: str | Path, _seen: tuple = ()) -> LoadedYaml:
+    """Load a recipe file and merge it over its ``base:`` chain (relative to the file)."""
+    path = Path(path).resolve() if Path(path).exists() else Path(path)
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in _seen + (path,))
+        raise RecipeError(f"{path}:1: base: recipes include each other in a cycle ({chain}); "
+                          "remove one base")
+    loaded = load_yaml(path)
+    base_ref = loaded.data.pop("base", None)
+    if base_ref is None:
+        return loaded
+    refs = base_ref if isinstance(base_ref, list) else [base_ref]
+    merged = LoadedYaml({}, {})
+    for r in refs:
+        if not isinstance(r, str):
+            raise RecipeError(f"{loaded.locations.get(('base',), path)}: base: expected a file name "
+                              f"or a list of file names, got {r!r}")
+        base_path = (path.parent / r)
+        if not base_path.exists():
+            raise RecipeError(f"{loaded.locations.get(('base',), path)}: base: file '{r}' not found "
+                              f"next to {path.name} (looked for {base_path})")
+        b = load_with_bases(base_path, _seen + (path,))
+        merged.data = _deep_merge(merged.data, b.data, merged.locations, b.locations)
+    merged.data = _deep_merge(merged.data, loaded.data, merged.locations, loaded.locations)
+    return merged
+
+
+# ---------------------------------------------------------------------------- overrides and env
+def parse_override(text: str) -> tuple[Path_, Any]:
+    """Parse ``a.b.0.c=value`` into a key path and a YAML-typed value (``2`` -> int, ``[1,2]`` -> list)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text}: expected KEY=VALUE, e.g. --set stages.train.epochs=2")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {text}: the key '{key}' is not a dotted path like stages.train.epochs")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    return tuple(parts), parsed
+
+
+def apply_override(loaded: LoadedYaml, text: str) -> None:
+    """Apply one ``--set KEY=VALUE`` to the loaded recipe, recording its location as ``--set``."""
+    path, value = parse_override(text)
+    node = loaded.data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise RecipeError(f"--set {text}: {_fmt_path(path[:i + 1])} is not an index of a "
+                                  f"list of {len(node)} items")
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {text}: {_fmt_path(path[:i])} is a value, not a mapping")
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise RecipeError(f"--set {text}: {_fmt_path(path)} is not an index of the list")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"--set {text}: {_fmt_path(path[:-1])} is a value, not a mapping")
+    _drop_locs(loaded.locations, path)
+    loaded.locations[path] = f"--set {text}"
+
+
+def interpolate(data: Any, locations: dict[Path_, str], env: dict[str, str] | None = None,
+                path: Path_ = ()) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset without default is an error."""
+    env = os.environ if env is None else env
+    if isinstance(data, dict):
+        return {k: interpolate(v, locations, env, path + (k,)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, locations, env, path + (i,)) for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def sub(m: re.Match) -> str:
+        var, default = m.group(1), m.group(2)
+        value = env.get(var)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise RecipeError(
+            f"{_loc(locations, path)}: {_fmt_path(path)}: environment variable {var} is not set; "
+            f"export {var}=... (for datasets: the folder that holds them) or give a default "
+            f"with ${{{var}:-default}}")
+
+    out = _ENV_PATTERN.sub(sub, data)
+    if out != data:
+        # a value that became a number or boolean stays a string unless it was the whole value
+        try:
+            typed = yaml.safe_load(out) if _ENV_PATTERN.fullmatch(data) else out
+        except yaml.YAMLError:
+            typed = out
+        return typed if isinstance(typed, (int, float, bool)) and not isinstance(typed, str) else out
+    return out
+
+
+# ---------------------------------------------------------------------------- validation
+@dataclass
+class Recipe:
+    """A validated recipe: the resolved data, its locations, and typed stage configs."""
+
+    data: dict
+    locations: dict[Path_, str]
+    model: RecipeModel
+    source: str = ""
+    stage_configs: dict[str, BaseModel] = field(default_factory=dict)
+    dataset_configs: dict[str, BaseModel] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def stage_type(self, stage: str) -> str:
+        return self.model.stages[stage].type
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML (what is saved in the run folder)."""
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False)
+
+    def stage_hash(self, stage: str) -> str:
+        """A hash of one stage's resolved config, the datasets and the stages before it."""
+        names = list(self.model.stages)
+        upto = names[: names.index(stage) + 1]
+        payload = {
+            "seed": self.model.seed,
+            "datasets": self.data.get("datasets", {}),
+            "stages": [[n, self.data["stages"][n]] for n in upto],
+            "strategy_jit": self.data.get("jit_compile", False),
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fmt_path(path: Iterable[Any]) -> str:
+    parts = []
+    for p in path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (("." if parts else "") + str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def _loc(locations: dict[Path_, str], path: Path_) -> str:
+    p = tuple(path)
+    while p and p not in locations:
+        p = p[:-1]
+    return locations.get(p, locations.get((), "recipe"))
+
+
+def _fmt_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_error(exc: ValidationError, prefix: Path_, locations: dict[Path_, str],
+                    model: type[BaseModel], what: str) -> RecipeError:
+    err = exc.errors()[0]
+    loc = prefix + tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        sub = _submodel_at(model, err["loc"][:-1])
+        allowed = sorted(sub.model_fields) if sub is not None else []
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return RecipeError(f"{_loc(locations, loc)}: {_fmt_path(loc)}: unknown key for {what}{hint} "
+                           f"allowed keys: {', '.join(allowed)}")
+    if kind == "missing":
+        return RecipeError(f"{_loc(locations, loc)}: {_fmt_path(loc)}: required by {what} but missing; "
+                           f"add it to the recipe")
+    value = err.get("input")
+    return RecipeError(f"{_loc(locations, loc)}: {_fmt_path(loc)}: got {_fmt_value(value)}, "
+                       f"expected {_expectation(err)} ({what})")
+
+
+def _expectation(err: dict) -> str:
+    msg = err.get("msg", "")
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error" and "expected" in ctx:
+        return f"one of {ctx['expected']}"
+    msg = re.sub(r"^(Input should be|Value error, )\s*", "", msg)
+    return msg[0].lower() + msg[1:] if msg else "a valid value"
+
+
+def _submodel_at(model: type[BaseModel], loc: Iterable[Any]) -> type[BaseModel] | None:
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        fld = current.model_fields.get(part)
+        if fld is None:
+            return None
+        ann = fld.annotation
+        candidates = [ann] + list(typing.get_args(ann))
+        nxt = None
+        for c in candidates:
+            for cc in [c] + list(typing.get_args(c)):
+                if isinstance(cc, type) and issubclass(cc, BaseModel):
+                    nxt = cc
+                    break
+            if nxt:
+                break
+        current = nxt
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _validate_component(kind: str, spec: Any, path: Path_, locations: dict[Path_, str],
+                        registry: Registry) -> BaseModel:
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{_loc(locations, path)}: {_fmt_path(path)}: got {_fmt_value(spec)}, expected "
+                          f"a mapping like {{type: NAME, ...}} naming a registered {kind}")
+    if "type" not in spec:
+        raise RecipeError(f"{_loc(locations, path)}: {_fmt_path(path)}: missing 'type'; name a registered "
+                          f"{kind}: {', '.join(registry.names(kind)) or '(none)'}")
+    try:
+        entry = registry.get(kind, spec["type"], path=_fmt_path(path + ("type",)))
+    except RegistryError as exc:
+        raise RecipeError(f"{_loc(locations, path + ('type',))}: {exc}") from None
+    params = {k: v for k, v in spec.items() if k != "type"}
+    try:
+        cfg = entry.config.model_validate(params)
+    except ValidationError as exc:
+        raise _pydantic_error(exc, path, locations, entry.config, f"{kind} '{entry.name}'") from None
+    _validate_nested(cfg, path, locations, registry)
+    return cfg
+
+
+def _validate_nested(cfg: BaseModel, path: Path_, locations: dict[Path_, str], registry: Registry,
+                     refs: dict[str, set[str]] | None = None) -> None:
+    for name, fld in type(cfg).model_fields.items():
+        extra = fld.json_schema_extra if isinstance(fld.json_schema_extra, dict) else {}
+        value = getattr(cfg, name)
+        kind = extra.get("plugin_kind")
+        if kind and value is not None:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                sub = path + (name,) + ((i,) if isinstance(value, list) else ())
+                _validate_component(kind, item, sub, locations, registry)
+        target = extra.get("ref")
+        if target and refs is not None and value is not None:
+            known = refs[target]
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                sub = path + (name,) + ((i,) if isinstance(value, list) else ())
+                if item not in known:
+                    close = difflib.get_close_matches(str(item), sorted(known), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    raise RecipeError(
+                        f"{_loc(locations, sub)}: {_fmt_path(sub)}: '{item}' is not a name under "
+                        f"{target}{hint} defined {target}: {', '.join(sorted(known)) or '(none)'}")
+
+
+def validate(data: dict, locations: dict[Path_, str], registry: Registry = REGISTRY,
+             source: str = "") -> Recipe:
+    """Validate resolved recipe data against the top-level schema and every component's schema."""
+    try:
+        model = RecipeModel.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_error(exc, (), locations, RecipeModel, "the recipe") from None
+    if not model.stages:
+        raise RecipeError(f"{_loc(locations, ('stages',))}: stages: the recipe has no stages; add at "
+                          "least one (e.g. a train_reid stage)")
+    recipe = Recipe(data=data, locations=locations, model=model, source=source)
+    for name in model.datasets:
+        path = ("datasets", name)
+        recipe.dataset_configs[name] = _validate_component(
+            "dataset", data["datasets"][name], path, locations, registry)
+    seen: list[str] = []
+    for name in model.stages:
+        path = ("stages", name)
+        cfg = _validate_component("stage", data["stages"][name], path, locations, registry)
+        _validate_nested(cfg, path, locations, registry,
+                         refs={"datasets": set(model.datasets), "stages": set(seen)})
+        check = getattr(registry.get("stage", model.stages[name].type).obj, "check_config", None)
+        if check is not None:
+            problem = check(cfg, recipe)
+            if problem:
+                sub_path, message = problem
+                full = path + tuple(sub_path)
+                raise RecipeError(f"{_loc(locations, full)}: {_fmt_path(full)}: {message}")
+        recipe.stage_configs[name] = cfg
+        seen.append(name)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, env: dict | None = None,
+                registry: Registry = REGISTRY) -> Recipe:
+    """Load, merge, override, interpolate and validate a recipe file; returns a :class:`Recipe`.
+
+    Raises :class:`RecipeError` (exit code 2) with ``file:line`` for any problem.
+    """
+    loaded = load_with_bases(path)
+    for text in overrides:
+        apply_override(loaded, text)
+    data = interpolate(loaded.data, loaded.locations, env)
+    return validate(data, loaded.locations, registry, source=str(path))

@@ -1,0 +1,269 @@
+"""The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from keras_reid import io
+from keras_reid.data.records import JUNK_PID, Record
+from keras_reid.errors import DatasetError, UserError
+from keras_reid.stages.base import StageContext
+
+RANKS = (1, 5, 10, 20)
+
+
+def extract_features(model, records: list[Record], image_size, batch_size: int, flip: bool,
+                     desc: str = "features") -> np.ndarray:
+    """L2-normalised float32 features [N, D] of ``records`` (mean of image and mirror if ``flip``)."""
+    import keras
+
+    from keras_reid.data.pipeline import eval_dataset
+
+    ds = eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size)
+    bar = keras.utils.Progbar(len(records), unit_name="image", verbose=1)
+    feats = []
+    for images in ds:
+        if isinstance(images, (tuple, list)):
+            images = images[0]
+        f = np.asarray(model(images, training=False), np.float32)
+        if flip:
+            f = f + np.asarray(model(images[:, :, ::-1, :], training=False), np.float32)
+        feats.append(f)
+        bar.add(int(images.shape[0]))
+    out = np.concatenate(feats, 0) if feats else np.zeros((0, 1), np.float32)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def _usable(ctx: StageContext, split: str, cfg) -> list[Record]:
+    from keras_reid.data.pipeline import scan_images
+
+    splits = ctx.dataset(cfg.dataset)
+    records = [r for r in splits[split] if r.pid != JUNK_PID]
+    if not records:
+        raise DatasetError(f"stage '{ctx.stage_name}': split '{split}' of dataset '{cfg.dataset}' is "
+                           "empty; check the dataset root and the split names")
+    good, bad = scan_images(records)
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} {split} images that could not be "
+                 f"decoded (first: {bad[0]})")
+    return good
+
+
+def _load_model(ctx: StageContext, stage: str):
+    import keras
+
+    out = ctx.output_of(stage)
+    path = ctx.run_dir / out["model"]
+    if not path.exists():
+        raise UserError(f"model file {path} of stage '{stage}' is missing; re-run that stage "
+                        f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
+    return keras.saving.load_model(path, compile=False), out
+
+
+def evaluate(cfg, ctx: StageContext) -> dict:
+    """Evaluate every model the config names; writes metrics.json and TensorBoard; returns a summary."""
+    splits = ctx.dataset(cfg.dataset)
+    if splits.kind == "closed_set":
+        return _evaluate_closed_set(cfg, ctx)
+    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank_features
+
+    query = _usable(ctx, cfg.query_split, cfg)
+    gallery = _usable(ctx, cfg.gallery_split, cfg)
+    q_pids = np.array([r.pid for r in query]); g_pids = np.array([r.pid for r in gallery])
+    q_cams = np.array([r.camid for r in query]); g_cams = np.array([r.camid for r in gallery])
+    results: dict[str, dict] = {}
+    for stage in cfg.models:
+        name = cfg.names.get(stage, stage)
+        model, out = _load_model(ctx, stage)
+        size = out["image_size"]
+        ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
+        qf = extract_features(model, query, size, cfg.batch_size, cfg.flip)
+        gf = extract_features(model, gallery, size, cfg.batch_size, cfg.flip)
+        dist = pairwise_distance(qf, gf, metric=cfg.metric)
+        res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
+        entry = _entry(res)
+        if cfg.rerank:
+            rr = rerank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value)
+            res_rr = evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
+            entry["rerank"] = _entry(res_rr)
+        results[name] = entry
+        if ctx.is_chief:
+            _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg)
+            np.save(ctx.stage_dir / f"cmc_{name}.npy", np.asarray(res["cmc"]))
+    if ctx.is_chief:
+        path = ctx.record_metrics(results)
+        io.write_json(ctx.stage_dir / "metrics.json", results)
+        _print_table(ctx, results)
+        ctx.echo(f"metrics written to {path}")
+    return {"models": results}
+
+
+def _entry(res: dict) -> dict:
+    cmc = np.asarray(res["cmc"])
+    e = {"mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
+    for r in RANKS:
+        if r <= len(cmc):
+            e[f"rank{r}"] = float(cmc[r - 1])
+    e["valid_queries"] = int(res["num_valid_queries"])
+    return e
+
+
+def _print_table(ctx: StageContext, results: dict) -> None:
+    cols = ["mAP"] + [f"rank{r}" for r in RANKS] + ["mINP"]
+    width = max([len("model")] + [len(n) + 9 for n in results])
+    ctx.echo(click.style(f"{'model':<{width}}" + "".join(f"{c:>9}" for c in cols), bold=True))
+    for name, e in results.items():
+        rows = [(name, e)] + ([(name + " +rerank", e["rerank"])] if "rerank" in e else [])
+        for label, values in rows:
+            ctx.echo(f"{label:<{width}}" + "".join(
+                f"{100 * values[c]:>8.2f}%" if c in values else f"{'-':>9}" for c in cols))
+
+
+def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    from keras_reid.training.callbacks import figure_to_image
+
+    writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir / name))
+    cmc = np.asarray(res["cmc"])
+    with writer.as_default(step=0):
+        tf.summary.scalar("eval/mAP", float(res["mAP"]))
+        tf.summary.scalar("eval/mINP", float(res["mINP"]))
+        for r in RANKS:
+            if r <= len(cmc):
+                tf.summary.scalar(f"eval/rank{r}", float(cmc[r - 1]))
+        for i, v in enumerate(cmc):
+            tf.summary.scalar("eval/cmc_curve", float(v), step=i + 1)
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        ax.plot(np.arange(1, len(cmc) + 1), 100 * cmc, marker=".")
+        ax.set_xlabel("rank"); ax.set_ylabel("matching rate (%)"); ax.grid(alpha=0.3)
+        ax.set_title(f"CMC: {name} (mAP {100 * res['mAP']:.1f}%)")
+        tf.summary.image("eval/cmc", figure_to_image(fig)[None])
+        if cfg.ranked_lists:
+            tf.summary.image("eval/ranked_lists", _ranked_lists(dist, query, gallery, size, cfg)[None])
+    writer.flush()
+    if cfg.projector_samples:
+        _projector(ctx.tensorboard_dir / name, gf, gallery, size, cfg.projector_samples, ctx.seed)
+
+
+def _read_rgb(path: str, size) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return np.zeros((size[0], size[1], 3), np.uint8)
+    img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return img[..., ::-1]
+
+
+def _ranked_lists(dist, query, gallery, size, cfg, top: int = 10) -> np.ndarray:
+    """One picture: per row a query and its top-10 gallery images (green = match, red = not)."""
+    from keras_reid.training.callbacks import image_grid
+
+    h, w = min(size[0], 128), min(size[1], 64)
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(query), size=min(cfg.ranked_lists, len(query)), replace=False)
+    tiles, colors = [], []
+    for qi in sorted(picks):
+        q = query[qi]
+        keep = np.array([not (g.pid == q.pid and g.camid == q.camid) for g in gallery])
+        order = np.argsort(dist[qi], kind="stable")
+        order = order[keep[order]][:top]
+        tiles.append(_read_rgb(q.path, (h, w))); colors.append((40, 40, 40))
+        for gi in order:
+            tiles.append(_read_rgb(gallery[gi].path, (h, w)))
+            colors.append((0, 200, 0) if gallery[gi].pid == q.pid else (220, 0, 0))
+        for _ in range(top - len(order)):
+            tiles.append(np.full((h, w, 3), 255, np.uint8)); colors.append((255, 255, 255))
+    return image_grid(np.stack(tiles), cols=top + 1, border=3, border_colors=colors)
+
+
+def _projector(logdir: Path, features: np.ndarray, records: list[Record], size, n: int, seed: int) -> None:
+    """Export a subset of gallery embeddings (with thumbnails and pid/camera labels) for the projector."""
+    import tensorflow as tf
+    from tensorboard.plugins import projector
+
+    from keras_reid.training.callbacks import image_grid
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(records), size=min(n, len(records)), replace=False))
+    with open(logdir / "metadata.tsv", "w", encoding="utf-8") as fh:
+        fh.write("pid\tcamera\tfile\n")
+        for i in idx:
+            fh.write(f"{records[i].pid}\t{records[i].camid}\t{Path(records[i].path).name}\n")
+    th, tw = 32, 16
+    thumbs = np.stack([_read_rgb(records[i].path, (th, tw)) for i in idx])
+    side = int(np.ceil(np.sqrt(len(idx))))
+    square = np.zeros((len(idx), th, th, 3), np.uint8)
+    square[:, :, (th - tw) // 2:(th - tw) // 2 + tw] = thumbs
+    sprite = image_grid(square, cols=side, border=0)
+    full = np.zeros((side * th, side * th, 3), np.uint8)
+    full[:sprite.shape[0], :sprite.shape[1]] = sprite
+    tf.io.write_file(str(logdir / "sprite.png"), tf.image.encode_png(full))
+    var = tf.Variable(features[idx], name="embedding")
+    ckpt = tf.train.Checkpoint(embedding=var)
+    ckpt.save(str(logdir / "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    emb = config.embeddings.add()
+    emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    emb.metadata_path = "metadata.tsv"
+    emb.sprite.image_path = "sprite.png"
+    emb.sprite.single_image_dim.extend([th, th])
+    projector.visualize_embeddings(str(logdir), config)
+
+
+def _evaluate_closed_set(cfg, ctx: StageContext) -> dict:
+    """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
+    import keras
+
+    from keras_reid.data.pipeline import eval_dataset, scan_images
+    from keras_reid.metrics import closed_set_metrics
+
+    splits = ctx.dataset(cfg.dataset)
+    test, bad = scan_images(splits[cfg.test_split])
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} test images that could not be decoded")
+    results = {}
+    for stage in cfg.models:
+        name = cfg.names.get(stage, stage)
+        out = ctx.output_of(stage)
+        path = ctx.run_dir / out.get("classifier", "")
+        if not out.get("classifier") or not path.exists():
+            raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
+                            "a train_reid stage trained on closed-set data")
+        clf = keras.saving.load_model(path, compile=False)
+        labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
+        pid_of = {int(v): int(k) for k, v in labels_map.items()}
+        num = len(pid_of)
+        scores = []
+        for images in eval_dataset(test, image_size=tuple(out["image_size"]), batch_size=cfg.batch_size):
+            if isinstance(images, (tuple, list)):
+                images = images[0]
+            scores.append(np.asarray(keras.ops.softmax(clf(images, training=False)), np.float32))
+        s = np.concatenate(scores, 0)
+        pids = sorted(pid_of.values())
+        # columns ordered by class id (pid), classes unseen in training get score 0
+        col = {pid: i for i, pid in enumerate(pids)}
+        y = np.array([col.get(r.pid, -1) for r in test])
+        known = y >= 0
+        res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
+        entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
+        entry["num_test_images"] = int(known.sum())
+        entry["num_classes"] = num
+        results[name] = entry
+        io.write_json(ctx.stage_dir / f"confusion_{name}.json",
+                      {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
+    if ctx.is_chief:
+        ctx.record_metrics(results)
+        for name, e in results.items():
+            ctx.echo(f"{name}: prec@1 ALL {100 * e['prec1_all']:.2f}%  p-ID {100 * e['prec1_pid']:.2f}%  "
+                     f"mAP ALL {100 * e['mAP_all']:.2f}%  p-ID {100 * e['mAP_pid']:.2f}%")
+    return {"models": results}

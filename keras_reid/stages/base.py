@@ -1,0 +1,135 @@
+"""What every stage gets: its folder, the recipe, datasets, the strategy, TensorBoard."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from keras_reid import io
+from keras_reid.data.records import DatasetSplits
+from keras_reid.errors import UserError
+from keras_reid.registry import REGISTRY, Registry
+
+log = logging.getLogger("keras_reid")
+
+COMPLETE_MARKER = ".complete.json"
+
+_metrics_lock = threading.Lock()
+
+
+@dataclass
+class StageContext:
+    """Handed to ``Stage.run``: where to write, what the recipe says, shared services."""
+
+    recipe: Any  # keras_reid.recipe.Recipe
+    stage_name: str
+    run_dir: Path
+    registry: Registry = REGISTRY
+    echo: Callable[[str], None] = click.echo
+    _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
+    _strategy_holder: dict = field(default_factory=dict)
+
+    @property
+    def stage_dir(self) -> Path:
+        """The stage's own output folder (created)."""
+        d = self.run_dir / self.stage_name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """``<run>/tensorboard/<stage>``: the stage's TensorBoard log folder."""
+        d = self.run_dir / "tensorboard" / self.stage_name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.model.seed
+
+    @property
+    def jit_compile(self) -> bool:
+        return self.recipe.model.jit_compile
+
+    @property
+    def config(self) -> Any:
+        """This stage's validated config."""
+        return self.recipe.stage_configs[self.stage_name]
+
+    def dataset(self, name: str) -> DatasetSplits:
+        """Load (once per run) the recipe dataset called ``name``."""
+        if name not in self._datasets:
+            cfg = self.recipe.dataset_configs.get(name)
+            if cfg is None:
+                raise UserError(f"stage '{self.stage_name}' asks for dataset '{name}', which the recipe "
+                                f"does not define under datasets:")
+            entry = self.registry.get("dataset", self.recipe.model.datasets[name].type)
+            splits = entry.create(cfg).load()
+            if not splits.name:
+                splits.name = name
+            self._datasets[name] = splits
+        return self._datasets[name]
+
+    @property
+    def strategy(self) -> Any:
+        """The tf.distribute strategy the recipe names (created once per run)."""
+        if "strategy" not in self._strategy_holder:
+            from keras_reid.distribute import make_strategy
+
+            self._strategy_holder["strategy"] = make_strategy(self.recipe.model.strategy)
+        return self._strategy_holder["strategy"]
+
+    @property
+    def is_chief(self) -> bool:
+        """False on the non-chief workers of a multi-worker run (they must not write results)."""
+        if self.recipe.model.strategy.type != "multi_worker":
+            return True
+        from keras_reid.distribute import is_chief
+
+        return is_chief(self.strategy)
+
+    def stage_dir_of(self, stage: str) -> Path:
+        """Output folder of an earlier stage."""
+        return self.run_dir / stage
+
+    def output_of(self, stage: str) -> dict:
+        """The summary an earlier stage returned (from its completion marker)."""
+        marker = io.read_json(self.stage_dir_of(stage) / COMPLETE_MARKER)
+        if marker is None:
+            raise UserError(f"stage '{self.stage_name}' needs the output of stage '{stage}', which has "
+                            "not completed; run the recipe from the start")
+        return marker.get("summary", {})
+
+    def record_metrics(self, models: dict[str, dict], extra: dict | None = None) -> Path:
+        """Merge per-model metrics into ``<run>/metrics.json`` (atomically); returns its path."""
+        path = self.run_dir / "metrics.json"
+        with _metrics_lock:
+            current = io.read_json(path, default={}) or {}
+            current.setdefault("recipe", self.recipe.name)
+            current.setdefault("models", {})
+            for name, values in models.items():
+                current["models"][name] = values
+            if extra:
+                current.setdefault("stages", {})[self.stage_name] = extra
+            io.write_json(path, current)
+        return path
+
+
+class Stage:
+    """Base class for stages: ``Stage(config)``, then ``run(context) -> dict``.
+
+    The dict returned is recorded in the stage's completion marker and is what later
+    stages read with ``context.output_of(name)``. Subclasses may define a classmethod
+    ``check_config(config, recipe) -> (key_path, message) | None`` for checks that
+    need the whole recipe; it runs at validation time, before any work starts.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def run(self, context: StageContext) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError

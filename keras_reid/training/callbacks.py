@@ -1,0 +1,121 @@
+"""Keras callbacks for the core training loop: TensorBoard scalars and image grids."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def image_grid(images: np.ndarray, cols: int | None = None, border: int = 2,
+               border_colors: list[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """Tile uint8 images [N, H, W, 3] into one uint8 image [rows*H', cols*W', 3].
+
+    ``border_colors`` (one RGB per image) draws a coloured frame around each tile.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    n, h, w, c = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    H, W = h + 2 * border, w + 2 * border
+    grid = np.full((rows * H, cols * W, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        tile = np.full((H, W, c), 255, np.uint8)
+        if border_colors is not None:
+            tile[:] = np.array(border_colors[i], np.uint8)
+        tile[border:border + h, border:border + w] = images[i]
+        grid[r * H:(r + 1) * H, col * W:(col + 1) * W] = tile
+    return grid
+
+
+def figure_to_image(fig) -> np.ndarray:
+    """Render a matplotlib figure to a uint8 RGB array [H, W, 3] and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return img
+
+
+class ScalarLogger(keras.callbacks.Callback):
+    """Writes the loop's step logs every ``every`` steps and epoch means to TensorBoard.
+
+    Step scalars go under ``train_step/<name>``, epoch means under ``epoch/<name>``
+    (the learning rate is in the epoch logs as ``lr``).
+    """
+
+    def __init__(self, logdir: str | Path, every: int = 10, is_chief: bool = True) -> None:
+        super().__init__()
+        self.logdir = str(logdir)
+        self.every = max(1, int(every))
+        self.is_chief = is_chief
+        self._writer = None
+        self._step = 0
+        self._steps_per_epoch = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.logdir)
+        return self._writer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if not self.is_chief or not logs or self._step % self.every:
+            return
+        global_step = int(self.model.optimizer.iterations.numpy()) if self._has_iterations() else self._step
+        with self.writer.as_default(step=global_step):
+            for k, v in logs.items():
+                if np.isscalar(v) or np.ndim(v) == 0:
+                    tf.summary.scalar(f"train_step/{k}", float(v))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.is_chief or not logs:
+            return
+        with self.writer.as_default(step=epoch + 1):
+            for k, v in logs.items():
+                if np.isscalar(v) or np.ndim(v) == 0:
+                    tf.summary.scalar(f"epoch/{k}", float(v))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _has_iterations(self) -> bool:
+        opt = getattr(self.model, "optimizer", None)
+        return opt is not None and hasattr(opt, "iterations")
+
+
+class BatchImageLogger(keras.callbacks.Callback):
+    """Writes one grid of sample input images (as the model sees them) to TensorBoard at the start."""
+
+    def __init__(self, logdir: str | Path, batch_fn: Callable[[], np.ndarray], name: str = "inputs",
+                 is_chief: bool = True) -> None:
+        super().__init__()
+        self.logdir = str(logdir)
+        self.batch_fn = batch_fn
+        self.name = name
+        self.is_chief = is_chief
+
+    def on_train_begin(self, logs=None):
+        if not self.is_chief:
+            return
+        images = self.batch_fn()
+        if images is None or len(images) == 0:
+            return
+        grid = image_grid(np.asarray(images)[:32], cols=16)
+        writer = tf.summary.create_file_writer(self.logdir)
+        with writer.as_default(step=0):
+            tf.summary.image(self.name, grid[None], step=0)
+        writer.flush()
