@@ -1,0 +1,69 @@
+"""CLI: run/validate/plugins behaviour, exit codes, one-line errors, README/CI consistency."""
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from keras_reid.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["run", "--help"], ["validate", "--help"], ["plugins", "--help"],
+                 ["data", "--help"], ["evaluate", "--help"], ["models", "--help"]):
+        res = invoke(*args)
+        assert res.exit_code == 0 and "Usage:" in res.output, args
+
+
+def test_shipped_recipes_validate(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_REID_DATA", str(tmp_path))
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        res = invoke("validate", str(recipe))
+        assert res.exit_code == 0, (recipe, res.output)
+
+
+def test_bad_recipe_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "recipes" / "quickstart.yaml").read_text().replace("epochs: 6", "epochs: six")
+    bad.write_text(text)
+    res = CliRunner().invoke(main, ["validate", str(bad)])
+    assert res.exit_code == 2
+    line = f"{bad}:{text.splitlines().index('    epochs: six') + 1}"
+    assert line in res.output and "stages.train.epochs" in res.output and "'six'" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["run", str(bad), "--dry-run"])
+    assert res.exit_code == 2
+
+
+def test_unknown_plugin_in_recipe(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes" / "quickstart.yaml").read_text().replace("type: resnet50", "type: resnet05"))
+    res = CliRunner().invoke(main, ["validate", str(bad)])
+    assert res.exit_code == 2 and "unknown backbone 'resnet05'" in res.output and "did you mean 'resnet50'" in res.output
+
+
+def test_dry_run_shows_plan(tmp_path):
+    res = invoke("run", str(ROOT / "recipes" / "quickstart.yaml"), "--dry-run", "--run-dir", str(tmp_path / "r"))
+    assert res.exit_code == 0
+    assert re.search(r"train\s+train_reid\s+run", res.output) and "evaluate" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_plugins_lists_kinds_and_providers():
+    res = invoke("plugins", "stage")
+    assert res.exit_code == 0
+    assert re.search(r"stage\s+train_reid\s+keras-reid\s+\S", res.output)
+    res = invoke("plugins", "--json")
+    assert '"failed": []' in res.output
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Run the tests\s+```bash\n(.+?)\n```", readme, re.S).group(1).strip()
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1].strip() == block

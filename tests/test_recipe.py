@@ -1,0 +1,158 @@
+"""Recipes: base inheritance, --set, ${ENV}, schema validation with file:line errors."""
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from keras_reid.errors import RecipeError
+from keras_reid.recipe import component, load_recipe, parse_override, ref
+from keras_reid.registry import Registry
+
+
+class ToyBackboneCfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = 8
+    last_stride: int = Field(2, ge=1, le=2)
+
+
+class ToyStageCfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = ref("datasets")
+    epochs: int = 1
+    lr: float = 0.1
+    backbone: dict = component("backbone", {"type": "toy"})
+
+
+class ToyEvalCfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] = ref("stages")
+
+
+class ToyDataCfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: str
+
+
+@pytest.fixture
+def reg():
+    r = Registry()
+    r._loaded = True
+    r.register("backbone", "toy", config=ToyBackboneCfg)(type("Toy", (), {}))
+    r.register("stage", "train", config=ToyStageCfg)(type("Train", (), {}))
+    r.register("stage", "evalx", config=ToyEvalCfg)(type("Ev", (), {}))
+    r.register("dataset", "folder", config=ToyDataCfg)(type("D", (), {}))
+    return r
+
+
+BASE = """\
+name: base
+seed: 1
+datasets:
+  d: {type: folder, root: /data}
+stages:
+  train:
+    type: train
+    dataset: d
+    epochs: 3
+    backbone: {type: toy, width: 16}
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_base_inheritance_and_overrides(tmp_path, reg):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nname: child\nstages:\n  train:\n    epochs: 5\n"
+                  "  ev: {type: evalx, models: [train]}\n")
+    rec = load_recipe(child, ["stages.train.lr=0.5", "seed=7"], registry=reg)
+    assert rec.name == "child"
+    assert rec.model.seed == 7
+    cfg = rec.stage_configs["train"]
+    assert cfg.epochs == 5 and cfg.lr == 0.5 and cfg.backbone == {"type": "toy", "width": 16}
+    assert list(rec.model.stages) == ["train", "ev"]
+    assert "name: child" in rec.to_yaml()
+
+
+def test_set_coerces_types():
+    assert parse_override("a.b=2") == (("a", "b"), 2)
+    assert parse_override("a.0.c=[64, 32]") == (("a", 0, "c"), [64, 32])
+    assert parse_override("x=null") == (("x",), None)
+    assert parse_override("x=true") == (("x",), True)
+    assert parse_override("x=abc") == (("x",), "abc")
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        parse_override("novalue")
+
+
+def test_env_interpolation(tmp_path, reg):
+    p = write(tmp_path, "r.yaml", BASE.replace("/data", "\"${MY_DATA:-/fallback}/x\""))
+    assert load_recipe(p, registry=reg, env={}).data["datasets"]["d"]["root"] == "/fallback/x"
+    assert load_recipe(p, registry=reg, env={"MY_DATA": "/e"}).data["datasets"]["d"]["root"] == "/e/x"
+    q = write(tmp_path, "q.yaml", BASE.replace("/data", "\"${NEEDED_VAR}\""))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(q, registry=reg, env={})
+    assert "q.yaml:4" in str(err.value) and "NEEDED_VAR is not set" in str(err.value)
+
+
+@pytest.mark.parametrize("patch, line, expect", [
+    ("    epochs: 3\n", "    epochs: three\n", ["r.yaml:9", "stages.train.epochs", "'three'", "integer"]),
+    ("    epochs: 3\n", "    epoch: 3\n", ["r.yaml:9", "stages.train.epoch", "did you mean 'epochs'"]),
+    ("{type: toy, width: 16}", "{type: toy, width: 16, last_stride: 3}",
+     ["r.yaml:10", "stages.train.backbone.last_stride", "got 3", "less than or equal to 2"]),
+    ("{type: toy, width: 16}", "{type: tyo}", ["r.yaml:10", "unknown backbone 'tyo'", "did you mean 'toy'"]),
+    ("    dataset: d\n", "    dataset: e\n", ["r.yaml:8", "stages.train.dataset", "'e' is not a name"]),
+    ("    type: train\n", "    type: trian\n", ["r.yaml:7", "unknown stage 'trian'", "did you mean 'train'"]),
+])
+def test_errors_have_location_path_value_and_expectation(tmp_path, reg, patch, line, expect):
+    p = write(tmp_path, "r.yaml", BASE.replace(patch, line))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p, registry=reg)
+    for fragment in expect:
+        assert fragment in str(err.value), (fragment, str(err.value))
+    assert err.value.exit_code == 2
+
+
+def test_error_location_points_into_base_file(tmp_path, reg):
+    write(tmp_path, "base.yaml", BASE.replace("epochs: 3", "epochs: -x"))
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nname: child\n")
+    with pytest.raises(RecipeError, match=r"base\.yaml:9"):
+        load_recipe(child, registry=reg)
+
+
+def test_set_error_location(tmp_path, reg):
+    p = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError, match=r"--set stages.train.epochs=many"):
+        load_recipe(p, ["stages.train.epochs=many"], registry=reg)
+
+
+def test_stage_refs_must_point_backwards(tmp_path, reg):
+    p = write(tmp_path, "r.yaml", BASE + "  ev: {type: evalx, models: [trian]}\n")
+    with pytest.raises(RecipeError, match="did you mean 'train'"):
+        load_recipe(p, registry=reg)
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path, reg):
+    p = write(tmp_path, "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:\d+: invalid YAML"):
+        load_recipe(p, registry=reg)
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml", registry=reg)
+
+
+def test_unsafe_yaml_tags_are_rejected(tmp_path, reg):
+    p = write(tmp_path, "evil.yaml", "name: !!python/object/apply:os.system ['echo hi']\nstages: {}\n")
+    with pytest.raises(RecipeError):
+        load_recipe(p, registry=reg)
+
+
+def test_stage_hash_changes_with_config_and_upstream(tmp_path, reg):
+    write(tmp_path, "base.yaml", BASE + "  ev: {type: evalx, models: [train]}\n")
+    a = load_recipe(tmp_path / "base.yaml", registry=reg)
+    b = load_recipe(tmp_path / "base.yaml", ["stages.train.epochs=4"], registry=reg)
+    c = load_recipe(tmp_path / "base.yaml", ["stages.ev.models=[train]"], registry=reg)
+    assert a.stage_hash("train") != b.stage_hash("train")
+    assert a.stage_hash("ev") != b.stage_hash("ev")  # upstream changed
+    assert a.stage_hash("ev") == c.stage_hash("ev")
