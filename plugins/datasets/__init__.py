@@ -1,1 +1,2 @@
 """Package."""
+from . import closed_set, cuhk03_np, dukemtmc, market, msmt17  # noqa: F401,E402

@@ -1,0 +1,92 @@
+"""Contract checks for plugin authors (and for keras-reid's own built-ins).
+
+Use them in your plugin package's tests::
+
+    from keras_reid import testing
+    from keras_reid.registry import REGISTRY
+
+    def test_my_backbone_honours_the_contract():
+        testing.check_entry(REGISTRY.get("backbone", "tinynet"))
+
+Each check raises ``AssertionError`` with a message saying which part of the contract
+(see ``keras_reid.interfaces``) was broken.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from keras_reid.registry import Entry
+
+
+def check_config_schema(entry: Entry) -> None:
+    """The plugin's config rejects unknown keys (so recipe typos are caught) and has a description."""
+    extra = entry.config.model_config.get("extra")
+    assert extra == "forbid", (
+        f"{entry.kind} '{entry.name}': its config {entry.config.__name__} must set "
+        "model_config = ConfigDict(extra='forbid') so that misspelt recipe keys are errors")
+    assert entry.description, f"{entry.kind} '{entry.name}' has no description (first docstring line)"
+
+
+def _default_instance(entry: Entry, **params: Any) -> Any:
+    return entry.create(params)
+
+
+def check_backbone(backbone: Any, input_shape=(32, 16, 3), num_classes: int = 3) -> None:
+    """``build`` returns a model whose outputs follow the Backbone contract."""
+    model = backbone.build(input_shape, num_classes)
+    x = np.random.default_rng(0).uniform(0, 255, (2,) + tuple(input_shape)).astype("float32")
+    out = model(x, training=False)
+    assert isinstance(out, dict), "a backbone model must return a dict"
+    for key in ("embedding", "features", "logits"):
+        assert key in out, f"backbone output lacks '{key}'"
+        arr = np.asarray(out[key])
+        assert arr.ndim == 2 and arr.shape[0] == 2, f"'{key}' must be [B, D], got {arr.shape}"
+        assert np.all(np.isfinite(arr)), f"'{key}' has non-finite values"
+    assert np.asarray(out["logits"]).shape[1] == num_classes, "logits must be [B, num_classes]"
+
+
+def check_loss(loss: Any) -> None:
+    """A loss maps (labels [B], outputs) to a finite, non-negative per-example loss [B]."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1], np.int32)
+    outputs = {
+        "embedding": rng.normal(size=(8, 6)).astype("float32"),
+        "features": rng.normal(size=(8, 6)).astype("float32"),
+        "logits": rng.normal(size=(8, 3)).astype("float32"),
+    }
+    per_example = np.asarray(loss(labels, outputs))
+    assert per_example.shape == (8,), f"a loss must return per-example values [B], got {per_example.shape}"
+    assert np.all(np.isfinite(per_example)) and np.all(per_example >= -1e-6), "loss must be finite and >= 0"
+
+
+def check_image_scorer(component: Any, kind: str) -> None:
+    """Filters, maskers and pose estimators accept uint8 [N, H, W, 3] and return the right shapes."""
+    images = np.random.default_rng(0).integers(0, 255, (2, 64, 32, 3), dtype=np.uint8)
+    out = np.asarray(component(images))
+    if kind == "filter":
+        assert out.shape == (2,) and out.dtype == np.float32, f"filter must return float32 [N], got {out.shape} {out.dtype}"
+        assert np.all((out >= 0) & (out <= 1)), "filter scores must be in [0, 1]"
+    elif kind == "masker":
+        assert out.shape == (2, 64, 32, 1), f"masker must return [N, H, W, 1], got {out.shape}"
+        assert np.all((out >= 0) & (out <= 1)), "masks must be in [0, 1]"
+    elif kind == "pose":
+        assert out.shape == (2, 18, 3), f"pose estimator must return [N, 18, 3], got {out.shape}"
+
+
+def check_entry(entry: Entry) -> None:
+    """Run every check that applies to a registered component of a model-free kind."""
+    check_config_schema(entry)
+    if entry.kind == "backbone":
+        check_backbone(_default_instance(entry))
+    elif entry.kind == "loss":
+        check_loss(_default_instance(entry))
+    elif entry.kind in ("filter", "masker", "pose"):
+        component = _default_instance(entry)
+        try:
+            check_image_scorer(component, entry.kind)
+        finally:
+            close = getattr(component, "close", None)
+            if close:
+                close()
