@@ -1,6 +1,132 @@
-"""keras-reid evaluate commands."""
+"""keras-reid evaluate: Market-protocol metrics (and re-ranking) of a saved distance matrix."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
-from keras_reid.cli import handle_user_errors, main  # noqa: F401
+from keras_reid.cli import handle_user_errors, main
+from keras_reid.errors import UserError
+
+REQUIRED = ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")
+RANKS = (1, 5, 10, 20)
+
+
+def load_npz(path: str, rerank: bool) -> dict:
+    """The arrays of an evaluation npz; raises UserError naming missing keys or a bad file."""
+    import zipfile
+
+    import numpy as np
+
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an .npz file; save the arrays with numpy.savez(path, distmat=..., "
+                        "q_pids=..., g_pids=..., q_camids=..., g_camids=...)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as an .npz file ({exc}); save it with numpy.savez") from exc
+    keys = set(arrays)
+    has_features = {"qf", "gf"} <= keys
+    need = [k for k in REQUIRED if k not in keys and not (k == "distmat" and has_features)]
+    if rerank and not has_features:
+        need += [k for k in ("q_q_dist", "g_g_dist") if k not in keys]
+    if need:
+        extra = " (or the features qf and gf)" if rerank and not has_features else ""
+        raise UserError(f"{path} lacks the arrays {', '.join(need)}{extra}; "
+                        f"it needs {', '.join(REQUIRED)}" + (" and, for --rerank, q_q_dist and g_g_dist "
+                                                             "or qf and gf" if rerank else ""))
+    return arrays
+
+
+def evaluate_arrays(arrays: dict, rerank: bool, k1: int, k2: int, lambda_value: float,
+                    max_rank: int) -> dict:
+    """Metrics of the arrays (``load_npz``): ``{"plain": {...}, "rerank": {...}?}`` as JSON-ready dicts.
+
+    With features (qf, gf) present, every distance is computed from them (Euclidean).
+    """
+    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank as rerank_dist, \
+        rerank_features
+
+    ids = [arrays[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
+    features = "qf" in arrays and "gf" in arrays
+    dist = pairwise_distance(arrays["qf"], arrays["gf"]) if features else arrays["distmat"]
+    try:
+        out = {"plain": summarise(evaluate_retrieval(dist, *ids, max_rank=max_rank))}
+        if rerank:
+            if features:
+                rr = rerank_features(arrays["qf"], arrays["gf"], k1=k1, k2=k2, lambda_value=lambda_value)
+            else:
+                rr = rerank_dist(arrays["distmat"], arrays["q_q_dist"], arrays["g_g_dist"], k1=k1, k2=k2,
+                                 lambda_value=lambda_value)
+            out["rerank"] = summarise(evaluate_retrieval(rr, *ids, max_rank=max_rank))
+            out["rerank"]["params"] = {"k1": k1, "k2": k2, "lambda": lambda_value}
+    except ValueError as exc:
+        raise UserError(f"cannot evaluate: {exc}") from exc
+    out["source"] = "features" if features else "distmat"
+    return out
+
+
+def summarise(res: dict) -> dict:
+    """JSON-ready metrics: mAP, mINP, rank-k for k in 1/5/10/20, the CMC curve, query counts."""
+    cmc = [float(x) for x in res["cmc"]]
+    out = {"mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
+    out.update({f"rank{r}": cmc[r - 1] for r in RANKS if r <= len(cmc)})
+    out.update({"num_valid_queries": int(res["num_valid_queries"]),
+                "num_invalid_queries": int(res["num_invalid_queries"]), "cmc": cmc})
+    return out
+
+
+def _table(results: dict) -> list[str]:
+    cols = ["mAP", "mINP"] + [f"rank{r}" for r in RANKS]
+    head = f"{'':<10}" + "".join(f"{c:>9}" for c in cols) + f"{'valid queries':>16}"
+    lines = [click.style(head, bold=True)]
+    for name in ("plain", "rerank"):
+        if name in results:
+            e = results[name]
+            total = e["num_valid_queries"] + e["num_invalid_queries"]
+            lines.append(f"{name:<10}" + "".join(f"{100 * e[c]:>8.2f}%" if c in e else f"{'-':>9}"
+                                                 for c in cols)
+                         + f"{e['num_valid_queries']:>9} / {total}")
+    return lines
+
+
+@main.command("evaluate")
+@click.option("--distmat", "distmat_path", type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE.npz",
+              help="npz with distmat [q, g], q_pids, g_pids, q_camids, g_camids; for --rerank also "
+                   "q_q_dist and g_g_dist, or the features qf and gf (if qf/gf are present, every "
+                   "distance is computed from them)  [required]")
+@click.option("--rerank", is_flag=True, help="also report k-reciprocal re-ranking (Zhong et al. 2017)")
+@click.option("--k1", type=click.IntRange(min=1), default=20, show_default=True, help="re-ranking k1")
+@click.option("--k2", type=click.IntRange(min=1), default=6, show_default=True, help="re-ranking k2")
+@click.option("--lambda", "lambda_value", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="re-ranking weight of the original distance")
+@click.option("--max-rank", type=click.IntRange(min=1), default=50, show_default=True,
+              help="length of the CMC curve")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, writable=True), metavar="OUT",
+              help="also write the metrics (incl. the CMC curve) as JSON to OUT")
+@handle_user_errors
+def evaluate(distmat_path: str, rerank: bool, k1: int, k2: int, lambda_value: float, max_rank: int,
+             json_out: str | None) -> None:
+    """Market-protocol CMC, mAP and mINP of a saved query x gallery distance matrix.
+
+    Ranks the gallery by ascending distance (ties by gallery index), drops gallery images with the
+    query's pid and camera, skips queries without a true match, as torchreid does.
+
+    \b
+    Example:
+      python -c "import numpy as np; np.savez('d.npz', distmat=D, q_pids=qp, g_pids=gp,
+                 q_camids=qc, g_camids=gc)"
+      keras-reid evaluate --distmat d.npz --rerank --json metrics.json
+    """
+    if distmat_path is None:  # an option, not an argument: other sources (a run folder) may follow
+        raise UserError("nothing to evaluate: give --distmat FILE.npz")
+    arrays = load_npz(distmat_path, rerank)
+    results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
+    for line in _table(results):
+        click.echo(line)
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2))
+        click.echo(f"metrics written to {json_out}")

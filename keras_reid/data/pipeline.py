@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from keras_reid.data.records import Record, relabel
 from keras_reid.data.samplers import PKSampler, RandomSampler
-from keras_reid.data.transforms import ThreadLocalTransforms
+from keras_reid.data.transforms import SeededTransforms
 from keras_reid.errors import DatasetError, UserError
 
 log = logging.getLogger("keras_reid")
@@ -231,7 +231,7 @@ class ReIDInput:
             self.sampler = RandomSampler(len(records), self.global_batch_size, seed=self.seed)
         else:
             raise UserError(f"unknown sampler '{sampler}'; expected 'pk' or 'random'")
-        self.transforms = ThreadLocalTransforms(transforms, self.height, self.width)
+        self.transforms = SeededTransforms(transforms, self.height, self.width)
 
     @property
     def steps_per_epoch(self) -> int:

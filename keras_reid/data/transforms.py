@@ -16,8 +16,8 @@ per-example seed, so results do not depend on thread scheduling.
 from __future__ import annotations
 
 import os
+import queue
 import random
-import threading
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Union
 
 import numpy as np
@@ -184,29 +184,38 @@ def apply_transforms(compose, image: np.ndarray, seed: int, epoch: int, position
     return compose(image=image)["image"]
 
 
-class ThreadLocalTransforms:
-    """A callable holding one Compose per thread (tf.data's parallel map calls from many).
+class SeededTransforms:
+    """A thread-safe callable applying the specs' transforms, seeded per example.
 
-    ``__call__(image, seed, epoch, position)`` returns the transformed uint8 image.
+    ``__call__(image, seed, epoch, position)`` returns the transformed uint8 image. tf.data's
+    parallel map calls it from several threads at once; each call borrows a Compose from a
+    pool (building one when none is free) and gives it back, so no Compose is used by two
+    threads at a time. A pool rather than ``threading.local``: ``tf.numpy_function`` runs
+    Python on TensorFlow's own threads with a fresh Python thread state per call, which would
+    throw the thread-local Compose away after every image.
     """
 
     def __init__(self, specs: Iterable[Any] | None, height: int, width: int) -> None:
         self.specs = parse_specs(specs)
         self.height, self.width = int(height), int(width)
-        self._local = threading.local()
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        self.built = 0
 
     def __bool__(self) -> bool:
         return bool(self.specs)
 
-    def compose(self):
-        """Return this thread's Compose (built on first use)."""
-        c = getattr(self._local, "compose", None)
-        if c is None:
-            c = self._local.compose = build_transforms(self.specs, self.height, self.width)
-            self._local.nodes = _nodes(c)
-        return c
+    def _borrow(self) -> tuple[Any, list]:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            compose = build_transforms(self.specs, self.height, self.width)
+            self.built += 1
+            return compose, _nodes(compose)
 
     def __call__(self, image: np.ndarray, seed: int, epoch: int, position: int) -> np.ndarray:
-        compose = self.compose()
-        out = apply_transforms(compose, image, seed, epoch, position, self._local.nodes)
+        item = self._borrow()
+        try:
+            out = apply_transforms(item[0], image, seed, epoch, position, item[1])
+        finally:
+            self._pool.put(item)
         return np.ascontiguousarray(out, dtype=np.uint8)

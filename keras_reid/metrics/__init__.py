@@ -1,1 +1,7 @@
-"""Package."""
+"""Evaluation metrics: Market-protocol retrieval (CMC, mAP, mINP), k-reciprocal re-ranking,
+closed-set identity classification. Pure numpy; nothing here imports TensorFlow."""
+from keras_reid.metrics.closed_set import closed_set_metrics
+from keras_reid.metrics.rerank import rerank, rerank_features
+from keras_reid.metrics.retrieval import evaluate_retrieval, pairwise_distance
+
+__all__ = ["evaluate_retrieval", "pairwise_distance", "rerank", "rerank_features", "closed_set_metrics"]

@@ -55,6 +55,8 @@ def _usable(ctx: StageContext, split: str, cfg) -> list[Record]:
 def _load_model(ctx: StageContext, stage: str):
     import keras
 
+    import keras_reid.layers  # noqa: F401  (registers custom layers such as GeM pooling for loading)
+
     out = ctx.output_of(stage)
     path = ctx.run_dir / out["model"]
     if not path.exists():

@@ -72,7 +72,8 @@ def train(cfg, ctx: StageContext) -> dict:
         net = backbone.build((h, w, 3), num_classes)
         loss = ctx.registry.create("loss", cfg.loss)
         model = ReIDModel(net, loss)
-        schedule = make_schedule(cfg.schedule, steps_per_epoch=steps, base_lr=cfg.optimizer.lr)
+        schedule = make_schedule(cfg.schedule, steps_per_epoch=steps, base_lr=cfg.optimizer.lr,
+                                 epochs=cfg.epochs)
         model.compile(optimizer=make_optimizer(cfg.optimizer, schedule))
         model(np.zeros((1, h, w, 3), np.float32), training=False)
 

@@ -1,1 +1,2 @@
-"""Package."""
+"""Built-in backbones (registered on import; Keras is imported only when one is built)."""
+from keras_reid_plugins.backbones import resnet50, tiny  # noqa: F401

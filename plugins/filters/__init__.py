@@ -1,1 +1,2 @@
 """Package."""
+from . import face  # noqa: F401,E402

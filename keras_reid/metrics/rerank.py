@@ -1,0 +1,449 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) without dense (q+g)^2 matrices.
+
+The reference algorithm, on the N = q + g items (queries first):
+
+1. ``O = fl32(D**2)`` of the full Euclidean distance matrix; row ``i`` of ``R`` is column ``i`` of
+   ``O`` divided by that column's maximum (float32 arithmetic, as the reference casts);
+2. neighbour lists: ``R``'s rows sorted ascending. Here the sort is *stable* (ties by item
+   index); only the first ``max(k1 + 1, k2)`` entries of each row are ever used;
+3. k-reciprocal set of i: the forward top ``k1 + 1`` that have i in their own top ``k1 + 1``;
+   expanded by the ``round(k1 / 2)`` reciprocal set of each member c (``np.around``) when more
+   than 2/3 of that set lies in i's set; V[i, set] = exp(-R[i, set]) / sum;
+4. local query expansion: V[i] = mean of V over i's top ``k2`` neighbours (when ``k2 != 1``);
+5. Jaccard distance 1 - m / (2 - m), m = sum_c min(V[i, c], V[j, c]) over shared columns;
+6. result ``(1 - lambda) * jaccard + lambda * R`` on the query x gallery block.
+
+Only the neighbour lists, the row maxima and sparse V are kept, so memory is O(N * k1) besides
+the q x g output. ``rerank`` takes the three distance matrices (read one block of columns at a
+time). ``rerank_features`` computes the distances from features in ``chunk`` x ``chunk`` tiles of
+one float32 matrix product over the upper triangle of the symmetric N x N matrix (each tile
+serves its rows and its columns). Per row it keeps the neighbour candidates whose float32 value is
+within a rigorous rounding-error margin (twice the worst-case bound of the float32 product) of the
+k-th smallest, and recomputes in float64 every candidate whose float32 value is within that
+margin of another candidate: only those can change order, so the neighbour lists (and with them
+every k-reciprocal set) are the ones float64 distances give. Values that only enter as weights
+are float32-accurate: the row maxima and the ``lambda * R`` term of the q x g block come from the
+float32 tiles (about 1e-6 relative on L2-normalised features).
+
+Differences to the reference, all at float32-rounding level: sums in steps 3-5 are accumulated in
+float64 and rounded to float32 (the reference accumulates in float32), plus the float32 values
+just mentioned for ``rerank_features``. Ties in the neighbour order are broken by item index (the
+reference uses numpy's default, unstable, argsort).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["rerank", "rerank_features"]
+
+_U = 2.0 ** -24  # float32 unit roundoff
+
+
+@dataclass
+class _Neighbours:
+    """What the core needs from the N x N distances: sorted neighbour lists and lookups."""
+
+    nbr: np.ndarray                     # [N, K] int64 neighbours of each item, ascending R, stable
+    key: np.ndarray                     # [N, K] float32 R values of those neighbours
+    pair_key: Callable                  # (rows, cols) -> float32 R[rows, cols]
+    qg_block: Callable                  # (start, stop) -> float32 R[start:stop, q:]
+    num_query: int
+
+
+# ---------------------------------------------------------------------------------------------
+# core (steps 3-6)
+
+
+def _reciprocal(nbr: np.ndarray, k: int) -> np.ndarray:
+    """Mask [N, k + 1]: forward neighbour j of i (within top k + 1) has i in its own top k + 1."""
+    fwd = nbr[:, :k + 1]
+    n = fwd.shape[0]
+    mask = np.zeros(fwd.shape, bool)
+    step = max(1, 2_000_000 // max(1, (k + 1) ** 2))
+    for s in range(0, n, step):
+        f = fwd[s:s + step]
+        back = nbr[f, :k + 1]  # [b, k+1, k+1]
+        mask[s:s + step] = (back == np.arange(s, s + len(f))[:, None, None]).any(axis=2)
+    return mask
+
+
+def _v_matrix(nb: _Neighbours, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse V as CSR (indptr, indices, float32 data) over the N items (steps 3 of the module doc)."""
+    nbr = nb.nbr
+    n = nbr.shape[0]
+    k1 = min(k1, nbr.shape[1] - 1)
+    half = min(int(np.around(k1 / 2.0)), nbr.shape[1] - 1)
+    rmask = _reciprocal(nbr, k1)
+    hmask = _reciprocal(nbr, half)
+    r_pad = np.where(rmask, nbr[:, :k1 + 1], -1)       # R(i, k1), -1 = absent
+    h_pad = np.where(hmask, nbr[:, :half + 1], -2)     # R(c, k1/2), -2 = absent
+    h_len = hmask.sum(axis=1)
+    pi, pj = np.nonzero(rmask)                         # pairs (i, candidate c = nbr[i, pj])
+    cand = nbr[pi, pj]
+    accept = np.zeros(len(pi), bool)
+    step = 200_000
+    for s in range(0, len(pi), step):
+        hs = h_pad[cand[s:s + step]]                   # [p, half+1]
+        rs = r_pad[pi[s:s + step]]                     # [p, k1+1]
+        inter = (hs[:, :, None] == rs[:, None, :]).any(axis=2).sum(axis=1)
+        accept[s:s + step] = inter > 2.0 / 3 * h_len[cand[s:s + step]]
+    rows = [pi, np.repeat(pi[accept], h_len[cand[accept]])]
+    cols = [cand, h_pad[cand[accept]][hmask[cand[accept]]]]
+    code = np.unique(np.concatenate(rows) * n + np.concatenate(cols))  # sorted by (i, x), unique
+    vi, vx = code // n, code % n
+    # R[i, x]: from the neighbour lists where possible, else computed
+    flat = (np.arange(n)[:, None] * n + nbr).ravel()
+    order = np.argsort(flat, kind="stable")
+    pos = np.searchsorted(flat[order], code)
+    pos = np.minimum(pos, len(flat) - 1)
+    found = flat[order][pos] == code
+    keys = np.empty(len(code), np.float32)
+    keys[found] = nb.key.ravel()[order][pos[found]]
+    if (~found).any():
+        keys[~found] = nb.pair_key(vi[~found], vx[~found])
+    weight = np.exp(-keys)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(vi, minlength=n))))
+    # each row normalised by its sum (float64 sum rounded to float32; the reference sums in float32)
+    row_sum = np.bincount(vi, weights=weight.astype(np.float64), minlength=n).astype(np.float32)
+    data = (weight / row_sum[vi]).astype(np.float32)
+    return indptr, vx, data
+
+
+def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int):
+    """V_qe[i] = mean of V over i's top-k2 neighbours (float64 sums, float32 result), as CSR."""
+    n = len(indptr) - 1
+    lens = np.diff(indptr)
+    src = nbr[:, :k2]                                  # [N, k2]
+    rows = np.repeat(np.arange(n), k2)
+    srcf = src.ravel()
+    cnt = lens[srcf]
+    out_rows = np.repeat(rows, cnt)
+    starts = np.repeat(indptr[srcf], cnt)
+    offs = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    take = starts + offs
+    code = out_rows.astype(np.int64) * n + indices[take]
+    uniq, inv = np.unique(code, return_inverse=True)
+    sums = np.bincount(inv, weights=data[take].astype(np.float64), minlength=len(uniq))
+    vals = (sums.astype(np.float32) / np.float32(k2)).astype(np.float32)
+    r = uniq // n
+    new_ptr = np.concatenate(([0], np.cumsum(np.bincount(r, minlength=n))))
+    return new_ptr, uniq % n, vals
+
+
+def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 256) -> np.ndarray:
+    """Steps 3-6 of the module docstring on precomputed neighbour lists; returns float32 [q, g]."""
+    n, q = nb.nbr.shape[0], nb.num_query
+    g = n - q
+    indptr, indices, data = _v_matrix(nb, k1)
+    if k2 != 1:
+        indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
+    # inverted index over gallery rows: for each column c, the gallery rows j with V[j, c] != 0
+    rows_of = np.repeat(np.arange(n), np.diff(indptr))
+    gal = rows_of >= q
+    g_rows, g_cols, g_vals = rows_of[gal] - q, indices[gal], data[gal]
+    order = np.argsort(g_cols, kind="stable")
+    g_rows, g_cols, g_vals = g_rows[order], g_cols[order], g_vals[order]
+    colptr = np.concatenate(([0], np.cumsum(np.bincount(g_cols, minlength=n))))
+    out = np.empty((q, g), np.float32)
+    lam = np.float32(lambda_value)
+    for s in range(0, q, chunk):
+        e = min(q, s + chunk)
+        a, b = indptr[s], indptr[e]
+        qi = rows_of[a:b] - s
+        qc, qv = indices[a:b], data[a:b]
+        cnt = colptr[qc + 1] - colptr[qc]
+        total = int(cnt.sum())
+        take = np.repeat(colptr[qc], cnt) + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        mins = np.minimum(np.repeat(qv, cnt), g_vals[take]).astype(np.float64)
+        target = np.repeat(qi, cnt).astype(np.int64) * g + g_rows[take]
+        tmin = np.bincount(target, weights=mins, minlength=(e - s) * g).astype(np.float32)
+        tmin = tmin.reshape(e - s, g)
+        jac = np.float32(1) - tmin / (np.float32(2) - tmin)
+        out[s:e] = jac * (np.float32(1) - lam) + nb.qg_block(s, e) * lam
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# neighbour lists from distance matrices
+
+
+def _topk_rows(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """First ``k`` columns of each row of ``r`` in stable ascending order, and their values."""
+    kth = np.partition(r, k - 1, axis=1)[:, k - 1]
+    rr, cc = np.nonzero(r <= kth[:, None])
+    vv = r[rr, cc]
+    order = np.lexsort((cc, vv, rr))
+    rr, cc, vv = rr[order], cc[order], vv[order]
+    start = np.concatenate(([0], np.cumsum(np.bincount(rr, minlength=r.shape[0]))[:-1]))
+    take = (start[:, None] + np.arange(k)[None, :]).ravel()
+    return cc[take].reshape(-1, k), vv[take].reshape(-1, k)
+
+
+def _matrix_neighbours(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k: int,
+                       chunk: int = 1024) -> _Neighbours:
+    """Neighbour lists and lookups from the three distance matrices, a block of rows at a time."""
+    q, g = q_g.shape
+    n = q + g
+    k = min(k, n)
+
+    def column(a: int, b: int) -> np.ndarray:
+        """Rows a:b of O.T, i.e. columns a:b of the full squared matrix as float32 rows."""
+        parts = []
+        if a < q:
+            qb = min(b, q)
+            parts.append(np.concatenate([q_q[:, a:qb].T, q_g[a:qb, :]], axis=1))
+        if b > q:
+            ga = max(a, q) - q
+            parts.append(np.concatenate([q_g[:, ga:b - q].T, g_g[:, ga:b - q].T], axis=1))
+        full = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return np.power(full, 2).astype(np.float32)
+
+    nbr = np.empty((n, k), np.int64)
+    key = np.empty((n, k), np.float32)
+    colmax = np.empty(n, np.float32)
+    for s in range(0, n, chunk):
+        o = column(s, min(n, s + chunk))
+        colmax[s:s + len(o)] = o.max(axis=1)
+        r = o / colmax[s:s + len(o), None]
+        nbr[s:s + len(o)], key[s:s + len(o)] = _topk_rows(r, k)
+
+    def full_at(x: np.ndarray, i: np.ndarray) -> np.ndarray:
+        out = np.empty(len(x), np.result_type(q_g.dtype, q_q.dtype, g_g.dtype))
+        m = (x < q) & (i < q); out[m] = q_q[x[m], i[m]]
+        m = (x < q) & (i >= q); out[m] = q_g[x[m], i[m] - q]
+        m = (x >= q) & (i < q); out[m] = q_g[i[m], x[m] - q]
+        m = (x >= q) & (i >= q); out[m] = g_g[x[m] - q, i[m] - q]
+        return out
+
+    def pair_key(rows, cols):
+        return np.power(full_at(cols, rows), 2).astype(np.float32) / colmax[rows]
+
+    def qg_block(a, b):
+        return np.power(q_g[a:b], 2).astype(np.float32) / colmax[a:b, None]
+
+    return _Neighbours(nbr, key, pair_key, qg_block, q)
+
+
+def rerank(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20,
+           k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
+    """k-reciprocal re-ranked query x gallery distances (float32 [q, g]) from Euclidean distances.
+
+    Takes plain (not squared) distances, as the reference ``re_ranking`` does, and squares them
+    itself. Equal to the reference algorithm with stable sorts (ties by item index, queries first)
+    within float32 rounding; see the module docstring. Never builds an N x N matrix itself.
+    """
+    q_g, q_q, g_g = (np.asarray(m) for m in (q_g_dist, q_q_dist, g_g_dist))
+    q, g = q_g.shape
+    if q_q.shape != (q, q) or g_g.shape != (g, g):
+        raise ValueError(f"expected q_q_dist {(q, q)} and g_g_dist {(g, g)} for q_g_dist {(q, g)}, "
+                         f"got {q_q.shape} and {g_g.shape}")
+    _check_params(k1, k2, lambda_value)
+    nb = _matrix_neighbours(q_g, q_q, g_g, max(k1 + 1, k2))
+    return _core(nb, k1, k2, lambda_value)
+
+
+def _check_params(k1: int, k2: int, lambda_value: float) -> None:
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# neighbour lists from features
+
+
+def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, step: int = 512) -> np.ndarray:
+    """Float64 squared distances sum((f[r] - f[c])**2) of the item pairs (rows[i], cols[i]).
+
+    The differences of float32 values are exact in float64, so there is no cancellation.
+    """
+    out = np.empty(len(rows), np.float64)
+    for s in range(0, len(rows), step):
+        diff = f[rows[s:s + step]].astype(np.float64)
+        diff -= f[cols[s:s + step]]
+        out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def _o_of_d2(d2: np.ndarray) -> np.ndarray:
+    """The reference's fl32(D**2) for D = sqrt(max(d2, 0)), D the Euclidean distance in float64."""
+    return np.power(np.sqrt(np.maximum(d2, 0.0)), 2).astype(np.float32)
+
+
+class _Pool:
+    """Growing (row, col, float32 value) candidate lists."""
+
+    def __init__(self):
+        self.parts: list[tuple] = []
+
+    def add(self, r, c, v):
+        self.parts.append((r.astype(np.int64), c.astype(np.int64), v.astype(np.float32)))
+
+    def arrays(self):
+        if not self.parts:
+            return (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
+        return tuple(np.concatenate(x) for x in zip(*self.parts))
+
+
+def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> tuple[_Neighbours, np.ndarray]:
+    """Neighbour lists from features [N, D] (float32) via tiled float32 products + float64 refinement.
+
+    Also returns the float32 squared distances of the q x g block (for the lambda term).
+    """
+    n, dim = f.shape
+    k = min(k, n)
+    g = n - q
+    # Tiles hold d2 = [c_i, |c_i|^2, 1] . [-2 c_j, 1, |c_j|^2] from one float32 product, where
+    # c = fl32(f - mean): centring keeps |c| at the scale of the distances (no cancellation for
+    # features far from the origin). The product's error is at most
+    # gamma_(D+2) * (2 |c_i| |c_j| + |c_i|^2 + |c_j|^2) in any summation order and the centring
+    # rounding moves d2 by at most 4u (|c_i| + |c_j|)^2; err doubles the sum of both, and
+    # candidates are kept within 2 err plus two float32 ulps.
+    mean = f.mean(axis=0, dtype=np.float64)
+    left = np.empty((n, dim + 2), np.float32)
+    right = np.empty((n, dim + 2), np.float32)
+    for s in range(0, n, 4096):
+        left[s:s + 4096, :dim] = f[s:s + 4096] - mean
+    c = left[:, :dim]
+    n64 = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+    n32 = n64.astype(np.float32)
+    amax = float(np.sqrt(n64.max())) if n else 0.0
+    a = np.sqrt(n64)
+    err = 2 * ((dim + 8) * _U * (2 * a * amax + n64 + amax ** 2) + 4 * _U * (a + amax) ** 2)
+    margin = (2 * err + 8 * _U * (n64 + amax ** 2)).astype(np.float32)
+    left[:, dim], left[:, dim + 1] = n32, 1
+    np.multiply(c, -2, out=right[:, :dim])
+    right[:, dim], right[:, dim + 1] = 1, n32
+    tau = np.full(n, np.inf, np.float32)      # upper bound of each row's k-th smallest d2
+    mu = np.full(n, -np.inf, np.float32)      # each row's largest float32 d2 so far
+    kpool, mpool = _Pool(), _Pool()           # neighbour candidates, maximum candidates
+    d2qg = np.empty((q, g), np.float32)
+    groups = max(k, min(4 * k, tile))
+
+    def screen(block: np.ndarray, axis: int, items: np.ndarray, other0: int) -> None:
+        """Update maxima, tau and the candidate pool of ``items`` along ``axis`` of ``block``.
+
+        ``axis=1``: block rows are ``items`` (columns are items other0, other0+1, ...);
+        ``axis=0``: block columns are ``items``. No transposed copy is made.
+        """
+        m = len(items)
+        width = block.shape[axis]
+        mx = np.maximum(mu[items], block.max(axis=axis))
+        mu[items] = mx
+        low = mx - margin[items]
+        hit = np.flatnonzero(block >= (low[:, None] if axis == 1 else low[None, :]))
+        r, col = np.divmod(hit, block.shape[1])
+        if axis == 0:
+            r, col = col, r
+        mpool.add(items[r], col + other0, block.ravel()[hit])
+        t = tau[items]
+        if width >= k and np.isinf(t).any():  # first tile of these items: a cheap upper bound
+            ng = min(groups, width)
+            length = width // ng
+            if axis == 1:  # group gg = columns j with j % ng == gg (disjoint sets)
+                gmin = block[:, :ng * length].reshape(m, length, ng).min(axis=1)
+                bound = np.partition(gmin, k - 1, axis=1)[:, k - 1]
+            else:
+                gmin = block[:ng * length].reshape(length, ng, m).min(axis=0)
+                bound = np.partition(gmin, k - 1, axis=0)[k - 1]
+            np.minimum(t, bound, out=t)
+        limit = t + margin[items]
+        hit = np.flatnonzero(block <= (limit[:, None] if axis == 1 else limit[None, :]))
+        r, c = np.divmod(hit, block.shape[1])
+        v = block.ravel()[hit]
+        if axis == 0:
+            r, c = c, r
+        kpool.add(items[r], c + other0, v)
+        # tighten tau with (an upper bound within 1e-9 of) the k-th smallest candidate of this
+        # tile: one value sort of row * span + value
+        counts = np.bincount(r, minlength=m)
+        ok = counts >= k
+        if ok.any() and v.size:
+            lo = float(v.min())
+            span = float(v.max()) - lo + 1.0
+            keys = np.sort(r * span + (v.astype(np.float64) - lo))
+            start = np.cumsum(counts) - counts
+            kth = keys[start[ok] + k - 1] - np.flatnonzero(ok) * span + lo
+            t[ok] = np.minimum(t[ok], (kth + 1e-9 * (1.0 + np.abs(kth))).astype(np.float32))
+        tau[items] = t
+
+    buf = np.empty(tile * tile, np.float32)   # reused: fresh 16 MB arrays cost page faults
+    for i0 in range(0, n, tile):
+        i1 = min(n, i0 + tile)
+        for j0 in range(i0, n, tile):
+            j1 = min(n, j0 + tile)
+            block = buf[:(i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
+            np.matmul(left[i0:i1], right[j0:j1].T, out=block)
+            if i0 < q and j1 > q:  # query rows x gallery columns of this tile
+                ra, rb, ca = i0, min(i1, q), max(j0, q)
+                d2qg[ra:rb, ca - q:j1 - q] = block[:rb - i0, ca - j0:]
+            screen(block, 1, np.arange(i0, i1), j0)
+            if j0 != i0:
+                screen(block, 0, np.arange(j0, j1), i0)
+    del left, right, buf
+
+    # row maxima M_i = max over all items of fl32(D^2): every item within the margin of the
+    # float32 maximum, recomputed in float64 (usually one or two per row)
+    r, col, v = mpool.arrays()
+    keep = v >= mu[r] - margin[r]
+    colmax = np.zeros(n, np.float32)
+    np.maximum.at(colmax, r[keep], _o_of_d2(_d2_pairs(f, r[keep], col[keep])))
+    # neighbour lists: candidates sorted by float32 d2; a candidate is kept if it is within the
+    # margin of the row's k-th smallest, and recomputed in float64 only when its float32 value is
+    # within the margin of a neighbouring candidate (only there can rounding change the order)
+    r, c, v = kpool.arrays()
+    order = np.lexsort((c, v, r))
+    r, c, v = r[order], c[order], v[order]
+    counts = np.bincount(r, minlength=n)
+    start = np.cumsum(counts) - counts
+    kth = v[start + k - 1]
+    keep = v <= kth[r] + margin[r]
+    r, c, v = r[keep], c[keep], v[keep]
+    close = (np.diff(v) <= margin[r[1:]]) & (r[1:] == r[:-1])
+    amb = np.zeros(len(r), bool)
+    amb[1:] |= close
+    amb[:-1] |= close
+    key = np.maximum(v, 0) / colmax[r]
+    if amb.any():
+        key[amb] = _o_of_d2(_d2_pairs(f, r[amb], c[amb])) / colmax[r[amb]]
+    order = np.lexsort((c, key, r))
+    r, c, key = r[order], c[order], key[order]
+    counts = np.bincount(r, minlength=n)
+    start = np.cumsum(counts) - counts
+    take = (start[:, None] + np.arange(k)[None, :]).ravel()
+    nbr, nkey = c[take].reshape(n, k), key[take].reshape(n, k)
+
+    def pair_key(rows, cols):
+        return _o_of_d2(_d2_pairs(f, rows, cols)) / colmax[rows]
+
+    def qg_block(s, e):
+        return np.maximum(d2qg[s:e], 0) / colmax[s:e, None]
+
+    return _Neighbours(nbr, nkey, pair_key, qg_block, q), d2qg
+
+
+def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
+                    lambda_value: float = 0.3, chunk: int = 2048) -> np.ndarray:
+    """k-reciprocal re-ranked query x gallery distances (float32 [q, g]) from features.
+
+    The same as ``rerank`` on the Euclidean distances of the features computed in float64
+    (within float32 rounding, see the module docstring), without any (q+g)^2 matrix: the N x N
+    distances are produced in ``chunk`` x ``chunk`` float32 tiles of mean-centred features
+    (upper triangle only); neighbour candidates near a float32 tie are recomputed in float64, so
+    the neighbour lists (hence the k-reciprocal sets) are those of float64 distances. Features
+    are used as float32 (float64 input is rounded to float32 first). Memory: three float32
+    copies of the features (one plus two augmented ones for the product), the q x g output, one
+    q x g float32 buffer, and O((q + g) * k1) for the neighbour lists and V; about 1 GB at
+    Market size (3,368 x 15,913, 2,048-d).
+    """
+    qf, gf = np.asarray(qf), np.asarray(gf)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"features must be [q, D] and [g, D] with the same D, got {qf.shape} and {gf.shape}")
+    _check_params(k1, k2, lambda_value)
+    f = np.ascontiguousarray(np.concatenate([qf, gf]).astype(np.float32, copy=False))
+    nb, _ = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk)
+    return _core(nb, k1, k2, lambda_value)

@@ -1,0 +1,150 @@
+"""Market-protocol retrieval metrics (CMC, mAP, mINP) and chunked pairwise distances.
+
+``evaluate_retrieval`` gives the numbers torchreid's ``eval_market1501`` gives (with the gallery
+ranked by a *stable* sort, so ties are broken by gallery index) without sorting the distance
+matrix. For each query only the ranks of its true matches matter: the rank of a match is one plus
+the number of kept gallery items that come before it (smaller distance, or equal distance and a
+smaller gallery index). Those counts come from sorting only the gallery distances that are not
+larger than the query's hardest match (``np.sort`` of values, no ``argsort``) and a binary search;
+ties are resolved exactly by an explicit count. CMC, AP and mINP follow from the match ranks.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["evaluate_retrieval", "pairwise_distance"]
+
+
+def _group_by_pid(g_pids: np.ndarray) -> dict:
+    """Gallery indices per pid: ``{pid: ascending int64 indices}``."""
+    order = np.argsort(g_pids, kind="stable")
+    sorted_pids = g_pids[order]
+    cuts = np.flatnonzero(sorted_pids[1:] != sorted_pids[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [len(order)]))
+    return {sorted_pids[s].item(): order[s:e] for s, e in zip(starts, ends)} if len(order) else {}
+
+
+def _match_ranks(row: np.ndarray, matches: np.ndarray, junk: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``matches`` in ``row``'s stable ascending order with ``junk`` removed.
+
+    ``matches`` and ``junk`` are ascending gallery indices. Returned ranks are ascending (the
+    matches in ranked order). Comparisons are made in ``row``'s dtype.
+    """
+    t = row[matches]
+    if np.isnan(t).any():
+        raise ValueError("distmat has NaN distances between a query and its true matches")
+    order = np.argsort(t, kind="stable")  # matches ascending, so this is (distance, index) order
+    t = t[order]
+    m_idx = matches[order]
+    cand = row[row <= t[-1]]  # every item that can precede a match (NaN never does)
+    cand.sort()
+    less = np.searchsorted(cand, t, side="left")  # items strictly closer than each match
+    equal = np.searchsorted(cand, t, side="right") - less  # items at the same distance (>= 1)
+    before = less
+    tied = np.flatnonzero(equal > 1)
+    if tied.size:  # exact tie-break by gallery index: count equal items with a smaller index
+        before = before.copy()
+        for j in tied:
+            before[j] += np.count_nonzero(row[: m_idx[j]] == t[j])
+    if junk.size:
+        tj = row[junk]
+        jb = (tj[None, :] < t[:, None]) | ((tj[None, :] == t[:, None]) & (junk[None, :] < m_idx[:, None]))
+        before = before - jb.sum(axis=1)
+    return before + 1
+
+
+def evaluate_retrieval(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
+                       max_rank: int = 50) -> dict:
+    """Market-1501-protocol metrics of a query x gallery distance matrix, as torchreid computes them.
+
+    For each query the gallery is ranked by ascending distance, ties broken by gallery index
+    (a stable sort); gallery items with the query's pid AND camera are removed; a query with no
+    remaining true match is invalid and skipped. Over the valid queries:
+
+    - ``cmc``: float64 array [max_rank], fraction of queries whose first match is at rank <= k
+      (k = 1..max_rank; ranks past the gallery size repeat the final value, 1.0);
+    - ``mAP``: mean AP, AP = mean over the true matches of precision at the match's rank;
+    - ``mINP``: mean of (number of matches / rank of the hardest match) (fast-reid's mINP).
+
+    Returns ``{"cmc", "mAP", "mINP", "num_valid_queries", "num_invalid_queries"}``. Raises
+    ``ValueError`` on mismatched shapes or when no query is valid. ``distmat`` is read row by row
+    (a ``np.memmap`` works) in its own dtype; nothing of its size is allocated.
+    """
+    distmat = np.asarray(distmat) if not isinstance(distmat, np.ndarray) else distmat
+    q_pids, g_pids = np.asarray(q_pids).ravel(), np.asarray(g_pids).ravel()
+    q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
+    if distmat.ndim != 2 or distmat.shape != (len(q_pids), len(g_pids)):
+        raise ValueError(f"distmat has shape {distmat.shape}, expected ({len(q_pids)}, {len(g_pids)}) "
+                         "from the query and gallery pids")
+    if len(q_camids) != len(q_pids) or len(g_camids) != len(g_pids):
+        raise ValueError("camera ids must have one entry per query / gallery item")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    groups = _group_by_pid(g_pids)
+    first_hits = np.zeros(max_rank + 1, np.int64)  # histogram of first-match ranks (last bin: > max_rank)
+    ap_sum = inp_sum = 0.0
+    valid = 0
+    for i in range(len(q_pids)):
+        same = groups.get(q_pids[i].item())
+        if same is None:
+            continue
+        same_cam = g_camids[same] == q_camids[i]
+        matches = same[~same_cam]
+        if matches.size == 0:
+            continue
+        ranks = _match_ranks(distmat[i], matches, same[same_cam])
+        valid += 1
+        first_hits[min(int(ranks[0]), max_rank + 1) - 1] += 1
+        ap_sum += float(np.mean(np.arange(1, ranks.size + 1) / ranks))
+        inp_sum += ranks.size / float(ranks[-1])
+    if valid == 0:
+        raise ValueError("no query has a true match in the gallery (same pid on another camera): "
+                         "check the pids and camera ids")
+    cmc = np.cumsum(first_hits[:max_rank]) / valid
+    return {"cmc": cmc.astype(np.float64), "mAP": ap_sum / valid, "mINP": inp_sum / valid,
+            "num_valid_queries": valid, "num_invalid_queries": len(q_pids) - valid}
+
+
+def pairwise_distance(qf: np.ndarray, gf: np.ndarray,
+                      metric: Literal["euclidean", "cosine"] = "euclidean",
+                      squared: bool = False, chunk: int = 1024) -> np.ndarray:
+    """Query x gallery distances [Q, G], computed ``chunk`` query rows at a time.
+
+    ``euclidean``: ``sqrt(max(|q|^2 + |g|^2 - 2 q.g, 0))`` (the square if ``squared``);
+    ``cosine``: ``1 - cos(q, g)`` (rows normalised here; ``squared`` is not allowed).
+    The result is float32 for float32 (or lower) inputs, float64 otherwise; arithmetic is done in
+    that dtype, so for float32 the usual matrix-product rounding (about 1e-6 relative) applies.
+    """
+    qf, gf = np.asarray(qf), np.asarray(gf)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"features must be [Q, D] and [G, D] with the same D, got {qf.shape} and {gf.shape}")
+    dtype = np.result_type(qf.dtype, gf.dtype, np.float32)
+    qf, gf = qf.astype(dtype, copy=False), gf.astype(dtype, copy=False)
+    out = np.empty((qf.shape[0], gf.shape[0]), dtype)
+    if metric == "cosine":
+        if squared:
+            raise ValueError("squared=True only applies to the euclidean metric")
+        gn = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), np.finfo(dtype).tiny)
+        for s in range(0, qf.shape[0], chunk):
+            q = qf[s:s + chunk]
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), np.finfo(dtype).tiny)
+            np.matmul(q, gn.T, out=out[s:s + chunk])
+            np.subtract(1, out[s:s + chunk], out=out[s:s + chunk])
+        return out
+    if metric != "euclidean":
+        raise ValueError(f"unknown metric {metric!r}: expected 'euclidean' or 'cosine'")
+    g2 = np.einsum("ij,ij->i", gf, gf)
+    for s in range(0, qf.shape[0], chunk):
+        q = qf[s:s + chunk]
+        block = out[s:s + chunk]
+        np.matmul(q, gf.T, out=block)
+        block *= -2
+        block += g2[None, :]
+        block += np.einsum("ij,ij->i", q, q)[:, None]
+        np.maximum(block, 0, out=block)
+        if not squared:
+            np.sqrt(block, out=block)
+    return out

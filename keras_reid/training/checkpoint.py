@@ -1,0 +1,158 @@
+"""Checkpoint every epoch and resume: model, optimizer state(s) and the epoch counter.
+
+A checkpoint is a ``tf.train.Checkpoint(model=..., <optimizer attribute>=..., epoch=...)``
+written by a ``tf.train.CheckpointManager`` into ``ckpt_dir`` as ``ckpt-<epochs done>``.
+
+Atomicity: the manager writes the checkpoint's data (TensorFlow writes the shards to a
+temporary folder and merges them into ``ckpt-N.index``/``ckpt-N.data-*``) and only then, in a
+write callback, rewrites the ``checkpoint`` state file, itself atomically (temporary file and
+rename). A run killed during a save therefore leaves the state file naming the previous
+complete checkpoint, and :func:`latest_checkpoint` reads only that file (skipping entries
+whose index file is gone).
+
+Multi-worker: every worker must save at the same time (saving may all-reduce variables that
+are synchronised on read, such as Keras metric state), but only the chief's files are kept:
+the others write to a temporary per-worker folder next to ``ckpt_dir`` that is deleted right
+after. Resuming needs ``ckpt_dir`` on storage every worker sees (the run folder); the workers
+check that they agree on the epoch to resume from.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from keras_reid.errors import UserError
+from keras_reid.training.loop import build_optimizers, model_optimizers
+
+log = logging.getLogger("keras_reid")
+
+CHECKPOINT_PREFIX = "ckpt"
+
+
+def make_checkpoint(model: keras.Model) -> tuple[tf.train.Checkpoint, tf.Variable]:
+    """Return ``(checkpoint, epoch variable)`` over the model, its built optimizers and the epoch.
+
+    The optimizers are keyed by their attribute names (``optimizer``, ``d_optimizer``, ...).
+    """
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    objects = {name: opt for name, opt in model_optimizers(model, built_only=True).items()
+               if name not in ("model", "epoch")}
+    return tf.train.Checkpoint(model=model, epoch=epoch, **objects), epoch
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
+    """Return the prefix of the newest complete checkpoint in ``ckpt_dir``, or None if there is none.
+
+    Reads the manager's ``checkpoint`` state file (written only after a checkpoint's data is
+    complete) and skips entries whose ``.index`` file is missing.
+    """
+    ckpt_dir = str(ckpt_dir)
+    if not tf.io.gfile.isdir(ckpt_dir):
+        return None
+    state = tf.train.get_checkpoint_state(ckpt_dir)
+    if state is None:
+        return None
+    candidates = [state.model_checkpoint_path, *reversed(list(state.all_model_checkpoint_paths))]
+    for path in candidates:
+        if not path:
+            continue
+        if not os.path.isabs(path):
+            path = os.path.join(ckpt_dir, path)
+        if tf.io.gfile.exists(path + ".index"):
+            return path
+        log.warning("checkpoint %s is listed but its files are missing; trying an older one", path)
+    return None
+
+
+def restore_latest(model: keras.Model, ckpt_dir: str | os.PathLike,
+                   strategy: tf.distribute.Strategy | None = None) -> int:
+    """Restore ``model`` and its optimizers from the newest checkpoint in ``ckpt_dir``.
+
+    Builds the optimizers first (inside the strategy's scope) so their state is restored
+    right away. Returns the number of epochs already done, i.e. the epoch to resume from
+    (0 when there is no checkpoint). Raises ``UserError`` if the checkpoint does not fit the
+    model, or if multi-worker processes disagree on the epoch (``ckpt_dir`` not shared).
+    """
+    strategy = strategy or model.distribute_strategy
+    build_optimizers(model, strategy)
+    path = latest_checkpoint(ckpt_dir)
+    epoch = 0
+    if path is not None:
+        checkpoint, epoch_var = make_checkpoint(model)
+        try:
+            with strategy.scope():
+                checkpoint.restore(path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint {path} does not match this model ({first[:300]}); delete "
+                            f"{ckpt_dir} to train from scratch") from None
+        epoch = int(epoch_var.numpy())
+    _check_workers_agree(strategy, epoch, ckpt_dir)
+    return epoch
+
+
+def _check_workers_agree(strategy: tf.distribute.Strategy, epoch: int, ckpt_dir) -> None:
+    """Multi-worker only: raise UserError on every worker unless all resume from the same epoch."""
+    from keras_reid.distribute import num_workers
+
+    if num_workers(strategy) <= 1:
+        return
+    value = tf.constant([float(epoch), float(epoch) ** 2], tf.float64)
+    total = strategy.reduce(tf.distribute.ReduceOp.MEAN,
+                            strategy.run(lambda: tf.identity(value)), axis=None).numpy()
+    if abs(total[1] - total[0] ** 2) > 1e-6:  # a variance over the replicas
+        raise UserError(f"the workers found different checkpoints in {ckpt_dir} (this one: epoch "
+                        f"{epoch}); put the run folder on storage that every worker shares")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model, optimizer state(s) and the epoch to ``ckpt_dir`` at the end of every epoch.
+
+    Keeps the newest ``max_to_keep`` checkpoints. Use :func:`restore_latest` to resume.
+    Multi-worker aware (see the module docstring).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, max_to_keep: int = 3) -> None:
+        super().__init__()
+        self.ckpt_dir = Path(ckpt_dir)
+        self.max_to_keep = max(1, int(max_to_keep))
+        self._checkpoint: tf.train.Checkpoint | None = None
+        self._epoch: tf.Variable | None = None
+        self._manager: tf.train.CheckpointManager | None = None
+        self._chief = True
+        self._write_dir: Path = self.ckpt_dir
+
+    def _setup(self) -> None:
+        from keras_reid.distribute import is_chief, worker_index
+
+        strategy = self.model.distribute_strategy
+        self._chief = is_chief(strategy)
+        self._write_dir = self.ckpt_dir if self._chief else self.ckpt_dir.with_name(
+            f".{self.ckpt_dir.name}.worker{worker_index(strategy)}.tmp")
+        self._checkpoint, self._epoch = make_checkpoint(self.model)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, str(self._write_dir), max_to_keep=self.max_to_keep,
+            checkpoint_name=CHECKPOINT_PREFIX)
+
+    def on_train_begin(self, logs=None):
+        self._setup()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._manager is None:
+            self._setup()
+        self._epoch.assign(epoch + 1)
+        path = self._manager.save(checkpoint_number=epoch + 1)
+        if not self._chief:
+            shutil.rmtree(self._write_dir, ignore_errors=True)
+        else:
+            log.debug("saved checkpoint %s", path)
+
+    @property
+    def latest(self) -> str | None:
+        """The prefix of the newest checkpoint this callback's directory holds, or None."""
+        return latest_checkpoint(self.ckpt_dir)

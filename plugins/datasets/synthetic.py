@@ -1,0 +1,69 @@
+"""Dataset ``synthetic``: the built-in synthetic re-ID dataset, written on first use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keras_reid.data.records import DatasetSplits
+from keras_reid.errors import DatasetError
+from keras_reid.registry import register
+
+
+class SyntheticConfig(BaseModel):
+    """Parameters of the synthetic dataset (see ``keras-reid data synth --help``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field(description="folder of the dataset (written there if absent)")
+    ids: int = Field(50, ge=2, le=9999, description="identities (half train, half test)")
+    cameras: int = Field(6, ge=2, le=9, description="cameras")
+    size: tuple[int, int] = Field((128, 64), description='crop size "HxW" or [h, w]')
+    seed: int = Field(0, description="random seed (same seed, same files)")
+    images_per_id_camera: int = Field(4, ge=2, description="images per identity and camera (mean)")
+    create_if_missing: bool = Field(True, description="synthesise the dataset when root has none")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value):
+        from keras_reid.data.synthetic import parse_size
+
+        return parse_size(value)
+
+
+@register("dataset", "synthetic", config=SyntheticConfig)
+class SyntheticDataset:
+    """Built-in synthetic people in 6 camera styles (Market-1501 layout, masks, keypoints)."""
+
+    def __init__(self, config: SyntheticConfig):
+        self.config = config
+
+    def load(self) -> DatasetSplits:
+        """Synthesise the dataset at root if it has none, then read it as Market-1501.
+
+        Raises DatasetError if root holds a synthetic dataset with other parameters (it
+        is never overwritten), holds other files, or is missing with create_if_missing off.
+        """
+        from keras_reid.data.synthetic import make_params, read_params, synthesize
+
+        c = self.config
+        root = Path(os.path.expanduser(c.root)).absolute()
+        wanted = make_params(ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
+                             images_per_id_camera=c.images_per_id_camera).to_json()
+        found = read_params(root) if root.is_dir() else None
+        if found is None:
+            if not c.create_if_missing:
+                raise DatasetError(
+                    f"no synthetic dataset at {root}; run `keras-reid data synth {root} --ids {c.ids} "
+                    f"--cameras {c.cameras} --size {c.size[0]}x{c.size[1]} --seed {c.seed}` "
+                    "or set create_if_missing: true")
+            synthesize(root, ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
+                       images_per_id_camera=c.images_per_id_camera, progress=True)
+        elif found != wanted:
+            diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
+                             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
+            raise DatasetError(f"{root} holds a synthetic dataset made with other parameters: {diff}; "
+                               "point root to another folder or delete this one")
+        from .market import read_market_layout
+
+        return read_market_layout(root, "synthetic")
