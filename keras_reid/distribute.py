@@ -163,7 +163,12 @@ def _mirrored_ops(config: StrategyConfig, devices: list[str]) -> Any:
     import tensorflow as tf
 
     if config.communication == "auto":
-        return None
+        if any("GPU" in d.upper() for d in devices):
+            return None  # TensorFlow's choice (NCCL on Linux GPUs)
+        # CPU replicas: TensorFlow would pick collective ops, whose instance keys restart at the
+        # same value for every new strategy, so a second strategy in one process (tests, a
+        # notebook) collides with the first. Reducing on one device has no such state.
+        return tf.distribute.ReductionToOneDevice()
     if config.communication == "nccl":
         if not any("GPU" in d.upper() for d in devices):
             raise UserError("strategy.communication 'nccl' needs GPUs and this strategy has none; "

@@ -74,6 +74,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
     results: dict = {}
     steps = plan(recipe, run_dir)
     echo(click.style(f"run '{recipe.name}' -> {run_dir}", bold=True))
+    _preflight(recipe, steps, run_dir, registry, echo, shared, only)
     for i, step in enumerate(steps, 1):
         if only and step.name not in only:
             continue
@@ -112,6 +113,25 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
         echo(f"{head}: finished in {_fmt_seconds(elapsed)}")
         results[step.name] = summary
     return results
+
+
+def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: Registry,
+               echo: Callable[[str], None], shared: dict, only: list[str] | None) -> None:
+    """Load the datasets of the stages that will run before any of them starts, so a missing
+    or malformed dataset root fails in seconds, not after an hour of training."""
+    todo = [s.name for s in steps if s.status != "done" and (not only or s.name in only)]
+    names = []
+    for stage in todo:
+        names += [n for n in recipe.references(stage, "datasets") if n not in names]
+    if not names:
+        return
+    context = StageContext(recipe=recipe, stage_name=todo[0], run_dir=run_dir, registry=registry,
+                           echo=echo, _datasets=shared["datasets"],
+                           _strategy_holder=shared["strategy"])
+    for name in names:
+        splits = context.dataset(name)
+        sizes = ", ".join(f"{split} {len(recs):,}" for split, recs in splits.splits.items())
+        echo(f"dataset '{name}': {sizes} images")
 
 
 def _fmt_seconds(s: float) -> str:

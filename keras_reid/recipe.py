@@ -293,6 +293,19 @@ class Recipe:
         """The resolved recipe as YAML (what is saved in the run folder)."""
         return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False)
 
+    def references(self, stage: str, target: str) -> list[str]:
+        """Names under ``target`` (``"datasets"`` or ``"stages"``) that ``stage``'s config refers to."""
+        cfg = self.stage_configs.get(stage)
+        out: list[str] = []
+        for name, fld in (type(cfg).model_fields.items() if cfg is not None else ()):
+            extra = fld.json_schema_extra if isinstance(fld.json_schema_extra, dict) else {}
+            if extra.get("ref") == target:
+                value = getattr(cfg, name)
+                for item in (value if isinstance(value, list) else [value]):
+                    if item is not None and item not in out:
+                        out.append(item)
+        return out
+
     def stage_hash(self, stage: str) -> str:
         """A hash of one stage's resolved config, the datasets and the stages before it."""
         names = list(self.model.stages)

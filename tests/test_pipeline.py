@@ -161,7 +161,9 @@ def test_per_replica_scheme_with_two_input_pipelines(records):
 
 
 def test_mirrored_strategy_step_equals_single_device_batch(records):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from keras_reid.distribute import make_strategy
+
+    strategy = make_strategy({"type": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
     inp = ReIDInput(records, _labels(records), image_size=(H, W), global_batch_size=8, k=2,
                     transforms=AUGMENT, seed=7, num_replicas=2)
     dist = strategy.distribute_datasets_from_function(lambda ctx: inp.dataset_fn(ctx, 1))

@@ -162,7 +162,9 @@ def test_step_values_reduced_over_two_replicas_equal_one_device():
     single.compile(keras.optimizers.SGD(0.1))
     ref = {k: float(v) for k, v in tf.function(single.train_step)((images, labels)).items()}
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from keras_reid.distribute import make_strategy
+
+    strategy = make_strategy({"type": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
     with strategy.scope():
         model = ReIDModel(build(), REGISTRY.create("loss", {"type": "softmax"}))
         model.compile(keras.optimizers.SGD(0.1))

@@ -51,8 +51,10 @@ class DatasetSplits:
         try:
             return self.splits[split]
         except KeyError:
-            raise KeyError(
-                f"dataset '{self.name}' has no split '{split}'; it has: {', '.join(self.splits)}"
+            from keras_reid.errors import DatasetError
+
+            raise DatasetError(
+                f"dataset '{self.name}' has no split '{split}'; use one of: {', '.join(self.splits)}"
             ) from None
 
     def __contains__(self, split: str) -> bool:

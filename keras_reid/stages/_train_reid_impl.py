@@ -61,7 +61,7 @@ def train(cfg, ctx: StageContext) -> dict:
     inp = ReIDInput(
         good, labels, image_size=(h, w), global_batch_size=cfg.batch_size, sampler=cfg.sampler,
         p=cfg.batch_size // k if cfg.sampler == "pk" else None, k=k if cfg.sampler == "pk" else None,
-        transforms=[t.model_dump() for t in cfg.augment], seed=ctx.seed, num_replicas=replicas)
+        transforms=list(cfg.augment), seed=ctx.seed, num_replicas=replicas)
     steps = inp.steps_per_epoch
     ctx.echo(f"training on {len(good)} images of {num_classes} identities "
              f"({len({r.camid for r in good})} cameras), {steps} steps/epoch x {cfg.epochs} epochs, "
@@ -78,7 +78,7 @@ def train(cfg, ctx: StageContext) -> dict:
         model(np.zeros((1, h, w, 3), np.float32), training=False)
 
     ckpt_dir = ctx.stage_dir / "checkpoints"
-    initial_epoch = restore_latest(model, ckpt_dir)
+    initial_epoch = restore_latest(model, ckpt_dir, strategy)
     if initial_epoch:
         ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
 
@@ -104,8 +104,10 @@ def train(cfg, ctx: StageContext) -> dict:
     if ctx.is_chief:
         model.export_inference_model(model_path)
         io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in mapping.items()})
+        if closed:
+            export_classifier(model, ctx.stage_dir / "classifier.keras")
     final = {k: float(v[-1]) for k, v in (history or {}).items() if v}
-    return {
+    summary = {
         "model": str(model_path.relative_to(ctx.run_dir)),
         "image_size": [h, w],
         "num_classes": num_classes,
@@ -116,3 +118,19 @@ def train(cfg, ctx: StageContext) -> dict:
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
         "final": final,
     }
+    if closed:
+        summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
+    return summary
+
+
+def export_classifier(model, path) -> None:
+    """Atomically save images -> identity logits (closed-set evaluation needs the classifier)."""
+    import keras
+
+    from keras_reid.io import atomic_path
+
+    bb = model.backbone
+    inputs = keras.Input(tuple(bb.inputs[0].shape[1:]), name="images")
+    clf = keras.Model(inputs, bb(inputs, training=False)["logits"], name=f"{bb.name}_classifier")
+    with atomic_path(path, suffix=".keras") as tmp:
+        clf.save(tmp)

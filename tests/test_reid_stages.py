@@ -1,0 +1,196 @@
+"""train_reid + evaluate stages end to end on a tiny synthetic dataset (tiny backbone, CPU).
+
+Covers the reliability cases of the foundation issue at stage level: corrupt image files are
+skipped and counted, an empty split and a missing dataset folder fail with one clear line,
+and an interrupted training resumes to the same final epoch with the same weights.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from keras_reid import pipeline
+from keras_reid.errors import DatasetError, UserError
+from keras_reid.recipe import load_recipe
+
+RECIPE = """
+name: stages
+seed: 3
+strategy: {{type: {strategy}}}
+jit_compile: false
+datasets:
+  synth:
+    type: synthetic
+    root: {root}
+    ids: 12
+    cameras: 3
+    size: 64x32
+    seed: 1
+    images_per_id_camera: 3
+stages:
+  train:
+    type: train_reid
+    dataset: synth
+    image_size: [64, 32]
+    backbone: {{type: tiny, width: 8, blocks: 3, embedding_dim: 32}}
+    loss: {{type: softmax_triplet}}
+    optimizer: {{type: adam, lr: 0.001}}
+    schedule: {{type: cosine, warmup_epochs: 1}}
+    batch_size: 12
+    instances_per_id: 2
+    epochs: 3
+    log_every: 1
+    verbose: 0
+  evaluate:
+    type: evaluate
+    dataset: synth
+    models: [train]
+    flip: true
+    ranked_lists: 3
+    projector_samples: 20
+"""
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    """The dataset once per module (the dataset plugin writes it on first use)."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    rec = _recipe(tmp_path_factory.mktemp("r"), root)
+    from keras_reid.registry import REGISTRY
+
+    REGISTRY.create("dataset", rec.model.datasets["synth"].model_dump()).load()
+    return root
+
+
+def _recipe(tmp_path, root, *overrides, strategy="one_device"):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(root=root, strategy=strategy))
+    return load_recipe(path, list(overrides))
+
+
+def _copy(root, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(root, dst)
+    return dst
+
+
+def _features(run_dir, images):
+    import keras
+
+    import keras_reid.layers  # noqa: F401
+
+    model = keras.saving.load_model(run_dir / "train" / "model.keras", compile=False)
+    return np.asarray(model(images, training=False))
+
+
+@pytest.fixture
+def probe(synth_root):
+    from keras_reid.data.pipeline import eval_dataset
+    from keras_reid_plugins.datasets.market import read_market_layout
+
+    recs = read_market_layout(synth_root, "synthetic")["query"][:8]
+    return next(iter(eval_dataset(recs, image_size=(64, 32), batch_size=8)))
+
+
+def test_train_and_evaluate_write_model_metrics_and_tensorboard(tmp_path, synth_root):
+    run_dir = tmp_path / "run"
+    out = pipeline.run(_recipe(tmp_path, synth_root), run_dir, echo=lambda s: None)
+    train = out["train"]
+    assert train["epochs"] == 3 and train["resumed_from_epoch"] == 0 and train["skipped_images"] == 0
+    assert train["num_classes"] == 6 and train["final"]["loss"] > 0
+    assert (run_dir / "train" / "model.keras").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["train"]
+    for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"]
+    assert metrics["valid_queries"] > 0
+    tags = _tags(run_dir / "tensorboard")
+    assert {"eval/mAP", "eval/rank1", "eval/cmc", "eval/ranked_lists"} <= tags
+    assert any(t.startswith("train/input_batch") for t in tags)
+    assert any("loss" in t for t in tags) and any("lr" in t for t in tags)
+    assert list((run_dir / "tensorboard").rglob("projector_config.pbtxt"))
+
+
+def _tags(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event_file in logdir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file.parent), size_guidance={"tensors": 0, "images": 0})
+        acc.Reload()
+        for kind in ("scalars", "images", "tensors"):
+            tags |= set(acc.Tags().get(kind, []))
+    return tags
+
+
+def test_interrupted_training_resumes_to_the_same_final_weights(tmp_path, synth_root, probe,
+                                                                 monkeypatch):
+    straight = tmp_path / "straight"
+    pipeline.run(_recipe(tmp_path, synth_root), straight, echo=lambda s: None, only=["train"])
+
+    from keras_reid.training import checkpoint
+
+    original = checkpoint.EpochCheckpoint.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated Ctrl-C after epoch 1")
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", original)
+    assert not (resumed / "train" / ".complete.json").exists()
+    steps = {s.name: s.status for s in pipeline.plan(_recipe(tmp_path, synth_root), resumed)}
+    assert steps["train"] == "resume"
+
+    out = pipeline.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
+    assert out["train"]["resumed_from_epoch"] == 1 and out["train"]["epochs"] == 3
+    np.testing.assert_allclose(_features(resumed, probe), _features(straight, probe),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_mirrored_two_replicas_trains_and_evaluates(tmp_path, synth_root):
+    out = pipeline.run(_recipe(tmp_path, synth_root, "stages.train.epochs=1", strategy="mirrored"),
+                       tmp_path / "run", echo=lambda s: None)
+    assert out["train"]["epochs"] == 1
+    assert "rank1" in out["evaluate"]["models"]["train"]
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, synth_root):
+    root = _copy(synth_root, tmp_path)
+    victim = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
+    victim.write_bytes(b"this is not a jpeg")
+    lines = []
+    out = pipeline.run(_recipe(tmp_path, root, "stages.train.epochs=1"), tmp_path / "run",
+                       echo=lines.append, only=["train"])
+    assert out["train"]["skipped_images"] == 1
+    assert any("skipped 1 of" in line and victim.name in line for line in lines), lines
+
+
+def test_empty_split_is_one_clear_error(tmp_path, synth_root):
+    rec = _recipe(tmp_path, synth_root, "stages.train.cameras=[7]")
+    with pytest.raises(DatasetError, match=r"no usable images for cameras \[7\].*cameras present"):
+        pipeline.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
+
+
+def test_missing_dataset_folder_fails_before_any_stage_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from keras_reid.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    text = RECIPE.format(root=tmp_path / "nowhere", strategy="one_device")
+    text = text.replace("type: synthetic\n    root", "type: market1501\n    root")
+    text = "\n".join(l for l in text.splitlines()
+                     if not l.strip().startswith(("ids:", "cameras:", "size:", "seed: 1",
+                                                  "images_per_id_camera")))
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "nowhere" in result.output and "Traceback" not in result.output
+    assert len([l for l in result.output.splitlines() if l.startswith("error")]) == 1
+    assert not (tmp_path / "run" / "train" / "checkpoints").exists()
