@@ -77,6 +77,20 @@ def test_base_inheritance_and_overrides(tmp_path, reg):
     assert "name: child" in rec.to_yaml()
 
 
+def test_base_component_with_another_type_is_replaced_not_merged(tmp_path, reg):
+    class OtherCfg(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        depth: int = 3
+
+    reg.register("backbone", "other", config=OtherCfg)(type("Other", (), {}))
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nstages:\n  train:\n"
+                  "    backbone: {type: other, depth: 5}\n")
+    assert load_recipe(child, registry=reg).stage_configs["train"].backbone == {"type": "other", "depth": 5}
+    same = write(tmp_path, "same.yaml", "base: base.yaml\nstages:\n  train:\n    backbone: {type: toy}\n")
+    assert load_recipe(same, registry=reg).stage_configs["train"].backbone == {"type": "toy", "width": 16}
+
+
 def test_set_coerces_types():
     assert parse_override("a.b=2") == (("a", "b"), 2)
     assert parse_override("a.0.c=[64, 32]") == (("a", 0, "c"), [64, 32])

@@ -194,3 +194,48 @@ def test_missing_dataset_folder_fails_before_any_stage_runs(tmp_path):
     assert "nowhere" in result.output and "Traceback" not in result.output
     assert len([l for l in result.output.splitlines() if l.startswith("error")]) == 1
     assert not (tmp_path / "run" / "train" / "checkpoints").exists()
+
+
+def test_closed_set_train_and_evaluate(tmp_path, synth_root):
+    """LIMA-style data: <session>/<class>/*.jpg made from synthetic identities (camera =
+    session); train on sessions 1-2, classify session 3; metrics and confusion matrix."""
+    import re
+
+    root = tmp_path / "closed"
+    pattern = re.compile(r"^(\d{4})_c(\d)")
+    pids = {}
+    for img in sorted((synth_root / "bounding_box_train").glob("*.jpg")):
+        pid, cam = (int(v) for v in pattern.match(img.name).groups())
+        cls = pids.setdefault(pid, len(pids) + 1)
+        dst = root / f"s{cam}" / str(cls)
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, dst / img.name)
+    path = tmp_path / "closed.yaml"
+    path.write_text(f"""
+name: closed
+datasets:
+  lima: {{type: closed_set, root: {root}, test_session: 3}}
+stages:
+  train:
+    type: train_reid
+    dataset: lima
+    image_size: [64, 32]
+    backbone: {{type: tiny, width: 8, blocks: 3, embedding_dim: 32}}
+    batch_size: 12
+    instances_per_id: 2
+    epochs: 2
+    verbose: 0
+  evaluate: {{type: evaluate, dataset: lima, models: [train]}}
+""")
+    rec = load_recipe(path)
+    run_dir = tmp_path / "run"
+    out = pipeline.run(rec, run_dir, echo=lambda s: None)
+    assert (run_dir / "train" / "classifier.keras").is_file()
+    entry = json.loads((run_dir / "metrics.json").read_text())["models"]["train"]
+    for key in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid"):
+        assert 0.0 <= entry[key] <= 1.0
+    assert entry["num_test_images"] > 0
+    confusion = json.loads((run_dir / "evaluate" / "confusion_train.json").read_text())
+    assert np.asarray(confusion["matrix"]).sum() == entry["num_test_images"]
+    assert {"eval/confusion_matrix", "eval/prec1_all"} <= _tags(run_dir / "tensorboard")
+    assert out["evaluate"]["models"]["train"] == entry

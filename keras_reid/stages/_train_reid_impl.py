@@ -99,6 +99,15 @@ def train(cfg, ctx: StageContext) -> dict:
                          steps_per_epoch=steps, initial_epoch=initial_epoch, callbacks=callbacks,
                          verbose=cfg.verbose if ctx.is_chief else 0, jit_compile=ctx.jit_compile)
     seconds = time.time() - t0
+    recalibrated = 0
+    if cfg.bn_recalibration_batches:
+        from keras_reid.training.batchnorm import recalibrate_batchnorm
+
+        # the augmented training stream: the statistics the features were trained under
+        # (clean images give other statistics and worse retrieval; see training/batchnorm.py)
+        recalibrated = recalibrate_batchnorm(
+            model, inp.dataset(cfg.epochs).repeat().take(cfg.bn_recalibration_batches))
+        ctx.echo(f"BatchNorm statistics re-estimated over {recalibrated} training batches")
     trained = max(cfg.epochs - initial_epoch, 0) * steps * cfg.batch_size
     model_path = ctx.stage_dir / "model.keras"
     if ctx.is_chief:
@@ -115,6 +124,7 @@ def train(cfg, ctx: StageContext) -> dict:
         "skipped_images": len(bad),
         "epochs": cfg.epochs,
         "resumed_from_epoch": initial_epoch,
+        "bn_recalibration_batches": recalibrated,
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
         "final": final,
     }

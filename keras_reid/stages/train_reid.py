@@ -38,6 +38,9 @@ class TrainReIDConfig(BaseModel):
     instances_per_id: int = Field(4, gt=0, description="K of the PK sampler")
     epochs: int = Field(60, gt=0)
     augment: list[TransformSpec] = Field(default_factory=_default_augment)
+    bn_recalibration_batches: int = Field(
+        50, ge=0, description="after training, re-estimate BatchNorm statistics over this many "
+        "training batches (precise BN; 0 = off)")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)

@@ -1,0 +1,56 @@
+"""Re-estimate BatchNormalization statistics for the final weights ("precise BN").
+
+BatchNormalization keeps running averages of batch means and variances with a slow momentum
+(0.99 in keras.applications). After a short training, or one whose features drift quickly
+(a BN-neck after a freshly trained backbone), the averages still describe early weights, and in
+inference mode the features then share one large stale offset: different people get nearly the
+same L2-normalised feature and retrieval collapses. Measured on the synthetic dataset, ResNet50
+after 190 steps: mean cosine similarity between features of different images 0.99 in inference
+mode against 0.0001 in training mode; rank-1 0.0%.
+
+:func:`recalibrate_batchnorm` runs forward passes in training mode over un-augmented training
+images with a fast momentum, so the averages match the final weights. Only the moving
+statistics change: no gradient is taken, trainable weights stay as they are.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import keras
+import tensorflow as tf
+
+
+def batchnorm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every trainable BatchNormalization layer inside ``model`` (nested models included).
+
+    Frozen BN layers (``trainable=False``) run in inference mode in Keras 3 and are left alone.
+    """
+    return [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
+def recalibrate_batchnorm(model: keras.Layer, batches: Iterable, momentum: float = 0.9) -> int:
+    """Update the moving mean/variance of ``model``'s BN layers from ``batches`` of images.
+
+    With momentum m the averages forget the old statistics as m**n after n batches (0.9**50 =
+    0.5%). Returns the number of batches used; the layers' own momentum is restored afterwards.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    try:
+        # traced after the momentum change, so the graph uses the fast momentum
+        forward = tf.function(lambda images: model(images, training=True), reduce_retracing=True)
+        used = 0
+        for images in batches:
+            if isinstance(images, (tuple, list)):
+                images = images[0]
+            forward(images)
+            used += 1
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.momentum = m
+    return used

@@ -1,0 +1,50 @@
+"""Every built-in component honours the contract of its kind (keras_reid.testing), the same
+checks third-party plugin authors run on theirs."""
+import pytest
+
+from keras_reid import testing
+from keras_reid.registry import REGISTRY
+
+REGISTRY.load()
+ALL = [(e.kind, e.name) for e in REGISTRY.entries()]
+# parameters a check needs where the defaults would download something or read a folder
+PARAMS = {("backbone", "resnet50"): {"weights": None}}
+
+
+@pytest.mark.parametrize("kind,name", ALL, ids=[f"{k}:{n}" for k, n in ALL])
+def test_config_schema_forbids_unknown_keys_and_has_a_description(kind, name):
+    testing.check_config_schema(REGISTRY.get(kind, name))
+
+
+MODEL_FREE = [(k, n) for k, n in ALL if k in ("backbone", "loss", "filter", "masker", "pose")]
+
+
+@pytest.mark.parametrize("kind,name", MODEL_FREE, ids=[f"{k}:{n}" for k, n in MODEL_FREE])
+def test_component_follows_its_interface(kind, name, request):
+    if kind in ("filter", "masker", "pose"):
+        request.getfixturevalue("face_models")  # MediaPipe models provisioned in the cache
+    entry = REGISTRY.get(kind, name)
+    params = PARAMS.get((kind, name), {})
+    if kind == "backbone":
+        testing.check_backbone(entry.create(params))
+    elif kind == "loss":
+        testing.check_loss(entry.create(params))
+    else:
+        component = entry.create(params)
+        try:
+            testing.check_image_scorer(component, kind)
+        finally:
+            getattr(component, "close", lambda: None)()
+
+
+def test_contract_checks_catch_a_broken_backbone():
+    class NoLogits:
+        def build(self, input_shape, num_classes):
+            import keras
+
+            x = keras.Input(input_shape)
+            f = keras.layers.GlobalAveragePooling2D()(x)
+            return keras.Model(x, {"embedding": f, "features": f})
+
+    with pytest.raises(AssertionError, match="logits"):
+        testing.check_backbone(NoLogits())
