@@ -34,6 +34,10 @@ class DatasetReader(Protocol):
 
 @runtime_checkable
 class SemanticFilter(Protocol):
+    """Scores images for a property (e.g. a visible face). A filter may also offer
+    ``detect(image) -> [(score, (y0, x0, y1, x1)), ...]`` for one uint8 image, to draw what it
+    found, and ``close()`` to release native resources (MediaPipe Tasks objects)."""
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 images [N, H, W, 3] (RGB) -> float32 scores [N] in [0, 1]."""
 
@@ -60,6 +64,10 @@ class Backbone(Protocol):
 
 @runtime_checkable
 class ReIDLoss(Protocol):
+    """A re-ID loss. It may also define ``terms(labels, outputs) -> {name: per-example [B]}``;
+    then ``__call__`` is their sum and the training loop logs every term (e.g. ``softmax`` and
+    ``triplet``) to the progress bar and TensorBoard."""
+
     def __call__(self, labels: Any, outputs: Mapping[str, Any]) -> Any:
         """int labels [B] and the backbone's outputs -> float32 per-example loss [B]."""
 

@@ -8,9 +8,13 @@ same L2-normalised feature and retrieval collapses. Measured on the synthetic da
 after 190 steps: mean cosine similarity between features of different images 0.99 in inference
 mode against 0.0001 in training mode; rank-1 0.0%.
 
-:func:`recalibrate_batchnorm` runs forward passes in training mode over un-augmented training
-images with a fast momentum, so the averages match the final weights. Only the moving
-statistics change: no gradient is taken, trainable weights stay as they are.
+:func:`recalibrate_batchnorm` runs forward passes in training mode with a fast momentum, so the
+averages match the final weights. Only the moving statistics change: no gradient is taken,
+trainable weights stay as they are. Feed it the training stream itself (PK batches with the
+training augmentation): those are the statistics the features were trained under. On the
+synthetic quickstart data (compact CNN, 15 epochs) re-estimating over 30 augmented training
+batches raised rank-1 from 22.3% to 25.9%, while 50 batches of clean training images dropped
+it to 5.5%.
 """
 from __future__ import annotations
 
