@@ -139,9 +139,8 @@ def load_yaml(path: str | Path) -> LoadedYaml:
 def _deep_merge(base: Any, over: Any, base_locs: dict, over_locs: dict, path: Path_ = ()) -> Any:
     """Merge ``over`` into ``base``; a component mapping whose ``type`` changes is replaced
     whole (the old component's parameters mean nothing to the new one)."""
-    same_component = "type" not in over or over.get("type") == base.get("type") \
-        if isinstance(base, dict) and isinstance(over, dict) else False
-    if isinstance(base, dict) and isinstance(over, dict) and same_component:
+    if (isinstance(base, dict) and isinstance(over, dict)
+            and over.get("type", base.get("type")) == base.get("type")):
         out = dict(base)
         for k, v in over.items():
             out[k] = _deep_merge(base.get(k), v, base_locs, over_locs, path + (k,)) if k in base else v

@@ -114,7 +114,7 @@ def train(cfg, ctx: StageContext) -> dict:
         model.export_inference_model(model_path)
         io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in mapping.items()})
         if closed:
-            export_classifier(model, ctx.stage_dir / "classifier.keras")
+            model.export_inference_model(ctx.stage_dir / "classifier.keras", output="logits")
     final = {k: float(v[-1]) for k, v in (history or {}).items() if v}
     summary = {
         "model": str(model_path.relative_to(ctx.run_dir)),
@@ -132,15 +132,3 @@ def train(cfg, ctx: StageContext) -> dict:
         summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
     return summary
 
-
-def export_classifier(model, path) -> None:
-    """Atomically save images -> identity logits (closed-set evaluation needs the classifier)."""
-    import keras
-
-    from keras_reid.io import atomic_path
-
-    bb = model.backbone
-    inputs = keras.Input(tuple(bb.inputs[0].shape[1:]), name="images")
-    clf = keras.Model(inputs, bb(inputs, training=False)["logits"], name=f"{bb.name}_classifier")
-    with atomic_path(path, suffix=".keras") as tmp:
-        clf.save(tmp)

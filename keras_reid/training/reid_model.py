@@ -170,28 +170,31 @@ class ReIDModel(keras.Model):
         loss = config.pop("loss", None)
         return cls(backbone, loss, **config)
 
-    def inference_model(self) -> keras.Model:
-        """Returns a plain functional ``keras.Model`` images [B, H, W, 3] -> features [B, D]."""
+    def inference_model(self, output: str = "features") -> keras.Model:
+        """Returns a plain functional ``keras.Model`` images [B, H, W, 3] -> the backbone's
+        ``output`` (``"features"`` [B, D] for retrieval, ``"logits"`` [B, classes] for
+        closed-set classification)."""
         bb = self.backbone
-        try:  # a functional backbone: keep only the layers the features need
-            output = bb.output
-            features = output["features"] if isinstance(output, Mapping) else None
+        try:  # a functional backbone: keep only the layers the output needs
+            outputs = bb.output
+            wanted = outputs[output] if isinstance(outputs, Mapping) else None
         except (AttributeError, ValueError, KeyError, TypeError):  # e.g. a subclassed backbone
-            features = None
-        if features is not None:
+            wanted = None
+        if wanted is not None:
             inputs = bb.inputs[0] if len(bb.inputs) == 1 else bb.inputs
-            return keras.Model(inputs, features, name=f"{bb.name}_features")
+            return keras.Model(inputs, wanted, name=f"{bb.name}_{output}")
         inputs = keras.Input(tuple(bb.inputs[0].shape[1:]), name="images")
-        return keras.Model(inputs, bb(inputs, training=False)["features"], name=f"{bb.name}_features")
+        return keras.Model(inputs, bb(inputs, training=False)[output], name=f"{bb.name}_{output}")
 
-    def export_inference_model(self, path: str | os.PathLike) -> Path:
-        """Atomically save :meth:`inference_model` as a ``.keras`` file at ``path``; returns the path."""
+    def export_inference_model(self, path: str | os.PathLike, output: str = "features") -> Path:
+        """Atomically save :meth:`inference_model` (for ``output``) as a ``.keras`` file at
+        ``path``; returns the path."""
         from keras_reid.io import atomic_path
 
         path = Path(path)
         if path.suffix != ".keras":
             raise ValueError(f"inference models are saved as .keras files, got '{path}'")
-        model = self.inference_model()
+        model = self.inference_model(output)
         with atomic_path(path, suffix=".keras") as tmp:
             model.save(tmp)
         return path
