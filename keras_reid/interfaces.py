@@ -13,7 +13,7 @@ masker        :class:`Masker` - uint8 ``[N, H, W, 3]`` -> float32 masks ``[N, H,
 pose          :class:`PoseEstimator` - uint8 ``[N, H, W, 3]`` -> float32 ``[N, 18, 3]`` (y, x, score), COCO-18 order, -1 where missing
 backbone      :class:`Backbone` - ``build(input_shape, num_classes) -> keras.Model``
 loss          :class:`ReIDLoss` - ``(labels, outputs) -> per-example loss [B]``
-generator     a ``keras.Model`` subclass with its own ``train_step`` (Keras GAN idiom)
+generator     :class:`GeneratorFactory` - ``build(image_size) -> keras.Model`` GAN with ``train_step``/``generate``
 stage         :class:`Stage` - ``run(context) -> dict`` (outputs recorded in the run folder)
 ============  =====================================================================
 """
@@ -76,3 +76,41 @@ class ReIDLoss(Protocol):
 class Stage(Protocol):
     def run(self, context: Any) -> Mapping[str, Any]:
         """Do the stage's work in ``context.stage_dir``; return a JSON-able summary."""
+
+
+GENERATOR_KEYS = ("source", "target", "source_mask", "target_mask", "target_pose")
+"""Keys of a generator's example dicts. Images are float32 [B, H, W, 3] in [-1, 1]; masks
+float32 [B, H, W, 1] in [0, 1] (1 = person); ``target_pose`` float32 [B, H, W, 3] skeleton image
+in [-1, 1]. ``source`` is always present; the others only if the generator ``needs`` them."""
+
+
+@runtime_checkable
+class GeneratorFactory(Protocol):
+    """A registered generator component (e.g. ``Pix2Pix(config)``): declares its data and builds the GAN.
+
+    * ``pairing``: how the ``train_generator`` stage pairs training examples:
+      ``"camera_pairs"`` (camera-A image with a camera-B image of the same identity and
+      sequence: the camera-pair split), ``"random_target"`` (camera-A image with N random,
+      unlabelled camera-B images), ``"identity_pairs"`` (ordered pairs of images of one
+      identity) or ``"unpaired"`` (single images, e.g. DCGAN).
+    * ``needs``: the keys of :data:`GENERATOR_KEYS` its ``train_step`` reads;
+      ``generation_needs``: those ``generate`` reads.
+    * ``build(image_size)``: called inside ``strategy.scope()``; returns a ``keras.Model``
+      subclass whose variables exist, with ``compile(d_optimizer=, g_optimizer=)``,
+      ``build_optimizers()``, ``train_step(batch: dict) -> {name: scalar}`` (each replica's
+      share of the global-batch value: ``step_logs_reduction = "sum"``; every loss term
+      logged separately) and ``generate(batch: dict, noise: bool | None = None) -> float32
+      [B, H, W, 3] in [-1, 1]`` (``noise`` None = the config's choice). Saved as ``.keras``.
+    * ``optimizers(steps_per_epoch, epochs) -> {"d_optimizer": .., "g_optimizer": ..}``:
+      called inside ``strategy.scope()``.
+    """
+
+    pairing: str
+    needs: frozenset
+    generation_needs: frozenset
+
+    def build(self, image_size: tuple[int, int]) -> Any:
+        """Return the GAN ``keras.Model`` for images of ``image_size`` (height, width)."""
+
+    def optimizers(self, steps_per_epoch: int, epochs: int) -> Mapping[str, Any]:
+        """Return ``{"d_optimizer": .., "g_optimizer": ..}`` (learning-rate schedules included)."""
