@@ -26,7 +26,7 @@ import click
 from keras_reid import io
 from keras_reid.recipe import Recipe
 from keras_reid.registry import REGISTRY, Registry
-from keras_reid.stages.base import COMPLETE_MARKER, StageContext
+from keras_reid.stages.base import COMPLETE_MARKER, StageContext, StageIncomplete
 
 CONFIG_MARKER = ".config.json"
 
@@ -62,10 +62,13 @@ def plan(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
 
 
 def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry = REGISTRY,
-        echo: Callable[[str], None] = click.echo, only: list[str] | None = None) -> dict:
+        echo: Callable[[str], None] = click.echo, only: list[str] | None = None,
+        shard: tuple[int, int] | None = None) -> dict:
     """Run every stage of ``recipe`` in ``run_dir``; returns ``{stage: summary}``.
 
     ``only`` restricts the run to the named stages (their inputs must be complete).
+    ``shard=(i, N)`` makes shardable stages (augment) do only their i-th part; the run stops
+    after the first stage left incomplete that way (``results["_incomplete"]`` says which).
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
     results: dict = {}
     steps = plan(recipe, run_dir)
     echo(click.style(f"run '{recipe.name}' -> {run_dir}", bold=True))
-    _preflight(recipe, steps, run_dir, registry, echo, shared, only)
+    _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
     for i, step in enumerate(steps, 1):
         if only and step.name not in only:
             continue
@@ -98,11 +101,16 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
         io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
                                                   "config": recipe.data["stages"][step.name]})
         context = StageContext(recipe=recipe, stage_name=step.name, run_dir=run_dir,
-                               registry=registry, echo=echo,
+                               registry=registry, echo=echo, shard=shard,
                                _datasets=shared["datasets"], _strategy_holder=shared["strategy"])
         stage = registry.get("stage", step.type).create(recipe.stage_configs[step.name])
         t0 = time.time()
-        summary = stage.run(context) or {}
+        try:
+            summary = stage.run(context) or {}
+        except StageIncomplete as exc:
+            echo(click.style(f"{head}: not complete: {exc}", fg="yellow"))
+            results["_incomplete"] = {"stage": step.name, "reason": str(exc)}
+            return results
         elapsed = time.time() - t0
         if context.is_chief:
             io.write_json(stage_dir / COMPLETE_MARKER, {
@@ -116,22 +124,29 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
 
 
 def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: Registry,
-               echo: Callable[[str], None], shared: dict, only: list[str] | None) -> None:
+               echo: Callable[[str], None], shared: dict, only: list[str] | None,
+               shard: tuple[int, int] | None = None) -> None:
     """Load the datasets of the stages that will run before any of them starts, so a missing
-    or malformed dataset root fails in seconds, not after an hour of training."""
-    todo = [s.name for s in steps if s.status != "done" and (not only or s.name in only)]
+    or malformed dataset root fails in seconds, not after an hour of training; then run each
+    such stage's ``preflight(config, context)`` check (camera ids, shared identities, ...)."""
+    todo = [s for s in steps if s.status != "done" and (not only or s.name in only)]
     names = []
-    for stage in todo:
-        names += [n for n in recipe.references(stage, "datasets") if n not in names]
-    if not names:
-        return
-    context = StageContext(recipe=recipe, stage_name=todo[0], run_dir=run_dir, registry=registry,
-                           echo=echo, _datasets=shared["datasets"],
-                           _strategy_holder=shared["strategy"])
+    for step in todo:
+        names += [n for n in recipe.references(step.name, "datasets") if n not in names]
     for name in names:
+        context = StageContext(recipe=recipe, stage_name=todo[0].name, run_dir=run_dir,
+                               registry=registry, echo=echo, _datasets=shared["datasets"],
+                               _strategy_holder=shared["strategy"])
         splits = context.dataset(name)
         sizes = ", ".join(f"{split} {len(recs):,}" for split, recs in splits.splits.items())
         echo(f"dataset '{name}': {sizes} images")
+    for step in todo:
+        check = getattr(registry.get("stage", step.type).obj, "preflight", None)
+        if check is not None:
+            check(recipe.stage_configs[step.name],
+                  StageContext(recipe=recipe, stage_name=step.name, run_dir=run_dir,
+                               registry=registry, echo=echo, shard=shard,
+                               _datasets=shared["datasets"], _strategy_holder=shared["strategy"]))
 
 
 def _fmt_seconds(s: float) -> str:

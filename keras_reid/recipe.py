@@ -297,16 +297,13 @@ class Recipe:
         return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False)
 
     def references(self, stage: str, target: str) -> list[str]:
-        """Names under ``target`` (``"datasets"`` or ``"stages"``) that ``stage``'s config refers to."""
+        """Names under ``target`` (``"datasets"`` or ``"stages"``) that ``stage``'s config refers
+        to, nested sub-configs included."""
         cfg = self.stage_configs.get(stage)
         out: list[str] = []
-        for name, fld in (type(cfg).model_fields.items() if cfg is not None else ()):
-            extra = fld.json_schema_extra if isinstance(fld.json_schema_extra, dict) else {}
-            if extra.get("ref") == target:
-                value = getattr(cfg, name)
-                for item in (value if isinstance(value, list) else [value]):
-                    if item is not None and item not in out:
-                        out.append(item)
+        for _, extra, item in (walk_fields(cfg) if cfg is not None else ()):
+            if extra.get("ref") == target and item is not None and item not in out:
+                out.append(item)
         return out
 
     def stage_hash(self, stage: str) -> str:
@@ -419,29 +416,34 @@ def _validate_component(kind: str, spec: Any, path: Path_, locations: dict[Path_
     return cfg
 
 
-def _validate_nested(cfg: BaseModel, path: Path_, locations: dict[Path_, str], registry: Registry,
-                     refs: dict[str, set[str]] | None = None) -> None:
+def walk_fields(cfg: BaseModel, path: Path_ = ()) -> Iterable[tuple[Path_, dict, Any]]:
+    """Yields ``(key path, json_schema_extra, value)`` for every field value of ``cfg``, one per
+    list item, recursing into nested config models (and lists of them)."""
     for name, fld in type(cfg).model_fields.items():
         extra = fld.json_schema_extra if isinstance(fld.json_schema_extra, dict) else {}
         value = getattr(cfg, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            sub = path + (name,) + ((i,) if i is not None else ())
+            yield sub, extra, item
+            if isinstance(item, BaseModel):
+                yield from walk_fields(item, sub)
+
+
+def _validate_nested(cfg: BaseModel, path: Path_, locations: dict[Path_, str], registry: Registry,
+                     refs: dict[str, set[str]] | None = None) -> None:
+    for sub, extra, item in walk_fields(cfg, path):
         kind = extra.get("plugin_kind")
-        if kind and value is not None:
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
-                sub = path + (name,) + ((i,) if isinstance(value, list) else ())
-                _validate_component(kind, item, sub, locations, registry)
+        if kind and item is not None:
+            _validate_component(kind, item, sub, locations, registry)
         target = extra.get("ref")
-        if target and refs is not None and value is not None:
+        if target and refs is not None and item is not None and item not in refs[target]:
             known = refs[target]
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
-                sub = path + (name,) + ((i,) if isinstance(value, list) else ())
-                if item not in known:
-                    close = difflib.get_close_matches(str(item), sorted(known), n=1)
-                    hint = f"; did you mean '{close[0]}'?" if close else ""
-                    raise RecipeError(
-                        f"{_loc(locations, sub)}: {_fmt_path(sub)}: '{item}' is not a name under "
-                        f"{target}{hint} defined {target}: {', '.join(sorted(known)) or '(none)'}")
+            close = difflib.get_close_matches(str(item), sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(
+                f"{_loc(locations, sub)}: {_fmt_path(sub)}: '{item}' is not a name under "
+                f"{target}{hint} defined {target}: {', '.join(sorted(known)) or '(none)'}")
 
 
 def validate(data: dict, locations: dict[Path_, str], registry: Registry = REGISTRY,

@@ -19,9 +19,13 @@ _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values 
 @click.option("--dry-run", is_flag=True, help="validate and show which stages would run, then stop")
 @click.option("--stage", "only", multiple=True, metavar="NAME",
               help="run only this stage (repeatable); earlier stages must be complete")
+@click.option("--shard", default=None, metavar="I/N",
+              help="do only part I of N (0-based) of the augment stages, e.g. --shard 0/4 on one "
+                   "machine and 1/4 on another over a shared run folder; the run continues past "
+                   "augment once every part is done")
 @handle_user_errors
 def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: bool,
-        only: tuple[str, ...]) -> None:
+        only: tuple[str, ...], shard: str | None) -> None:
     """Run RECIPE: every stage in order, results in a run folder and TensorBoard.
 
     Completed stages with an unchanged config are skipped; an interrupted stage resumes
@@ -32,6 +36,7 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     from keras_reid.recipe import load_recipe
 
     rec = load_recipe(recipe, overrides)
+    part = parse_shard(shard) if shard else None
     target = Path(run_dir) if run_dir else pipeline.default_run_dir(rec)
     for name in only:
         if name not in rec.model.stages:
@@ -44,12 +49,29 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
             what = {"done": "skip (done, same config)", "resume": "resume", "run": "run"}[step.status]
             click.echo(f"  {step.name:<20} {step.type:<18} {what}")
         return
-    pipeline.run(rec, target, only=list(only) or None)
+    results = pipeline.run(rec, target, only=list(only) or None, shard=part)
+    if "_incomplete" in results:
+        click.echo(click.style(f"stopped after stage '{results['_incomplete']['stage']}' (shard "
+                               f"{shard} done); the run folder is {target}", fg="yellow", bold=True))
+        return
     metrics = target / "metrics.json"
     click.echo(click.style(f"done: {target}", fg="green", bold=True))
     if metrics.exists():
         click.echo(f"metrics: {metrics}")
     click.echo(f"TensorBoard: tensorboard --logdir {target / 'tensorboard'}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; raises a UserError (exit 2) otherwise."""
+    from keras_reid.errors import RecipeError
+
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise RecipeError(f"--shard {text}: expected I/N with integers, e.g. --shard 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise RecipeError(f"--shard {text}: expected 0 <= I < N, e.g. --shard 0/{max(n, 1)}")
+    return i, n
 
 
 @main.command()

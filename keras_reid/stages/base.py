@@ -30,6 +30,9 @@ class StageContext:
     run_dir: Path
     registry: Registry = REGISTRY
     echo: Callable[[str], None] = click.echo
+    shard: tuple[int, int] | None = None
+    """``(i, N)`` from ``keras-reid run --shard i/N``: shardable stages (augment) do only their
+    i-th part of N and report the stage incomplete until every part is done."""
     _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
     _strategy_holder: dict = field(default_factory=dict)
 
@@ -119,13 +122,21 @@ class StageContext:
         return path
 
 
+class StageIncomplete(Exception):
+    """Raised by a stage that did its part (e.g. one shard of N) but is not complete yet: the
+    run stops after it without marking it complete; the message says what remains to be done."""
+
+
 class Stage:
     """Base class for stages: ``Stage(config)``, then ``run(context) -> dict``.
 
     The dict returned is recorded in the stage's completion marker and is what later
     stages read with ``context.output_of(name)``. Subclasses may define a classmethod
     ``check_config(config, recipe) -> (key_path, message) | None`` for checks that
-    need the whole recipe; it runs at validation time, before any work starts.
+    need the whole recipe; it runs at validation time, before any work starts, and a
+    classmethod ``preflight(config, context)`` for checks against the loaded datasets (camera
+    ids, identities shared by two cameras, ...); it runs after the datasets are loaded and
+    before the first stage starts, and raises ``UserError`` with the fix.
     """
 
     def __init__(self, config: Any) -> None:

@@ -119,3 +119,76 @@ class BatchImageLogger(keras.callbacks.Callback):
         with writer.as_default(step=0):
             tf.summary.image(self.name, grid[None], step=0)
         writer.flush()
+
+
+def optimizer_step(model: keras.Model) -> int:
+    """The model's global training step: the largest ``iterations`` of its built optimizers."""
+    from keras_reid.training.loop import model_optimizers
+
+    steps = [int(keras.ops.convert_to_numpy(opt.iterations))
+             for opt in model_optimizers(model, built_only=True).values()]
+    return max(steps) if steps else 0
+
+
+class GeneratorSamples(keras.callbacks.Callback):
+    """Writes a fixed grid of generator samples to TensorBoard every ``every`` steps and at the end.
+
+    ``examples`` is a fixed example dict (``keras_reid.interfaces.GENERATOR_KEYS``, images in
+    [-1, 1], masks in [0, 1]); the picture has one column per example and the rows source,
+    source mask, generated (``model.generate(examples, noise=False)``), target mask, target
+    (rows the examples do not have are left out). Steps are the optimizer's iterations, so a
+    resumed run continues the same time axis.
+    """
+
+    ROWS = ("source", "source_mask", "generated", "target_mask", "target")
+
+    def __init__(self, logdir: str | Path, examples: dict, every: int = 100, name: str = "samples",
+                 is_chief: bool = True) -> None:
+        super().__init__()
+        self.logdir = str(logdir)
+        self.examples = examples
+        self.every = max(1, int(every))
+        self.name = name
+        self.is_chief = is_chief
+        self._writer = None
+
+    def render(self) -> np.ndarray:
+        """Return the sample grid as uint8 [H, W, 3]."""
+        generated = np.asarray(self.model.generate(self.examples, noise=False))
+        rows = []
+        for key in self.ROWS:
+            value = generated if key == "generated" else self.examples.get(key)
+            if value is None:
+                continue
+            value = np.asarray(value, np.float32)
+            if value.shape[-1] == 1:  # a mask in [0, 1] -> grey image in [-1, 1]
+                value = np.repeat(value * 2.0 - 1.0, 3, axis=-1)
+            rows.append(np.clip(np.rint((value + 1.0) * 127.5), 0, 255).astype(np.uint8))
+        n = len(rows[0])
+        return image_grid(np.concatenate(rows, 0), cols=n)
+
+    def _write(self, step: int) -> None:
+        if not self.is_chief:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.logdir)
+        with self._writer.as_default(step=step):
+            tf.summary.image(self.name, self.render()[None], step=step)
+        self._writer.flush()
+
+    def on_train_begin(self, logs=None):
+        self._last = -1
+        if optimizer_step(self.model) == 0:
+            self._write(0)
+            self._last = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = optimizer_step(self.model)
+        if step % self.every == 0 and step != self._last:
+            self._write(step)
+            self._last = step
+
+    def on_train_end(self, logs=None):
+        step = optimizer_step(self.model)
+        if step != self._last:
+            self._write(step)

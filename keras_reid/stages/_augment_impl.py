@@ -1,0 +1,372 @@
+"""The heavy half of the ``augment`` stage: work list, generation, filtering, atomic writing.
+
+The work list (every source image x copy, with its output name and seed) is a pure function
+of the recipe, so any process computes the same list; ``--shard i/N`` takes items i, i+N, ...
+Finished items are those named in any ``manifest-*.jsonl`` of the stage folder, so a resumed
+or re-sharded run skips them. Each image is written to a temporary name and renamed, then its
+manifest line is appended and flushed: a kill leaves at most an image without a line, which
+the next run regenerates (same name, same pixels) and overwrites.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from keras_reid import io
+from keras_reid.data.pairs import camera_pair_split
+from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record
+from keras_reid.errors import DatasetError, UserError
+from keras_reid.stages.base import StageContext, StageIncomplete
+
+DATA_DIR = "data"
+TRAIN_FOLDER = "bounding_box_train"
+_BOX = re.compile(r"_(\d{2})$")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to generate: source record, copy number, output file name, seed."""
+
+    index: int
+    source: Record
+    copy: int
+    name: str
+    seed: int
+
+
+def _gen_cfg(cfg, ctx: StageContext):
+    return ctx.recipe.stage_configs[cfg.generator]
+
+
+def source_records(cfg, ctx: StageContext) -> tuple[list[Record], int, int]:
+    """Return ``(source records, source camera, target camera)`` the config selects.
+
+    Raises DatasetError naming the cameras present when the source camera has no images."""
+    gen = _gen_cfg(cfg, ctx)
+    dataset = cfg.dataset or gen.dataset
+    cam_a = cfg.source_camera if cfg.source_camera is not None else gen.source_camera
+    cam_b = gen.target_camera
+    if cam_a is None or cam_b is None:
+        raise UserError(f"stage '{ctx.stage_name}': the generator of stage '{cfg.generator}' has no "
+                        "source/target camera; set source_camera here and target_camera there")
+    where = f"split '{cfg.split}' of dataset '{dataset}'"
+    records = [r for r in ctx.dataset(dataset)[cfg.split] if r.pid not in (JUNK_PID, DISTRACTOR_PID)]
+    cams = sorted({r.camid for r in records})
+    if cam_a not in cams:
+        raise DatasetError(f"stage '{ctx.stage_name}': camera {cam_a} does not occur in {where}; "
+                           f"cameras present: {', '.join(map(str, cams)) or '(none)'}")
+    if cfg.images == "all":
+        chosen = [r for r in records if r.camid == cam_a]
+    else:
+        split = camera_pair_split(records, cam_a, cam_b, source=where)
+        chosen = {"test": split.test_images, "new_ids": split.new_id_images,
+                  "train_pairs": list({a.path: a for a, _ in split.train_pairs}.values())}[cfg.images]
+    chosen = sorted(chosen, key=lambda r: (r.pid, r.sequence, r.frame, r.path))
+    if not chosen:
+        raise DatasetError(f"stage '{ctx.stage_name}': no '{cfg.images}' images of camera {cam_a} -> "
+                           f"{cam_b} in {where}; choose images: all")
+    if cfg.max_images and len(chosen) > cfg.max_images:
+        keep = np.random.default_rng(ctx.seed).choice(len(chosen), cfg.max_images, replace=False)
+        chosen = [chosen[i] for i in sorted(keep)]
+    return chosen, cam_a, cam_b
+
+
+def target_pool(cfg, ctx: StageContext, cam_b: int) -> list[Record]:
+    """Target-camera images whose masks serve as output masks (pose) for generators that take one."""
+    gen = _gen_cfg(cfg, ctx)
+    records = ctx.dataset(gen.dataset)[gen.split]
+    return sorted((r for r in records if r.camid == cam_b and r.pid not in (JUNK_PID, DISTRACTOR_PID)),
+                  key=lambda r: r.path)
+
+
+def output_name(source: Record, cam_a: int, cam_b: int, copy: int) -> str:
+    """``<pid>_c<B>s<seq>_<frame>_<box>_g<A>k<copy>.jpg`` (box from the source name, else 01)."""
+    m = _BOX.search(Path(source.path).stem)
+    box = int(m.group(1)) if m else 1
+    return (f"{max(source.pid, 0):04d}_c{cam_b}s{source.sequence % 10}_{source.frame % 1_000_000:06d}_"
+            f"{box:02d}_g{cam_a}k{copy}.jpg")
+
+
+def work_items(sources: list[Record], cam_a: int, cam_b: int, copies: int, seed: int) -> list[WorkItem]:
+    """The full, ordered work list (output names made unique deterministically)."""
+    items: list[WorkItem] = []
+    seen: dict[str, int] = {}
+    for i, r in enumerate(sources):
+        for k in range(copies):
+            name = output_name(r, cam_a, cam_b, k)
+            if name in seen:  # two sources with the same pid/camera/sequence/frame/box
+                seen[name] += 1
+                name = name[:-4] + f"x{seen[name]}.jpg"
+            else:
+                seen[name] = 0
+            item_seed = int.from_bytes(hashlib.sha256(f"{seed}:{r.path}:{k}".encode()).digest()[:4], "little")
+            items.append(WorkItem(len(items), r, k, name, item_seed))
+    return items
+
+
+# ------------------------------------------------------------------------------ manifest
+def manifest_files(stage_dir: Path) -> list[Path]:
+    """The manifest parts of an augment stage folder."""
+    return sorted(Path(stage_dir).glob("manifest-*.jsonl"))
+
+
+def read_manifest(stage_dir: str | os.PathLike, *, kept_only: bool = False) -> list[dict]:
+    """All manifest lines of an augment stage folder (parts merged, one entry per file name);
+    a trailing partial line left by a killed process is ignored."""
+    rows: dict[str, dict] = {}
+    for path in manifest_files(Path(stage_dir)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["file"]] = row
+    out = list(rows.values())
+    return [r for r in out if r["kept"]] if kept_only else out
+
+
+def generated_records(stage_dir: str | os.PathLike) -> list[Record]:
+    """Records of the kept images of an augment stage (identity, target camera, source sequence)."""
+    stage_dir = Path(stage_dir)
+    out = []
+    for row in sorted(read_manifest(stage_dir, kept_only=True), key=lambda r: r["file"]):
+        out.append(Record(path=str(stage_dir / DATA_DIR / TRAIN_FOLDER / row["file"]), pid=int(row["pid"]),
+                          camid=int(row["camera"]), sequence=int(row.get("sequence", 1)),
+                          frame=int(row.get("frame", 0))))
+    return out
+
+
+def _repair(path: Path) -> None:
+    """Drop a trailing partial line (a process killed mid-write)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ generation
+class Worker:
+    """Loads the generator, its masker and the filters once; turns work items into files and
+    manifest rows (used in this process and, with Ray, inside each actor)."""
+
+    def __init__(self, *, model_path: str, gen_summary: dict, filters: list[dict], min_score: float,
+                 noise: bool | None, out_dir: str, target_paths: list[str], jpeg_quality: int,
+                 provenance: dict) -> None:
+        import keras
+
+        from keras_reid.registry import REGISTRY
+
+        REGISTRY.create("generator", gen_summary["generator"])  # registers the model classes
+        self.gan = keras.saving.load_model(model_path, compile=False)
+        self.size = tuple(gen_summary["image_size"])
+        self.needs = set(gen_summary.get("generation_needs", ["source"]))
+        self.masker = REGISTRY.create("masker", gen_summary["masker"]) \
+            if self.needs & {"source_mask", "target_mask"} else None
+        self.filter_specs = filters
+        self.filters = [REGISTRY.create("filter", f) for f in filters]
+        self.min_score = float(min_score)
+        self.noise = noise
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.target_paths = target_paths
+        self.jpeg_quality = int(jpeg_quality)
+        self.provenance = provenance
+
+    def close(self) -> None:
+        """Release native resources (MediaPipe Tasks objects)."""
+        for obj in [self.masker, *self.filters]:
+            close = getattr(obj, "close", None)
+            if callable(close):
+                close()
+
+    def _masks(self, paths: list[str], images: np.ndarray | None = None) -> np.ndarray:
+        from keras_reid.data.masks import masks_for
+
+        return masks_for(self.masker, paths, self.size, images=images).astype(np.float32) / 255.0
+
+    def process(self, items: list[dict]) -> list[dict]:
+        """Generate, filter and write the images of ``items`` (dicts of :class:`WorkItem` fields
+        with ``source_path``); returns their manifest rows."""
+        import cv2
+
+        from keras_reid.data.gan_input import load_images, to_uint8, to_unit
+
+        paths = [it["source_path"] for it in items]
+        src = load_images(paths, self.size)
+        batch: dict[str, Any] = {"source": to_unit(src)}
+        if "source_mask" in self.needs:
+            batch["source_mask"] = self._masks(paths, src)
+        target_files = [None] * len(items)
+        if "target_mask" in self.needs:
+            if not self.target_paths:
+                raise DatasetError("the generator needs target masks but the target camera has no images")
+            target_files = [self.target_paths[np.random.default_rng(it["seed"]).integers(len(self.target_paths))]
+                            for it in items]
+            batch["target_mask"] = self._masks(target_files)
+        generated = to_uint8(self.gan.generate(batch, noise=self.noise))
+        scores = {}
+        for spec, flt in zip(self.filter_specs, self.filters):
+            scores[spec["type"]] = np.asarray(flt(generated), np.float32)
+        rows = []
+        for j, it in enumerate(items):
+            item_scores = {k: round(float(v[j]), 4) for k, v in scores.items()}
+            kept = all(v >= self.min_score for v in item_scores.values())
+            if kept:
+                ok, data = cv2.imencode(".jpg", generated[j][..., ::-1],
+                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+                if not ok:  # pragma: no cover - OpenCV failure
+                    raise UserError(f"could not encode {it['name']} as JPEG")
+                with io.atomic_path(self.out_dir / it["name"]) as tmp:
+                    tmp.write_bytes(data.tobytes())
+            rows.append({"file": it["name"], "kept": kept, "scores": item_scores,
+                         "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
+                         "source_camera": it["source_camera"], "sequence": it["sequence"],
+                         "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
+                         "target_mask_of": target_files[j], **self.provenance})
+        return rows
+
+
+def _item_dict(it: WorkItem, cam_a: int, cam_b: int) -> dict:
+    return {"name": it.name, "source_path": str(it.source.path), "pid": it.source.pid, "camera": cam_b,
+            "source_camera": cam_a, "sequence": it.source.sequence, "frame": it.source.frame,
+            "copy": it.copy, "seed": it.seed, "index": it.index}
+
+
+def augment(cfg, ctx: StageContext) -> dict:
+    """Run the augment stage (this process's shard, or every item on Ray); returns the summary."""
+    gen_out = ctx.output_of(cfg.generator)
+    model_path = ctx.run_dir / gen_out["model"]
+    if not model_path.exists():
+        raise UserError(f"generator file {model_path} of stage '{cfg.generator}' is missing; re-run "
+                        f"that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
+    sources, cam_a, cam_b = source_records(cfg, ctx)
+    items = work_items(sources, cam_a, cam_b, cfg.copies, ctx.seed)
+    shard_i, shard_n = ctx.shard or (0, 1)
+    if cfg.engine == "ray" and ctx.shard:
+        raise UserError("--shard splits the local engine's work; with engine: ray the stage runs every "
+                        "shard on the cluster itself: drop --shard")
+    stage_dir = ctx.stage_dir
+    out_dir = stage_dir / DATA_DIR / TRAIN_FOLDER
+    done = {row["file"] for row in read_manifest(stage_dir)}
+    mine = items[shard_i::shard_n]
+    todo = [it for it in mine if it.name not in done]
+    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+                  "checkpoint": str(model_path.relative_to(ctx.run_dir)),
+                  "checkpoint_sha256": _sha256(model_path)[:16], "recipe_seed": ctx.seed}
+    needs = set(gen_out.get("generation_needs", ["source"]))
+    targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
+    worker_kwargs = dict(model_path=str(model_path), gen_summary=gen_out, filters=cfg.filters,
+                         min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
+                         target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
+    part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
+    ctx.echo(f"{part}{len(items):,} images to generate from {len(sources):,} camera-{cam_a} images "
+             f"({cfg.images}) into camera {cam_b}'s style; {len(mine) - len(todo):,} done before, "
+             f"{len(todo):,} to do" + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}"
+                                       if cfg.filters else ""))
+    t0 = time.time()
+    if todo:
+        dicts = [_item_dict(it, cam_a, cam_b) for it in todo]
+        if cfg.engine == "ray":
+            from keras_reid.stages import _augment_ray
+
+            rows_iter = _augment_ray.run(dicts, worker_kwargs, cfg)
+            manifest = stage_dir / "manifest-ray.jsonl"
+        else:
+            rows_iter = _local(dicts, worker_kwargs, cfg.batch_size)
+            manifest = stage_dir / f"manifest-{shard_i}-of-{shard_n}.jsonl"
+        _write_rows(manifest, rows_iter, len(dicts), ctx)
+    seconds = time.time() - t0
+    rows = read_manifest(stage_dir)
+    finished = {r["file"] for r in rows}
+    missing = [it for it in items if it.name not in finished]
+    if missing:
+        raise StageIncomplete(
+            f"{len(items) - len(missing):,} of {len(items):,} images done; the other shards' "
+            f"{len(missing):,} remain: run them (--shard j/{shard_n}) over this run folder, or run "
+            "again without --shard to do them here")
+    wanted = {it.name for it in items}
+    rows = [r for r in rows if r["file"] in wanted]
+    kept = [r for r in rows if r["kept"]]
+    per_filter = {f["type"]: sum(1 for r in rows if r["scores"].get(f["type"], 1.0) < cfg.min_score)
+                  for f in cfg.filters}
+    ctx.echo(f"kept {len(kept):,} of {len(rows):,} generated images"
+             + (f" (dropped by filter: {', '.join(f'{k} {v}' for k, v in per_filter.items())})"
+                if cfg.filters else "") + f" -> {out_dir}")
+    summary = {
+        "data": str((stage_dir / DATA_DIR).relative_to(ctx.run_dir)),
+        "generator_stage": cfg.generator,
+        "source_camera": cam_a, "target_camera": cam_b, "images_from": cfg.images,
+        "source_images": len(sources), "generated": len(rows), "kept": len(kept),
+        "dropped": len(rows) - len(kept), "dropped_by_filter": per_filter,
+        "identities": len({r["pid"] for r in kept}),
+        "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
+        "engine": cfg.engine,
+    }
+    if kept and ctx.is_chief:
+        _log_samples(ctx, kept, stage_dir)
+    return summary
+
+
+def _local(items: list[dict], worker_kwargs: dict, batch_size: int) -> Iterable[list[dict]]:
+    worker = Worker(**worker_kwargs)
+    try:
+        for start in range(0, len(items), batch_size):
+            yield worker.process(items[start:start + batch_size])
+    finally:
+        worker.close()
+
+
+def _write_rows(manifest: Path, batches: Iterable[list[dict]], total: int, ctx: StageContext) -> None:
+    """Append manifest rows as batches arrive (flushed and synced per batch), with a progress bar."""
+    import keras
+
+    _repair(manifest)
+    bar = keras.utils.Progbar(total, unit_name="image", stateful_metrics={"images/s", "kept"})
+    n = kept = 0
+    t0 = time.time()
+    with open(manifest, "a", encoding="utf-8") as fh:
+        for rows in batches:
+            fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            fh.flush()
+            os.fsync(fh.fileno())
+            n += len(rows)
+            kept += sum(r["kept"] for r in rows)
+            bar.update(n, [("images/s", n / max(time.time() - t0, 1e-9)), ("kept", kept)])
+
+
+def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 16) -> None:
+    """Source / generated pairs of the first ``n`` kept images as one TensorBoard picture."""
+    import tensorflow as tf
+
+    from keras_reid.data.gan_input import read_image
+    from keras_reid.training.callbacks import image_grid
+
+    rows = sorted(kept, key=lambda r: r["file"])[:n]
+    first = read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / rows[0]["file"]), (128, 64))
+    size = first.shape[:2]
+    src = [read_image(r["source"], size) for r in rows]
+    gen = [read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / r["file"]), size) for r in rows]
+    grid = image_grid(np.stack(src + gen), cols=len(rows))
+    writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir))
+    with writer.as_default(step=0):
+        tf.summary.image("augment/source_vs_generated", grid[None], step=0)
+    writer.flush()

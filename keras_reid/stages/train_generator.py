@@ -1,0 +1,95 @@
+"""Stage ``train_generator``: pair the data as the generator needs, compute masks, train the GAN."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keras_reid.recipe import component, ref
+from keras_reid.registry import register
+from keras_reid.stages.base import Stage, StageContext
+
+MASK_KEYS = ("source_mask", "target_mask")
+
+
+class TrainGeneratorConfig(BaseModel):
+    """Parameters of the ``train_generator`` stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = ref("datasets", description="name of a dataset under datasets:")
+    split: str = "train"
+    generator: dict = component("generator", {"type": "pix2pix"})
+    source_camera: int | None = Field(None, description="camera A (camera_pairs / random_target pairing)")
+    target_camera: int | None = Field(None, description="camera B, whose style is learnt")
+    masker: dict | None = component("masker", None, description="person masks, for generators that need them")
+    image_size: tuple[int, int] = Field((128, 64), description="height, width the generator works at")
+    targets_per_source: int = Field(10, gt=0, description="random_target pairing: camera-B images per "
+                                    "camera-A image (thesis Model 4: 10)")
+    max_pairs_per_identity: int | None = Field(None, gt=0, description="identity_pairs: cap per identity")
+    batch_size: int = Field(32, gt=0, description="global batch size (all replicas)")
+    epochs: int = Field(10, gt=0)
+    steps_per_epoch: int | None = Field(None, gt=0, description="default: one pass over the pairs")
+    flip: bool = Field(True, description="random horizontal flip of each example (all its images)")
+    sample_every: int = Field(100, gt=0, description="steps between TensorBoard sample grids")
+    samples: int = Field(8, gt=0, le=32, description="examples in the sample grid")
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
+    verbose: int = Field(1, ge=0, le=2)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v):
+        if min(v) < 16:
+            raise ValueError("height and width of at least 16 pixels")
+        return v
+
+
+def generator_factory(spec: dict, registry=None):
+    """The registered generator component for ``spec`` (cheap: no TensorFlow)."""
+    from keras_reid.registry import REGISTRY
+
+    return (registry or REGISTRY).create("generator", spec)
+
+
+@register("stage", "train_generator", config=TrainGeneratorConfig)
+class TrainGenerator(Stage):
+    """Train an image-to-image generator (e.g. pix2pix Model 4) on paired examples; checkpoints
+    every epoch and resumes; samples to TensorBoard; saves ``generator.keras``."""
+
+    @classmethod
+    def check_config(cls, config: TrainGeneratorConfig, recipe) -> tuple | None:
+        factory = generator_factory(config.generator)
+        needs = set(factory.needs) | set(factory.generation_needs)
+        if needs & set(MASK_KEYS) and config.masker is None:
+            return (("masker",), f"the generator '{config.generator.get('type')}' "
+                    f"({_describe(config.generator)}) needs person masks ({', '.join(sorted(needs & set(MASK_KEYS)))}) "
+                    "but no masker is given; add e.g. masker: {type: mediapipe_selfie} "
+                    "(or {type: synthetic} on the synthetic dataset)")
+        if factory.pairing in ("camera_pairs", "random_target"):
+            for key in ("source_camera", "target_camera"):
+                if getattr(config, key) is None:
+                    return ((key,), f"missing: the generator pairs camera A with camera B "
+                            f"({factory.pairing}); set source_camera and target_camera")
+            if config.source_camera == config.target_camera:
+                return (("target_camera",), f"got {config.target_camera}, the same as source_camera; "
+                        "expected a different camera")
+        return None
+
+    @classmethod
+    def preflight(cls, config: TrainGeneratorConfig, context: StageContext) -> None:
+        """Check cameras and pairs against the loaded dataset before any stage runs."""
+        from keras_reid.data.gan_pairs import make_pairs
+
+        factory = generator_factory(config.generator, context.registry)
+        splits = context.dataset(config.dataset)
+        make_pairs(factory.pairing, splits[config.split], source_camera=config.source_camera,
+                   target_camera=config.target_camera, targets_per_source=1,
+                   source=f"split '{config.split}' of dataset '{config.dataset}'")
+
+    def run(self, context: StageContext) -> dict:
+        from keras_reid.stages import _train_generator_impl
+
+        return _train_generator_impl.train(self.config, context)
+
+
+def _describe(spec: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in spec.items() if k != "type") or "defaults"
