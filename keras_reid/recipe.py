@@ -94,17 +94,26 @@ def _node_to_data(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, fname: 
     locs[path] = f"{fname}:{node.start_mark.line + 1}"
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
+        merged: list[dict] = []
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given here win
+                value = _node_to_data(value_node, loader, path, fname, locs)
+                parts = value if isinstance(value, list) else [value]
+                if not all(isinstance(p, dict) for p in parts):
+                    raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: '<<' merges a mapping "
+                                      "(or a list of them), e.g. <<: *defaults")
+                merged.extend(parts)
+                continue
             key = loader.construct_object(key_node, deep=True)
-            if key == "<<":
-                raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: YAML merge keys '<<' are "
-                                  "not supported in recipes; use 'base:' to inherit")
             if key in out:
                 raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: "
                                   f"{_fmt_path(path + (key,))}: duplicate key; remove one of them")
             locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
             out[key] = _node_to_data(value_node, loader, path + (key,), fname, locs)
             locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
+        for part in merged:
+            for key, value in part.items():
+                out.setdefault(key, copy.deepcopy(value))
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_node_to_data(v, loader, path + (i,), fname, locs) for i, v in enumerate(node.value)]

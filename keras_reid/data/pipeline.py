@@ -185,13 +185,19 @@ class ReIDInput:
     ``transforms`` are transform specs (``keras_reid.data.transforms``) or mappings.
     ``num_replicas`` is checked up front (PK needs P divisible by it); ``dataset_fn`` checks
     the replica count of the context it is given again.
+    ``epsilons`` (one per record, in [0, 1]) switch the labels to target distributions
+    float32 [b, num_classes]: ``one_hot(label) * (1 - eps) + eps / num_classes`` (the label
+    policies for generated images: 0 keeps the label, 0.1 smooths it, 1 is LSRO's uniform
+    distribution).
     """
 
     def __init__(self, records: Sequence[Record], labels: Sequence[int] | np.ndarray | None = None,
                  *, image_size: tuple[int, int], global_batch_size: int,
                  sampler: Literal["pk", "random"] = "pk", p: int | None = None,
                  k: int | None = None, transforms: Sequence[Any] | None = None, seed: int = 0,
-                 num_replicas: int = 1, num_parallel_calls: int = AUTOTUNE) -> None:
+                 num_replicas: int = 1, num_parallel_calls: int = AUTOTUNE,
+                 epsilons: Sequence[float] | np.ndarray | None = None,
+                 num_classes: int | None = None) -> None:
         records = list(records)
         if not records:
             raise DatasetError("the training set is empty; check the dataset root and split")
@@ -206,6 +212,15 @@ class ReIDInput:
                             "(keras_reid.data.records.relabel)")
         self.records = records
         self.labels = labels.astype(np.int32)
+        self._num_classes = int(num_classes) if num_classes else int(self.labels.max()) + 1
+        if self._num_classes <= int(self.labels.max()):
+            raise UserError(f"num_classes {num_classes} is not more than the largest label {self.labels.max()}")
+        self.epsilons = None
+        if epsilons is not None:
+            eps = np.asarray(epsilons, np.float32)
+            if eps.shape != (len(records),) or eps.min() < 0 or eps.max() > 1:
+                raise UserError(f"epsilons must be {len(records)} values in [0, 1] (one per record)")
+            self.epsilons = eps
         self.paths = np.asarray([str(r.path) for r in records], dtype=object)
         self.height, self.width = (int(v) for v in image_size)
         self.global_batch_size = int(global_batch_size)
@@ -240,8 +255,8 @@ class ReIDInput:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes: largest label + 1."""
-        return int(self.labels.max()) + 1
+        """Number of classes (default: largest label + 1)."""
+        return self._num_classes
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -272,8 +287,15 @@ class ReIDInput:
                             "input pipelines (workers need the same number of devices)")
         index = self.sampler.indices(epoch)
         positions = np.arange(len(index), dtype=np.int64)
+        labels = self.labels[index]
+        if self.epsilons is not None:
+            c = self.num_classes
+            targets = np.zeros((len(index), c), np.float32)
+            targets[np.arange(len(index)), labels] = 1.0
+            eps = self.epsilons[index][:, None]
+            labels = targets * (1.0 - eps) + eps / c
         ds = tf.data.Dataset.from_tensor_slices(
-            (self.paths[index].astype(str), self.labels[index], positions))
+            (self.paths[index].astype(str), labels, positions))
         ds = ds.batch(b, drop_remainder=True)  # the stream of per-replica batches, in order
         if pipelines > 1:
             ds = ds.shard(pipelines, int(input_context.input_pipeline_id))
@@ -302,7 +324,8 @@ class ReIDInput:
             if transforms:
                 image = tf.numpy_function(augment, [image, position], tf.uint8, stateful=False)
                 image.set_shape([h, w, 3])
-            return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+            return tf.cast(image, tf.float32), (label if label.dtype == tf.float32
+                                                else tf.cast(label, tf.int32))
 
         return load
 

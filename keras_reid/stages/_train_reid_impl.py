@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +22,83 @@ def select_records(records: list[Record], cameras: list[int] | None, closed_set:
         wanted = set(cameras)
         out = [r for r in out if r.camid in wanted]
     return out
+
+
+@dataclass
+class GeneratedImages:
+    """A generated set ready for training: records, int labels and label-policy epsilons."""
+
+    name: str
+    policy: str
+    records: list
+    labels: np.ndarray
+    epsilons: np.ndarray
+
+    def describe(self) -> str:
+        return f"{len(self.records)} from '{self.name}', labels {self.policy}"
+
+
+def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedImages:
+    """Read one generated set and label it by its policy; identities the real images do not
+    have get new classes (appended to ``mapping``, in place) unless the policy is lsro."""
+    from keras_reid.data.pipeline import scan_images
+    from keras_reid.stages._augment_impl import generated_records
+
+    if g.stage is not None:
+        ctx.output_of(g.stage)  # raises a clear error if the augment stage has not completed
+        records, name = generated_records(ctx.stage_dir_of(g.stage)), g.stage
+    else:
+        records, name = [r for r in ctx.dataset(g.dataset)["train"] if r.pid > 0], g.dataset
+    records, bad = scan_images(records)
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} generated images of '{name}' that could not be decoded")
+    if not records:
+        raise DatasetError(f"stage '{ctx.stage_name}': the generated set '{name}' has no images "
+                           "(did a filter drop them all? see its augment summary)")
+    if g.max_images and len(records) > g.max_images:
+        keep = np.random.default_rng(ctx.seed).choice(len(records), g.max_images, replace=False)
+        records = [records[i] for i in sorted(keep)]
+    if g.labels == "lsro":
+        labels = np.zeros(len(records), np.int64)
+        eps = np.ones(len(records), np.float32)
+    else:
+        for pid in sorted({r.pid for r in records} - set(mapping)):
+            mapping[pid] = len(mapping)
+        labels = np.array([mapping[r.pid] for r in records], np.int64)
+        eps = np.full(len(records), g.epsilon if g.labels == "smooth" else 0.0, np.float32)
+    return GeneratedImages(name, g.labels, records, labels, eps)
+
+
+class MixedInput:
+    """Real and generated training input in fixed shares of every batch: each replica's batch is
+    its real part (PK or random sampler) followed by its generated part (random sampler; the
+    generated stream restarts with a new order whenever it runs out)."""
+
+    def __init__(self, real, generated) -> None:
+        self.real = real
+        self.generated = generated
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.real.steps_per_epoch
+
+    def dataset_fn(self, input_context, epoch: int):
+        import tensorflow as tf
+
+        real = self.real.dataset_fn(input_context, epoch)
+        rounds = -(-self.real.steps_per_epoch // max(1, self.generated.steps_per_epoch))
+        fake = self.generated.dataset_fn(input_context, epoch * 1000)
+        for j in range(1, rounds):
+            fake = fake.concatenate(self.generated.dataset_fn(input_context, epoch * 1000 + j))
+        return tf.data.Dataset.zip((real, fake)).map(
+            lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)))
+
+    def dataset(self, epoch: int):
+        import tensorflow as tf
+
+        ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+        return self.dataset_fn(ctx, epoch)
 
 
 def train(cfg, ctx: StageContext) -> dict:
@@ -51,6 +129,9 @@ def train(cfg, ctx: StageContext) -> dict:
         raise DatasetError(f"stage '{ctx.stage_name}': none of the {len(records)} images of split "
                            f"'{cfg.split}' could be decoded; check the dataset files")
     labels, mapping = relabel(good)
+    mapping = dict(mapping)
+    real_classes = len(mapping)
+    generated = [load_generated(g, ctx, mapping) for g in cfg.generated]
     num_classes = len(mapping)
     keras.utils.set_random_seed(ctx.seed)
 
@@ -58,14 +139,39 @@ def train(cfg, ctx: StageContext) -> dict:
     replicas = strategy.num_replicas_in_sync
     k = cfg.instances_per_id
     h, w = cfg.image_size
-    inp = ReIDInput(
-        good, labels, image_size=(h, w), global_batch_size=cfg.batch_size, sampler=cfg.sampler,
-        p=cfg.batch_size // k if cfg.sampler == "pk" else None, k=k if cfg.sampler == "pk" else None,
-        transforms=list(cfg.augment), seed=ctx.seed, num_replicas=replicas)
+    common = dict(image_size=(h, w), transforms=list(cfg.augment), seed=ctx.seed,
+                  num_replicas=replicas, num_classes=num_classes)
+
+    def pk_input(records, labels_, eps, batch):
+        return ReIDInput(records, labels_, global_batch_size=batch, sampler=cfg.sampler,
+                         p=batch // k if cfg.sampler == "pk" else None,
+                         k=k if cfg.sampler == "pk" else None,
+                         epsilons=eps if generated else None, **common)
+
+    real_eps = np.zeros(len(good), np.float32)
+    if not generated:
+        inp = pk_input(good, labels, None, cfg.batch_size)
+    elif cfg.generated_ratio is None:
+        inp = pk_input(good + [r for g in generated for r in g.records],
+                       np.concatenate([labels] + [g.labels for g in generated]),
+                       np.concatenate([real_eps] + [g.epsilons for g in generated]), cfg.batch_size)
+    else:
+        n_gen = round(cfg.batch_size * cfg.generated_ratio)
+        real = pk_input(good, labels, real_eps, cfg.batch_size - n_gen)
+        fake = ReIDInput([r for g in generated for r in g.records],
+                         np.concatenate([g.labels for g in generated]), global_batch_size=n_gen,
+                         sampler="random", epsilons=np.concatenate([g.epsilons for g in generated]),
+                         **{**common, "seed": ctx.seed + 1})
+        inp = MixedInput(real, fake)
     steps = inp.steps_per_epoch
-    ctx.echo(f"training on {len(good)} images of {num_classes} identities "
-             f"({len({r.camid for r in good})} cameras), {steps} steps/epoch x {cfg.epochs} epochs, "
-             f"global batch {cfg.batch_size} on {replicas} replica(s)")
+    gen_total = sum(len(g.records) for g in generated)
+    ctx.echo(f"training on {len(good)} images of {real_classes} identities "
+             f"({len({r.camid for r in good})} cameras)"
+             + (f" + {gen_total} generated images ({', '.join(g.describe() for g in generated)}"
+                + (f"; {cfg.generated_ratio:.0%} of every batch" if cfg.generated_ratio else "") + ")"
+                if generated else "")
+             + f", {steps} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on "
+             f"{replicas} replica(s)")
 
     with strategy.scope():
         backbone = ctx.registry.create("backbone", cfg.backbone)
@@ -121,6 +227,7 @@ def train(cfg, ctx: StageContext) -> dict:
         "image_size": [h, w],
         "num_classes": num_classes,
         "num_images": len(good),
+        "generated_images": {g.name: len(g.records) for g in generated},
         "skipped_images": len(bad),
         "epochs": cfg.epochs,
         "resumed_from_epoch": initial_epoch,

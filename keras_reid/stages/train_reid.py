@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
@@ -13,6 +13,27 @@ from keras_reid.data.transforms import TransformSpec
 from keras_reid.training.optim import OptimizerConfig, ScheduleConfig
 
 log = logging.getLogger("keras_reid")
+
+
+class GeneratedSet(BaseModel):
+    """A set of generated images added to the real training images, with its label policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str | None = ref("stages", None, description="an augment stage whose kept images are used")
+    dataset: str | None = ref("datasets", None, description="or: a dataset of generated images "
+                              "(its train split)")
+    labels: Literal["keep", "smooth", "lsro"] = Field(
+        "keep", description="keep: the identity label; smooth: label smoothing with epsilon; "
+        "lsro: a uniform target over the real classes (Zheng et al. 2017)")
+    epsilon: float = Field(0.1, gt=0.0, lt=1.0, description="label smoothing of 'smooth'")
+    max_images: int | None = Field(None, gt=0, description="a deterministic subset of this size")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.stage is None) == (self.dataset is None):
+            raise ValueError("give exactly one of stage (an augment stage) or dataset")
+        return self
 
 
 def _default_augment() -> list:
@@ -41,6 +62,10 @@ class TrainReIDConfig(BaseModel):
     bn_recalibration_batches: int = Field(
         50, ge=0, description="after training, re-estimate BatchNorm statistics over this many "
         "training batches (precise BN; 0 = off)")
+    generated: list[GeneratedSet] = Field(default_factory=list, description="generated image sets "
+                                          "added to the real training images")
+    generated_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of every batch "
+                                          "drawn from the generated sets (null: one pool, sampled alike)")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)
@@ -62,6 +87,28 @@ class TrainReID(Stage):
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")
+        for i, g in enumerate(config.generated):
+            if g.stage is not None and recipe.model.stages[g.stage].type != "augment":
+                return (("generated", i, "stage"), f"stage '{g.stage}' is a "
+                        f"{recipe.model.stages[g.stage].type} stage, expected an augment stage")
+            if g.labels == "lsro" and config.sampler == "pk" and config.generated_ratio is None:
+                return (("generated", i, "labels"), "lsro images have no identity for the PK sampler; "
+                        "set generated_ratio (e.g. 0.25) so they come in their own share of each batch")
+        if config.generated_ratio is not None:
+            if not config.generated:
+                return (("generated_ratio",), "set, but there are no generated sets; add generated: "
+                        "[{stage: augment}] or remove generated_ratio")
+            n_gen = round(config.batch_size * config.generated_ratio)
+            n_real = config.batch_size - n_gen
+            if n_gen == 0 or n_real == 0:
+                return (("generated_ratio",), f"{config.generated_ratio} of a batch of "
+                        f"{config.batch_size} leaves {n_gen} generated and {n_real} real images; "
+                        "expected both > 0")
+            if config.sampler == "pk" and n_real % config.instances_per_id:
+                return (("generated_ratio",), f"leaves {n_real} real images per batch, expected a "
+                        f"multiple of instances_per_id ({config.instances_per_id}); e.g. "
+                        f"{config.instances_per_id * max(1, round(n_real / config.instances_per_id))}"
+                        f"/{config.batch_size} real")
         return None
 
     def run(self, context: StageContext) -> dict:
