@@ -32,6 +32,11 @@ class EvaluateConfig(BaseModel):
     batch_size: int = Field(64, gt=0)
     ranked_lists: int = Field(8, ge=0, description="queries drawn as ranked lists in TensorBoard")
     projector_samples: int = Field(300, ge=0, description="gallery images exported to the embedding projector")
+    generated: list[str] = ref("stages", [], description="augment stages whose generated images are "
+                               "scored: SSIM against their source (and target-camera image where one "
+                               "exists) and identity preservation with every evaluated model")
+    quality_images: int = Field(500, gt=0, description="generated images scored per augment stage "
+                                "(a deterministic subset)")
 
 
 @register("stage", "evaluate", config=EvaluateConfig)
@@ -45,6 +50,11 @@ class Evaluate(Stage):
             if stage_type != "train_reid":
                 return (("models", i), f"stage '{name}' is a {stage_type} stage, expected a "
                         "train_reid stage whose model can be evaluated")
+        for i, name in enumerate(config.generated):
+            stage_type = recipe.model.stages[name].type
+            if stage_type != "augment":
+                return (("generated", i), f"stage '{name}' is a {stage_type} stage, expected an "
+                        "augment stage")
         for key in config.names:
             if key not in config.models:
                 return (("names", key), f"'{key}' is not one of the evaluated models {config.models}")

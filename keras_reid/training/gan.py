@@ -1,0 +1,115 @@
+"""``GANModel``: the Keras GAN idiom shared by the generator plugins.
+
+A GAN is a ``keras.Model`` holding a ``generator`` and a ``discriminator`` sub-model, compiled
+with two optimizers (``compile(d_optimizer=..., g_optimizer=...)``) and trained by its own
+``train_step`` through the core loop (``keras_reid.training.loop``), which calls
+``build_optimizers()`` inside the strategy's scope before the first step. Following the loop's
+contract, ``train_step`` returns each replica's share of the global-batch value of every
+scalar (per-example losses averaged with ``tf.nn.compute_average_loss``), so the loop reduces
+them with SUM (``step_logs_reduction = "sum"``) and two replicas log what one device would.
+``keras.metrics.Mean`` trackers (the ``metrics`` property) hold running means for ``fit()``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import keras
+import tensorflow as tf
+
+
+def gan_initializer(seed: int | None = None) -> keras.initializers.Initializer:
+    """Returns the N(0, 0.02) initializer of DCGAN/pix2pix weights."""
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02, seed=seed)
+
+
+def _loss_scaled(optimizer: Any) -> Any:
+    if (keras.mixed_precision.global_policy().name == "mixed_float16"
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+@keras.saving.register_keras_serializable(package="keras_reid")
+class GANModel(keras.Model):
+    """Base class: ``generator`` and ``discriminator`` sub-models, two optimizers, loss trackers.
+
+    Subclasses pass ``log_names`` (the scalars their ``train_step`` returns, one running-mean
+    tracker each) and define ``train_step``; they may use :meth:`apply_gradients` and :meth:`track`.
+    """
+
+    step_logs_reduction = "sum"
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model,
+                 log_names: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.log_names = tuple(log_names)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.log_names}
+        self.d_optimizer = None
+        self.g_optimizer = None
+
+    # ------------------------------------------------------------------ compile / optimizers
+    def compile(self, d_optimizer: Any = None, g_optimizer: Any = None, **kwargs: Any) -> None:
+        """Attach the discriminator's and the generator's optimizers (Adam 2e-4, beta_1 0.5 by
+        default); under ``mixed_float16`` each is wrapped in a ``LossScaleOptimizer``."""
+        super().compile(**kwargs)
+        self.d_optimizer = _loss_scaled(keras.optimizers.get(
+            d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)))
+        self.g_optimizer = _loss_scaled(keras.optimizers.get(
+            g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)))
+
+    def build_optimizers(self) -> None:
+        """Build each optimizer on its sub-model's trainable variables (call in the strategy scope)."""
+        if self.d_optimizer is None or self.g_optimizer is None:
+            raise ValueError(f"{type(self).__name__} is not compiled: call compile(d_optimizer=, "
+                             "g_optimizer=) inside strategy.scope() first")
+        if not self.d_optimizer.built:
+            self.d_optimizer.build(self.discriminator.trainable_variables)
+        if not self.g_optimizer.built:
+            self.g_optimizer.build(self.generator.trainable_variables)
+
+    def get_compile_config(self) -> dict | None:
+        if self.d_optimizer is None:
+            return None
+        return {"d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
+                "g_optimizer": keras.saving.serialize_keras_object(self.g_optimizer)}
+
+    def compile_from_config(self, config: dict) -> None:
+        self.compile(d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]),
+                     g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]))
+
+    # ------------------------------------------------------------------ training helpers
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def apply_gradients(self, tape: tf.GradientTape, loss: Any, optimizer: Any,
+                        variables: Iterable[Any]) -> None:
+        """Differentiate ``loss`` (scaled for mixed precision) and apply it with ``optimizer``."""
+        variables = list(variables)
+        grads = tape.gradient(optimizer.scale_loss(loss), variables)
+        optimizer.apply(grads, variables)
+
+    def track(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """Update the trackers with this replica's shares (times the replica count); returns logs."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for name, value in logs.items():
+            if name in self.trackers:
+                self.trackers[name].update_state(value * replicas)
+        return logs
+
+    # ------------------------------------------------------------------ saving
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable,
+                "generator": keras.saving.serialize_keras_object(self.generator),
+                "discriminator": keras.saving.serialize_keras_object(self.discriminator)}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: Any = None) -> "GANModel":
+        config = dict(config)
+        generator = keras.saving.deserialize_keras_object(config.pop("generator"),
+                                                           custom_objects=custom_objects)
+        discriminator = keras.saving.deserialize_keras_object(config.pop("discriminator"),
+                                                               custom_objects=custom_objects)
+        return cls(generator, discriminator, **config)

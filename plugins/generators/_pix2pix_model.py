@@ -1,0 +1,230 @@
+"""Keras models of the ``pix2pix`` plugin (imported only when a GAN is built or loaded)."""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from keras_reid.training.gan import GANModel, gan_initializer
+from keras_reid_plugins.generators.pix2pix import unet_depth
+
+CHANNELS = {"model1": 3, "model2": 4, "model3": 5, "model4": 3, "variable": 5}
+
+
+@keras.saving.register_keras_serializable(package="keras_reid")
+class NoiseDropout(layers.Dropout):
+    """Dropout that can stay on outside training: ``force`` (set by ``Pix2PixGAN.generate``)
+    turns it on for inference calls; in training it is ordinary dropout."""
+
+    force = False
+
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=bool(training) or NoiseDropout.force)
+
+
+@keras.saving.register_keras_serializable(package="keras_reid")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant ``lr``, then linear decay to 0 over the last ``decay_steps`` of ``total_steps``."""
+
+    def __init__(self, lr: float, total_steps: int, decay_steps: int) -> None:
+        self.lr = float(lr)
+        self.total_steps = int(total_steps)
+        self.decay_steps = max(1, int(decay_steps))
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        start = float(self.total_steps - self.decay_steps)
+        frac = ops.clip((step - start) / float(self.decay_steps), 0.0, 1.0)
+        return self.lr * (1.0 - frac)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "total_steps": self.total_steps, "decay_steps": self.decay_steps}
+
+
+def _norm(kind: str, name: str) -> layers.Layer:
+    if kind == "instance":
+        return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def build_unet(image_size: tuple[int, int], in_channels: int, cfg: dict) -> keras.Model:
+    """Returns the U-Net generator: float32 [B, H, W, in_channels] in [-1, 1] -> [B, H, W, 3]."""
+    h, w = image_size
+    depth = unet_depth(image_size, cfg.get("depth"))
+    init = gan_initializer()
+    width = [min(cfg["filters"] * 2 ** i, cfg["max_filters"]) for i in range(depth)]
+    inputs = keras.Input((h, w, in_channels), name="generator_input")
+    x = inputs
+    skips = []
+    for i in range(depth):
+        if i > 0:
+            x = layers.LeakyReLU(0.2, name=f"down{i}_act")(x)
+        x = layers.Conv2D(width[i], 4, strides=2, padding="same", use_bias=(i == 0 or i == depth - 1),
+                          kernel_initializer=init, name=f"down{i}_conv")(x)
+        if 0 < i < depth - 1:  # no norm on the outermost and the innermost (1-pixel) level
+            x = _norm(cfg["norm"], f"down{i}_norm")(x)
+        skips.append(x)
+    for i in range(depth - 2, -1, -1):
+        x = layers.ReLU(name=f"up{i}_act")(x)
+        x = layers.Conv2DTranspose(width[i], 4, strides=2, padding="same", use_bias=False,
+                                   kernel_initializer=init, name=f"up{i}_conv")(x)
+        x = _norm(cfg["norm"], f"up{i}_norm")(x)
+        if depth - 2 - i < 3 and cfg["dropout"] > 0:  # the three innermost decoder blocks
+            x = NoiseDropout(cfg["dropout"], name=f"up{i}_dropout")(x)
+        x = layers.Concatenate(name=f"up{i}_skip")([x, skips[i]])
+    x = layers.ReLU(name="out_act")(x)
+    x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer=init,
+                               name="out_conv")(x)
+    outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inputs, outputs, name="unet_generator")
+
+
+def build_patchgan(image_size: tuple[int, int], cond_channels: int, cfg: dict) -> keras.Model:
+    """Returns the 70x70 PatchGAN: concat(condition, image) -> patch logits [B, h', w', 1]."""
+    h, w = image_size
+    init = gan_initializer()
+    inputs = keras.Input((h, w, cond_channels + 3), name="discriminator_input")
+    x = inputs
+    for i, stride in enumerate((2, 2, 2, 1)):  # 64-128-256-512 at the default width
+        filters = min(cfg["filters"] * 2 ** i, cfg["max_filters"])
+        x = layers.Conv2D(filters, 4, strides=stride, padding="same", use_bias=(i == 0),
+                          kernel_initializer=init, name=f"d{i}_conv")(x)
+        if i > 0:
+            x = _norm(cfg["norm"], f"d{i}_norm")(x)
+        x = layers.LeakyReLU(0.2, name=f"d{i}_act")(x)
+    outputs = layers.Conv2D(1, 4, strides=1, padding="same", kernel_initializer=init, dtype="float32",
+                            name="patch_logits")(x)
+    return keras.Model(inputs, outputs, name="patchgan_discriminator")
+
+
+def _bce(logits, target: float):
+    """Per-example mean binary cross-entropy of patch logits [B, h, w, 1] against a constant."""
+    labels = tf.fill(tf.shape(logits), tf.constant(target, logits.dtype))
+    per_patch = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_mean(tf.cast(per_patch, tf.float32), axis=[1, 2, 3])
+
+
+def _mean_abs(diff, mask=None):
+    """Per-example mean over pixels and channels of ``|diff| * mask`` (mask broadcast over channels)."""
+    a = tf.abs(tf.cast(diff, tf.float32))
+    if mask is not None:
+        a = a * tf.cast(mask, tf.float32)
+    return tf.reduce_mean(a, axis=[1, 2, 3])
+
+
+def reconstruction_terms(variant: str, fake, batch: dict, lambdas: dict) -> dict:
+    """Returns the per-example [B] reconstruction terms of the generator loss (already weighted):
+    ``{"g_l1"}`` for models 1-3, ``{"g_fg", "g_bg"}`` for model4 and variable."""
+    x = batch["source"]
+    y = batch["target"]
+    if variant == "model4":
+        m_in, m_out = batch["source_mask"], batch["target_mask"]
+        return {"g_fg": lambdas["fg"] * _mean_abs(fake - x, m_in),
+                "g_bg": lambdas["bg"] * _mean_abs(fake - y, (1.0 - m_in) * (1.0 - m_out))}
+    if variant == "variable":
+        m_out = batch["target_mask"]
+        return {"g_fg": lambdas["fg"] * _mean_abs(fake - y, m_out),
+                "g_bg": lambdas["bg"] * _mean_abs(fake - y, 1.0 - m_out)}
+    return {"g_l1": lambdas["l1"] * _mean_abs(fake - y)}
+
+
+@keras.saving.register_keras_serializable(package="keras_reid")
+class Pix2PixGAN(GANModel):
+    """pix2pix conditional GAN of one thesis variant (see ``keras_reid_plugins.generators.pix2pix``)."""
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, variant: str = "model4",
+                 lambda_l1: float = 100.0, lambda_fg: float = 70.0, lambda_bg: float = 30.0,
+                 dropout_at_generation: bool = False, **kwargs: Any) -> None:
+        recon = ("g_fg", "g_bg") if variant in ("model4", "variable") else ("g_l1",)
+        super().__init__(generator, discriminator,
+                         log_names=("d_loss", "d_real", "d_fake", "g_loss", "g_gan", *recon), **kwargs)
+        self.variant = variant
+        self.lambdas = {"l1": float(lambda_l1), "fg": float(lambda_fg), "bg": float(lambda_bg)}
+        self.dropout_at_generation = bool(dropout_at_generation)
+
+    # ------------------------------------------------------------------ inputs
+    def generator_input(self, batch: dict):
+        """The generator's input tensor for ``batch``: source image (+ masks, by variant)."""
+        parts = [batch["source"]]
+        if self.variant in ("model2", "model3", "variable"):
+            parts.append(batch["source_mask"])
+        if self.variant in ("model3", "variable"):
+            parts.append(batch["target_mask"])
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+    def discriminator_pair(self, batch: dict, image):
+        """The discriminator's input for ``image`` under ``batch``'s condition. Model 4 shows it
+        only the background, ``(1 - m_in)(1 - m_out)``, of the source and of the image."""
+        if self.variant == "model4":
+            keep = (1.0 - batch["source_mask"]) * (1.0 - batch["target_mask"])
+            return tf.concat([batch["source"] * keep, image * keep], axis=-1)
+        return tf.concat([self.generator_input(batch), image], axis=-1)
+
+    def call(self, batch: dict, training: bool | None = None):
+        """Returns the generated images; also runs the discriminator (so every sub-model is built)."""
+        fake = self.generator(self.generator_input(batch), training=training)
+        self.discriminator(self.discriminator_pair(batch, fake), training=training)
+        return fake
+
+    def generate(self, batch: dict, noise: bool | None = None):
+        """Returns generated images float32 [B, H, W, 3] in [-1, 1] (normalisation in inference
+        mode; dropout on iff ``noise``, default the ``dropout_at_generation`` setting)."""
+        noise = self.dropout_at_generation if noise is None else bool(noise)
+        batch = {k: tf.convert_to_tensor(v, tf.float32) for k, v in batch.items()}
+        NoiseDropout.force = noise
+        try:
+            return self.generator(self.generator_input(batch), training=False)
+        finally:
+            NoiseDropout.force = False
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: dict) -> dict:
+        """One discriminator update, then one generator update; returns every loss term (this
+        replica's share of the global-batch mean: sum across replicas)."""
+        batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
+        g_in = self.generator_input(batch)
+        avg = tf.nn.compute_average_loss
+        with tf.GradientTape() as tape:
+            fake = self.generator(g_in, training=True)
+            real_logits = self.discriminator(self.discriminator_pair(batch, batch["target"]), training=True)
+            fake_logits = self.discriminator(self.discriminator_pair(batch, tf.stop_gradient(fake)),
+                                             training=True)
+            d_real = avg(_bce(real_logits, 1.0))
+            d_fake = avg(_bce(fake_logits, 0.0))
+            d_loss = 0.5 * (d_real + d_fake)
+        self.apply_gradients(tape, d_loss, self.d_optimizer, self.discriminator.trainable_variables)
+        with tf.GradientTape() as tape:
+            fake = self.generator(g_in, training=True)
+            fake_logits = self.discriminator(self.discriminator_pair(batch, fake), training=True)
+            g_gan = avg(_bce(fake_logits, 1.0))
+            terms = {k: avg(v) for k, v in reconstruction_terms(self.variant, fake, batch,
+                                                                 self.lambdas).items()}
+            g_loss = g_gan + tf.add_n(list(terms.values()))
+        self.apply_gradients(tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
+        return self.track({"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss,
+                           "g_gan": g_gan, **terms})
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(variant=self.variant, lambda_l1=self.lambdas["l1"], lambda_fg=self.lambdas["fg"],
+                      lambda_bg=self.lambdas["bg"], dropout_at_generation=self.dropout_at_generation)
+        return config
+
+
+def build_gan(cfg: dict, image_size: tuple[int, int]) -> Pix2PixGAN:
+    """Returns a built ``Pix2PixGAN`` (variables created) for the plugin config ``cfg``."""
+    variant = cfg["variant"]
+    channels = CHANNELS[variant]
+    generator = build_unet(image_size, channels, cfg)
+    cond = 3 if variant == "model4" else channels
+    discriminator = build_patchgan(image_size, cond, cfg)
+    gan = Pix2PixGAN(generator, discriminator, variant=variant, lambda_l1=cfg["lambda_l1"],
+                     lambda_fg=cfg["lambda_fg"], lambda_bg=cfg["lambda_bg"],
+                     dropout_at_generation=cfg["dropout_at_generation"], name=f"pix2pix_{variant}")
+    h, w = image_size
+    dummy = {"source": tf.zeros((1, h, w, 3)), "target": tf.zeros((1, h, w, 3)),
+             "source_mask": tf.zeros((1, h, w, 1)), "target_mask": tf.zeros((1, h, w, 1))}
+    gan(dummy, training=False)
+    return gan

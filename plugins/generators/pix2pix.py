@@ -1,0 +1,143 @@
+"""Generator plugin ``pix2pix``: the thesis's camera-transfer GANs (Models 1-4 and the variable loss).
+
+Architecture (Isola et al.; SPECS "pix2pix family"): a U-Net generator (4x4 stride-2 convs,
+LeakyReLU 0.2, normalisation except on the first and innermost layers; decoder ReLU -> 4x4
+stride-2 transposed conv -> normalisation, dropout 0.5 in the three innermost decoder blocks,
+skip concatenations, tanh) whose depth follows the input shape: it halves both sides until
+the smaller one reaches 1 (256x128 -> 7 levels down to 2x1, 128x64 -> 6), so person crops
+keep their 2:1 aspect instead of being squashed into a square. A 70x70 PatchGAN
+discriminator (4x4 convs 64 s2 -> 128 s2 -> 256 s2 -> 512 s1 -> 1 s1) sees the condition and
+an image, concatenated.
+
+Variants (``x`` source image, ``y`` target image, ``m_in``/``m_out`` source/target person masks):
+
+=========  ===============================  =================================================
+variant    generator input                  generator loss (besides the cGAN term)
+=========  ===============================  =================================================
+model1     x                                ``lambda_l1 * |G - y|``
+model2     x, m_in                          ``lambda_l1 * |G - y|``
+model3     x, m_in, m_out                   ``lambda_l1 * |G - y|`` (m_out chooses the pose)
+model4     x                                ``lambda_fg * |G - x| m_in + lambda_bg * |G - y| (1 - m_in)(1 - m_out)``;
+                                            D sees only the background ``(1 - m_in)(1 - m_out)``
+variable   x, m_in, m_out                   ``lambda_fg * |G - y| m_out + lambda_bg * |G - y| (1 - m_out)``
+=========  ===============================  =================================================
+
+Every L1 term is the mean over all pixels and channels of the (masked) absolute difference,
+so a term's weight means the same whatever the share of person pixels. The cGAN loss is
+binary cross-entropy on the patch logits; the discriminator's loss is halved as in pix2pix.
+Dropout is pix2pix's only noise source; ``dropout_at_generation`` says explicitly whether it
+stays on when generating (the reference code silently leaves it on).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from keras_reid.registry import register
+
+VARIANTS = ("model1", "model2", "model3", "model4", "variable")
+
+_NEEDS = {
+    "model1": ({"source", "target"}, {"source"}),
+    "model2": ({"source", "target", "source_mask"}, {"source", "source_mask"}),
+    "model3": ({"source", "target", "source_mask", "target_mask"},
+               {"source", "source_mask", "target_mask"}),
+    "model4": ({"source", "target", "source_mask", "target_mask"}, {"source"}),
+    "variable": ({"source", "target", "source_mask", "target_mask"},
+                 {"source", "source_mask", "target_mask"}),
+}
+
+
+class Pix2PixConfig(BaseModel):
+    """Parameters of the ``pix2pix`` generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal["model1", "model2", "model3", "model4", "variable"] = Field(
+        "model4", description="thesis model (see the plugin docstring)")
+    filters: int = Field(64, gt=0, description="width of the first layer (doubles per level)")
+    max_filters: int = Field(512, gt=0, description="widest layer")
+    depth: int | None = Field(None, gt=0, le=8, description="U-Net levels; null = halve until the "
+                              "smaller side is 1")
+    norm: Literal["batch", "instance"] = Field("batch", description="batch (pix2pix) or instance "
+                                               "normalisation")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="in the three innermost decoder blocks")
+    dropout_at_generation: bool = Field(False, description="keep dropout on when generating (noise)")
+    lambda_l1: float = Field(100.0, ge=0.0, description="L1 weight of models 1-3")
+    lambda_fg: float = Field(70.0, ge=0.0, description="foreground weight (model4, variable)")
+    lambda_bg: float = Field(30.0, ge=0.0, description="background weight (model4, variable)")
+    lr: float = Field(2e-4, gt=0.0)
+    beta_1: float = Field(0.5, ge=0.0, lt=1.0)
+    decay_epochs: int = Field(0, ge=0, description="decay the learning rates linearly to 0 over the "
+                              "last N epochs (0 = constant)")
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if self.max_filters < self.filters:
+            raise ValueError(f"max_filters {self.max_filters} is smaller than filters {self.filters}")
+        return self
+
+
+def unet_depth(image_size: tuple[int, int], depth: int | None = None) -> int:
+    """Returns the number of U-Net levels for ``image_size``: ``depth`` if given (checked), else
+    the halvings until the smaller side is 1 (at most 8). Raises ValueError if the sides are
+    not divisible by 2**depth."""
+    h, w = (int(v) for v in image_size)
+    if depth is None:
+        depth = 0
+        while depth < 8 and min(h, w) % (2 ** (depth + 1)) == 0 and min(h, w) // 2 ** (depth + 1) >= 1:
+            depth += 1
+    if depth < 3:
+        raise ValueError(f"image size {h}x{w} allows only {depth} U-Net levels; use sides divisible "
+                         "by 8 or more (e.g. 64x32, 128x64, 256x128)")
+    if h % 2 ** depth or w % 2 ** depth:
+        raise ValueError(f"image size {h}x{w} is not divisible by 2**{depth}; use sides divisible by "
+                         f"{2 ** depth} or a smaller depth")
+    return depth
+
+
+@register("generator", "pix2pix", config=Pix2PixConfig)
+class Pix2Pix:
+    """The registered component: declares the data a variant needs and builds the GAN."""
+
+    def __init__(self, config: Pix2PixConfig | None = None) -> None:
+        self.config = config or Pix2PixConfig()
+
+    @property
+    def pairing(self) -> str:
+        """``random_target`` for model4 (unlabelled target camera), else ``camera_pairs``."""
+        return "random_target" if self.config.variant == "model4" else "camera_pairs"
+
+    @property
+    def needs(self) -> frozenset:
+        return frozenset(_NEEDS[self.config.variant][0])
+
+    @property
+    def generation_needs(self) -> frozenset:
+        return frozenset(_NEEDS[self.config.variant][1])
+
+    def build(self, image_size: tuple[int, int]):
+        """Returns the built ``Pix2PixGAN`` for images of ``image_size`` (call in strategy.scope())."""
+        from keras_reid_plugins.generators._pix2pix_model import build_gan
+
+        unet_depth(image_size, self.config.depth)
+        return build_gan(self.config.model_dump(), tuple(image_size))
+
+    def optimizers(self, steps_per_epoch: int, epochs: int) -> dict:
+        """Returns ``{"d_optimizer", "g_optimizer"}``: Adam(lr, beta_1), with a linear decay to 0
+        over the last ``decay_epochs`` epochs when set."""
+        import keras
+
+        from keras_reid_plugins.generators._pix2pix_model import LinearDecay
+
+        c = self.config
+
+        def lr():
+            if not c.decay_epochs:
+                return c.lr
+            return LinearDecay(c.lr, total_steps=steps_per_epoch * epochs,
+                               decay_steps=steps_per_epoch * min(c.decay_epochs, epochs))
+
+        return {"d_optimizer": keras.optimizers.Adam(lr(), beta_1=c.beta_1),
+                "g_optimizer": keras.optimizers.Adam(lr(), beta_1=c.beta_1)}
