@@ -266,6 +266,9 @@ def augment(cfg, ctx: StageContext) -> dict:
                         "shard on the cluster itself: drop --shard")
     stage_dir = ctx.stage_dir
     out_dir = stage_dir / DATA_DIR / TRAIN_FOLDER
+    if out_dir.is_dir():  # temporary files of a killed run: never complete, never listed
+        for leftover in out_dir.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
     done = {row["file"] for row in read_manifest(stage_dir)}
     mine = items[shard_i::shard_n]
     todo = [it for it in mine if it.name not in done]
