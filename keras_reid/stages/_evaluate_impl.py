@@ -212,7 +212,7 @@ def _print_quality(ctx: StageContext, results: dict, quality: dict) -> None:
         ctx.echo(f"generated '{stage_name}' ({q['images']} images): " + ", ".join(parts))
         for name, e in results.items():
             ip = e.get("identity_preservation", {}).get(stage_name)
-            if ip:
+            if ip and ip["rank1"] is not None:
                 ctx.echo(f"  identity preservation with '{name}': rank-1 {100 * ip['rank1']:.2f}%  "
                          f"mAP {100 * ip['mAP']:.2f}% ({ip['valid_queries']} queries)")
 

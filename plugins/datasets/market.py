@@ -17,8 +17,10 @@ MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "b
 
 MARKET_LAYOUT = ("the Market-1501 layout: bounding_box_train/, query/, bounding_box_test/")
 
-MARKET_NAME = r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$"
-"""pid, camera, sequence, frame, box index (SPECS.md); pid -1 = junk, 0000 = distractor."""
+MARKET_NAME = r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})(?:_g\d+k\d+(?:x\d+)?)?\.jpg$"
+"""pid, camera, sequence, frame, box index (SPECS.md); pid -1 = junk, 0000 = distractor. The
+optional suffix ``_g<source camera>k<copy>`` marks images written by the augment stage (no
+real Market-1501 file has one, so generated and real names never collide)."""
 
 parse_market_name = regex_parser(MARKET_NAME, sequence_group=3, frame_group=4)
 """``parse_market_name("0002_c1s1_000451_03.jpg") -> (2, 1, 1, 451)`` (pid, camid, sequence,
