@@ -103,6 +103,8 @@ class GeneratorFactory(Protocol):
       [B, H, W, 3] in [-1, 1]`` (``noise`` None = the config's choice). Saved as ``.keras``.
     * ``optimizers(steps_per_epoch, epochs) -> {"d_optimizer": .., "g_optimizer": ..}``:
       called inside ``strategy.scope()``.
+    * ``load(path) -> model``: the GAN saved at ``path`` (imports and registers its classes, so
+      it works in a fresh process, e.g. a Ray actor).
     """
 
     pairing: str
@@ -114,3 +116,6 @@ class GeneratorFactory(Protocol):
 
     def optimizers(self, steps_per_epoch: int, epochs: int) -> Mapping[str, Any]:
         """Return ``{"d_optimizer": .., "g_optimizer": ..}`` (learning-rate schedules included)."""
+
+    def load(self, path: str) -> Any:
+        """Return the GAN saved at ``path``."""

@@ -171,12 +171,9 @@ class Worker:
     def __init__(self, *, model_path: str, gen_summary: dict, filters: list[dict], min_score: float,
                  noise: bool | None, out_dir: str, target_paths: list[str], jpeg_quality: int,
                  provenance: dict) -> None:
-        import keras
-
         from keras_reid.registry import REGISTRY
 
-        REGISTRY.create("generator", gen_summary["generator"])  # registers the model classes
-        self.gan = keras.saving.load_model(model_path, compile=False)
+        self.gan = REGISTRY.create("generator", gen_summary["generator"]).load(model_path)
         self.size = tuple(gen_summary["image_size"])
         self.needs = set(gen_summary.get("generation_needs", ["source"]))
         self.masker = REGISTRY.create("masker", gen_summary["masker"]) \

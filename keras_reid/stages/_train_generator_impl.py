@@ -128,17 +128,3 @@ def train(cfg, ctx: StageContext) -> dict:
     }
     return summary
 
-
-def load_generator(ctx: StageContext, stage: str):
-    """Return ``(gan model, train_generator summary)`` of an earlier ``train_generator`` stage."""
-    import keras
-
-    from keras_reid.errors import UserError
-
-    out = ctx.output_of(stage)
-    path = ctx.run_dir / out["model"]
-    if not path.exists():
-        raise UserError(f"generator file {path} of stage '{stage}' is missing; re-run that stage "
-                        f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
-    generator_factory(out["generator"], ctx.registry)  # imports the plugin: registers its classes
-    return keras.saving.load_model(path, compile=False), out

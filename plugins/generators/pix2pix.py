@@ -124,6 +124,14 @@ class Pix2Pix:
         unet_depth(image_size, self.config.depth)
         return build_gan(self.config.model_dump(), tuple(image_size))
 
+    def load(self, path: str):
+        """Returns the ``Pix2PixGAN`` saved at ``path`` (``.keras``), without optimizers."""
+        import keras
+
+        import keras_reid_plugins.generators._pix2pix_model  # noqa: F401  (registers the classes)
+
+        return keras.saving.load_model(path, compile=False)
+
     def optimizers(self, steps_per_epoch: int, epochs: int) -> dict:
         """Returns ``{"d_optimizer", "g_optimizer"}``: Adam(lr, beta_1), with a linear decay to 0
         over the last ``decay_epochs`` epochs when set."""
