@@ -33,3 +33,12 @@ def face_models():
                           "face_detection_short_range.tflite"],
                          wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)
     return paths[0].parent
+
+
+@pytest.fixture(scope="session")
+def selfie_model():
+    """MediaPipe's selfie segmentation model, provisioned once like the face models."""
+    from keras_reid.models import fetch_models
+
+    return fetch_models(["selfie_segmentation.tflite"],
+                        wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]

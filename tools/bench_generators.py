@@ -1,0 +1,87 @@
+"""GAN training steps/s and generation (augment) images/s of the pix2pix variants on this machine.
+
+    python tools/bench_generators.py [--sizes 128x64,256x128] [--variants model1,...] [--batch 8]
+                                     [--filters 64] [--steps 3] [--json]
+
+Training: one compiled ``train_step`` (discriminator + generator update) on random data of the
+given global batch, timed over ``--steps`` steps after one warm-up step. Generation: the
+augment stage's work per batch of 32 (``generate`` with noise off, conversion to uint8 and
+JPEG encoding), without disk I/O. Prints one line (or JSON object) per variant and size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def bench(variant: str, size: tuple[int, int], batch: int, filters: int, steps: int) -> dict:
+    """Returns ``{"variant", "size", "batch", "train_steps_per_s", "train_images_per_s",
+    "generate_images_per_s", "generator_params"}``."""
+    import cv2
+    import tensorflow as tf
+
+    from keras_reid.data.gan_input import to_uint8
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.loop import build_optimizers
+
+    factory = REGISTRY.create("generator", {"type": "pix2pix", "variant": variant, "filters": filters})
+    gan = factory.build(size)
+    gan.compile(**factory.optimizers(steps_per_epoch=100, epochs=1))
+    build_optimizers(gan, tf.distribute.get_strategy())
+    h, w = size
+    rng = np.random.default_rng(0)
+
+    def example(n):
+        return {"source": tf.constant(rng.uniform(-1, 1, (n, h, w, 3)), tf.float32),
+                "target": tf.constant(rng.uniform(-1, 1, (n, h, w, 3)), tf.float32),
+                "source_mask": tf.constant(rng.random((n, h, w, 1)) > 0.5, tf.float32),
+                "target_mask": tf.constant(rng.random((n, h, w, 1)) > 0.5, tf.float32)}
+
+    data = example(batch)
+    step = tf.function(gan.train_step)
+    step(data)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(data)
+    train_s = (time.perf_counter() - t0) / steps
+    gen_batch = {k: v for k, v in example(32).items() if k in factory.generation_needs}
+    out = to_uint8(gan.generate(gen_batch))  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(2):
+        out = to_uint8(gan.generate(gen_batch))
+        for img in out:
+            cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    gen_s = (time.perf_counter() - t0) / 2
+    return {"variant": variant, "size": f"{h}x{w}", "batch": batch, "filters": filters,
+            "train_steps_per_s": round(1.0 / train_s, 3), "train_images_per_s": round(batch / train_s, 2),
+            "generate_images_per_s": round(32 / gen_s, 1),
+            "generator_params": int(gan.generator.count_params())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="128x64,256x128")
+    ap.add_argument("--variants", default="model1,model2,model3,model4,variable")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--filters", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows = []
+    for size in args.sizes.split(","):
+        h, w = (int(v) for v in size.lower().split("x"))
+        for variant in args.variants.split(","):
+            rows.append(bench(variant, (h, w), args.batch, args.filters, args.steps))
+            if not args.json:
+                print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
