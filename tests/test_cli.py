@@ -29,7 +29,8 @@ def test_shipped_recipes_validate(monkeypatch, tmp_path):
 
 def test_bad_recipe_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    text, n = re.subn(r"\n    epochs: \d+", "\n    epochs: six", (ROOT / "recipes" / "quickstart.yaml").read_text())
+    text, n = re.subn(r"\n    epochs: \d+", "\n    epochs: six",
+                      (ROOT / "recipes" / "quickstart_resnet50.yaml").read_text())
     assert n == 1
     bad.write_text(text)
     res = CliRunner().invoke(main, ["validate", str(bad)])
@@ -43,7 +44,7 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path):
 
 def test_unknown_plugin_in_recipe(tmp_path):
     bad = tmp_path / "bad.yaml"
-    text = (ROOT / "recipes" / "quickstart.yaml").read_text()
+    text = (ROOT / "recipes" / "synthetic_model4.yaml").read_text()
     assert "{type: tiny," in text
     bad.write_text(text.replace("{type: tiny,", "{type: tinny,"))
     res = CliRunner().invoke(main, ["validate", str(bad)])
@@ -53,7 +54,8 @@ def test_unknown_plugin_in_recipe(tmp_path):
 def test_dry_run_shows_plan(tmp_path):
     res = invoke("run", str(ROOT / "recipes" / "quickstart.yaml"), "--dry-run", "--run-dir", str(tmp_path / "r"))
     assert res.exit_code == 0
-    assert re.search(r"train\s+train_reid\s+run", res.output) and "evaluate" in res.output
+    assert re.search(r"gan\s+train_generator\s+run", res.output)
+    assert re.search(r"augmented\s+train_reid\s+run", res.output) and "evaluate" in res.output
     assert not (tmp_path / "r").exists()
 
 
