@@ -137,3 +137,49 @@ def test_recipe_yaml_merge_keys_copy_a_stage_and_keys_given_win(tmp_path):
     assert data["b"] == {"p": 1, "q": [3]}
     data["b"]["p"] = 5
     assert data["a"]["p"] == 1
+
+
+def test_label_policies_become_target_distributions(tmp_path):
+    import cv2
+
+    from keras_reid.data.pipeline import ReIDInput
+
+    recs = []
+    for i in range(8):
+        p = tmp_path / f"{i}.jpg"
+        cv2.imwrite(str(p), np.full((16, 8, 3), 30 * i, np.uint8))
+        recs.append(Record(str(p), 1 + i % 2, 1))
+    labels = np.array([i % 2 for i in range(8)])
+    eps = np.array([0.0, 0.0, 0.1, 0.1, 1.0, 1.0, 0.0, 0.0], np.float32)
+    inp = ReIDInput(recs, labels, image_size=(16, 8), global_batch_size=8, sampler="random",
+                    epsilons=eps, num_classes=4, seed=0)
+    _, targets = next(iter(inp.dataset(0)))
+    targets = targets.numpy()
+    assert targets.shape == (8, 4) and np.allclose(targets.sum(1), 1.0)
+    order = inp.sampler.indices(0)[:8]
+    for row, idx in zip(targets, order):
+        expect = np.full(4, eps[idx] / 4)
+        expect[labels[idx]] += 1 - eps[idx]
+        np.testing.assert_allclose(row, expect, atol=1e-6)
+
+
+def test_lsro_with_the_pk_sampler_needs_a_batch_share(tmp_path):
+    from keras_reid.errors import RecipeError
+    from keras_reid.recipe import load_recipe
+
+    f = tmp_path / "r.yaml"
+    f.write_text("""
+name: t
+datasets: {s: {type: synthetic, root: /nowhere, ids: 4}}
+stages:
+  gan: {type: train_generator, dataset: s, source_camera: 1, target_camera: 2, masker: {type: synthetic}}
+  aug: {type: augment, generator: gan}
+  reid: {type: train_reid, dataset: s, generated: [{stage: aug, labels: lsro}]}
+""")
+    with pytest.raises(RecipeError, match=r"r.yaml:7: stages.reid.generated\[0\].labels: lsro.*generated_ratio"):
+        load_recipe(f)
+    with pytest.raises(RecipeError, match="expected an augment stage"):
+        load_recipe(f, ["stages.reid.generated=[{stage: gan}]"])
+    with pytest.raises(RecipeError, match="multiple of instances_per_id"):
+        load_recipe(f, ["stages.reid.generated_ratio=0.3"])
+    assert load_recipe(f, ["stages.reid.generated_ratio=0.25"]).stage_configs["reid"].generated_ratio == 0.25

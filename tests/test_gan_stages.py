@@ -228,3 +228,23 @@ def test_camera_pair_without_shared_identities_is_a_clear_error(tmp_path):
     rec = _recipe(tmp_path, root, variant="model1", masker="null")
     with pytest.raises(DatasetError, match="cameras 1 and 2 share no identity.*model4"):
         pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+
+
+def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp_path, monkeypatch):
+    _, root, _ = trained
+    rec = load_recipe(_recipe(tmp_path, root) and tmp_path / "r.yaml", ["stages.gan.epochs=2"])
+    from keras_reid.training import checkpoint
+
+    real = checkpoint.EpochCheckpoint.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        real(self, epoch, logs)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", real)
+    out = pipeline.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
+    assert out["gan"]["resumed_from_epoch"] == 1 and out["gan"]["epochs"] == 2
+    assert (tmp_path / "run" / "gan" / "generator.keras").is_file()
