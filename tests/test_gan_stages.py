@@ -248,3 +248,16 @@ def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp
     out = pipeline.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
     assert out["gan"]["resumed_from_epoch"] == 1 and out["gan"]["epochs"] == 2
     assert (tmp_path / "run" / "gan" / "generator.keras").is_file()
+
+
+def test_model3_generation_takes_the_pose_of_a_recorded_target_camera_mask(trained, tmp_path):
+    _, root, _ = trained
+    _recipe(tmp_path, root, variant="model3")
+    rec = load_recipe(tmp_path / "r.yaml", ["stages.augment.copies=2", "stages.augment.max_images=3"])
+    out = pipeline.run(rec, tmp_path / "run", only=["gan", "augment"], echo=lambda *_: None)
+    assert out["gan"]["pairing"] == "camera_pairs"
+    assert out["gan"]["generation_needs"] == ["source", "source_mask", "target_mask"]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["copy"] for r in rows} == {0, 1}
+    assert all("_c2s" in Path(r["target_mask_of"]).name for r in rows)  # a camera-2 image's mask
+    assert len({r["file"] for r in rows}) == 6
