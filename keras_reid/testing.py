@@ -75,13 +75,63 @@ def check_image_scorer(component: Any, kind: str) -> None:
         assert out.shape == (2, 18, 3), f"pose estimator must return [N, 18, 3], got {out.shape}"
 
 
+def _generator_batch(keys, image_size: tuple[int, int], n: int = 2) -> dict:
+    """Random example dicts of the generator contract (``keras_reid.interfaces.GENERATOR_KEYS``)."""
+    rng = np.random.default_rng(0)
+    h, w = image_size
+    out = {}
+    for key in keys:
+        if key.endswith("_mask"):
+            out[key] = (rng.random((n, h, w, 1)) > 0.5).astype("float32")
+        else:
+            out[key] = rng.uniform(-1, 1, (n, h, w, 3)).astype("float32")
+    return out
+
+
+def check_generator(factory: Any, image_size: tuple[int, int] = (32, 16)) -> None:
+    """A generator factory declares valid keys and pairing; its GAN builds at ``image_size``,
+    compiles with ``factory.optimizers``, runs one ``train_step`` returning finite scalars, and
+    ``generate`` returns float32 [B, H, W, 3] in [-1, 1]."""
+    from keras_reid.interfaces import GENERATOR_KEYS
+
+    assert factory.pairing in ("camera_pairs", "random_target", "identity_pairs", "unpaired"), (
+        f"unknown pairing {factory.pairing!r}")
+    needs, gen_needs = set(factory.needs), set(factory.generation_needs)
+    assert "source" in needs and needs <= set(GENERATOR_KEYS), (
+        f"needs {sorted(needs)} / generation_needs {sorted(gen_needs)} must be keys of "
+        f"GENERATOR_KEYS and include 'source'")
+    assert gen_needs <= needs, "generation_needs must be a subset of needs"
+    gan = factory.build(tuple(image_size))
+    for method in ("train_step", "generate", "compile", "build_optimizers"):
+        assert callable(getattr(gan, method, None)), f"the built GAN has no {method}()"
+    assert getattr(gan, "step_logs_reduction", "mean") in ("mean", "sum")
+    optimizers = factory.optimizers(steps_per_epoch=2, epochs=1)
+    assert set(optimizers) == {"d_optimizer", "g_optimizer"}, (
+        f"optimizers() must return d_optimizer and g_optimizer, got {sorted(optimizers)}")
+    gan.compile(**optimizers)
+    gan.build_optimizers()
+    logs = gan.train_step(_generator_batch(sorted(needs), image_size))
+    assert isinstance(logs, dict) and logs, "train_step must return a dict of scalars"
+    for name, value in logs.items():
+        arr = np.asarray(value)
+        assert arr.ndim == 0 and np.isfinite(arr), f"train_step log '{name}' is not a finite scalar"
+    # ``source`` is in every example dict (GENERATOR_KEYS), needed or not
+    out = np.asarray(gan.generate(_generator_batch(sorted(gen_needs | {"source"}), image_size)))
+    assert out.shape == (2, *image_size, 3) and out.dtype == np.float32, (
+        f"generate must return float32 [B, H, W, 3], got {out.shape} {out.dtype}")
+    assert np.all(out >= -1) and np.all(out <= 1), "generated images must be in [-1, 1]"
+
+
 def check_entry(entry: Entry) -> None:
-    """Run every check that applies to a registered component of a model-free kind."""
+    """Run every check that applies to a registered component (backbones, losses, generators,
+    filters, maskers, pose estimators); returns None or raises AssertionError."""
     check_config_schema(entry)
     if entry.kind == "backbone":
         check_backbone(_default_instance(entry))
     elif entry.kind == "loss":
         check_loss(_default_instance(entry))
+    elif entry.kind == "generator":
+        check_generator(_default_instance(entry))
     elif entry.kind in ("filter", "masker", "pose"):
         component = _default_instance(entry)
         try:

@@ -8,6 +8,10 @@ contract, ``train_step`` returns each replica's share of the global-batch value 
 scalar (per-example losses averaged with ``tf.nn.compute_average_loss``), so the loop reduces
 them with SUM (``step_logs_reduction = "sum"``) and two replicas log what one device would.
 ``keras.metrics.Mean`` trackers (the ``metrics`` property) hold running means for ``fit()``.
+
+Also here: :func:`gan_initializer` (N(0, 0.02), one fresh instance per layer) and
+:class:`LinearDecay`, the pix2pix/CycleGAN learning-rate schedule (constant, then linear decay
+to 0 over the last epochs), registered for Keras serialization so a saved optimizer reloads.
 """
 from __future__ import annotations
 
@@ -15,11 +19,41 @@ from typing import Any, Iterable
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 
 def gan_initializer(seed: int | None = None) -> keras.initializers.Initializer:
-    """Returns the N(0, 0.02) initializer of DCGAN/pix2pix weights."""
+    """Returns a new N(0, 0.02) initializer (DCGAN/pix2pix weights).
+
+    Call it once per layer: a Keras 3 initializer instance draws its seed once, so one
+    unseeded instance shared by several layers gives every kernel of the same shape the same
+    values. With ``seed=None`` the seed comes from Keras' global generator, so
+    ``keras.utils.set_random_seed`` makes the weights reproducible.
+    """
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.02, seed=seed)
+
+
+@keras.saving.register_keras_serializable(package="keras_reid")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate ``lr`` for ``total_steps - decay_steps`` steps, then linear decay to 0 at
+    ``total_steps`` (and 0 after). Calling it returns the float32 rate at ``step``."""
+
+    def __init__(self, lr: float, total_steps: int, decay_steps: int) -> None:
+        if total_steps < 1 or decay_steps < 1 or decay_steps > total_steps:
+            raise ValueError(f"LinearDecay needs 1 <= decay_steps <= total_steps, got decay_steps="
+                             f"{decay_steps}, total_steps={total_steps}")
+        self.lr = float(lr)
+        self.total_steps = int(total_steps)
+        self.decay_steps = int(decay_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        start = float(self.total_steps - self.decay_steps)
+        frac = ops.clip((step - start) / float(self.decay_steps), 0.0, 1.0)
+        return self.lr * (1.0 - frac)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "total_steps": self.total_steps, "decay_steps": self.decay_steps}
 
 
 def _loss_scaled(optimizer: Any) -> Any:
@@ -70,25 +104,38 @@ class GANModel(keras.Model):
             self.g_optimizer.build(self.generator.trainable_variables)
 
     def get_compile_config(self) -> dict | None:
+        """Returns the serialised optimizers (None when not compiled)."""
         if self.d_optimizer is None:
             return None
         return {"d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
                 "g_optimizer": keras.saving.serialize_keras_object(self.g_optimizer)}
 
     def compile_from_config(self, config: dict) -> None:
+        """Recompile from :meth:`get_compile_config` (``keras.saving.load_model``); the optimizers
+        are built at once so that their saved variables (iterations, Adam moments) load."""
         self.compile(d_optimizer=keras.saving.deserialize_keras_object(config["d_optimizer"]),
                      g_optimizer=keras.saving.deserialize_keras_object(config["g_optimizer"]))
+        if self.built:
+            self.build_optimizers()
 
     # ------------------------------------------------------------------ training helpers
     @property
     def metrics(self) -> list:
+        """Returns the running-mean trackers, one per logged scalar."""
         return list(self.trackers.values())
 
     def apply_gradients(self, tape: tf.GradientTape, loss: Any, optimizer: Any,
                         variables: Iterable[Any]) -> None:
-        """Differentiate ``loss`` (scaled for mixed precision) and apply it with ``optimizer``."""
+        """Differentiate the scalar ``loss`` recorded on ``tape`` and apply the gradients with
+        ``optimizer``; returns None. Under a ``LossScaleOptimizer`` the backward pass starts from
+        the loss scale instead of 1 (the gradient of ``scale * loss``, computed after the tape
+        closed) and ``apply`` unscales and skips non-finite steps."""
         variables = list(variables)
-        grads = tape.gradient(optimizer.scale_loss(loss), variables)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            seed = optimizer.scale_loss(tf.ones_like(loss))
+            grads = tape.gradient(loss, variables, output_gradients=tf.cast(seed, loss.dtype))
+        else:
+            grads = tape.gradient(loss, variables)
         optimizer.apply(grads, variables)
 
     def track(self, logs: dict[str, Any]) -> dict[str, Any]:
@@ -101,12 +148,14 @@ class GANModel(keras.Model):
 
     # ------------------------------------------------------------------ saving
     def get_config(self) -> dict:
+        """Returns the serialisable config: name and both sub-models (subclasses add theirs)."""
         return {"name": self.name, "trainable": self.trainable,
                 "generator": keras.saving.serialize_keras_object(self.generator),
                 "discriminator": keras.saving.serialize_keras_object(self.discriminator)}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: Any = None) -> "GANModel":
+        """Returns the model rebuilt from :meth:`get_config` (sub-models deserialised first)."""
         config = dict(config)
         generator = keras.saving.deserialize_keras_object(config.pop("generator"),
                                                            custom_objects=custom_objects)

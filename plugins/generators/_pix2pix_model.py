@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from keras_reid.training.gan import GANModel, gan_initializer
+from keras_reid.training.gan import GANModel, LinearDecay, gan_initializer  # noqa: F401
 from keras_reid_plugins.generators.pix2pix import unet_depth
 
 CHANNELS = {"model1": 3, "model2": 4, "model3": 5, "model4": 3, "variable": 5}
@@ -15,32 +15,16 @@ CHANNELS = {"model1": 3, "model2": 4, "model3": 5, "model4": 3, "variable": 5}
 
 @keras.saving.register_keras_serializable(package="keras_reid")
 class NoiseDropout(layers.Dropout):
-    """Dropout that can stay on outside training: ``force`` (set by ``Pix2PixGAN.generate``)
-    turns it on for inference calls; in training it is ordinary dropout."""
+    """Dropout that can also act outside training: while ``noise`` is True (set by
+    ``Pix2PixGAN.generate`` for one call) it drops units in inference calls too. In training it
+    is ordinary dropout. ``noise`` is runtime state, not part of the config."""
 
-    force = False
+    def __init__(self, rate: float, **kwargs: Any) -> None:
+        super().__init__(rate, **kwargs)
+        self.noise = False
 
     def call(self, inputs, training=None):
-        return super().call(inputs, training=bool(training) or NoiseDropout.force)
-
-
-@keras.saving.register_keras_serializable(package="keras_reid")
-class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Constant ``lr``, then linear decay to 0 over the last ``decay_steps`` of ``total_steps``."""
-
-    def __init__(self, lr: float, total_steps: int, decay_steps: int) -> None:
-        self.lr = float(lr)
-        self.total_steps = int(total_steps)
-        self.decay_steps = max(1, int(decay_steps))
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        start = float(self.total_steps - self.decay_steps)
-        frac = ops.clip((step - start) / float(self.decay_steps), 0.0, 1.0)
-        return self.lr * (1.0 - frac)
-
-    def get_config(self) -> dict:
-        return {"lr": self.lr, "total_steps": self.total_steps, "decay_steps": self.decay_steps}
+        return super().call(inputs, training=bool(training) or self.noise)
 
 
 def _norm(kind: str, name: str) -> layers.Layer:
@@ -53,7 +37,6 @@ def build_unet(image_size: tuple[int, int], in_channels: int, cfg: dict) -> kera
     """Returns the U-Net generator: float32 [B, H, W, in_channels] in [-1, 1] -> [B, H, W, 3]."""
     h, w = image_size
     depth = unet_depth(image_size, cfg.get("depth"))
-    init = gan_initializer()
     width = [min(cfg["filters"] * 2 ** i, cfg["max_filters"]) for i in range(depth)]
     inputs = keras.Input((h, w, in_channels), name="generator_input")
     x = inputs
@@ -62,20 +45,20 @@ def build_unet(image_size: tuple[int, int], in_channels: int, cfg: dict) -> kera
         if i > 0:
             x = layers.LeakyReLU(0.2, name=f"down{i}_act")(x)
         x = layers.Conv2D(width[i], 4, strides=2, padding="same", use_bias=(i == 0 or i == depth - 1),
-                          kernel_initializer=init, name=f"down{i}_conv")(x)
+                          kernel_initializer=gan_initializer(), name=f"down{i}_conv")(x)
         if 0 < i < depth - 1:  # no norm on the outermost and the innermost (1-pixel) level
             x = _norm(cfg["norm"], f"down{i}_norm")(x)
         skips.append(x)
     for i in range(depth - 2, -1, -1):
         x = layers.ReLU(name=f"up{i}_act")(x)
         x = layers.Conv2DTranspose(width[i], 4, strides=2, padding="same", use_bias=False,
-                                   kernel_initializer=init, name=f"up{i}_conv")(x)
+                                   kernel_initializer=gan_initializer(), name=f"up{i}_conv")(x)
         x = _norm(cfg["norm"], f"up{i}_norm")(x)
         if depth - 2 - i < 3 and cfg["dropout"] > 0:  # the three innermost decoder blocks
             x = NoiseDropout(cfg["dropout"], name=f"up{i}_dropout")(x)
         x = layers.Concatenate(name=f"up{i}_skip")([x, skips[i]])
     x = layers.ReLU(name="out_act")(x)
-    x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer=init,
+    x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer=gan_initializer(),
                                name="out_conv")(x)
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inputs, outputs, name="unet_generator")
@@ -84,17 +67,16 @@ def build_unet(image_size: tuple[int, int], in_channels: int, cfg: dict) -> kera
 def build_patchgan(image_size: tuple[int, int], cond_channels: int, cfg: dict) -> keras.Model:
     """Returns the 70x70 PatchGAN: concat(condition, image) -> patch logits [B, h', w', 1]."""
     h, w = image_size
-    init = gan_initializer()
     inputs = keras.Input((h, w, cond_channels + 3), name="discriminator_input")
     x = inputs
     for i, stride in enumerate((2, 2, 2, 1)):  # 64-128-256-512 at the default width
         filters = min(cfg["filters"] * 2 ** i, cfg["max_filters"])
         x = layers.Conv2D(filters, 4, strides=stride, padding="same", use_bias=(i == 0),
-                          kernel_initializer=init, name=f"d{i}_conv")(x)
+                          kernel_initializer=gan_initializer(), name=f"d{i}_conv")(x)
         if i > 0:
             x = _norm(cfg["norm"], f"d{i}_norm")(x)
         x = layers.LeakyReLU(0.2, name=f"d{i}_act")(x)
-    outputs = layers.Conv2D(1, 4, strides=1, padding="same", kernel_initializer=init, dtype="float32",
+    outputs = layers.Conv2D(1, 4, strides=1, padding="same", kernel_initializer=gan_initializer(), dtype="float32",
                             name="patch_logits")(x)
     return keras.Model(inputs, outputs, name="patchgan_discriminator")
 
@@ -164,49 +146,63 @@ class Pix2PixGAN(GANModel):
 
     def call(self, batch: dict, training: bool | None = None):
         """Returns the generated images; also runs the discriminator (so every sub-model is built)."""
+        # Model.__call__ casts the inputs to the compute dtype (float16 under mixed precision);
+        # the sub-models take float32 and cast themselves
+        batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
         fake = self.generator(self.generator_input(batch), training=training)
         self.discriminator(self.discriminator_pair(batch, fake), training=training)
         return fake
 
     def generate(self, batch: dict, noise: bool | None = None):
-        """Returns generated images float32 [B, H, W, 3] in [-1, 1] (normalisation in inference
-        mode; dropout on iff ``noise``, default the ``dropout_at_generation`` setting)."""
+        """Returns generated images float32 [B, H, W, 3] in [-1, 1] for ``batch`` (the keys in
+        the factory's ``generation_needs``). Normalisation runs in inference mode; dropout is on
+        iff ``noise`` (None = the ``dropout_at_generation`` setting)."""
         noise = self.dropout_at_generation if noise is None else bool(noise)
         batch = {k: tf.convert_to_tensor(v, tf.float32) for k, v in batch.items()}
-        NoiseDropout.force = noise
+        noisy = [layer for layer in self.generator.layers if isinstance(layer, NoiseDropout)]
+        for layer in noisy:
+            layer.noise = noise
         try:
             return self.generator(self.generator_input(batch), training=False)
         finally:
-            NoiseDropout.force = False
+            for layer in noisy:
+                layer.noise = False
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict) -> dict:
-        """One discriminator update, then one generator update; returns every loss term (this
-        replica's share of the global-batch mean: sum across replicas)."""
+        """One discriminator update, then one generator update on the same generated images (one
+        generator forward pass, as in pix2pix; the generator's loss uses the updated
+        discriminator). Returns ``{"d_loss", "d_real", "d_fake", "g_loss", "g_gan"}`` plus
+        ``"g_l1"`` (models 1-3) or ``"g_fg"``, ``"g_bg"`` (model4, variable): float32 scalars,
+        this replica's share of the global-batch mean (the loop sums them across replicas).
+        ``d_loss = (d_real + d_fake) / 2``; ``g_loss = g_gan + g_l1`` or ``g_gan + g_fg + g_bg``
+        (the reconstruction terms are logged with their weights applied)."""
         batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
-        g_in = self.generator_input(batch)
         avg = tf.nn.compute_average_loss
-        with tf.GradientTape() as tape:
-            fake = self.generator(g_in, training=True)
-            real_logits = self.discriminator(self.discriminator_pair(batch, batch["target"]), training=True)
-            fake_logits = self.discriminator(self.discriminator_pair(batch, tf.stop_gradient(fake)),
-                                             training=True)
-            d_real = avg(_bce(real_logits, 1.0))
-            d_fake = avg(_bce(fake_logits, 0.0))
-            d_loss = 0.5 * (d_real + d_fake)
-        self.apply_gradients(tape, d_loss, self.d_optimizer, self.discriminator.trainable_variables)
-        with tf.GradientTape() as tape:
-            fake = self.generator(g_in, training=True)
+        with tf.GradientTape() as g_tape:
+            fake = self.generator(self.generator_input(batch), training=True)
+            with g_tape.stop_recording():
+                with tf.GradientTape() as d_tape:
+                    real_logits = self.discriminator(self.discriminator_pair(batch, batch["target"]),
+                                                     training=True)
+                    fake_logits = self.discriminator(
+                        self.discriminator_pair(batch, tf.stop_gradient(fake)), training=True)
+                    d_real = avg(_bce(real_logits, 1.0))
+                    d_fake = avg(_bce(fake_logits, 0.0))
+                    d_loss = 0.5 * (d_real + d_fake)
+                self.apply_gradients(d_tape, d_loss, self.d_optimizer,
+                                     self.discriminator.trainable_variables)
             fake_logits = self.discriminator(self.discriminator_pair(batch, fake), training=True)
             g_gan = avg(_bce(fake_logits, 1.0))
             terms = {k: avg(v) for k, v in reconstruction_terms(self.variant, fake, batch,
                                                                  self.lambdas).items()}
             g_loss = g_gan + tf.add_n(list(terms.values()))
-        self.apply_gradients(tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
+        self.apply_gradients(g_tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
         return self.track({"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss,
                            "g_gan": g_gan, **terms})
 
     def get_config(self) -> dict:
+        """Returns the base config plus the variant, the loss weights and the generation noise."""
         config = super().get_config()
         config.update(variant=self.variant, lambda_l1=self.lambdas["l1"], lambda_fg=self.lambdas["fg"],
                       lambda_bg=self.lambdas["bg"], dropout_at_generation=self.dropout_at_generation)

@@ -4,8 +4,9 @@ Architecture (Isola et al.; SPECS "pix2pix family"): a U-Net generator (4x4 stri
 LeakyReLU 0.2, normalisation except on the first and innermost layers; decoder ReLU -> 4x4
 stride-2 transposed conv -> normalisation, dropout 0.5 in the three innermost decoder blocks,
 skip concatenations, tanh) whose depth follows the input shape: it halves both sides until
-the smaller one reaches 1 (256x128 -> 7 levels down to 2x1, 128x64 -> 6), so person crops
-keep their 2:1 aspect instead of being squashed into a square. A 70x70 PatchGAN
+the smaller one reaches 1 (256x128 -> 7 levels down to 2x1, 128x64 -> 6, 64x32 -> 5, 32x16
+-> 4; see :func:`unet_depth`), so person crops keep their 2:1 aspect instead of being squashed
+into a square. The widths double from ``filters`` up to ``max_filters`` (64-128-256-512-512-..). A 70x70 PatchGAN
 discriminator (4x4 convs 64 s2 -> 128 s2 -> 256 s2 -> 512 s1 -> 1 s1) sees the condition and
 an image, concatenated.
 
@@ -58,8 +59,8 @@ class Pix2PixConfig(BaseModel):
         "model4", description="thesis model (see the plugin docstring)")
     filters: int = Field(64, gt=0, description="width of the first layer (doubles per level)")
     max_filters: int = Field(512, gt=0, description="widest layer")
-    depth: int | None = Field(None, gt=0, le=8, description="U-Net levels; null = halve until the "
-                              "smaller side is 1")
+    depth: int | None = Field(None, ge=3, le=8, description="U-Net levels (stride-2 halvings; the "
+                              "sides must divide by 2**depth); null = halve until the smaller side is 1")
     norm: Literal["batch", "instance"] = Field("batch", description="batch (pix2pix) or instance "
                                                "normalisation")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="in the three innermost decoder blocks")
@@ -67,8 +68,8 @@ class Pix2PixConfig(BaseModel):
     lambda_l1: float = Field(100.0, ge=0.0, description="L1 weight of models 1-3")
     lambda_fg: float = Field(70.0, ge=0.0, description="foreground weight (model4, variable)")
     lambda_bg: float = Field(30.0, ge=0.0, description="background weight (model4, variable)")
-    lr: float = Field(2e-4, gt=0.0)
-    beta_1: float = Field(0.5, ge=0.0, lt=1.0)
+    lr: float = Field(2e-4, gt=0.0, description="Adam learning rate of both networks")
+    beta_1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta_1 of both networks")
     decay_epochs: int = Field(0, ge=0, description="decay the learning rates linearly to 0 over the "
                               "last N epochs (0 = constant)")
 
@@ -76,17 +77,24 @@ class Pix2PixConfig(BaseModel):
     def _widths(self):
         if self.max_filters < self.filters:
             raise ValueError(f"max_filters {self.max_filters} is smaller than filters {self.filters}")
+        if self.dropout_at_generation and self.dropout == 0:
+            raise ValueError("dropout_at_generation: true needs dropout > 0 (dropout is the only "
+                             "noise source)")
         return self
 
 
 def unet_depth(image_size: tuple[int, int], depth: int | None = None) -> int:
-    """Returns the number of U-Net levels for ``image_size``: ``depth`` if given (checked), else
-    the halvings until the smaller side is 1 (at most 8). Raises ValueError if the sides are
-    not divisible by 2**depth."""
+    """Returns the number of U-Net levels (stride-2 halvings) for ``image_size`` (height, width).
+
+    ``depth`` None: halve while both sides stay whole numbers, until the smaller side is 1 (at
+    most 8 levels): 256x128 -> 7 (innermost 2x1), 128x64 -> 6, 64x32 -> 5, 32x16 -> 4 (2x1
+    innermost each time); 96x48 -> 4 (6x3). A given ``depth`` is checked. Raises ValueError
+    when the sides are not divisible by ``2**depth`` or allow fewer than 3 levels.
+    """
     h, w = (int(v) for v in image_size)
     if depth is None:
         depth = 0
-        while depth < 8 and min(h, w) % (2 ** (depth + 1)) == 0 and min(h, w) // 2 ** (depth + 1) >= 1:
+        while depth < 8 and h % 2 ** (depth + 1) == 0 and w % 2 ** (depth + 1) == 0:
             depth += 1
     if depth < 3:
         raise ValueError(f"image size {h}x{w} allows only {depth} U-Net levels; use sides divisible "
@@ -111,10 +119,12 @@ class Pix2Pix:
 
     @property
     def needs(self) -> frozenset:
+        """The batch keys ``train_step`` reads (see ``keras_reid.interfaces.GENERATOR_KEYS``)."""
         return frozenset(_NEEDS[self.config.variant][0])
 
     @property
     def generation_needs(self) -> frozenset:
+        """The batch keys ``generate`` reads."""
         return frozenset(_NEEDS[self.config.variant][1])
 
     def build(self, image_size: tuple[int, int]):
@@ -133,13 +143,17 @@ class Pix2Pix:
         return keras.saving.load_model(path, compile=False)
 
     def optimizers(self, steps_per_epoch: int, epochs: int) -> dict:
-        """Returns ``{"d_optimizer", "g_optimizer"}``: Adam(lr, beta_1), with a linear decay to 0
-        over the last ``decay_epochs`` epochs when set."""
+        """Returns ``{"d_optimizer", "g_optimizer"}``: two ``keras.optimizers.Adam(lr, beta_1)``,
+        whose rate decays linearly to 0 over the last ``decay_epochs`` of ``epochs`` when set
+        (a ``keras_reid.training.gan.LinearDecay``; over all epochs if ``decay_epochs > epochs``)."""
         import keras
 
-        from keras_reid_plugins.generators._pix2pix_model import LinearDecay
+        from keras_reid.training.gan import LinearDecay
 
         c = self.config
+        if steps_per_epoch < 1 or epochs < 1:
+            raise ValueError(f"pix2pix optimizers need steps_per_epoch >= 1 and epochs >= 1, got "
+                             f"{steps_per_epoch} and {epochs}")
 
         def lr():
             if not c.decay_epochs:
