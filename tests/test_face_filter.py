@@ -83,3 +83,26 @@ def test_config_is_validated():
         REGISTRY.create("filter", {"type": "face", "treshold": 0.5})
     with pytest.raises((RegistryError, ValueError)):
         REGISTRY.create("filter", {"type": "face", "model": "long_range"})
+
+
+def test_filter_command_scores_image_files(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from keras_reid.cli import main
+
+    photo_path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((128, 64, 3), 120, np.uint8))
+    res = CliRunner().invoke(main, ["filter", "face", "--json", str(photo_path), str(blank)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output[res.output.index("["):])
+    assert [r["path"] for r in rows] == [str(photo_path), str(blank)]
+    assert rows[0]["score"] >= 0.75 and rows[1]["score"] == 0.0
+    res = CliRunner().invoke(main, ["filter", "face", "--set", "threshold=0.99", str(photo_path)])
+    assert res.exit_code == 0 and res.output.strip().endswith("0.0000")
+    res = CliRunner().invoke(main, ["filter", "face", str(tmp_path / "missing.jpg")])
+    assert res.exit_code == 1 and "cannot read image" in res.output
+    res = CliRunner().invoke(main, ["filter", "fac", str(blank)])
+    assert res.exit_code == 2 and "did you mean 'face'" in res.output

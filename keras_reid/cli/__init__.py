@@ -51,7 +51,7 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    from keras_reid.cli import data, evaluate, models, plugins, run, synth  # noqa: F401
+    from keras_reid.cli import data, evaluate, filter, models, plugins, run, synth  # noqa: F401
 
 
 _register_commands()

@@ -21,26 +21,11 @@ import tensorflow as tf
 
 from keras_reid.data.gan_pairs import GANPairs
 from keras_reid.data.samplers import epoch_rng
+from keras_reid.data.images import read_image
 from keras_reid.errors import DatasetError, UserError
 
 IMAGE_KEYS = ("source", "target")
 MASK_KEYS = ("source_mask", "target_mask")
-
-
-def read_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """Return the image at ``path`` as uint8 RGB [H, W, 3] resized to ``size`` (area filter).
-
-    Raises DatasetError if the file is missing or cannot be decoded.
-    """
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"cannot read image {path}; check the file (or remove it from the dataset)")
-    h, w = size
-    if img.shape[:2] != (h, w):
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img[..., ::-1])
 
 
 def load_images(paths: Sequence[str], size: tuple[int, int], workers: int = 4,

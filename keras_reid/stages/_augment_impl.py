@@ -357,7 +357,7 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     """Source / generated pairs of the first ``n`` kept images as one TensorBoard picture."""
     import tensorflow as tf
 
-    from keras_reid.data.gan_input import read_image
+    from keras_reid.data.images import read_image
     from keras_reid.training.callbacks import image_grid
 
     rows = sorted(kept, key=lambda r: r["file"])[:n]

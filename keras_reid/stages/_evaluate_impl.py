@@ -156,7 +156,7 @@ def _identity_preservation(ctx: StageContext, cfg, stage_name: str, model, size)
 def _image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     """SSIM of generated images against their source image (whole image and, with a masker,
     the person only) and against a target-camera image of the same identity and sequence."""
-    from keras_reid.data.gan_input import read_image
+    from keras_reid.data.images import read_image
     from keras_reid.metrics.quality import ssim
 
     rows = _generated_subset(ctx, cfg, stage_name)
