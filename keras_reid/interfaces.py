@@ -44,6 +44,10 @@ class SemanticFilter(Protocol):
 
 @runtime_checkable
 class Masker(Protocol):
+    """Person masks. Every masker also offers ``masks_for(paths, size) -> float32 [N, H, W, 1]``
+    for image files (what the stages call); maskers that read mask files named like the images
+    (``reads_files = True``: ``synthetic``, ``precomputed``) have only that form."""
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 images [N, H, W, 3] (RGB) -> float32 person masks [N, H, W, 1] in [0, 1]."""
 

@@ -61,6 +61,17 @@ def check_loss(loss: Any) -> None:
     assert np.all(np.isfinite(per_example)) and np.all(per_example >= -1e-6), "loss must be finite and >= 0"
 
 
+def check_masker(masker: Any, paths: list[str], size: tuple[int, int] = (64, 32)) -> None:
+    """A masker's ``masks_for(paths, size)`` returns float32 [N, H, W, 1] in [0, 1]; maskers that
+    do not read files (``reads_files`` false) also take bare uint8 images."""
+    out = np.asarray(masker.masks_for(list(paths), size))
+    assert out.shape == (len(paths), *size, 1) and out.dtype == np.float32, \
+        f"masks_for must return float32 [N, H, W, 1], got {out.shape} {out.dtype}"
+    assert np.all((out >= 0) & (out <= 1)), "masks must be in [0, 1]"
+    if not getattr(masker, "reads_files", False):
+        check_image_scorer(masker, "masker")
+
+
 def check_image_scorer(component: Any, kind: str) -> None:
     """Filters, maskers and pose estimators accept uint8 [N, H, W, 3] and return the right shapes."""
     images = np.random.default_rng(0).integers(0, 255, (2, 64, 32, 3), dtype=np.uint8)

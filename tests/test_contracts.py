@@ -23,18 +23,38 @@ MODEL_FREE = [(k, n) for k, n in ALL if k in ("backbone", "loss", "filter", "mas
 def test_component_follows_its_interface(kind, name, request):
     if kind in ("filter", "masker", "pose"):
         request.getfixturevalue("face_models")  # MediaPipe models provisioned in the cache
+        request.getfixturevalue("selfie_model")
     entry = REGISTRY.get(kind, name)
     params = PARAMS.get((kind, name), {})
     if kind == "backbone":
         testing.check_backbone(entry.create(params))
     elif kind == "loss":
         testing.check_loss(entry.create(params))
+    elif kind == "masker":
+        root, paths = request.getfixturevalue("synthetic_images")
+        if name == "precomputed":
+            params = {"root": str(root / "masks")}
+        component = entry.create(params)
+        try:
+            testing.check_masker(component, paths)
+        finally:
+            getattr(component, "close", lambda: None)()
     else:
         component = entry.create(params)
         try:
             testing.check_image_scorer(component, kind)
         finally:
             getattr(component, "close", lambda: None)()
+
+
+@pytest.fixture(scope="module")
+def synthetic_images(tmp_path_factory):
+    """A tiny synthetic dataset (images with exact masks) and two of its training images."""
+    from keras_reid.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("contracts") / "data"
+    synthesize(root, ids=4, cameras=2, size=(64, 32), seed=0, images_per_id_camera=2)
+    return root, sorted(str(p) for p in (root / "bounding_box_train").glob("*.jpg"))[:2]
 
 
 def test_contract_checks_catch_a_broken_backbone():

@@ -66,8 +66,8 @@ def test_synthetic_front_faces_found_backs_not(face_filter, size):
 def test_lifetime_and_bad_input(photo):
     f = REGISTRY.create("filter", {"type": "face"})
     with f:
-        assert f._detector is not None
-    assert f._detector is None
+        assert f._task is not None
+    assert f._task is None
     assert f(photo[None])[0] > 0          # re-opened lazily
     f.close()
     f.close()                             # closing twice is fine

@@ -69,4 +69,4 @@ def test_mediapipe_selfie_segments_synthetic_people_and_not_an_empty_wall(synth)
     # tools/masker_iou.py measured mean IoU 0.72 at 128x64 over 300 images
     assert (inter / union).mean() > 0.5
     assert blank.mean() < 0.05
-    assert masker._segmenter is None  # closed by the context manager
+    assert masker._task is None  # closed by the context manager

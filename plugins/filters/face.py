@@ -18,12 +18,12 @@ context manager or call ``close()``; it is also closed when garbage-collected.
 """
 from __future__ import annotations
 
-import threading
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.mediapipe_tasks import TasksComponent
 from keras_reid.registry import register
 
 MODEL_FILES = {"full_range": "face_detection_full_range_sparse.tflite",
@@ -49,50 +49,23 @@ class FaceConfig(BaseModel):
 
 
 @register("filter", "face", config=FaceConfig)
-class FaceFilter:
+class FaceFilter(TasksComponent):
     """MediaPipe face detector: images -> best face score in [0, 1] (0 without a face)."""
 
     def __init__(self, config: FaceConfig | None = None):
         self.config = config or FaceConfig()
-        self._detector = None
-        self._lock = threading.Lock()
 
-    # -- lifetime
-    def _get(self):
-        if self._detector is None:
-            from keras_reid.models import model_path
+    def _create(self):
+        from mediapipe.tasks.python import BaseOptions, vision
 
-            from mediapipe.tasks.python import BaseOptions, vision
+        from keras_reid.models import model_path
 
-            path = model_path(MODEL_FILES[self.config.model], self.config.model_dir)
-            options = vision.FaceDetectorOptions(
-                base_options=BaseOptions(model_asset_path=str(path)),
-                running_mode=vision.RunningMode.IMAGE,
-                min_detection_confidence=float(self.config.threshold))
-            self._detector = vision.FaceDetector.create_from_options(options)
-        return self._detector
-
-    def close(self) -> None:
-        """Release the native detector (safe to call more than once)."""
-        det, self._detector = self._detector, None
-        if det is not None:
-            try:
-                det.close()
-            except Exception:  # closing during interpreter shutdown may fail; nothing to do
-                pass
-
-    def __enter__(self) -> "FaceFilter":
-        self._get()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        path = model_path(MODEL_FILES[self.config.model], self.config.model_dir)
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=str(path)),
+            running_mode=vision.RunningMode.IMAGE,
+            min_detection_confidence=float(self.config.threshold))
+        return vision.FaceDetector.create_from_options(options)
 
     # -- scoring
     def region(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -121,8 +94,7 @@ class FaceFilter:
             part = cv2.resize(part, (part.shape[1] * k, part.shape[0] * k),
                               interpolation=cv2.INTER_CUBIC)
         part = np.ascontiguousarray(part, dtype=np.uint8)
-        with self._lock:
-            result = self._get().detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=part))
+        result = self.run(lambda det: det.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=part)))
         faces = []
         for d in result.detections:
             score = float(d.categories[0].score) if d.categories else 0.0

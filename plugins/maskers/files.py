@@ -31,6 +31,7 @@ def read_mask(path: Path, size: tuple[int, int], threshold: float) -> np.ndarray
 
 
 class _FileMasker:
+    reads_files = True  # masks come from files named like the images: use masks_for(paths, size)
     def candidates(self, image_path: Path) -> list[Path]:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -10,12 +10,12 @@ back. It segments people well on person crops but is not a person detector: it a
 """
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.mediapipe_tasks import TasksComponent
 from keras_reid.registry import register
 
 
@@ -30,50 +30,24 @@ class SelfieMaskerConfig(BaseModel):
 
 
 @register("masker", "mediapipe_selfie", config=SelfieMaskerConfig)
-class SelfieMasker:
+class SelfieMasker(TasksComponent):
     """MediaPipe selfie segmentation: uint8 RGB images -> float32 person masks [N, H, W, 1]."""
 
     MODEL = "selfie_segmentation.tflite"
 
     def __init__(self, config: SelfieMaskerConfig | None = None) -> None:
         self.config = config or SelfieMaskerConfig()
-        self._segmenter = None
-        self._lock = threading.Lock()
 
-    def _get(self):
-        if self._segmenter is None:
-            from mediapipe.tasks.python import BaseOptions, vision
+    def _create(self):
+        from mediapipe.tasks.python import BaseOptions, vision
 
-            from keras_reid.models import model_path
+        from keras_reid.models import model_path
 
-            options = vision.ImageSegmenterOptions(
-                base_options=BaseOptions(model_asset_path=str(model_path(self.MODEL, self.config.model_dir))),
-                running_mode=vision.RunningMode.IMAGE, output_confidence_masks=True,
-                output_category_mask=False)
-            self._segmenter = vision.ImageSegmenter.create_from_options(options)
-        return self._segmenter
-
-    def close(self) -> None:
-        """Release the native segmenter (safe to call more than once)."""
-        seg, self._segmenter = self._segmenter, None
-        if seg is not None:
-            try:
-                seg.close()
-            except Exception:  # closing during interpreter shutdown may fail
-                pass
-
-    def __enter__(self) -> "SelfieMasker":
-        self._get()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        options = vision.ImageSegmenterOptions(
+            base_options=BaseOptions(model_asset_path=str(model_path(self.MODEL, self.config.model_dir))),
+            running_mode=vision.RunningMode.IMAGE, output_confidence_masks=True,
+            output_category_mask=False)
+        return vision.ImageSegmenter.create_from_options(options)
 
     def mask(self, image: np.ndarray) -> np.ndarray:
         """float32 [H, W] person confidence (or 0/1 with a threshold) of one uint8 RGB image."""
@@ -88,9 +62,8 @@ class SelfieMasker:
             top, left = (side - h) // 2, (side - w) // 2
             image = cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left,
                                        cv2.BORDER_REPLICATE)
-        with self._lock:
-            result = self._get().segment(mp.Image(image_format=mp.ImageFormat.SRGB,
-                                                  data=np.ascontiguousarray(image, np.uint8)))
+        frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image, np.uint8))
+        result = self.run(lambda seg: seg.segment(frame))
         conf = np.asarray(result.confidence_masks[-1].numpy_view(), np.float32).reshape(image.shape[:2])
         conf = conf[top:top + h, left:left + w]
         if self.config.threshold is not None:
