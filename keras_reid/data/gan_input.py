@@ -23,6 +23,7 @@ from keras_reid.data.gan_pairs import GANPairs
 from keras_reid.data.samplers import epoch_rng
 from keras_reid.data.images import read_image
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.progress import progbar
 
 IMAGE_KEYS = ("source", "target")
 MASK_KEYS = ("source_mask", "target_mask")
@@ -35,9 +36,7 @@ def load_images(paths: Sequence[str], size: tuple[int, int], workers: int = 4,
     out = np.zeros((len(paths), h, w, 3), np.uint8)
     bar = None
     if progress and len(paths) > 200:
-        import keras
-
-        bar = keras.utils.Progbar(len(paths), unit_name="image")
+        bar = progbar(len(paths), unit_name="image")
 
     def one(i: int) -> None:
         out[i] = read_image(paths[i], size)

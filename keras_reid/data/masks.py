@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from keras_reid import io
+from keras_reid.progress import progbar
 
 
 def masks_for(masker: Any, paths: Sequence[str], size: tuple[int, int], *, batch: int = 64,
@@ -25,9 +26,7 @@ def masks_for(masker: Any, paths: Sequence[str], size: tuple[int, int], *, batch
     out = np.zeros((len(paths), h, w, 1), np.uint8)
     bar = None
     if progress and len(paths) > 200:
-        import keras
-
-        bar = keras.utils.Progbar(len(paths), unit_name="mask")
+        bar = progbar(len(paths), unit_name="mask")
     file_based = callable(getattr(masker, "masks_for", None))
     for start in range(0, len(paths), batch):
         chunk = list(paths[start:start + batch])

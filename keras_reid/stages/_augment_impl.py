@@ -24,6 +24,7 @@ from keras_reid import io
 from keras_reid.data.pairs import camera_pair_split
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.progress import progbar
 from keras_reid.stages.base import StageContext, StageIncomplete
 
 DATA_DIR = "data"
@@ -337,10 +338,8 @@ def _local(items: list[dict], worker_kwargs: dict, batch_size: int) -> Iterable[
 
 def _write_rows(manifest: Path, batches: Iterable[list[dict]], total: int, ctx: StageContext) -> None:
     """Append manifest rows as batches arrive (flushed and synced per batch), with a progress bar."""
-    import keras
-
     _repair(manifest)
-    bar = keras.utils.Progbar(total, unit_name="image", stateful_metrics={"images/s", "kept"})
+    bar = progbar(total, unit_name="image", stateful_metrics={"images/s", "kept"})
     n = kept = 0
     t0 = time.time()
     with open(manifest, "a", encoding="utf-8") as fh:

@@ -9,6 +9,7 @@ import numpy as np
 from keras_reid import io
 from keras_reid.data.records import JUNK_PID, Record
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.progress import progbar
 from keras_reid.stages.base import StageContext
 
 RANKS = (1, 5, 10, 20)
@@ -21,7 +22,6 @@ def extract_features(model, records: list[Record], image_size, batch_size: int, 
     The forward pass runs as one compiled ``tf.function`` per batch shape (eager calls of a
     ResNet50 are several times slower on CPU).
     """
-    import keras
     import tensorflow as tf
 
     from keras_reid.data.pipeline import eval_dataset
@@ -34,7 +34,7 @@ def extract_features(model, records: list[Record], image_size, batch_size: int, 
         return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=1, epsilon=1e-12)
 
     ds = eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size)
-    bar = keras.utils.Progbar(len(records), unit_name="image", verbose=1)
+    bar = progbar(len(records), unit_name="image")
     feats = []
     for images in ds:
         if isinstance(images, (tuple, list)):

@@ -42,6 +42,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_reid.progress import progbar as progbar_
+
 log = logging.getLogger("keras_reid")
 
 DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
@@ -190,7 +192,7 @@ def train(model: keras.Model, dataset_fn: DatasetFn, *, strategy: tf.distribute.
         if verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
         # values shown are running means computed here, so every name is "stateful" to Progbar
-        progbar = keras.utils.Progbar(steps_per_epoch, verbose=verbose, stateful_metrics=set()) \
+        progbar = progbar_(steps_per_epoch, verbose=verbose, stateful_metrics=set()) \
             if verbose else None
         dist = strategy.distribute_datasets_from_function(
             lambda ctx, _epoch=epoch: dataset_fn(ctx, _epoch))

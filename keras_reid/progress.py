@@ -1,0 +1,20 @@
+"""Progress bars that suit where the output goes."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def bar_verbosity(verbose: int = 1) -> int:
+    """Keras ``Progbar`` verbosity for ``verbose``: an animated bar (1) on a terminal; one line
+    per bar (2) when output goes to a file or pipe, where carriage-return updates pile up."""
+    if verbose == 1 and not sys.stdout.isatty():
+        return 2
+    return int(verbose)
+
+
+def progbar(target: int, verbose: int = 1, **kwargs: Any):
+    """Returns a ``keras.utils.Progbar`` with :func:`bar_verbosity` applied."""
+    import keras
+
+    return keras.utils.Progbar(target, verbose=bar_verbosity(verbose), **kwargs)
