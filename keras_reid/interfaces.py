@@ -82,10 +82,12 @@ class Stage(Protocol):
         """Do the stage's work in ``context.stage_dir``; return a JSON-able summary."""
 
 
-GENERATOR_KEYS = ("source", "target", "source_mask", "target_mask", "target_pose")
+GENERATOR_KEYS = ("source", "target", "source_mask", "target_mask", "target_pose", "noise")
 """Keys of a generator's example dicts. Images are float32 [B, H, W, 3] in [-1, 1]; masks
 float32 [B, H, W, 1] in [0, 1] (1 = person); ``target_pose`` float32 [B, H, W, 3] skeleton image
-in [-1, 1]. ``source`` is always present; the others only if the generator ``needs`` them."""
+in [-1, 1]; ``noise`` float32 [B, z_dim] (unconditional generators such as DCGAN generate from
+it; their model has a ``z_dim``). ``source`` is in every training batch; the others only if the
+generator ``needs`` them."""
 
 
 @runtime_checkable

@@ -86,13 +86,15 @@ def check_image_scorer(component: Any, kind: str) -> None:
         assert out.shape == (2, 18, 3), f"pose estimator must return [N, 18, 3], got {out.shape}"
 
 
-def _generator_batch(keys, image_size: tuple[int, int], n: int = 2) -> dict:
+def _generator_batch(keys, image_size: tuple[int, int], n: int = 2, z_dim: int = 0) -> dict:
     """Random example dicts of the generator contract (``keras_reid.interfaces.GENERATOR_KEYS``)."""
     rng = np.random.default_rng(0)
     h, w = image_size
     out = {}
     for key in keys:
-        if key.endswith("_mask"):
+        if key == "noise":
+            out[key] = rng.uniform(-1, 1, (n, z_dim)).astype("float32")
+        elif key.endswith("_mask"):
             out[key] = (rng.random((n, h, w, 1)) > 0.5).astype("float32")
         else:
             out[key] = rng.uniform(-1, 1, (n, h, w, 3)).astype("float32")
@@ -108,10 +110,10 @@ def check_generator(factory: Any, image_size: tuple[int, int] = (32, 16)) -> Non
     assert factory.pairing in ("camera_pairs", "random_target", "identity_pairs", "unpaired"), (
         f"unknown pairing {factory.pairing!r}")
     needs, gen_needs = set(factory.needs), set(factory.generation_needs)
-    assert "source" in needs and needs <= set(GENERATOR_KEYS), (
+    assert "source" in needs and needs | gen_needs <= set(GENERATOR_KEYS), (
         f"needs {sorted(needs)} / generation_needs {sorted(gen_needs)} must be keys of "
-        f"GENERATOR_KEYS and include 'source'")
-    assert gen_needs <= needs, "generation_needs must be a subset of needs"
+        f"GENERATOR_KEYS and needs must include 'source'")
+    assert gen_needs <= needs | {"noise"}, "generation_needs must be a subset of needs (or noise)"
     gan = factory.build(tuple(image_size))
     for method in ("train_step", "generate", "compile", "build_optimizers"):
         assert callable(getattr(gan, method, None)), f"the built GAN has no {method}()"
@@ -127,7 +129,8 @@ def check_generator(factory: Any, image_size: tuple[int, int] = (32, 16)) -> Non
         arr = np.asarray(value)
         assert arr.ndim == 0 and np.isfinite(arr), f"train_step log '{name}' is not a finite scalar"
     # ``source`` is in every example dict (GENERATOR_KEYS), needed or not
-    out = np.asarray(gan.generate(_generator_batch(sorted(gen_needs | {"source"}), image_size)))
+    out = np.asarray(gan.generate(_generator_batch(sorted(gen_needs | {"source"}), image_size,
+                                                   z_dim=int(getattr(gan, "z_dim", 0)))))
     assert out.shape == (2, *image_size, 3) and out.dtype == np.float32, (
         f"generate must return float32 [B, H, W, 3], got {out.shape} {out.dtype}")
     assert np.all(out >= -1) and np.all(out <= 1), "generated images must be in [-1, 1]"

@@ -68,3 +68,14 @@ def test_contract_checks_catch_a_broken_backbone():
 
     with pytest.raises(AssertionError, match="logits"):
         testing.check_backbone(NoLogits())
+
+
+GENERATORS = [n for k, n in ALL if k == "generator"]
+# small widths so the checks stay fast; every generator here takes these parameters
+SMALL = {"filters": 4, "max_filters": 16}
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_generator_follows_its_interface(name):
+    params = dict(SMALL, **({"z_dim": 8} if name == "dcgan" else {}))
+    testing.check_generator(REGISTRY.get("generator", name).create(params))

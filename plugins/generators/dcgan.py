@@ -1,0 +1,101 @@
+"""Generator plugin ``dcgan``: DCGAN at the person aspect, with semantic control and guided losses.
+
+Architecture (SPECS "DCGAN family", Radford et al.): the generator maps z (``z_dim``, uniform
+in [-1, 1]) through Dense -> [h0, w0, C] -> BN -> ReLU and ``k`` 5x5 stride-2 transposed convs
+(BN, ReLU; the last to 3 channels, tanh); the discriminator mirrors it with ``k`` 5x5 stride-2
+convs (LeakyReLU 0.2, BN from the second) and Dense(1). ``k`` follows the image: doublings
+from a start whose larger side is 8 (8x4 for 128x64 and 256x128, 8x8 for 128x128 as in the
+reference), so crops keep their 2:1 aspect instead of being stretched to a square as the
+reference code does.
+
+Semantic control (paper): the discriminator learns from a real image only if the semantic
+filter accepts it. The data side does the filtering (once, cached); the model also takes an
+optional per-example ``real_weight`` [B] (1 = use, 0 = ignore) in the batch.
+
+Guided mode (poster, lambda1 on real, lambda2 on generated, Delta = 1 where the filter finds no
+face). In the public code the penalty is a constant added to the printed loss and changes no
+gradient. Here it weights the per-example losses, so it does act:
+
+    L_D = mean[ w_r (1 - lambda1 Delta(x)) BCE(D(x), 1) + (1 + lambda2 Delta(G(z))) BCE(D(G(z)), 0) ]
+    L_G = mean[ (1 + lambda2 Delta(G(z))) BCE(D(G(z)), 1) ]
+
+The discriminator trusts faceless real images less and pushes faceless samples down harder,
+and the generator is pulled hardest where its samples have no face. ``Delta(x)`` of real images
+comes with the batch (``real_no_face`` [B], computed once by the data side); ``Delta(G(z))`` is
+computed every step by the filter given with ``set_semantic_filter`` (a Python callable on
+uint8 images, run through ``tf.numpy_function``; it cannot run under XLA). The weights carry no
+gradient.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keras_reid.registry import register
+
+
+class DCGANConfig(BaseModel):
+    """Parameters of the ``dcgan`` generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    z_dim: int = Field(100, gt=0, description="size of the noise vector z")
+    filters: int = Field(64, gt=0, description="width of the discriminator's first layer and the "
+                         "generator's last hidden layer (doubles per level)")
+    max_filters: int = Field(512, gt=0, description="widest layer")
+    lr: float = Field(2e-4, gt=0.0)
+    beta_1: float = Field(0.5, ge=0.0, lt=1.0)
+    d_steps: int = Field(1, gt=0, description="discriminator updates per training step")
+    g_steps: int = Field(1, gt=0, description="generator updates per training step")
+    guided: bool = Field(False, description="weight the losses by Delta = no face (poster)")
+    lambda_real: float = Field(0.05, ge=0.0, le=1.0, description="lambda1 (real images without a face)")
+    lambda_fake: float = Field(0.025, ge=0.0, description="lambda2 (samples without a face)")
+
+
+def start_shape(image_size: tuple[int, int]) -> tuple[int, int, int]:
+    """Returns ``(h0, w0, k)``: the generator's first feature map and its number of doublings,
+    halving until the larger side is 8 (8x8 for 128x128 as in the reference, 8x4 for 128x64
+    and 256x128). Raises ValueError if the size does not allow it."""
+    h, w = (int(v) for v in image_size)
+    k = 0
+    while max(h, w) // 2 ** k > 8 and h % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0:
+        k += 1
+    if k < 2 or max(h, w) // 2 ** k != 8:
+        raise ValueError(f"image size {h}x{w} does not fit a DCGAN; use sides whose larger one is "
+                         "8 x a power of two, both divisible by the same power (e.g. 64x32, "
+                         "128x64, 256x128, 128x128)")
+    return h // 2 ** k, w // 2 ** k, k
+
+
+@register("generator", "dcgan", config=DCGANConfig)
+class DCGAN:
+    """The registered component: an unconditional DCGAN over single images (noise in, image out)."""
+
+    pairing = "unpaired"
+    needs = frozenset({"source"})
+    generation_needs = frozenset({"noise"})
+
+    def __init__(self, config: DCGANConfig | None = None) -> None:
+        self.config = config or DCGANConfig()
+
+    def build(self, image_size: tuple[int, int]):
+        """Returns the built ``DCGANModel`` for images of ``image_size`` (call in strategy.scope())."""
+        from keras_reid_plugins.generators._dcgan_model import build_gan
+
+        start_shape(image_size)
+        return build_gan(self.config.model_dump(), tuple(image_size))
+
+    def load(self, path: str):
+        """Returns the ``DCGANModel`` saved at ``path`` (``.keras``), without optimizers."""
+        import keras
+
+        import keras_reid_plugins.generators._dcgan_model  # noqa: F401  (registers the classes)
+
+        return keras.saving.load_model(path, compile=False)
+
+    def optimizers(self, steps_per_epoch: int, epochs: int) -> dict:
+        """Returns ``{"d_optimizer", "g_optimizer"}``: Adam(lr, beta_1) each."""
+        import keras
+
+        c = self.config
+        return {"d_optimizer": keras.optimizers.Adam(c.lr, beta_1=c.beta_1),
+                "g_optimizer": keras.optimizers.Adam(c.lr, beta_1=c.beta_1)}
