@@ -1,7 +1,8 @@
 """Print figures for the synthetic dataset: synthesis speed, and how often MediaPipe's face
-detector (the ``face`` filter) fires on front, back and side views at two crop sizes.
+detector (the ``face`` filter) fires on front, back and side views at several crop sizes.
 
     python tools/bench_synthetic.py [--images 3000] [--faces 120] [--skip-speed]
+    python tools/bench_synthetic.py --skip-speed --default-only --sizes 64x32,96x48,128x64,256x128,256x256
 
 Needs the face models (``keras-reid models fetch``) for the detection part.
 """
@@ -27,7 +28,7 @@ def speed(target_images: int) -> None:
           f"({1000 * cpu / n:.2f} ms CPU per image incl. JPEG, mask PNG and file writes)")
 
 
-def faces(n: int) -> None:
+def faces(n: int, sizes=((128, 64), (256, 128)), default_only: bool = False) -> None:
     from keras_reid.data.synthetic_render import Renderer, make_cameras, make_identities
     from keras_reid_plugins.filters.face import FaceConfig, FaceFilter
 
@@ -36,7 +37,9 @@ def faces(n: int) -> None:
     configs = {"full_range/auto(top) t=0.6": FaceConfig(threshold=0.05),
                "full_range/full": FaceConfig(threshold=0.05, crop="full"),
                "short_range/auto(top)": FaceConfig(threshold=0.05, model="short_range")}
-    for size in ((128, 64), (256, 128)):
+    if default_only:
+        configs = {"full_range/auto(top) t=0.6": configs["full_range/auto(top) t=0.6"]}
+    for size in sizes:
         r = Renderer(size, cams, seed=3)
         pics = {v: np.stack([r.render(ident, 1 + i % 6, np.random.default_rng([7, i]), view=v,
                                       occlude=False).image for i, ident in enumerate(ids)])
@@ -57,11 +60,15 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=120, help="identities per view for the face rates")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-faces", action="store_true")
+    ap.add_argument("--sizes", default="128x64,256x128",
+                    help="crop sizes for the face rates, e.g. 64x32,96x48,128x64,256x128,256x256")
+    ap.add_argument("--default-only", action="store_true", help="only the face filter's defaults")
     a = ap.parse_args()
     if not a.skip_speed:
         speed(a.images)
     if not a.skip_faces:
-        faces(a.faces)
+        sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+        faces(a.faces, sizes, a.default_only)
 
 
 if __name__ == "__main__":
