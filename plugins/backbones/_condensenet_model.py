@@ -1,0 +1,402 @@
+"""Keras side of the ``condensenet`` backbone: learned group convolutions, the network, convert.
+
+Imports Keras and TensorFlow: import it inside ``build``, never at module top level. Importing
+it registers its layers for ``keras.saving.load_model`` (package ``keras_reid_condensenet``);
+a process that loads a saved CondenseNet model must import this module first.
+
+Learned group convolution (:class:`LearnedGroupConv`)
+-----------------------------------------------------
+A 1x1 convolution ``in -> out`` whose kernel is multiplied by a non-trainable 0/1 ``mask``
+[in, out]. The ``out`` channels form ``G`` groups by **output channel o belongs to group
+o mod G** (interleaved, as the CondenseNet paper's "group o = output o mod G"); every output of
+a group shares one set of input channels. One *condensation* (:meth:`LearnedGroupConv.condense`)
+makes every group drop ``in // C`` more of the input channels it still uses: those with the
+smallest L1 norm of the group's masked weights (sum over the group's outputs of
+``|kernel * mask|``; ties broken by the lower channel index). After ``C - 1`` condensations each
+group keeps ``in - (C - 1) * (in // C)`` inputs (``in / C`` when C divides ``in``).
+
+Schedule (self-driven, no callback or stage change): each learned layer has a non-trainable
+step counter incremented by every ``call(training=True)``. With ``condense_steps = T > 0`` (the
+total number of training steps, e.g. epochs x steps per epoch), the first half of training is
+split into ``C - 1`` equal parts; the layer is in stage ``s = min(floor(2 (C-1) step / T), C-1)``
+and condenses (inside the training step, a ``tf.cond``) whenever ``s`` exceeds the number of
+condensations done so far (a non-trainable counter ``condensed``). The second half of training
+(stage ``C - 1``) only fine-tunes the condensed network. ``condense_steps = 0`` disables the
+automatic schedule: call :func:`condense_all` (or ``condense()`` on each layer) yourself. The
+counters are saved with the weights, so a resumed run continues the schedule; ``step`` counts
+forward passes in training mode (one per ``train_step``).
+
+Group lasso: while ``condensed == C - 2`` (the stage before the last condensation) a training
+call adds ``group_lasso * sum_{g, i} sqrt(sum_{o in g} (kernel[i, o] * mask[i, o])^2)`` with
+``add_loss`` (``ReIDModel`` adds ``self.losses`` to the objective); in other stages the added
+loss is 0.
+
+The classifier (:class:`CondensingDense`) is condensed the same way: at the last condensation
+(step >= T / 2, or a manual ``condense()``) it keeps the ``classifier_keep`` fraction of its
+inputs with the largest L1 norm of their weight rows, so the converted model computes the same
+logits as the trained one.
+
+Convert (:func:`convert_model`): a new functional model in which every learned group conv is
+``ChannelGather`` (the kept inputs of group 0, then group 1, ...) + ``Conv2D(out, 1, groups=G)``
++ ``ChannelShuffle(G)`` (back to the interleaved o mod G order), and the classifier is
+``ChannelGather`` + ``Dense``; every other layer keeps its weights. Outputs equal the trained
+model's in inference mode.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+PACKAGE = "keras_reid_condensenet"
+
+
+def _stage_of(step: Any, total: int, factor: int) -> Any:
+    """Stage (0..C-1) reached after ``step`` training steps of ``total`` (float32 tensor)."""
+    s = ops.floor(ops.cast(step, "float32") * (2.0 * (factor - 1)) / float(total))
+    return ops.minimum(s, float(factor - 1))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LearnedGroupConv(keras.layers.Layer):
+    """1x1 convolution with a learned group structure (see the module docstring).
+
+    Args: ``filters`` (divisible by ``groups``), ``groups`` G, ``condense_factor`` C,
+    ``condense_steps`` (total training steps driving the schedule; 0 = manual ``condense()``),
+    ``group_lasso`` (weight of the group-lasso loss in stage C-2).
+    """
+
+    def __init__(self, filters: int, groups: int = 4, condense_factor: int = 4,
+                 condense_steps: int = 0, group_lasso: float = 0.0,
+                 kernel_initializer: Any = "he_normal", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if filters % groups:
+            raise ValueError(f"LearnedGroupConv: filters {filters} not divisible by groups {groups}")
+        self.filters = int(filters)
+        self.groups = int(groups)
+        self.condense_factor = int(condense_factor)
+        self.condense_steps = int(condense_steps)
+        self.group_lasso = float(group_lasso)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape: Sequence[int]) -> None:
+        cin = int(input_shape[-1])
+        self.in_channels = cin
+        self.kernel = self.add_weight(name="kernel", shape=(1, 1, cin, self.filters),
+                                      initializer=self.kernel_initializer)
+        self.mask = self.add_weight(name="mask", shape=(cin, self.filters), initializer="ones",
+                                    trainable=False, autocast=False,
+                                    aggregation="only_first_replica")
+        self.step = self.add_weight(name="step", shape=(), initializer="zeros", dtype="float32",
+                                    trainable=False, autocast=False,
+                                    aggregation="only_first_replica")
+        self.condensed = self.add_weight(name="condensed", shape=(), initializer="zeros",
+                                         dtype="float32", trainable=False, autocast=False,
+                                         aggregation="only_first_replica")
+
+    @property
+    def delta(self) -> int:
+        """Input channels every group drops per condensation."""
+        return self.in_channels // self.condense_factor
+
+    # ------------------------------------------------------------------ condensation
+    def _group_view(self, values: Any) -> Any:
+        """[in, out] -> [in, out / G, G] (last axis = group o mod G)."""
+        return ops.reshape(values, (self.in_channels, self.filters // self.groups, self.groups))
+
+    def group_scores(self) -> Any:
+        """L1 norm of each group's masked weights per input channel, [in, G]; -1 where dropped."""
+        w = ops.abs(ops.convert_to_tensor(self.kernel)[0, 0] * self.mask)
+        scores = ops.sum(self._group_view(w), axis=1)
+        alive = self._group_view(self.mask)[:, 0, :]
+        return ops.where(alive > 0, scores, -ops.ones_like(scores))
+
+    def condense(self) -> None:
+        """One condensation: every group drops ``in // C`` more inputs (no-op after C - 1)."""
+        def drop() -> Any:
+            done = tf.cast(self.condensed, tf.int32)
+            k = (done + 1) * self.delta  # inputs each group has dropped after this condensation
+            scores = self.group_scores()
+            order = tf.argsort(scores, axis=0, stable=True)
+            rank = tf.argsort(order, axis=0, stable=True)  # rank of each channel, 0 = smallest
+            keep = tf.cast(rank >= k, tf.float32)  # [in, G]
+            new = tf.broadcast_to(keep[:, None, :], (self.in_channels, self.filters // self.groups,
+                                                     self.groups))
+            self.mask.assign(tf.reshape(new, (self.in_channels, self.filters)))
+            self.condensed.assign_add(1.0)
+            return tf.constant(True)
+
+        if self.delta <= 0:
+            return
+        tf.cond(self.condensed < float(self.condense_factor - 1), drop, lambda: tf.constant(False))
+
+    def kept_inputs(self) -> list[np.ndarray]:
+        """Sorted input channel indices each group still uses (list of G int arrays)."""
+        mask = np.asarray(self.mask).reshape(self.in_channels, self.filters // self.groups,
+                                             self.groups)[:, 0, :]
+        return [np.flatnonzero(mask[:, g] > 0) for g in range(self.groups)]
+
+    def lasso(self) -> Any:
+        """The group-lasso penalty (unweighted) of the masked weights."""
+        w = ops.convert_to_tensor(self.kernel)[0, 0]
+        w = ops.cast(w, "float32") * self.mask
+        return ops.sum(ops.sqrt(ops.sum(ops.square(self._group_view(w)), axis=1) + 1e-12)
+                       * ops.cast(self._group_view(self.mask)[:, 0, :], "float32"))
+
+    # ------------------------------------------------------------------ forward
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if training:
+            if self.condense_steps > 0:
+                self.step.assign_add(1.0)
+                stage = _stage_of(self.step, self.condense_steps, self.condense_factor)
+                tf.cond(stage > self.condensed, lambda: (self.condense(), tf.constant(True))[1],
+                        lambda: tf.constant(False))
+            if self.group_lasso > 0:
+                active = ops.cast(ops.equal(self.condensed, float(self.condense_factor - 2)),
+                                  "float32")
+                self.add_loss(self.group_lasso * active * self.lasso())
+        kernel = self.kernel * ops.cast(self.mask, self.kernel.dtype)[None, None]
+        return ops.conv(inputs, kernel, strides=1, padding="valid")
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(filters=self.filters, groups=self.groups,
+                      condense_factor=self.condense_factor, condense_steps=self.condense_steps,
+                      group_lasso=self.group_lasso,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CondensingDense(keras.layers.Layer):
+    """Bias-free Dense classifier with an input mask: one condensation keeps the ``keep``
+    fraction of inputs with the largest L1 norm of their weight rows. With ``condense_steps``
+    T > 0 it condenses at training step T / 2 (the end of the condensing half)."""
+
+    def __init__(self, units: int, keep: float = 0.5, condense_steps: int = 0,
+                 kernel_initializer: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.keep = float(keep)
+        self.condense_steps = int(condense_steps)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.RandomNormal(stddev=0.001))
+
+    def build(self, input_shape: Sequence[int]) -> None:
+        cin = int(input_shape[-1])
+        self.in_features = cin
+        self.kernel = self.add_weight(name="kernel", shape=(cin, self.units),
+                                      initializer=self.kernel_initializer)
+        self.mask = self.add_weight(name="mask", shape=(cin,), initializer="ones", trainable=False,
+                                    autocast=False, aggregation="only_first_replica")
+        self.step = self.add_weight(name="step", shape=(), initializer="zeros", trainable=False,
+                                    autocast=False, aggregation="only_first_replica")
+        self.condensed = self.add_weight(name="condensed", shape=(), initializer="zeros",
+                                         trainable=False, autocast=False,
+                                         aggregation="only_first_replica")
+
+    @property
+    def kept_count(self) -> int:
+        return max(1, int(round(self.keep * self.in_features)))
+
+    def condense(self) -> None:
+        """Keep the ``keep`` fraction of inputs (largest L1 norm of weight rows); once only."""
+        def drop() -> Any:
+            norms = tf.reduce_sum(tf.abs(tf.convert_to_tensor(self.kernel)), axis=1)
+            order = tf.argsort(-tf.cast(norms, tf.float32), stable=True)
+            kept = order[: self.kept_count]
+            mask = tf.scatter_nd(kept[:, None], tf.ones_like(kept, tf.float32),
+                                 (self.in_features,))
+            self.mask.assign(mask)
+            self.condensed.assign(1.0)
+            return tf.constant(True)
+
+        if self.keep >= 1.0:
+            return
+        tf.cond(self.condensed < 1.0, drop, lambda: tf.constant(False))
+
+    def kept_inputs(self) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.mask) > 0)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if training and self.condense_steps > 0 and self.keep < 1.0:
+            self.step.assign_add(1.0)
+            tf.cond(self.step * 2.0 >= float(self.condense_steps),
+                    lambda: (self.condense(), tf.constant(True))[1], lambda: tf.constant(False))
+        x = inputs * ops.cast(self.mask, inputs.dtype)
+        return ops.matmul(x, self.kernel)
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(units=self.units, keep=self.keep, condense_steps=self.condense_steps,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelGather(keras.layers.Layer):
+    """Selects channels ``indices`` of the last axis (an index layer of the converted model)."""
+
+    def __init__(self, indices: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.indices = [int(i) for i in indices]
+
+    def call(self, inputs: Any) -> Any:
+        return ops.take(inputs, np.asarray(self.indices, np.int32), axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return (*input_shape[:-1], len(self.indices))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "indices": self.indices}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelShuffle(keras.layers.Layer):
+    """Channel shuffle with ``groups`` G: contiguous channel g * (C / G) + j -> j * G + g."""
+
+    def __init__(self, groups: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+
+    def call(self, inputs: Any) -> Any:
+        shape = ops.shape(inputs)
+        c = inputs.shape[-1]
+        x = ops.reshape(inputs, (*shape[:-1], self.groups, c // self.groups))
+        x = ops.swapaxes(x, -1, -2)
+        return ops.reshape(x, (*shape[:-1], c))
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "groups": self.groups}
+
+
+# ---------------------------------------------------------------------- network
+def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
+                      stages: Sequence[int], growth: Sequence[int],
+                      trained: keras.Model | None = None, name: str = "condensenet_reid") -> keras.Model:
+    """The CondenseNet re-ID model for ``cfg`` (a ``CondenseNetConfig``). With ``trained`` (a model
+    this function built), returns its converted compact form with the trained weights."""
+    from keras_reid_plugins.backbones._head import global_pool
+
+    g, factor = cfg.groups, cfg.condense_factor
+    src = {layer.name: layer for layer in trained.layers} if trained is not None else {}
+
+    inputs = keras.Input(tuple(int(v) for v in input_shape), name="images")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(2 * growth[0], 3, strides=2, padding="same", use_bias=False,
+                                  name="stem_conv")(x)
+    for b, (layers, k) in enumerate(zip(stages, growth)):
+        for i in range(layers):
+            p = f"block{b + 1}_layer{i + 1}"
+            y = keras.layers.BatchNormalization(name=f"{p}_bn1")(x)
+            y = keras.layers.ReLU(name=f"{p}_relu1")(y)
+            lgc_name = f"{p}_lgc"
+            if trained is None:
+                y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=factor,
+                                     condense_steps=cfg.condense_steps,
+                                     group_lasso=cfg.group_lasso, name=lgc_name)(y)
+            else:
+                y = _condensed_conv(src[lgc_name], y, lgc_name)
+            y = keras.layers.BatchNormalization(name=f"{p}_bn2")(y)
+            y = keras.layers.ReLU(name=f"{p}_relu2")(y)
+            y = keras.layers.Conv2D(k, 3, padding="same", groups=g, use_bias=False,
+                                          name=f"{p}_conv2")(y)
+            x = keras.layers.Concatenate(name=f"{p}_concat")([x, y])
+        if b < len(stages) - 1:
+            x = keras.layers.AveragePooling2D(2, padding="same", name=f"transition{b + 1}_pool")(x)
+    x = keras.layers.BatchNormalization(name="final_bn")(x)
+    x = keras.layers.ReLU(name="final_relu")(x)
+    pooled = global_pool(x, cfg.pooling)
+
+    # the head of _head.reid_head, with a condensing classifier
+    e = pooled
+    if cfg.embedding_dim:
+        e = keras.layers.Dense(cfg.embedding_dim, name="reduction")(e)
+    embedding = e
+    if cfg.bn_neck:
+        features = keras.layers.BatchNormalization(center=False, name="bn_neck")(embedding)
+    else:
+        features = embedding
+    y = keras.layers.Dropout(cfg.dropout, name="dropout")(features) if cfg.dropout > 0 else features
+    if trained is None:
+        logits = CondensingDense(num_classes, keep=cfg.classifier_keep,
+                                 condense_steps=cfg.condense_steps, name="classifier")(y)
+    else:
+        clf = src["classifier"]
+        kept = clf.kept_inputs()
+        y = ChannelGather(kept, name="classifier_gather")(y)
+        dense = keras.layers.Dense(num_classes, use_bias=False, name="classifier")
+        logits = dense(y)
+        dense.set_weights([np.asarray(clf.kernel)[kept]])
+    outputs = {"embedding": embedding, "features": features, "logits": logits}
+    if keras.mixed_precision.global_policy().compute_dtype != "float32":
+        outputs = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)
+                   for k, v in outputs.items()}
+    model = keras.Model(inputs, outputs, name=name if trained is None else f"{name}_converted")
+    for layer in model.layers:  # converted form: every unchanged layer keeps its trained weights
+        old = src.get(layer.name)
+        if old is not None and type(old) is type(layer) and layer.weights:
+            layer.set_weights(old.get_weights())
+    return model
+
+
+def _condensed_conv(lgc: LearnedGroupConv, x: Any, name: str) -> Any:
+    """Gather + grouped 1x1 Conv2D + channel shuffle computing what ``lgc`` computes."""
+    g, out = lgc.groups, lgc.filters
+    kept = lgc.kept_inputs()
+    counts = {len(k) for k in kept}
+    if len(counts) != 1:  # pragma: no cover - condense() drops the same number in every group
+        raise ValueError(f"{name}: groups keep different numbers of inputs {sorted(counts)}")
+    n = counts.pop()
+    kernel = np.asarray(lgc.kernel)[0, 0]  # [in, out]
+    per = out // g
+    grouped = np.zeros((1, 1, n, out), kernel.dtype)
+    for gi in range(g):
+        cols = np.arange(per) * g + gi  # the group's outputs o = j * G + g
+        grouped[0, 0, :, gi * per:(gi + 1) * per] = kernel[np.ix_(kept[gi], cols)]
+    x = ChannelGather(np.concatenate(kept), name=f"{name}_gather")(x)
+    conv = keras.layers.Conv2D(out, 1, groups=g, use_bias=False, name=f"{name}_gconv")
+    x = conv(x)
+    conv.set_weights([grouped])
+    return ChannelShuffle(g, name=f"{name}_shuffle")(x)
+
+
+def learned_layers(model: keras.Model) -> list:
+    """The ``LearnedGroupConv`` and ``CondensingDense`` layers of ``model``."""
+    return [l for l in model.layers if isinstance(l, (LearnedGroupConv, CondensingDense))]
+
+
+def condense_all(model: keras.Model, classifier: bool | None = None) -> int:
+    """One manual condensation of every learned group conv of ``model``; the classifier too once
+    the convs have had their last one (``classifier`` None) or when ``classifier`` is True.
+    Returns the number of condensations the convs have had."""
+    convs = [l for l in learned_layers(model) if isinstance(l, LearnedGroupConv)]
+    for layer in convs:
+        layer.condense()
+    done = int(np.asarray(convs[0].condensed)) if convs else 0
+    last = bool(convs) and done >= convs[0].condense_factor - 1
+    for layer in learned_layers(model):
+        if isinstance(layer, CondensingDense) and (classifier or (classifier is None and last)):
+            layer.condense()
+    return done
+
+
+def convert_model(cfg: Any, model: keras.Model, *, stages: Sequence[int],
+                  growth: Sequence[int]) -> keras.Model:
+    """The compact inference model of a trained CondenseNet ``model`` (see the module docstring)."""
+    shape = tuple(model.inputs[0].shape[1:])
+    num_classes = int(model.get_layer("classifier").units)
+    return build_condensenet(cfg, shape, num_classes, stages=stages, growth=growth, trained=model,
+                             name=model.name)
