@@ -41,16 +41,16 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 # ---------------------------------------------------------------------------- schema helpers
-def component(kind: str, default: dict | None = None, description: str = "") -> Any:
-    """A config field holding a registered component spec ``{type: NAME, **params}``.
-
-    The recipe validator checks the spec against the named plugin's own config.
+def component(kind: str, default: Any = ..., description: str = "") -> Any:
+    """A config field holding a registered component spec ``{type: NAME, **params}`` (or a list
+    of them). ``default``: a spec or list (copied per config), None (optional component), or
+    omitted (required). The recipe validator checks each spec against its plugin's own config.
     """
-    return Field(
-        default_factory=(lambda: copy.deepcopy(default)) if default is not None else None,
-        description=description,
-        json_schema_extra={"plugin_kind": kind},
-    )
+    extra = {"plugin_kind": kind}
+    if default is ... or default is None:
+        return Field(default, description=description, json_schema_extra=extra)
+    return Field(default_factory=lambda: copy.deepcopy(default), description=description,
+                 json_schema_extra=extra)
 
 
 def ref(target: str, default: Any = ..., description: str = "") -> Any:

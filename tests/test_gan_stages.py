@@ -261,3 +261,51 @@ def test_model3_generation_takes_the_pose_of_a_recorded_target_camera_mask(train
     assert len(rows) == 6 and {r["copy"] for r in rows} == {0, 1}
     assert all("_c2s" in Path(r["target_mask_of"]).name for r in rows)  # a camera-2 image's mask
     assert len({r["file"] for r in rows}) == 6
+
+
+DCGAN_RECIPE = """
+name: dcgan_stage
+seed: 1
+strategy: {{type: one_device}}
+jit_compile: false
+datasets:
+  synth: {{type: synthetic, root: {root}, ids: 16, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
+stages:
+  gan:
+    type: train_generator
+    dataset: synth
+    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16, guided: true}}
+    semantic_filter: {{type: face{threshold}}}
+    semantic_control: true
+    image_size: [64, 32]
+    batch_size: 4
+    epochs: 1
+    steps_per_epoch: 2
+    verbose: 0
+"""
+
+
+@pytest.mark.usefixtures("face_models")
+def test_dcgan_with_semantic_control_trains_on_the_images_the_face_filter_accepts(trained, tmp_path):
+    _, root, _ = trained
+    f = tmp_path / "d.yaml"
+    f.write_text(DCGAN_RECIPE.format(root=root, threshold=""))
+    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)["gan"]
+    sem = out["semantic_filter"]
+    assert 0 < sem["accepted"] < sem["real_images"]  # front views yes, backs no
+    assert out["pairs"]["pairs"] == sem["accepted"] and out["pairing"] == "unpaired"
+    assert "fake_no_face" in out["final"]
+    f.write_text(DCGAN_RECIPE.format(root=root, threshold=", threshold: 1.0"))
+    with pytest.raises(DatasetError, match=r"accepted none of the \d+ real images"):
+        pipeline.run(load_recipe(f), tmp_path / "run2", echo=lambda *_: None)
+
+
+def test_guided_generator_without_a_semantic_filter_is_rejected(tmp_path):
+    f = tmp_path / "d.yaml"
+    text = DCGAN_RECIPE.format(root=tmp_path, threshold="")
+    f.write_text(text.replace("    semantic_filter: {type: face}\n", ""))
+    with pytest.raises(RecipeError, match="semantic_control needs a semantic filter"):
+        load_recipe(f)
+    f.write_text(text.replace("    semantic_filter: {type: face}\n", "").replace("    semantic_control: true\n", ""))
+    with pytest.raises(RecipeError, match="guided generator needs a semantic filter"):
+        load_recipe(f)

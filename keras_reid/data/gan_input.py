@@ -63,11 +63,13 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class GANInput:
     """Paired generator-training batches from ``pairs`` with in-memory ``images`` (uint8
     [N, H, W, 3], aligned with ``pairs.records``) and optional ``masks`` (float or uint8
-    [N, H, W, 1], 1 = person); ``needs`` are the batch keys to produce."""
+    [N, H, W, 1], 1 = person); ``needs`` are the batch keys to produce. ``extras`` are
+    per-image float values [N] added to every batch as [b] under their names, taken from each
+    example's source image (e.g. ``real_no_face`` for a guided DCGAN)."""
 
     def __init__(self, pairs: GANPairs, images: np.ndarray, masks: np.ndarray | None, *,
                  needs: Sequence[str], global_batch_size: int, seed: int = 0, flip: bool = True,
-                 num_replicas: int = 1) -> None:
+                 num_replicas: int = 1, extras: dict[str, np.ndarray] | None = None) -> None:
         if len(pairs) == 0:
             raise DatasetError("there are no training pairs for the generator")
         self.needs = tuple(k for k in (*IMAGE_KEYS, *MASK_KEYS) if k in set(needs) | {"source"})
@@ -81,6 +83,10 @@ class GANInput:
             raise UserError(f"{len(images)} images for {len(pairs.records)} records")
         self.pairs = pairs
         self.images = images
+        self.extras = {k: np.asarray(v, np.float32) for k, v in (extras or {}).items()}
+        for name, values in self.extras.items():
+            if values.shape != (len(pairs.records),):
+                raise UserError(f"extra '{name}' needs one value per image, got shape {values.shape}")
         if masks is not None and masks.dtype != np.uint8:
             masks = np.clip(np.rint(np.asarray(masks, np.float32) * 255), 0, 255).astype(np.uint8)
         self.masks = masks
@@ -124,11 +130,15 @@ class GANInput:
                               for p in positions])
             for key in out:
                 out[key][flips] = out[key][flips, :, ::-1]
+        for name, values in self.extras.items():  # per-example scalars of the source image
+            out[name] = values[src]
         return out
 
     def _signature(self, b: int) -> dict:
         h, w = self.height, self.width
-        return {k: tf.TensorSpec([b, h, w, 3 if k in IMAGE_KEYS else 1], tf.float32) for k in self.needs}
+        spec = {k: tf.TensorSpec([b, h, w, 3 if k in IMAGE_KEYS else 1], tf.float32) for k in self.needs}
+        spec.update({k: tf.TensorSpec([b], tf.float32) for k in self.extras})
+        return spec
 
     def dataset_fn(self, input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
         """This input pipeline's per-replica batches (dicts) for ``epoch`` (see the module docstring)."""
@@ -141,7 +151,7 @@ class GANInput:
         ds = ds.batch(b, drop_remainder=True)
         if pipelines > 1:
             ds = ds.shard(pipelines, int(input_context.input_pipeline_id))
-        keys = self.needs
+        keys = self.needs + tuple(self.extras)
 
         def fetch(ids, pos):
             batch = self.batch(np.asarray(ids), np.asarray(pos), epoch)

@@ -37,6 +37,11 @@ class GANPairs:
     def __len__(self) -> int:
         return int(len(self.pairs))
 
+    def keep_sources(self, accepted: np.ndarray) -> "GANPairs":
+        """Returns the pairs whose source image is accepted (bool [len(records)]); records kept."""
+        keep = np.asarray(accepted, bool)[self.pairs[:, 0]]
+        return GANPairs(self.pairing, self.records, self.pairs[keep])
+
     def summary(self) -> dict:
         """``{"pairing", "pairs", "images", "source_images", "target_images"}``."""
         return {"pairing": self.pairing, "pairs": len(self), "images": len(self.records),

@@ -21,6 +21,12 @@ class TrainGeneratorConfig(BaseModel):
     source_camera: int | None = Field(None, description="camera A (camera_pairs / random_target pairing)")
     target_camera: int | None = Field(None, description="camera B, whose style is learnt")
     masker: dict | None = component("masker", None, description="person masks, for generators that need them")
+    semantic_filter: dict | None = component("filter", None, description="semantic filter (e.g. face) "
+                                             "scoring the real images once (cached), for semantic "
+                                             "control and guided generators")
+    semantic_control: bool = Field(False, description="train on real images the semantic filter "
+                                   "accepts only (paper: D sees a real image only if F(x) = 1)")
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="filter score that counts as accepted")
     image_size: tuple[int, int] = Field((128, 64), description="height, width the generator works at")
     targets_per_source: int = Field(10, gt=0, description="random_target pairing: camera-B images per "
                                     "camera-A image (thesis Model 4: 10)")
@@ -64,6 +70,12 @@ class TrainGenerator(Stage):
                     f"({_describe(config.generator)}) needs person masks ({', '.join(sorted(needs & set(MASK_KEYS)))}) "
                     "but no masker is given; add e.g. masker: {type: mediapipe_selfie} "
                     "(or {type: synthetic} on the synthetic dataset)")
+        if config.semantic_control and config.semantic_filter is None:
+            return (("semantic_filter",), "missing: semantic_control needs a semantic filter, e.g. "
+                    "semantic_filter: {type: face}")
+        if getattr(factory.config, "guided", False) and config.semantic_filter is None:
+            return (("semantic_filter",), "missing: the guided generator needs a semantic filter to "
+                    "tell which images have no face, e.g. semantic_filter: {type: face}")
         if factory.pairing in ("camera_pairs", "random_target"):
             for key in ("source_camera", "target_camera"):
                 if getattr(config, key) is None:
