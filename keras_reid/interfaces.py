@@ -44,9 +44,14 @@ class SemanticFilter(Protocol):
 
 @runtime_checkable
 class Masker(Protocol):
-    """Person masks. Every masker also offers ``masks_for(paths, size) -> float32 [N, H, W, 1]``
-    for image files (what the stages call); maskers that read mask files named like the images
-    (``reads_files = True``: ``synthetic``, ``precomputed``) have only that form."""
+    """Person masks (1 = person). Every masker also offers ``masks_for(paths, size) -> float32
+    [N, H, W, 1]`` in [0, 1] for image files at ``size`` (height, width): what the stages call.
+    Image-based maskers (``mediapipe_selfie``) read and resize the images and call themselves;
+    maskers that read mask files named like the images (``reads_files = True``: ``synthetic``,
+    ``precomputed``) resize those files by nearest-neighbour sampling and threshold them to 0/1,
+    raise ``DatasetError`` naming the image when its mask file is missing, and raise
+    ``UserError`` when called on bare images (they cannot know which image they see). Maskers
+    holding native resources offer ``close()`` and work as context managers."""
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 images [N, H, W, 3] (RGB) -> float32 person masks [N, H, W, 1] in [0, 1]."""

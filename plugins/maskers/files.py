@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.data.synthetic import mask_path
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.registry import register
 
@@ -31,15 +32,21 @@ def read_mask(path: Path, size: tuple[int, int], threshold: float) -> np.ndarray
 
 
 class _FileMasker:
+    """Base of the maskers that read a mask file per image path."""
+
     reads_files = True  # masks come from files named like the images: use masks_for(paths, size)
+
     def candidates(self, image_path: Path) -> list[Path]:  # pragma: no cover - interface
+        """Returns the mask files to try for ``image_path``, first match wins."""
         raise NotImplementedError
 
     hint = ""
     threshold = 0.5
 
     def masks_for(self, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-        """float32 masks [N, H, W, 1] in {0, 1} of the images at ``paths``, resized to ``size``."""
+        """Returns float32 masks [N, H, W, 1] in {0, 1} of the images at ``paths``: their mask
+        files resized to ``size`` (height, width) by nearest-neighbour sampling, then thresholded.
+        Raises DatasetError naming the image when its mask file is missing or unreadable."""
         out = np.zeros((len(paths), size[0], size[1], 1), np.float32)
         for i, p in enumerate(paths):
             options = self.candidates(Path(p))
@@ -50,6 +57,7 @@ class _FileMasker:
         return out
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Bare images carry no file name: always raises UserError pointing to ``masks_for``."""
         raise UserError(f"the {type(self).__name__} masker reads mask files by image path; call "
                         "masks_for(paths, size), or use masker: {type: mediapipe_selfie} for bare images")
 
@@ -70,8 +78,8 @@ class SyntheticMasker(_FileMasker):
         self.config = config or SyntheticMaskerConfig()
 
     def candidates(self, image_path: Path) -> list[Path]:
-        root = image_path.parent.parent
-        return [root / "masks" / image_path.parent.name / (image_path.stem + ".png")]
+        """Returns [ROOT/masks/<image folder>/<stem>.png], ROOT being the image folder's parent."""
+        return [mask_path(image_path.parent.parent, image_path)]
 
 
 class PrecomputedMaskerConfig(BaseModel):
@@ -97,6 +105,7 @@ class PrecomputedMasker(_FileMasker):
                                "the masks (masker.root)")
 
     def candidates(self, image_path: Path) -> list[Path]:
+        """Returns <root>/<image folder>/<stem>.png|.jpg, then <root>/<stem>.png|.jpg."""
         root = Path(self.config.root)
         return [base / (image_path.stem + ext) for base in (root / image_path.parent.name, root)
                 for ext in (".png", ".jpg")]
