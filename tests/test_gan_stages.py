@@ -309,3 +309,20 @@ def test_guided_generator_without_a_semantic_filter_is_rejected(tmp_path):
     f.write_text(text.replace("    semantic_filter: {type: face}\n", "").replace("    semantic_control: true\n", ""))
     with pytest.raises(RecipeError, match="guided generator needs a semantic filter"):
         load_recipe(f)
+
+
+@pytest.mark.parametrize("policy,extra_classes", [("unknown", 1), ("fixed", 0), ("keep", 0)])
+def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_classes):
+    _, root, _ = trained
+    rec, run_dir = _run_copy(trained, tmp_path)
+    g = {"stage": "augment", "labels": policy}
+    if policy == "fixed":  # an identity of camera 1's training images
+        g["fixed_pid"] = int(sorted((root / "bounding_box_train").glob("*_c1s*.jpg"))[0].name[:4])
+    _recipe(tmp_path, root)
+    rec = load_recipe(tmp_path / "r.yaml", [f"stages.augmented.generated=[{json.dumps(g)}]",
+                                            "stages.augmented.generated_ratio=null"])
+    out = pipeline.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
+    labels = json.loads((run_dir / "augmented" / "labels.json").read_text())
+    real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
+    assert out["augmented"]["num_classes"] == len(labels) == len(real_ids) + extra_classes
+    assert ("-100" in labels) == (policy == "unknown")

@@ -24,6 +24,10 @@ def select_records(records: list[Record], cameras: list[int] | None, closed_set:
     return out
 
 
+UNKNOWN_CLASS_PID = -100
+"""Key of the extra class of a generated set with ``labels: unknown`` in ``labels.json``."""
+
+
 @dataclass
 class GeneratedImages:
     """A generated set ready for training: records, int labels and label-policy epsilons."""
@@ -61,6 +65,17 @@ def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedIm
     if g.labels == "lsro":
         labels = np.zeros(len(records), np.int64)
         eps = np.ones(len(records), np.float32)
+    elif g.labels in ("unknown", "fixed"):
+        if g.labels == "unknown":
+            mapping.setdefault(UNKNOWN_CLASS_PID, len(mapping))
+            pid = UNKNOWN_CLASS_PID
+        else:
+            pid = g.fixed_pid
+            if pid not in mapping:
+                raise DatasetError(f"stage '{ctx.stage_name}': fixed_pid {pid} of the generated set "
+                                   f"'{name}' is not an identity of the real training images")
+        labels = np.full(len(records), mapping[pid], np.int64)
+        eps = np.zeros(len(records), np.float32)
     else:
         for pid in sorted({r.pid for r in records} - set(mapping)):
             mapping[pid] = len(mapping)

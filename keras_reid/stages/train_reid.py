@@ -23,16 +23,22 @@ class GeneratedSet(BaseModel):
     stage: str | None = ref("stages", None, description="an augment stage whose kept images are used")
     dataset: str | None = ref("datasets", None, description="or: a dataset of generated images "
                               "(its train split)")
-    labels: Literal["keep", "smooth", "lsro"] = Field(
+    labels: Literal["keep", "smooth", "lsro", "unknown", "fixed"] = Field(
         "keep", description="keep: the identity label; smooth: label smoothing with epsilon; "
-        "lsro: a uniform target over the real classes (Zheng et al. 2017)")
+        "lsro: a uniform target over the classes (Zheng et al. 2017); unknown: one extra class for "
+        "all of them; fixed: the class of fixed_pid (e.g. LIMA's unknown class 0)")
     epsilon: float = Field(0.1, gt=0.0, lt=1.0, description="label smoothing of 'smooth'")
+    fixed_pid: int | None = Field(None, description="labels: fixed - the identity (pid) whose class "
+                                  "the images get")
     max_images: int | None = Field(None, gt=0, description="a deterministic subset of this size")
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.stage is None) == (self.dataset is None):
             raise ValueError("give exactly one of stage (an augment stage) or dataset")
+        if (self.labels == "fixed") != (self.fixed_pid is not None):
+            raise ValueError("labels: fixed goes with fixed_pid (the identity whose class the images "
+                             "get), and fixed_pid only with labels: fixed")
         return self
 
 
