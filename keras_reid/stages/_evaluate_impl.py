@@ -60,8 +60,6 @@ def _usable(ctx: StageContext, split: str, cfg, dataset: str | None = None) -> l
 
 
 def _load_model(ctx: StageContext, stage: str):
-    import keras
-
     import keras_reid.layers  # noqa: F401  (registers custom layers such as GeM pooling for loading)
 
     out = ctx.output_of(stage)
@@ -69,7 +67,20 @@ def _load_model(ctx: StageContext, stage: str):
     if not path.exists():
         raise UserError(f"model file {path} of stage '{stage}' is missing; re-run that stage "
                         f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
-    return keras.saving.load_model(path, compile=False), out
+    return load_saved(ctx, stage, path), out
+
+
+def load_saved(ctx: StageContext, stage: str, path) -> "keras.Model":
+    """Load a model a train stage saved; a backbone component with ``load(path)`` loads it
+    itself (its custom layers are registered in modules imported only when needed)."""
+    import keras
+
+    spec = getattr(ctx.recipe.stage_configs.get(stage), "backbone", None)
+    if spec:
+        factory = ctx.registry.create("backbone", spec)
+        if callable(getattr(factory, "load", None)):
+            return factory.load(str(path))
+    return keras.saving.load_model(path, compile=False)
 
 
 def evaluate(cfg, ctx: StageContext) -> dict:
@@ -355,7 +366,7 @@ def _evaluate_closed_set(cfg, ctx: StageContext) -> dict:
         if not out.get("classifier") or not path.exists():
             raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
                             "a train_reid stage trained on closed-set data")
-        clf = keras.saving.load_model(path, compile=False)
+        clf = load_saved(ctx, stage, path)
         labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
         pid_of = {int(v): int(k) for k, v in labels_map.items()}
         num = len(pid_of)

@@ -113,6 +113,10 @@ class CondenseNetBackbone:
 
         return condense_all(model, classifier)
 
+    def load(self, path: str) -> Any:
+        """Returns the saved model at ``path`` (CondenseNet layers registered first)."""
+        return load_model(path)
+
     def convert(self, model: Any) -> Any:
         """Returns the compact inference ``keras.Model`` of ``model`` (built by :meth:`build`,
         any number of condensations done) with the same outputs in inference mode."""
