@@ -326,3 +326,38 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
     real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
     assert out["augmented"]["num_classes"] == len(labels) == len(real_ids) + extra_classes
     assert ("-100" in labels) == (policy == "unknown")
+
+
+@pytest.mark.usefixtures("face_models")
+def test_dcgan_samples_are_generated_filtered_counted_and_trained_on_with_lsro(trained, tmp_path):
+    _, root, _ = trained
+    f = tmp_path / "d.yaml"
+    f.write_text(DCGAN_RECIPE.format(root=root, threshold="") + """
+  augment:
+    type: augment
+    generator: gan
+    samples: 12
+    batch_size: 5
+    filters: [{type: face, threshold: 0.0}]
+    min_score: 0.0
+  reid:
+    type: train_reid
+    dataset: synth
+    image_size: [32, 16]
+    backbone: {type: tiny, width: 8, blocks: 2, embedding_dim: 16}
+    batch_size: 8
+    instances_per_id: 2
+    epochs: 1
+    bn_recalibration_batches: 1
+    verbose: 0
+    generated: [{stage: augment, labels: lsro}]
+    generated_ratio: 0.25
+""")
+    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)
+    aug = out["augment"]
+    assert aug["generated"] == aug["kept"] == 12 and "face" in aug["accepted_fraction_by_filter"]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
+    assert len({r["seed"] for r in rows}) == 12 and all(r["source"] == "" for r in rows)
+    assert out["reid"]["generated_images"] == {"augment": 12}
+    with pytest.raises(RecipeError, match="samples: missing"):
+        load_recipe(f, ["stages.augment.samples=null"])

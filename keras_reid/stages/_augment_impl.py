@@ -52,6 +52,8 @@ def source_records(cfg, ctx: StageContext) -> tuple[list[Record], int, int]:
 
     Raises DatasetError naming the cameras present when the source camera has no images."""
     gen = _gen_cfg(cfg, ctx)
+    if cfg.samples is not None:  # an unconditional generator: one pseudo-record per noise sample
+        return [Record("", 0, 0, 0, i) for i in range(cfg.samples)], 0, 0
     dataset = cfg.dataset or gen.dataset
     cam_a = cfg.source_camera if cfg.source_camera is not None else gen.source_camera
     cam_b = gen.target_camera
@@ -108,7 +110,8 @@ def work_items(sources: list[Record], cam_a: int, cam_b: int, copies: int, seed:
                 name = name[:-4] + f"x{seen[name]}.jpg"
             else:
                 seen[name] = 0
-            item_seed = int.from_bytes(hashlib.sha256(f"{seed}:{r.path}:{k}".encode()).digest()[:4], "little")
+            key = r.path or f"noise-{i}"  # noise samples have no source file
+            item_seed = int.from_bytes(hashlib.sha256(f"{seed}:{key}:{k}".encode()).digest()[:4], "little")
             items.append(WorkItem(len(items), r, k, name, item_seed))
     return items
 
@@ -209,8 +212,14 @@ class Worker:
         from keras_reid.data.gan_input import load_images, to_uint8, to_unit
 
         paths = [it["source_path"] for it in items]
-        src = load_images(paths, self.size)
-        batch: dict[str, Any] = {"source": to_unit(src)}
+        if "noise" in self.needs:  # z from each item's own seed: the same file whatever the batch
+            z_dim = int(self.gan.z_dim)
+            batch: dict[str, Any] = {"noise": np.stack([
+                np.random.default_rng(it["seed"]).uniform(-1, 1, z_dim) for it in items]).astype(np.float32)}
+            src = None
+        else:
+            src = load_images(paths, self.size)
+            batch = {"source": to_unit(src)}
         if "source_mask" in self.needs:
             batch["source_mask"] = self._masks(paths, src)
         target_files = [None] * len(items)
@@ -279,8 +288,9 @@ def augment(cfg, ctx: StageContext) -> dict:
                          min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
                          target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
     part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
-    ctx.echo(f"{part}{len(items):,} images to generate from {len(sources):,} camera-{cam_a} images "
-             f"({cfg.images}) into camera {cam_b}'s style; {len(mine) - len(todo):,} done before, "
+    what = (f"from noise" if cfg.samples is not None else
+            f"from {len(sources):,} camera-{cam_a} images ({cfg.images}) into camera {cam_b}'s style")
+    ctx.echo(f"{part}{len(items):,} images to generate {what}; {len(mine) - len(todo):,} done before, "
              f"{len(todo):,} to do" + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}"
                                        if cfg.filters else ""))
     t0 = time.time()
@@ -309,6 +319,7 @@ def augment(cfg, ctx: StageContext) -> dict:
     kept = [r for r in rows if r["kept"]]
     per_filter = {f["type"]: sum(1 for r in rows if r["scores"].get(f["type"], 1.0) < cfg.min_score)
                   for f in cfg.filters}
+    accepted = {name: round(1.0 - n / max(len(rows), 1), 4) for name, n in per_filter.items()}
     ctx.echo(f"kept {len(kept):,} of {len(rows):,} generated images"
              + (f" (dropped by filter: {', '.join(f'{k} {v}' for k, v in per_filter.items())})"
                 if cfg.filters else "") + f" -> {out_dir}")
@@ -318,6 +329,7 @@ def augment(cfg, ctx: StageContext) -> dict:
         "source_camera": cam_a, "target_camera": cam_b, "images_from": cfg.images,
         "source_images": len(sources), "generated": len(rows), "kept": len(kept),
         "dropped": len(rows) - len(kept), "dropped_by_filter": per_filter,
+        "accepted_fraction_by_filter": accepted,
         "identities": len({r["pid"] for r in kept}),
         "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
         "engine": cfg.engine,
@@ -362,7 +374,7 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     rows = sorted(kept, key=lambda r: r["file"])[:n]
     first = read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / rows[0]["file"]), (128, 64))
     size = first.shape[:2]
-    src = [read_image(r["source"], size) for r in rows]
+    src = [read_image(r["source"], size) for r in rows if r["source"]]  # none for noise samples
     gen = [read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / r["file"]), size) for r in rows]
     grid = image_grid(np.stack(src + gen), cols=len(rows))
     writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir))

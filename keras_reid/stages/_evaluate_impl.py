@@ -147,6 +147,9 @@ def _identity_preservation(ctx: StageContext, cfg, stage_name: str, model, size)
     from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER
 
     rows = _generated_subset(ctx, cfg, stage_name)
+    if not rows or not rows[0]["source"]:
+        return {"rank1": None, "rank5": None, "rank10": None, "mAP": None, "valid_queries": 0,
+                "num_queries": len(rows), "note": "sampled from noise: no identity to find"}
     aug_cfg = ctx.recipe.stage_configs[stage_name]
     gen_cfg = ctx.recipe.stage_configs[aug_cfg.generator]
     dataset = aug_cfg.dataset or gen_cfg.dataset
@@ -171,6 +174,8 @@ def _image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     from keras_reid.metrics.quality import ssim
 
     rows = _generated_subset(ctx, cfg, stage_name)
+    if not rows or not rows[0]["source"]:
+        return {"images": len(rows), "note": "sampled from noise: no source or target to compare"}
     aug_cfg = ctx.recipe.stage_configs[stage_name]
     gen_out = ctx.output_of(aug_cfg.generator)
     size = tuple(gen_out["image_size"])
@@ -214,6 +219,9 @@ def _image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
 
 def _print_quality(ctx: StageContext, results: dict, quality: dict) -> None:
     for stage_name, q in quality.items():
+        if "ssim_vs_source" not in q:
+            ctx.echo(f"generated '{stage_name}' ({q['images']} images): {q.get('note', '')}")
+            continue
         parts = [f"SSIM vs source {q['ssim_vs_source']:.3f}"]
         if "person_ssim_vs_source" in q:
             parts.append(f"person {q['person_ssim_vs_source']:.3f}")

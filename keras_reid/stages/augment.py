@@ -43,6 +43,8 @@ class AugmentConfig(BaseModel):
         "the target camera; train_pairs = the camera-A images of the train pairs")
     copies: int = Field(1, gt=0, le=99, description="generated images per source image (each with "
                         "its own target mask / noise where the generator uses them)")
+    samples: int | None = Field(None, gt=0, le=999_999, description="unconditional generators "
+                                "(dcgan): how many images to sample from noise")
     noise: bool | None = Field(None, description="dropout noise at generation; null = the generator's "
                                "dropout_at_generation setting")
     filters: list[dict] = component("filter", [], description="semantic filters; an image is kept "
@@ -79,6 +81,17 @@ class Augment(Stage):
             return (("generator",), f"stage '{config.generator}' is a {stage_type} stage, expected "
                     "a train_generator stage")
         gen_cfg = recipe.stage_configs[config.generator]
+        from keras_reid.stages.train_generator import generator_factory
+
+        unconditional = "noise" in generator_factory(gen_cfg.generator).generation_needs
+        if unconditional and config.samples is None:
+            return (("samples",), f"missing: the generator of stage '{config.generator}' samples "
+                    "from noise; say how many images to generate, e.g. samples: 1000")
+        if config.samples is not None and not unconditional:
+            return (("samples",), f"the generator of stage '{config.generator}' translates source "
+                    "images; samples applies to noise generators only (use images/copies)")
+        if unconditional:
+            return None
         if config.images != "all" and config.source_camera not in (None, gen_cfg.source_camera):
             return (("images",), f"'{config.images}' comes from the camera-pair split of the "
                     f"generator's cameras; source_camera {config.source_camera} differs from its "
