@@ -67,7 +67,7 @@ def test_guided_mode_changes_the_discriminator_gradients():
     differ = _d_grads(guided, batch, fake)
     assert all(np.allclose(a, b, atol=1e-7) for a, b in zip(base, same))  # lambda 0 = plain
     assert max(np.abs(a - b).max() for a, b in zip(base, differ)) > 1e-6
-    w_real, w_fake = guided.weights(batch, guided.fake_no_face(fake))
+    w_real, w_fake = guided.loss_weights(batch, guided.fake_no_face(fake))
     np.testing.assert_allclose(w_real.numpy(), [0.95, 1.0, 0.95, 1.0], atol=1e-6)
     np.testing.assert_allclose(w_fake.numpy(), [1.025] * 4, atol=1e-6)
 

@@ -47,13 +47,20 @@ def _gen_cfg(cfg, ctx: StageContext):
     return ctx.recipe.stage_configs[cfg.generator]
 
 
-def source_records(cfg, ctx: StageContext) -> tuple[list[Record], int, int]:
-    """Return ``(source records, source camera, target camera)`` the config selects.
+def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple[list[Record], int, int]:
+    """Return ``(source records, source camera, target camera)`` the config selects (noise
+    generators: one pseudo-record per sample, per identity for per-identity generators, whose
+    list comes from the generator stage's summary ``gen_out``).
 
     Raises DatasetError naming the cameras present when the source camera has no images."""
     gen = _gen_cfg(cfg, ctx)
     if cfg.samples is not None:  # an unconditional generator: one pseudo-record per noise sample
-        return [Record("", 0, 0, 0, i) for i in range(cfg.samples)], 0, 0
+        if not gen.per_identity:
+            return [Record("", 0, 0, 0, i) for i in range(cfg.samples)], 0, 0
+        if gen_out is None:  # before the generators exist (preflight): nothing to check yet
+            return [], 0, 0
+        pids = sorted(int(p) for p in gen_out["generators"])
+        return [Record("", pid, 0, 0, i) for pid in pids for i in range(cfg.samples)], 0, 0
     dataset = cfg.dataset or gen.dataset
     cam_a = cfg.source_camera if cfg.source_camera is not None else gen.source_camera
     cam_b = gen.target_camera
@@ -172,12 +179,16 @@ class Worker:
     """Loads the generator, its masker and the filters once; turns work items into files and
     manifest rows (used in this process and, with Ray, inside each actor)."""
 
-    def __init__(self, *, model_path: str, gen_summary: dict, filters: list[dict], min_score: float,
+    def __init__(self, *, model_path: str | dict, gen_summary: dict, filters: list[dict], min_score: float,
                  noise: bool | None, out_dir: str, target_paths: list[str], jpeg_quality: int,
                  provenance: dict) -> None:
         from keras_reid.registry import REGISTRY
 
-        self.gan = REGISTRY.create("generator", gen_summary["generator"]).load(model_path)
+        self.factory = REGISTRY.create("generator", gen_summary["generator"])
+        # one generator, or one per identity ({pid: path}, loaded when first needed)
+        self.model_paths = model_path if isinstance(model_path, dict) else None
+        self.gans: dict = {}
+        self.gan = None if self.model_paths else self.factory.load(model_path)
         self.size = tuple(gen_summary["image_size"])
         self.needs = set(gen_summary.get("generation_needs", ["source"]))
         self.masker = REGISTRY.create("masker", gen_summary["masker"]) \
@@ -205,6 +216,21 @@ class Worker:
         return masks_for(self.masker, paths, self.size, images=images).astype(np.float32) / 255.0
 
     def process(self, items: list[dict]) -> list[dict]:
+        """Generate, filter and write the images of ``items``; returns their manifest rows (per
+        identity with per-identity generators)."""
+        if self.model_paths is None:
+            return self._process(items, self.gan)
+        rows = []
+        for pid in dict.fromkeys(int(it["pid"]) for it in items):
+            if pid not in self.gans:
+                self.gans[pid] = self.factory.load(self.model_paths[str(pid)])
+            group = [it for it in items if int(it["pid"]) == pid]
+            path = self.provenance["checkpoints"][str(pid)]
+            rows += [{**{k: v for k, v in r.items() if k != "checkpoints"}, "checkpoint": path}
+                     for r in self._process(group, self.gans[pid])]
+        return rows
+
+    def _process(self, items: list[dict], gan) -> list[dict]:
         """Generate, filter and write the images of ``items`` (dicts of :class:`WorkItem` fields
         with ``source_path``); returns their manifest rows."""
         import cv2
@@ -213,7 +239,7 @@ class Worker:
 
         paths = [it["source_path"] for it in items]
         if "noise" in self.needs:  # z from each item's own seed: the same file whatever the batch
-            z_dim = int(self.gan.z_dim)
+            z_dim = int(gan.z_dim)
             batch: dict[str, Any] = {"noise": np.stack([
                 np.random.default_rng(it["seed"]).uniform(-1, 1, z_dim) for it in items]).astype(np.float32)}
             src = None
@@ -229,7 +255,7 @@ class Worker:
             target_files = [self.target_paths[np.random.default_rng(it["seed"]).integers(len(self.target_paths))]
                             for it in items]
             batch["target_mask"] = self._masks(target_files)
-        generated = to_uint8(self.gan.generate(batch, noise=self.noise))
+        generated = to_uint8(gan.generate(batch, noise=self.noise))
         scores = {}
         for spec, flt in zip(self.filter_specs, self.filters):
             scores[spec["type"]] = np.asarray(flt(generated), np.float32)
@@ -261,11 +287,13 @@ def _item_dict(it: WorkItem, cam_a: int, cam_b: int) -> dict:
 def augment(cfg, ctx: StageContext) -> dict:
     """Run the augment stage (this process's shard, or every item on Ray); returns the summary."""
     gen_out = ctx.output_of(cfg.generator)
-    model_path = ctx.run_dir / gen_out["model"]
-    if not model_path.exists():
-        raise UserError(f"generator file {model_path} of stage '{cfg.generator}' is missing; re-run "
-                        f"that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
-    sources, cam_a, cam_b = source_records(cfg, ctx)
+    files = {"": gen_out["model"]} if gen_out.get("model") else dict(gen_out.get("generators") or {})
+    for rel in files.values():
+        if not (ctx.run_dir / rel).exists():
+            raise UserError(f"generator file {ctx.run_dir / rel} of stage '{cfg.generator}' is missing; "
+                            f"re-run that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
+    model_path = ctx.run_dir / files[""] if "" in files else None
+    sources, cam_a, cam_b = source_records(cfg, ctx, gen_out)
     items = work_items(sources, cam_a, cam_b, cfg.copies, ctx.seed)
     shard_i, shard_n = ctx.shard or (0, 1)
     if cfg.engine == "ray" and ctx.shard:
@@ -279,12 +307,17 @@ def augment(cfg, ctx: StageContext) -> dict:
     done = {row["file"] for row in read_manifest(stage_dir)}
     mine = items[shard_i::shard_n]
     todo = [it for it in mine if it.name not in done]
-    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
-                  "checkpoint": str(model_path.relative_to(ctx.run_dir)),
-                  "checkpoint_sha256": _sha256(model_path)[:16], "recipe_seed": ctx.seed}
+    if model_path is not None:
+        provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+                      "checkpoint": str(model_path.relative_to(ctx.run_dir)),
+                      "checkpoint_sha256": _sha256(model_path)[:16], "recipe_seed": ctx.seed}
+    else:  # per-identity generators: each row names its identity's file
+        provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+                      "recipe_seed": ctx.seed, "checkpoints": files}
     needs = set(gen_out.get("generation_needs", ["source"]))
     targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
-    worker_kwargs = dict(model_path=str(model_path), gen_summary=gen_out, filters=cfg.filters,
+    worker_kwargs = dict(model_path=str(model_path) if model_path is not None else
+                         {pid: str(ctx.run_dir / rel) for pid, rel in files.items()}, gen_summary=gen_out, filters=cfg.filters,
                          min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
                          target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
     part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""

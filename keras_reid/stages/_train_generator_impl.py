@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from keras_reid import io
-from keras_reid.errors import DatasetError
+from keras_reid.errors import DatasetError, UserError
 from keras_reid.stages.base import StageContext
 from keras_reid.stages.train_generator import MASK_KEYS, generator_factory
 
@@ -17,13 +17,10 @@ def train(cfg, ctx: StageContext) -> dict:
     """Pair, mask, train and save the generator the stage config describes; returns the summary."""
     import keras
 
-    from keras_reid.data.gan_input import GANInput, load_images
+    from keras_reid.data.gan_input import load_images
     from keras_reid.data.gan_pairs import make_pairs
     from keras_reid.data.masks import cached_masks
     from keras_reid.data.pipeline import scan_images
-    from keras_reid.training.callbacks import GeneratorSamples, ScalarLogger
-    from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
-    from keras_reid.training.loop import train as train_loop
 
     factory = generator_factory(cfg.generator, ctx.registry)
     splits = ctx.dataset(cfg.dataset)
@@ -87,54 +84,46 @@ def train(cfg, ctx: StageContext) -> dict:
     load_seconds = time.time() - t0
 
     keras.utils.set_random_seed(ctx.seed)
-    strategy = ctx.strategy
-    replicas = strategy.num_replicas_in_sync
-    data = GANInput(pairs, images, masks, needs=factory.needs, global_batch_size=cfg.batch_size,
-                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras)
-    steps = cfg.steps_per_epoch or data.steps_per_epoch
-    if steps > data.steps_per_epoch:
-        ctx.echo(f"note: steps_per_epoch {steps} is more than one pass over the pairs "
-                 f"({data.steps_per_epoch}); batches repeat within an epoch")
-    with strategy.scope():
-        gan = factory.build((h, w))
-        optimizers = factory.optimizers(steps_per_epoch=steps, epochs=cfg.epochs)
-        gan.compile(**optimizers)
-
-    if scorer is not None and callable(getattr(gan, "set_semantic_filter", None)):
-        gan.set_semantic_filter(scorer, cfg.min_score)  # Delta(G(z)) of guided training
-    ckpt_dir = ctx.stage_dir / "checkpoints"
-    initial_epoch = restore_latest(gan, ckpt_dir, strategy)
-    if initial_epoch:
-        ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
-    ctx.echo(f"training {steps} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on "
-             f"{replicas} replica(s), {h}x{w}")
-    tb = ctx.tensorboard_dir
-    callbacks = [
-        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints),
-        ScalarLogger(tb, every=cfg.log_every, is_chief=ctx.is_chief),
-        GeneratorSamples(tb, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
-                         name="generator/samples", is_chief=ctx.is_chief),
-    ]
-
-    def dataset_fn(input_context, epoch):
-        ds = data.dataset_fn(input_context, epoch)
-        return ds.repeat() if steps > data.steps_per_epoch else ds
-
-    t1 = time.time()
+    init_weights = _init_weights(cfg, ctx, factory)
     try:
-        history = train_loop(gan, dataset_fn, strategy=strategy, epochs=cfg.epochs,
-                             steps_per_epoch=steps, initial_epoch=initial_epoch, callbacks=callbacks,
-                             verbose=cfg.verbose if ctx.is_chief else 0,
-                             jit_compile=ctx.jit_compile and scorer is None)
+        if not cfg.per_identity:
+            fit = _fit(cfg, ctx, factory, pairs, images, masks, extras, scorer, init_weights,
+                       ctx.stage_dir / "checkpoints", ctx.stage_dir / GENERATOR_FILE, ctx.tensorboard_dir)
+            generators = None
+        else:
+            generators, fit = {}, {}
+            pids = sorted({r.pid for r in pairs.records})
+            wanted = [p for p in pids if cfg.identities is None or p in set(cfg.identities)]
+            missing = sorted(set(cfg.identities or []) - set(pids))
+            if missing:
+                raise DatasetError(f"identities {missing} have no training images in split "
+                                   f"'{cfg.split}' of dataset '{cfg.dataset}'")
+            pid_of = np.array([r.pid for r in pairs.records])
+            for n, pid in enumerate(wanted, 1):
+                sub = pairs.keep_sources(pid_of == pid)
+                out = ctx.stage_dir / "generators" / f"{pid:04d}.keras"
+                generators[str(pid)] = str(out.relative_to(ctx.run_dir))
+                if out.exists():
+                    ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: done before")
+                    continue
+                ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: {len(sub)} images")
+                keras.utils.set_random_seed(ctx.seed + pid)
+                fit[str(pid)] = _fit(cfg, ctx, factory, sub, images, masks, extras, scorer, init_weights,
+                                     ctx.stage_dir / "checkpoints" / f"{pid:04d}", out,
+                                     ctx.tensorboard_dir / f"identity_{pid:04d}")
     finally:
         if scorer is not None and callable(getattr(scorer, "close", None)):
             scorer.close()
-    seconds = time.time() - t1
-    done_steps = max(cfg.epochs - initial_epoch, 0) * steps
+    if generators is not None:
+        return {"model": None, "generators": generators, "generator": cfg.generator,
+                "pairing": factory.pairing, "generation_needs": sorted(factory.generation_needs),
+                "image_size": [h, w], "source_camera": cfg.source_camera,
+                "target_camera": cfg.target_camera, "dataset": cfg.dataset, "split": cfg.split,
+                "masker": cfg.masker, "pairs": info, "semantic_filter": semantic,
+                "init_from": cfg.init_from, "epochs": cfg.epochs, "per_identity": fit,
+                "load_seconds": round(load_seconds, 2)}
     path = ctx.stage_dir / GENERATOR_FILE
-    if ctx.is_chief:
-        with io.atomic_path(path) as tmp:
-            gan.save(tmp)
+    steps, initial_epoch = fit["steps_per_epoch"], fit["resumed_from_epoch"]
     summary = {
         "model": str(path.relative_to(ctx.run_dir)),
         "generator": cfg.generator,
@@ -152,11 +141,83 @@ def train(cfg, ctx: StageContext) -> dict:
         "epochs": cfg.epochs,
         "steps_per_epoch": steps,
         "resumed_from_epoch": initial_epoch,
+        "init_from": cfg.init_from,
         "load_seconds": round(load_seconds, 2),
-        "steps_per_second": round(done_steps / seconds, 3) if done_steps and seconds > 0 else None,
-        "final": {k: float(v[-1]) for k, v in (history or {}).items() if v},
+        "steps_per_second": fit["steps_per_second"],
+        "final": fit["final"],
     }
     return summary
+
+
+def _init_weights(cfg, ctx: StageContext, factory) -> list | None:
+    """The weights of the ``init_from`` stage's generator (G pre-trained on all images), or None."""
+    if not cfg.init_from:
+        return None
+    out = ctx.output_of(cfg.init_from)
+    if not out.get("model"):
+        raise UserError(f"stage '{cfg.init_from}' has no single generator to start from; init_from "
+                        "needs a train_generator stage without per_identity")
+    return factory.load(str(ctx.run_dir / out["model"])).get_weights()
+
+
+def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, init_weights,
+         ckpt_dir, out_path, tb_dir) -> dict:
+    """Train one generator on ``pairs`` (checkpoints in ``ckpt_dir``, resumed), save it to
+    ``out_path``; returns ``{"history", "final", "steps_per_epoch", "resumed_from_epoch",
+    "steps_per_second"}``."""
+    from keras_reid.data.gan_input import GANInput
+    from keras_reid.training.callbacks import GeneratorSamples, ScalarLogger
+    from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
+    from keras_reid.training.loop import train as train_loop
+
+    h, w = cfg.image_size
+    strategy = ctx.strategy
+    replicas = strategy.num_replicas_in_sync
+    batch = cfg.batch_size
+    if cfg.per_identity and len(pairs) < batch:  # few images of one identity: a smaller batch
+        batch = max(replicas, len(pairs) // replicas * replicas)
+    data = GANInput(pairs, images, masks, needs=factory.needs, global_batch_size=batch,
+                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras)
+    steps = cfg.steps_per_epoch or data.steps_per_epoch
+    if steps > data.steps_per_epoch:
+        ctx.echo(f"note: steps_per_epoch {steps} is more than one pass over the pairs "
+                 f"({data.steps_per_epoch}); batches repeat within an epoch")
+    with strategy.scope():
+        gan = factory.build((h, w))
+        if init_weights is not None:
+            gan.set_weights(init_weights)
+        gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=cfg.epochs))
+    if scorer is not None and callable(getattr(gan, "set_semantic_filter", None)):
+        gan.set_semantic_filter(scorer, cfg.min_score)  # Delta(G(z)) of guided training
+    initial_epoch = restore_latest(gan, ckpt_dir, strategy)
+    if initial_epoch:
+        ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
+    ctx.echo(f"training {steps} steps/epoch x {cfg.epochs} epochs, global batch {batch} on "
+             f"{replicas} replica(s), {h}x{w}")
+    callbacks = [
+        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints),
+        ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief),
+        GeneratorSamples(tb_dir, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
+                         name="generator/samples", is_chief=ctx.is_chief),
+    ]
+
+    def dataset_fn(input_context, epoch):
+        ds = data.dataset_fn(input_context, epoch)
+        return ds.repeat() if steps > data.steps_per_epoch else ds
+
+    t1 = time.time()
+    history = train_loop(gan, dataset_fn, strategy=strategy, epochs=cfg.epochs,
+                         steps_per_epoch=steps, initial_epoch=initial_epoch, callbacks=callbacks,
+                         verbose=cfg.verbose if ctx.is_chief else 0,
+                         jit_compile=ctx.jit_compile and scorer is None)
+    seconds = time.time() - t1
+    done_steps = max(cfg.epochs - initial_epoch, 0) * steps
+    if ctx.is_chief:
+        with io.atomic_path(out_path) as tmp:
+            gan.save(tmp)
+    return {"history": history, "steps_per_epoch": steps, "resumed_from_epoch": initial_epoch,
+            "steps_per_second": round(done_steps / seconds, 3) if done_steps and seconds > 0 else None,
+            "final": {k: float(v[-1]) for k, v in (history or {}).items() if v}}
 
 
 

@@ -35,6 +35,12 @@ class TrainGeneratorConfig(BaseModel):
     epochs: int = Field(10, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0, description="default: one pass over the pairs")
     flip: bool = Field(True, description="random horizontal flip of each example (all its images)")
+    per_identity: bool = Field(False, description="train one generator G_j per identity (unpaired "
+                               "generators such as dcgan), saved as generators/<pid>.keras")
+    init_from: str | None = ref("stages", None, description="a train_generator stage whose generator "
+                                "starts every G_j (the paper's G pre-trained on all identities)")
+    identities: list[int] | None = Field(None, description="per_identity: only these pids "
+                                         "(default all, the closed-set unknown class 0 included)")
     sample_every: int = Field(100, gt=0, description="steps between TensorBoard sample grids")
     samples: int = Field(8, gt=0, le=32, description="examples in the sample grid")
     keep_checkpoints: int = Field(2, gt=0)
@@ -70,6 +76,17 @@ class TrainGenerator(Stage):
                     f"({_describe(config.generator)}) needs person masks ({', '.join(sorted(needs & set(MASK_KEYS)))}) "
                     "but no masker is given; add e.g. masker: {type: mediapipe_selfie} "
                     "(or {type: synthetic} on the synthetic dataset)")
+        if config.per_identity and factory.pairing != "unpaired":
+            return (("per_identity",), f"per-identity generators need an unpaired generator (e.g. "
+                    f"dcgan); '{config.generator.get('type')}' pairs {factory.pairing}")
+        if config.init_from is not None:
+            init_type = recipe.model.stages[config.init_from].type
+            if init_type != "train_generator":
+                return (("init_from",), f"stage '{config.init_from}' is a {init_type} stage, expected "
+                        "a train_generator stage")
+            if recipe.stage_configs[config.init_from].generator != config.generator:
+                return (("init_from",), f"stage '{config.init_from}' trains a different generator "
+                        "configuration; init_from needs the same generator settings")
         if config.semantic_control and config.semantic_filter is None:
             return (("semantic_filter",), "missing: semantic_control needs a semantic filter, e.g. "
                     "semantic_filter: {type: face}")

@@ -115,7 +115,7 @@ class DCGANModel(GANModel):
         return self.generator(tf.convert_to_tensor(batch["noise"], tf.float32), training=False)
 
     # ------------------------------------------------------------------ losses
-    def weights(self, batch: dict, fake_delta) -> tuple[tf.Tensor, tf.Tensor]:
+    def loss_weights(self, batch: dict, fake_delta) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns per-example weights ``(w_real [B], w_fake [B])`` (module docstring formula)."""
         n = tf.shape(batch["source"])[0]
         w_real = tf.cast(batch["real_weight"], tf.float32) if "real_weight" in batch else tf.ones([n])
@@ -128,7 +128,7 @@ class DCGANModel(GANModel):
 
     def discriminator_losses(self, batch: dict, fake, fake_delta) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns this replica's shares of the weighted real and fake discriminator losses."""
-        w_real, w_fake = self.weights(batch, fake_delta)
+        w_real, w_fake = self.loss_weights(batch, fake_delta)
         real_logits = self.discriminator(batch["source"], training=True)
         fake_logits = self.discriminator(fake, training=True)
         avg = tf.nn.compute_average_loss
@@ -151,7 +151,7 @@ class DCGANModel(GANModel):
             with tf.GradientTape() as tape:
                 fake = self.generator(self.noise(n), training=True)
                 delta = self.fake_no_face(fake) if self.guided else tf.zeros([n])
-                _, w_fake = self.weights(batch, delta)
+                _, w_fake = self.loss_weights(batch, delta)
                 g_loss = avg(w_fake * _bce(self.discriminator(fake, training=True), 1.0))
             self.apply_gradients(tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
         return self.track({"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss,
