@@ -100,9 +100,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
         stage_dir.mkdir(parents=True, exist_ok=True)
         io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
                                                   "config": recipe.data["stages"][step.name]})
-        context = StageContext(recipe=recipe, stage_name=step.name, run_dir=run_dir,
-                               registry=registry, echo=echo, shard=shard,
-                               _datasets=shared["datasets"], _strategy_holder=shared["strategy"])
+        context = _context(recipe, step.name, run_dir, registry, echo, shared, shard)
         stage = registry.get("stage", step.type).create(recipe.stage_configs[step.name])
         t0 = time.time()
         try:
@@ -133,10 +131,9 @@ def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: 
     names = []
     for step in todo:
         names += [n for n in recipe.references(step.name, "datasets") if n not in names]
+    if names:
+        context = _context(recipe, todo[0].name, run_dir, registry, echo, shared, shard)
     for name in names:
-        context = StageContext(recipe=recipe, stage_name=todo[0].name, run_dir=run_dir,
-                               registry=registry, echo=echo, _datasets=shared["datasets"],
-                               _strategy_holder=shared["strategy"])
         splits = context.dataset(name)
         sizes = ", ".join(f"{split} {len(recs):,}" for split, recs in splits.splits.items())
         echo(f"dataset '{name}': {sizes} images")
@@ -144,9 +141,15 @@ def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: 
         check = getattr(registry.get("stage", step.type).obj, "preflight", None)
         if check is not None:
             check(recipe.stage_configs[step.name],
-                  StageContext(recipe=recipe, stage_name=step.name, run_dir=run_dir,
-                               registry=registry, echo=echo, shard=shard,
-                               _datasets=shared["datasets"], _strategy_holder=shared["strategy"]))
+                  _context(recipe, step.name, run_dir, registry, echo, shared, shard))
+
+
+def _context(recipe: Recipe, stage: str, run_dir: Path, registry: Registry,
+             echo: Callable[[str], None], shared: dict, shard: tuple[int, int] | None) -> StageContext:
+    """A StageContext for ``stage`` sharing the run's loaded datasets and strategy."""
+    return StageContext(recipe=recipe, stage_name=stage, run_dir=run_dir, registry=registry,
+                        echo=echo, shard=shard, _datasets=shared["datasets"],
+                        _strategy_holder=shared["strategy"])
 
 
 def _fmt_seconds(s: float) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from keras_reid import pipeline
-from keras_reid.errors import DatasetError, RecipeError, UserError
+from keras_reid.errors import DatasetError, RecipeError
 from keras_reid.recipe import load_recipe
 
 RECIPE = """
@@ -125,7 +125,7 @@ def test_full_pipeline_writes_labelled_images_trains_with_them_and_scores_them(t
     assert len(rows) == aug["generated"] and len({r["file"] for r in rows}) == len(rows)
     for r in rows:
         assert r["camera"] == 2 and r["source_camera"] == 1
-        assert f"_c2s" in r["file"] and r["file"].endswith("_g1k0.jpg")
+        assert "_c2s" in r["file"] and r["file"].endswith("_g1k0.jpg")
         assert r["file"].startswith(f"{r['pid']:04d}_")
         assert r["checkpoint"] == "gan/generator.keras" and isinstance(r["seed"], int)
         assert (run_dir / "augment" / "data" / "bounding_box_train" / r["file"]).is_file()

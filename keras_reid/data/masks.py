@@ -1,4 +1,6 @@
-"""Person masks for lists of images, from any masker, with a cache in the stage folder."""
+"""Per-image results of components over lists of images: person masks (any masker) and
+semantic filter scores, each cached in the stage folder under a key of the component's spec,
+the image paths and the size."""
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +18,10 @@ def masks_for(masker: Any, paths: Sequence[str], size: tuple[int, int], *, batch
               images: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
     """Return uint8 masks [N, H, W, 1] (0..255, 255 = person) of the images at ``paths``.
 
-    Uses ``masker.masks_for(paths, size)`` when the masker reads files (``synthetic``,
-    ``precomputed``), else calls the masker on the decoded images (``images`` if given,
-    uint8 [N, H, W, 3] aligned with ``paths``) in batches of ``batch``.
+    Uses ``masker.masks_for(paths, size)`` when the masker reads mask files (``reads_files``:
+    ``synthetic``, ``precomputed``), else calls the masker on the decoded images (``images`` if
+    given, uint8 [N, H, W, 3] aligned with ``paths``, so they are not decoded again) in batches
+    of ``batch``.
     """
     from keras_reid.data.gan_input import load_images
 
@@ -27,7 +30,7 @@ def masks_for(masker: Any, paths: Sequence[str], size: tuple[int, int], *, batch
     bar = None
     if progress and len(paths) > 200:
         bar = progbar(len(paths), unit_name="mask")
-    file_based = callable(getattr(masker, "masks_for", None))
+    file_based = bool(getattr(masker, "reads_files", False))
     for start in range(0, len(paths), batch):
         chunk = list(paths[start:start + batch])
         if file_based:
@@ -46,9 +49,7 @@ def cached_masks(cache_dir: Path, spec: dict, masker: Any, paths: Sequence[str],
                  size: tuple[int, int], **kwargs: Any) -> tuple[np.ndarray, bool]:
     """Return ``(masks, from_cache)``: :func:`masks_for` stored as ``masks-<hash>.npy`` in
     ``cache_dir``, keyed by the masker spec, the paths and the size (written atomically)."""
-    key = hashlib.sha256(json.dumps([spec, list(map(str, paths)), list(size)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"masks-{key}.npy"
+    path = _cache_path(cache_dir, "masks", spec, paths, size, ".npy")
     if path.exists():
         masks = np.load(path)
         if masks.shape == (len(paths), size[0], size[1], 1):
@@ -57,3 +58,25 @@ def cached_masks(cache_dir: Path, spec: dict, masker: Any, paths: Sequence[str],
     with io.atomic_path(path) as tmp:
         np.save(tmp, masks)
     return masks, False
+
+
+def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str],
+                  images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, bool]:
+    """Return ``(scores float32 [N], from_cache)`` of a semantic filter over ``images`` (uint8
+    [N, H, W, 3] of ``paths``), stored as ``scores-<hash>.json`` in ``cache_dir``."""
+    path = _cache_path(cache_dir, "scores", spec, paths, images.shape[1:3], ".json")
+    cached = io.read_json(path)
+    if cached is not None and len(cached) == len(paths):
+        return np.asarray(cached, np.float32), True
+    scores = np.zeros(len(images), np.float32)
+    for start in range(0, len(images), batch):
+        scores[start:start + batch] = np.asarray(scorer(images[start:start + batch]), np.float32)
+    io.write_json(path, [round(float(v), 5) for v in scores])
+    return scores, False
+
+
+def _cache_path(cache_dir: Path, prefix: str, spec: dict, paths: Sequence[str], size, suffix: str) -> Path:
+    """``<cache_dir>/<prefix>-<hash><suffix>``, the hash over the spec, the paths and the size."""
+    key = hashlib.sha256(json.dumps([spec, list(map(str, paths)), list(size)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{prefix}-{key}{suffix}"

@@ -24,6 +24,7 @@ from keras_reid import io
 from keras_reid.data.pairs import camera_pair_split
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.models import sha256_file
 from keras_reid.progress import progbar
 from keras_reid.stages.base import StageContext, StageIncomplete
 
@@ -166,29 +167,21 @@ def _repair(path: Path) -> None:
             fh.truncate(cut)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------ generation
 class Worker:
     """Loads the generator, its masker and the filters once; turns work items into files and
     manifest rows (used in this process and, with Ray, inside each actor)."""
 
-    def __init__(self, *, model_path: str | dict, gen_summary: dict, filters: list[dict], min_score: float,
-                 noise: bool | None, out_dir: str, target_paths: list[str], jpeg_quality: int,
-                 provenance: dict) -> None:
+    def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
+                 min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
+                 jpeg_quality: int, provenance: dict) -> None:
         from keras_reid.registry import REGISTRY
 
         self.factory = REGISTRY.create("generator", gen_summary["generator"])
-        # one generator, or one per identity ({pid: path}, loaded when first needed)
-        self.model_paths = model_path if isinstance(model_path, dict) else None
+        # {"": one generator} or {pid: its identity's generator}: {"path", "checkpoint",
+        # "checkpoint_sha256"} each, loaded when first needed
+        self.generators = generators
         self.gans: dict = {}
-        self.gan = None if self.model_paths else self.factory.load(model_path)
         self.size = tuple(gen_summary["image_size"])
         self.needs = set(gen_summary.get("generation_needs", ["source"]))
         self.masker = REGISTRY.create("masker", gen_summary["masker"]) \
@@ -216,18 +209,16 @@ class Worker:
         return masks_for(self.masker, paths, self.size, images=images).astype(np.float32) / 255.0
 
     def process(self, items: list[dict]) -> list[dict]:
-        """Generate, filter and write the images of ``items``; returns their manifest rows (per
-        identity with per-identity generators)."""
-        if self.model_paths is None:
-            return self._process(items, self.gan)
+        """Generate, filter and write the images of ``items``; returns their manifest rows (the
+        items of each identity go to its own generator when there is one per identity)."""
         rows = []
-        for pid in dict.fromkeys(int(it["pid"]) for it in items):
-            if pid not in self.gans:
-                self.gans[pid] = self.factory.load(self.model_paths[str(pid)])
-            group = [it for it in items if int(it["pid"]) == pid]
-            path = self.provenance["checkpoints"][str(pid)]
-            rows += [{**{k: v for k, v in r.items() if k != "checkpoints"}, "checkpoint": path}
-                     for r in self._process(group, self.gans[pid])]
+        key_of = (lambda it: "") if "" in self.generators else (lambda it: str(int(it["pid"])))
+        for key in dict.fromkeys(key_of(it) for it in items):
+            if key not in self.gans:
+                self.gans[key] = self.factory.load(self.generators[key]["path"])
+            group = [it for it in items if key_of(it) == key]
+            checkpoint = {k: v for k, v in self.generators[key].items() if k != "path"}
+            rows += [{**r, **checkpoint} for r in self._process(group, self.gans[key])]
         return rows
 
     def _process(self, items: list[dict], gan) -> list[dict]:
@@ -292,7 +283,6 @@ def augment(cfg, ctx: StageContext) -> dict:
         if not (ctx.run_dir / rel).exists():
             raise UserError(f"generator file {ctx.run_dir / rel} of stage '{cfg.generator}' is missing; "
                             f"re-run that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
-    model_path = ctx.run_dir / files[""] if "" in files else None
     sources, cam_a, cam_b = source_records(cfg, ctx, gen_out)
     items = work_items(sources, cam_a, cam_b, cfg.copies, ctx.seed)
     shard_i, shard_n = ctx.shard or (0, 1)
@@ -307,21 +297,18 @@ def augment(cfg, ctx: StageContext) -> dict:
     done = {row["file"] for row in read_manifest(stage_dir)}
     mine = items[shard_i::shard_n]
     todo = [it for it in mine if it.name not in done]
-    if model_path is not None:
-        provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
-                      "checkpoint": str(model_path.relative_to(ctx.run_dir)),
-                      "checkpoint_sha256": _sha256(model_path)[:16], "recipe_seed": ctx.seed}
-    else:  # per-identity generators: each row names its identity's file
-        provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
-                      "recipe_seed": ctx.seed, "checkpoints": files}
+    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+                  "recipe_seed": ctx.seed}
+    generators = {key: {"path": str(ctx.run_dir / rel), "checkpoint": rel,
+                        "checkpoint_sha256": sha256_file(ctx.run_dir / rel)[:16]}
+                  for key, rel in files.items()}
     needs = set(gen_out.get("generation_needs", ["source"]))
     targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
-    worker_kwargs = dict(model_path=str(model_path) if model_path is not None else
-                         {pid: str(ctx.run_dir / rel) for pid, rel in files.items()}, gen_summary=gen_out, filters=cfg.filters,
+    worker_kwargs = dict(generators=generators, gen_summary=gen_out, filters=cfg.filters,
                          min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
                          target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
     part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
-    what = (f"from noise" if cfg.samples is not None else
+    what = ("from noise" if cfg.samples is not None else
             f"from {len(sources):,} camera-{cam_a} images ({cfg.images}) into camera {cam_b}'s style")
     ctx.echo(f"{part}{len(items):,} images to generate {what}; {len(mine) - len(todo):,} done before, "
              f"{len(todo):,} to do" + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}"

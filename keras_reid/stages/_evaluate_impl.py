@@ -70,9 +70,10 @@ def _load_model(ctx: StageContext, stage: str):
     return load_saved(ctx, stage, path), out
 
 
-def load_saved(ctx: StageContext, stage: str, path) -> "keras.Model":
-    """Load a model a train stage saved; a backbone component with ``load(path)`` loads it
-    itself (its custom layers are registered in modules imported only when needed)."""
+def load_saved(ctx: StageContext, stage: str, path):
+    """Returns the keras.Model a train stage saved at ``path``; a backbone component with
+    ``load(path)`` loads it itself (its custom layers are registered in modules imported only
+    when needed)."""
     import keras
 
     spec = getattr(ctx.recipe.stage_configs.get(stage), "backbone", None)

@@ -19,7 +19,7 @@ def train(cfg, ctx: StageContext) -> dict:
 
     from keras_reid.data.gan_input import load_images
     from keras_reid.data.gan_pairs import make_pairs
-    from keras_reid.data.masks import cached_masks
+    from keras_reid.data.masks import cached_masks, cached_scores
     from keras_reid.data.pipeline import scan_images
 
     factory = generator_factory(cfg.generator, ctx.registry)
@@ -114,18 +114,9 @@ def train(cfg, ctx: StageContext) -> dict:
     finally:
         if scorer is not None and callable(getattr(scorer, "close", None)):
             scorer.close()
-    if generators is not None:
-        return {"model": None, "generators": generators, "generator": cfg.generator,
-                "pairing": factory.pairing, "generation_needs": sorted(factory.generation_needs),
-                "image_size": [h, w], "source_camera": cfg.source_camera,
-                "target_camera": cfg.target_camera, "dataset": cfg.dataset, "split": cfg.split,
-                "masker": cfg.masker, "pairs": info, "semantic_filter": semantic,
-                "init_from": cfg.init_from, "epochs": cfg.epochs, "per_identity": fit,
-                "load_seconds": round(load_seconds, 2)}
-    path = ctx.stage_dir / GENERATOR_FILE
-    steps, initial_epoch = fit["steps_per_epoch"], fit["resumed_from_epoch"]
+    single = str((ctx.stage_dir / GENERATOR_FILE).relative_to(ctx.run_dir))
     summary = {
-        "model": str(path.relative_to(ctx.run_dir)),
+        "model": single if generators is None else None,
         "generator": cfg.generator,
         "pairing": factory.pairing,
         "generation_needs": sorted(factory.generation_needs),
@@ -139,13 +130,14 @@ def train(cfg, ctx: StageContext) -> dict:
         "masks": mask_source,
         "semantic_filter": semantic,
         "epochs": cfg.epochs,
-        "steps_per_epoch": steps,
-        "resumed_from_epoch": initial_epoch,
         "init_from": cfg.init_from,
         "load_seconds": round(load_seconds, 2),
-        "steps_per_second": fit["steps_per_second"],
-        "final": fit["final"],
     }
+    if generators is not None:  # one generator per identity: their files and training figures
+        summary.update(generators=generators, per_identity={
+            pid: {k: v for k, v in f.items() if k != "history"} for pid, f in fit.items()})
+    else:
+        summary.update({k: v for k, v in fit.items() if k != "history"})
     return summary
 
 
@@ -230,20 +222,3 @@ def _sample_examples(data, gan, n: int, seed: int) -> dict:
             -1, 1, (len(examples["source"]), int(z_dim))).astype(np.float32)
     return examples
 
-
-def cached_scores(cache_dir, spec: dict, scorer, paths: list[str], images: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Return ``(scores float32 [N], from_cache)`` of a semantic filter over the images, stored as
-    ``scores-<hash>.json`` in ``cache_dir`` keyed by the filter spec and the paths."""
-    import hashlib
-    import json
-
-    key = hashlib.sha256(json.dumps([spec, paths, list(images.shape[1:3])], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    path = cache_dir / f"scores-{key}.json"
-    cached = io.read_json(path)
-    if cached is not None and len(cached) == len(paths):
-        return np.asarray(cached, np.float32), True
-    scores = np.concatenate([np.asarray(scorer(images[i:i + 64]), np.float32)
-                             for i in range(0, len(images), 64)]) if len(images) else np.zeros(0, np.float32)
-    io.write_json(path, [round(float(v), 5) for v in scores])
-    return scores, False

@@ -5,9 +5,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import click
+from pydantic import AfterValidator
 
 from keras_reid import io
 from keras_reid.data.records import DatasetSplits
@@ -17,6 +18,16 @@ from keras_reid.registry import REGISTRY, Registry
 log = logging.getLogger("keras_reid")
 
 COMPLETE_MARKER = ".complete.json"
+
+
+def _min_side(size: tuple[int, int]) -> tuple[int, int]:
+    if min(size) < 16:
+        raise ValueError("height and width of at least 16 pixels")
+    return size
+
+
+ImageSize = Annotated[tuple[int, int], AfterValidator(_min_side)]
+"""A stage config's (height, width), each side at least 16 pixels."""
 
 _metrics_lock = threading.Lock()
 

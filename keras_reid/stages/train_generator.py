@@ -1,11 +1,11 @@
 """Stage ``train_generator``: pair the data as the generator needs, compute masks, train the GAN."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
-from keras_reid.stages.base import Stage, StageContext
+from keras_reid.stages.base import ImageSize, Stage, StageContext
 
 MASK_KEYS = ("source_mask", "target_mask")
 
@@ -27,7 +27,7 @@ class TrainGeneratorConfig(BaseModel):
     semantic_control: bool = Field(False, description="train on real images the semantic filter "
                                    "accepts only (paper: D sees a real image only if F(x) = 1)")
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="filter score that counts as accepted")
-    image_size: tuple[int, int] = Field((128, 64), description="height, width the generator works at")
+    image_size: ImageSize = Field((128, 64), description="height, width the generator works at")
     targets_per_source: int = Field(10, gt=0, description="random_target pairing: camera-B images per "
                                     "camera-A image (thesis Model 4: 10)")
     max_pairs_per_identity: int | None = Field(None, gt=0, description="identity_pairs: cap per identity")
@@ -47,12 +47,6 @@ class TrainGeneratorConfig(BaseModel):
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)
 
-    @field_validator("image_size")
-    @classmethod
-    def _size(cls, v):
-        if min(v) < 16:
-            raise ValueError("height and width of at least 16 pixels")
-        return v
 
 
 def generator_factory(spec: dict, registry=None):

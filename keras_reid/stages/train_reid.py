@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
-from keras_reid.stages.base import Stage, StageContext
+from keras_reid.stages.base import ImageSize, Stage, StageContext
 from keras_reid.data.transforms import TransformSpec
 from keras_reid.training.optim import OptimizerConfig, ScheduleConfig
 
@@ -55,7 +55,7 @@ class TrainReIDConfig(BaseModel):
     dataset: str = ref("datasets", description="name of a dataset under datasets:")
     split: str = "train"
     cameras: list[int] | None = Field(None, description="train only on images of these cameras")
-    image_size: tuple[int, int] = Field((256, 128), description="input height, width")
+    image_size: ImageSize = Field((256, 128), description="input height, width")
     backbone: dict = component("backbone", {"type": "resnet50"})
     loss: dict = component("loss", {"type": "softmax_triplet"})
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -76,12 +76,6 @@ class TrainReIDConfig(BaseModel):
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)
 
-    @field_validator("image_size")
-    @classmethod
-    def _positive(cls, v):
-        if min(v) < 16:
-            raise ValueError("height and width of at least 16 pixels")
-        return v
 
 
 @register("stage", "train_reid", config=TrainReIDConfig)

@@ -5,7 +5,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
 from keras_reid.training.gan import GANModel, LinearDecay, gan_initializer  # noqa: F401
 from keras_reid_plugins.generators.pix2pix import unet_depth
