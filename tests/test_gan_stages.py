@@ -326,6 +326,19 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
     real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
     assert out["augmented"]["num_classes"] == len(labels) == len(real_ids) + extra_classes
     assert ("-100" in labels) == (policy == "unknown")
+    # the labels each generated image trains with
+    from keras_reid.stages._train_reid_impl import load_generated
+    from keras_reid.stages.base import StageContext
+
+    mapping = {int(pid): i for pid, i in labels.items() if pid != "-100"}
+    gen = load_generated(rec.stage_configs["augmented"].generated[0],
+                         StageContext(recipe=rec, stage_name="augmented", run_dir=run_dir), mapping)
+    if policy == "keep":
+        expect = [mapping[r.pid] for r in gen.records]
+    else:
+        expect = [mapping[-100 if policy == "unknown" else g["fixed_pid"]]] * len(gen.records)
+    assert gen.labels.tolist() == expect and not gen.epsilons.any()
+    assert len({r.pid for r in gen.records}) > 1  # several identities, so fixed differs from keep
 
 
 @pytest.mark.usefixtures("face_models")
