@@ -230,19 +230,11 @@ def read_params(root: str | os.PathLike) -> dict | None:
 
 
 def load_keypoints(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a Pose-Transfer keypoint CSV: {image name: int array [18, 2] of (y, x), -1 missing}."""
-    out = {}
-    with open(csv_path, newline="") as fh:
-        header = fh.readline().strip()
-        if header != "name:keypoints_y:keypoints_x":
-            raise DatasetError(f"{csv_path}: expected header 'name:keypoints_y:keypoints_x', "
-                               f"got {header!r}")
-        for line in fh:
-            if not line.strip():
-                continue
-            name, ys, xs = line.rstrip("\n").split(":")
-            out[name] = np.stack([json.loads(ys), json.loads(xs)], axis=1).astype(np.int64)
-    return out
+    """Read a Pose-Transfer keypoint CSV: {image name: int array [18, 2] of (y, x), -1 missing}
+    (:func:`keras_reid.keypoints.read_pose_csv`; raises DatasetError naming bad lines)."""
+    from keras_reid.keypoints import read_pose_csv
+
+    return read_pose_csv(csv_path)
 
 
 def mask_path(root: str | os.PathLike, image_path: str | os.PathLike) -> Path:
