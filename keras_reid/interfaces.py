@@ -65,6 +65,10 @@ class PoseEstimator(Protocol):
 
 @runtime_checkable
 class Backbone(Protocol):
+    """A backbone may also offer ``configure_training(total_steps) -> str | None``, which
+    ``train_reid`` calls before ``build`` with the run's length (epochs x steps per epoch) for
+    schedules that live in the model (CondenseNet's condensation); the string is logged."""
+
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Return a keras.Model mapping float32 images [B, H, W, 3] in [0, 255] to
         ``{"features": [B, D], "logits": [B, num_classes], "embedding": [B, D']}``

@@ -173,7 +173,7 @@ class Worker:
     manifest rows (used in this process and, with Ray, inside each actor)."""
 
     def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
-                 min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
+                 measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
                  jpeg_quality: int, provenance: dict) -> None:
         from keras_reid.registry import REGISTRY
 
@@ -188,6 +188,8 @@ class Worker:
             if self.needs & {"source_mask", "target_mask"} else None
         self.filter_specs = filters
         self.filters = [REGISTRY.create("filter", f) for f in filters]
+        self.measure_specs = list(measure or [])
+        self.measures = [REGISTRY.create("filter", f) for f in self.measure_specs]
         self.min_score = float(min_score)
         self.noise = noise
         self.out_dir = Path(out_dir)
@@ -198,7 +200,7 @@ class Worker:
 
     def close(self) -> None:
         """Release native resources (MediaPipe Tasks objects)."""
-        for obj in [self.masker, *self.filters]:
+        for obj in [self.masker, *self.filters, *self.measures]:
             close = getattr(obj, "close", None)
             if callable(close):
                 close()
@@ -250,6 +252,8 @@ class Worker:
         scores = {}
         for spec, flt in zip(self.filter_specs, self.filters):
             scores[spec["type"]] = np.asarray(flt(generated), np.float32)
+        measured = {spec["type"]: np.asarray(flt(generated), np.float32)
+                    for spec, flt in zip(self.measure_specs, self.measures)}
         rows = []
         for j, it in enumerate(items):
             item_scores = {k: round(float(v[j]), 4) for k, v in scores.items()}
@@ -262,6 +266,7 @@ class Worker:
                 with io.atomic_path(self.out_dir / it["name"]) as tmp:
                     tmp.write_bytes(data.tobytes())
             rows.append({"file": it["name"], "kept": kept, "scores": item_scores,
+                         "measured": {k: round(float(v[j]), 4) for k, v in measured.items()},
                          "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
                          "source_camera": it["source_camera"], "sequence": it["sequence"],
                          "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
@@ -304,7 +309,7 @@ def augment(cfg, ctx: StageContext) -> dict:
                   for key, rel in files.items()}
     needs = set(gen_out.get("generation_needs", ["source"]))
     targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
-    worker_kwargs = dict(generators=generators, gen_summary=gen_out, filters=cfg.filters,
+    worker_kwargs = dict(generators=generators, gen_summary=gen_out, filters=cfg.filters, measure=cfg.measure,
                          min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
                          target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
     part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
@@ -340,9 +345,13 @@ def augment(cfg, ctx: StageContext) -> dict:
     per_filter = {f["type"]: sum(1 for r in rows if r["scores"].get(f["type"], 1.0) < cfg.min_score)
                   for f in cfg.filters}
     accepted = {name: round(1.0 - n / max(len(rows), 1), 4) for name, n in per_filter.items()}
+    measured = {f["type"]: round(sum(r.get("measured", {}).get(f["type"], 0.0) >= cfg.min_score
+                                     for r in rows) / max(len(rows), 1), 4) for f in cfg.measure}
     ctx.echo(f"kept {len(kept):,} of {len(rows):,} generated images"
              + (f" (dropped by filter: {', '.join(f'{k} {v}' for k, v in per_filter.items())})"
                 if cfg.filters else "") + f" -> {out_dir}")
+    for name, frac in measured.items():
+        ctx.echo(f"{name}: {frac:.1%} of the generated images score at least {cfg.min_score}")
     summary = {
         "data": str((stage_dir / DATA_DIR).relative_to(ctx.run_dir)),
         "generator_stage": cfg.generator,
@@ -350,6 +359,7 @@ def augment(cfg, ctx: StageContext) -> dict:
         "source_images": len(sources), "generated": len(rows), "kept": len(kept),
         "dropped": len(rows) - len(kept), "dropped_by_filter": per_filter,
         "accepted_fraction_by_filter": accepted,
+        "measured_fraction": measured,
         "identities": len({r["pid"] for r in kept}),
         "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
         "engine": cfg.engine,

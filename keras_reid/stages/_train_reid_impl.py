@@ -190,6 +190,11 @@ def train(cfg, ctx: StageContext) -> dict:
 
     with strategy.scope():
         backbone = ctx.registry.create("backbone", cfg.backbone)
+        configure = getattr(backbone, "configure_training", None)
+        if callable(configure):  # e.g. CondenseNet's condensation schedule follows the run length
+            note = configure(total_steps=steps * cfg.epochs)
+            if note:
+                ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
         loss = ctx.registry.create("loss", cfg.loss)
         model = ReIDModel(net, loss)

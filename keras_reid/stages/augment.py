@@ -50,6 +50,9 @@ class AugmentConfig(BaseModel):
     filters: list[dict] = component("filter", [], description="semantic filters; an image is kept "
                                     "only if every filter scores it at least min_score")
     min_score: float = Field(0.5, ge=0.0, le=1.0)
+    measure: list[dict] = component("filter", [], description="filters that score every generated "
+                                    "image without dropping any: the fraction scoring at least "
+                                    "min_score is reported (e.g. how many samples show a face)")
     max_images: int | None = Field(None, gt=0, description="use at most this many source images "
                                    "(a deterministic subset)")
     batch_size: int = Field(32, gt=0)
@@ -63,7 +66,7 @@ class AugmentConfig(BaseModel):
     ray_cpus_per_actor: float = Field(1.0, gt=0)
     ray_gpus_per_actor: float = Field(0.0, ge=0)
 
-    @field_validator("filters")
+    @field_validator("filters", "measure")
     @classmethod
     def _filters(cls, v):
         return list(v or [])

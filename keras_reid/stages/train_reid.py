@@ -111,6 +111,24 @@ class TrainReID(Stage):
                         f"/{config.batch_size} real")
         return None
 
+    @classmethod
+    def preflight(cls, config: TrainReIDConfig, context: StageContext) -> None:
+        """Before any stage runs: the training split exists and every fixed_pid is one of its
+        identities (a class index outside the classes would otherwise fail hours later)."""
+        from keras_reid.errors import DatasetError
+        from keras_reid.stages._train_reid_impl import select_records
+
+        splits = context.dataset(config.dataset)
+        records = select_records(splits[config.split], config.cameras, splits.kind == "closed_set")
+        pids = sorted({r.pid for r in records})
+        for i, g in enumerate(config.generated):
+            if g.labels == "fixed" and g.fixed_pid not in set(pids):
+                shown = ", ".join(map(str, pids[:20])) + (" ..." if len(pids) > 20 else "")
+                raise DatasetError(
+                    f"stage '{context.stage_name}': generated[{i}].fixed_pid {g.fixed_pid} is not a "
+                    f"class of split '{config.split}' of dataset '{config.dataset}' (classes: {shown}); "
+                    "use one of them (LIMA's unknown class is 0) or labels: unknown for an extra class")
+
     def run(self, context: StageContext) -> dict:
         from keras_reid.stages import _train_reid_impl
 

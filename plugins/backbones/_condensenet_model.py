@@ -114,24 +114,31 @@ class LearnedGroupConv(keras.layers.Layer):
         alive = self._group_view(self.mask)[:, 0, :]
         return ops.where(alive > 0, scores, -ops.ones_like(scores))
 
-    def condense(self) -> None:
-        """One condensation: every group drops ``in // C`` more inputs (no-op after C - 1)."""
-        def drop() -> Any:
-            done = tf.cast(self.condensed, tf.int32)
-            k = (done + 1) * self.delta  # inputs each group has dropped after this condensation
-            scores = self.group_scores()
-            order = tf.argsort(scores, axis=0, stable=True)
-            rank = tf.argsort(order, axis=0, stable=True)  # rank of each channel, 0 = smallest
-            keep = tf.cast(rank >= k, tf.float32)  # [in, G]
-            new = tf.broadcast_to(keep[:, None, :], (self.in_channels, self.filters // self.groups,
-                                                     self.groups))
-            self.mask.assign(tf.reshape(new, (self.in_channels, self.filters)))
-            self.condensed.assign_add(1.0)
-            return tf.constant(True)
+    def _next_mask(self) -> Any:
+        """The mask after one more condensation (every group drops ``in // C`` more inputs)."""
+        done = tf.cast(self.condensed, tf.int32)
+        k = (done + 1) * self.delta  # inputs each group has dropped after this condensation
+        order = tf.argsort(self.group_scores(), axis=0, stable=True)
+        rank = tf.argsort(order, axis=0, stable=True)  # rank of each channel, 0 = smallest
+        keep = tf.cast(rank >= k, tf.float32)  # [in, G]
+        new = tf.broadcast_to(keep[:, None, :], (self.in_channels, self.filters // self.groups,
+                                                 self.groups))
+        return tf.reshape(new, (self.in_channels, self.filters))
 
+    def condense(self, when: Any = True) -> None:
+        """One condensation if ``when`` (a bool or scalar tensor) and fewer than C - 1 were done.
+
+        Written as unconditional assignments of selected values, not ``tf.cond``: the mask and
+        counter are ``only_first_replica`` variables, whose assignment is a cross-replica sync
+        point that MirroredStrategy does not allow inside a conditional branch.
+        """
         if self.delta <= 0:
             return
-        tf.cond(self.condensed < float(self.condense_factor - 1), drop, lambda: tf.constant(False))
+        do = tf.logical_and(tf.convert_to_tensor(when, tf.bool),
+                            self.condensed < float(self.condense_factor - 1))
+        new = self._next_mask()
+        self.mask.assign(tf.where(do, new, tf.convert_to_tensor(self.mask)))
+        self.condensed.assign_add(tf.cast(do, tf.float32))
 
     def kept_inputs(self) -> list[np.ndarray]:
         """Sorted input channel indices each group still uses (list of G int arrays)."""
@@ -152,8 +159,7 @@ class LearnedGroupConv(keras.layers.Layer):
             if self.condense_steps > 0:
                 self.step.assign_add(1.0)
                 stage = _stage_of(self.step, self.condense_steps, self.condense_factor)
-                tf.cond(stage > self.condensed, lambda: (self.condense(), tf.constant(True))[1],
-                        lambda: tf.constant(False))
+                self.condense(when=stage > self.condensed)
             if self.group_lasso > 0:
                 active = ops.cast(ops.equal(self.condensed, float(self.condense_factor - 2)),
                                   "float32")
@@ -205,21 +211,18 @@ class CondensingDense(keras.layers.Layer):
     def kept_count(self) -> int:
         return max(1, int(round(self.keep * self.in_features)))
 
-    def condense(self) -> None:
-        """Keep the ``keep`` fraction of inputs (largest L1 norm of weight rows); once only."""
-        def drop() -> Any:
-            norms = tf.reduce_sum(tf.abs(tf.convert_to_tensor(self.kernel)), axis=1)
-            order = tf.argsort(-tf.cast(norms, tf.float32), stable=True)
-            kept = order[: self.kept_count]
-            mask = tf.scatter_nd(kept[:, None], tf.ones_like(kept, tf.float32),
-                                 (self.in_features,))
-            self.mask.assign(mask)
-            self.condensed.assign(1.0)
-            return tf.constant(True)
-
+    def condense(self, when: Any = True) -> None:
+        """Keep the ``keep`` fraction of inputs (largest L1 norm of weight rows) if ``when``;
+        once only (unconditional assignments of selected values, as in LearnedGroupConv)."""
         if self.keep >= 1.0:
             return
-        tf.cond(self.condensed < 1.0, drop, lambda: tf.constant(False))
+        do = tf.logical_and(tf.convert_to_tensor(when, tf.bool), self.condensed < 1.0)
+        norms = tf.reduce_sum(tf.abs(tf.convert_to_tensor(self.kernel)), axis=1)
+        order = tf.argsort(-tf.cast(norms, tf.float32), stable=True)
+        kept = order[: self.kept_count]
+        new = tf.scatter_nd(kept[:, None], tf.ones_like(kept, tf.float32), (self.in_features,))
+        self.mask.assign(tf.where(do, new, tf.convert_to_tensor(self.mask)))
+        self.condensed.assign(tf.where(do, 1.0, tf.convert_to_tensor(self.condensed)))
 
     def kept_inputs(self) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.mask) > 0)
@@ -227,8 +230,7 @@ class CondensingDense(keras.layers.Layer):
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         if training and self.condense_steps > 0 and self.keep < 1.0:
             self.step.assign_add(1.0)
-            tf.cond(self.step * 2.0 >= float(self.condense_steps),
-                    lambda: (self.condense(), tf.constant(True))[1], lambda: tf.constant(False))
+            self.condense(when=self.step * 2.0 >= float(self.condense_steps))
         x = inputs * ops.cast(self.mask, inputs.dtype)
         return ops.matmul(x, self.kernel)
 
@@ -305,7 +307,7 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
             lgc_name = f"{p}_lgc"
             if trained is None:
                 y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=factor,
-                                     condense_steps=cfg.condense_steps,
+                                     condense_steps=cfg.condense_steps or 0,
                                      group_lasso=cfg.group_lasso, name=lgc_name)(y)
             else:
                 y = _condensed_conv(src[lgc_name], y, lgc_name)
@@ -332,7 +334,7 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
     y = keras.layers.Dropout(cfg.dropout, name="dropout")(features) if cfg.dropout > 0 else features
     if trained is None:
         logits = CondensingDense(num_classes, keep=cfg.classifier_keep,
-                                 condense_steps=cfg.condense_steps, name="classifier")(y)
+                                 condense_steps=cfg.condense_steps or 0, name="classifier")(y)
     else:
         clf = src["classifier"]
         kept = clf.kept_inputs()

@@ -54,9 +54,10 @@ class CondenseNetConfig(BaseModel):
     condense_factor: int = Field(4, ge=1, description="condensation factor C: each group of a "
                                  "learned 1x1 conv finally keeps 1/C of its inputs")
     bottleneck: int = Field(4, ge=1, description="width of the learned 1x1 conv, x growth")
-    condense_steps: int = Field(0, ge=0, description="total training steps (epochs x steps per "
-                                "epoch); the C-1 condensations happen over the first half of them. "
-                                "0: no automatic condensation (call condense() yourself)")
+    condense_steps: int | None = Field(None, ge=0, description="total training steps driving the "
+                                       "schedule; the C-1 condensations happen over the first half of "
+                                       "them. null: the length of the run (train_reid fills in epochs x "
+                                       "steps per epoch); 0: no automatic condensation (call condense())")
     group_lasso: float = Field(1e-5, ge=0.0, description="weight of the group-lasso loss, active "
                                "in the stage before the last condensation (0: none)")
     classifier_keep: float = Field(0.5, gt=0.0, le=1.0, description="fraction of its inputs the "
@@ -76,7 +77,7 @@ class CondenseNetConfig(BaseModel):
         bad = [k for k in growth if k % self.groups]
         if bad:
             raise ValueError(f"growth rates {bad} are not divisible by groups {self.groups}")
-        if 0 < self.condense_steps < 2 * max(self.condense_factor - 1, 1):
+        if 0 < (self.condense_steps or 0) < 2 * max(self.condense_factor - 1, 1):
             raise ValueError(f"condense_steps must be 0 or at least 2 x (condense_factor - 1) = "
                              f"{2 * (self.condense_factor - 1)}")
         return self
@@ -105,6 +106,21 @@ class CondenseNetBackbone:
             raise ValueError(f"condensenet expects 3-channel images, got input shape {tuple(input_shape)}")
         stages, growth = self.config.layout()
         return build_condensenet(self.config, input_shape, num_classes, stages=stages, growth=growth)
+
+    def configure_training(self, total_steps: int) -> str | None:
+        """Called by ``train_reid`` before :meth:`build` with the run's length: an unset
+        ``condense_steps`` becomes ``total_steps`` (0 when the run is too short to condense).
+        Returns a line for the log, or None when nothing changed."""
+        if self.config.condense_steps is not None:
+            return None
+        least = 2 * max(self.config.condense_factor - 1, 1)
+        steps = int(total_steps) if total_steps >= least else 0
+        self.config = self.config.model_copy(update={"condense_steps": steps})
+        if not steps:
+            return (f"condensenet: the run has {total_steps} steps, fewer than the {least} the "
+                    "condensation schedule needs: training without condensation")
+        return (f"condensenet: {self.config.condense_factor - 1} condensation(s) over the first "
+                f"{steps // 2} of {steps} steps")
 
     def condense(self, model: Any, classifier: bool | None = None) -> int:
         """One manual condensation of every learned layer of ``model`` (see

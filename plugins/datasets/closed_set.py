@@ -179,6 +179,11 @@ class ClosedSet:
         unknown = self.config.unknown_class
         if unknown == 0:
             return records
+        classes = sorted({r.pid for r in records})
+        if unknown not in classes:
+            raise DatasetError(f"closed_set: unknown_class {unknown} is not one of the classes in {root} "
+                               f"({', '.join(map(str, classes[:20]))}{' ...' if len(classes) > 20 else ''}); "
+                               "give the class id of the 'unknown' images (default 0)")
         if any(r.pid == 0 for r in records):
             raise DatasetError(f"closed_set: unknown_class is {unknown} but {root} also has a class 0; "
                                "set unknown_class: 0 or renumber the classes")

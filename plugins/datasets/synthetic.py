@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keras_reid.data.records import DatasetSplits
 from keras_reid.errors import DatasetError
@@ -67,3 +67,73 @@ class SyntheticDataset:
         from .market import read_market_layout
 
         return read_market_layout(root, "synthetic")
+
+
+class SyntheticClosedSetConfig(BaseModel):
+    """Parameters of the synthetic closed-set dataset (see ``keras-reid data synth-closed-set --help``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field(description="folder of the dataset (written there if absent)")
+    ids: int = Field(6, ge=2, le=999, description="people (classes 1..ids; class 0 is 'unknown')")
+    sessions: int = Field(4, ge=2, le=9, description="sessions; clothes change between sessions")
+    size: tuple[int, int] = Field((128, 64), description='crop size "HxW" or [h, w]')
+    seed: int = Field(0, description="random seed (same seed, same files)")
+    images_per_session: int = Field(20, ge=2, description="images per person and session")
+    unknown_per_session: int = Field(16, ge=0, description="class-0 images per session (background, "
+                                     "groups, badly framed strangers)")
+    cameras: int = Field(2, ge=1, le=9, description="camera styles")
+    test_session: int | None = Field(None, description="leave-one-session-out: this session is "
+                                     "'test', the others 'train'")
+    create_if_missing: bool = Field(True, description="synthesise the dataset when root has none")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value):
+        from keras_reid.data.synthetic import parse_size
+
+        return parse_size(value)
+
+    @model_validator(mode="after")
+    def _session(self) -> "SyntheticClosedSetConfig":
+        if self.test_session is not None and not 1 <= self.test_session <= self.sessions:
+            raise ValueError(f"test_session {self.test_session} is not one of the sessions 1..{self.sessions}")
+        return self
+
+
+@register("dataset", "synthetic_closed_set", config=SyntheticClosedSetConfig)
+class SyntheticClosedSet:
+    """Built-in LIMA-style closed-set data: few people over sessions with clothing changes,
+    front/back views, an 'unknown' class 0 (read by the closed_set reader)."""
+
+    def __init__(self, config: SyntheticClosedSetConfig):
+        self.config = config
+
+    def load(self) -> DatasetSplits:
+        """Synthesise the dataset at root if it has none, then read it with ``closed_set``
+        (``train``/``test`` by ``test_session``, plus ``session_<k>`` splits)."""
+        from keras_reid.data.synthetic_closed_set import (make_closed_set_params, read_closed_set_params,
+                                                          synthesize_closed_set)
+
+        from .closed_set import ClosedSet, ClosedSetConfig
+
+        c = self.config
+        root = Path(os.path.expanduser(c.root)).absolute()
+        kwargs = dict(ids=c.ids, sessions=c.sessions, size=c.size, seed=c.seed,
+                      images_per_session=c.images_per_session,
+                      unknown_per_session=c.unknown_per_session, cameras=c.cameras)
+        wanted = make_closed_set_params(**kwargs).to_json()
+        found = read_closed_set_params(root) if root.is_dir() else None
+        if found is None:
+            if not c.create_if_missing:
+                raise DatasetError(f"no synthetic closed-set dataset at {root}; run `keras-reid data "
+                                   f"synth-closed-set {root}` with the recipe's parameters or set "
+                                   "create_if_missing: true")
+            synthesize_closed_set(root, **kwargs, progress=True)
+        elif found != wanted:
+            diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
+                             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
+            raise DatasetError(f"{root} holds a synthetic closed-set dataset made with other parameters: "
+                               f"{diff}; point root to another folder or delete this one")
+        splits = ClosedSet(ClosedSetConfig(root=str(root), test_session=c.test_session)).load()
+        return DatasetSplits(name="synthetic_closed_set", splits=splits.splits, root=splits.root,
+                             kind="closed_set", num_skipped=splits.num_skipped)

@@ -72,14 +72,18 @@ class SyntheticMaskerConfig(BaseModel):
 class SyntheticMasker(_FileMasker):
     """The exact person masks of the built-in synthetic dataset (ROOT/masks/<split folder>/<stem>.png)."""
 
-    hint = "the synthetic masker works only on the built-in synthetic dataset (keras-reid data synth)"
+    hint = ("the synthetic masker works only on the built-in synthetic datasets (keras-reid data synth, "
+            "synth-closed-set)")
 
     def __init__(self, config: SyntheticMaskerConfig | None = None) -> None:
         self.config = config or SyntheticMaskerConfig()
 
     def candidates(self, image_path: Path) -> list[Path]:
-        """Returns [ROOT/masks/<image folder>/<stem>.png], ROOT being the image folder's parent."""
-        return [mask_path(image_path.parent.parent, image_path)]
+        """Returns ROOT/masks/<image folder>/<stem>.png (Market layout, ROOT = the image folder's
+        parent), then ROOT/masks/<session>/<class>/<stem>.png (closed-set layout, ROOT = two up)."""
+        folder = image_path.parent
+        return [mask_path(folder.parent, image_path),
+                folder.parent.parent / "masks" / folder.parent.name / folder.name / (image_path.stem + ".png")]
 
 
 class PrecomputedMaskerConfig(BaseModel):
