@@ -8,7 +8,7 @@ from keras_reid.cli import handle_user_errors, main
 
 @main.group()
 def models() -> None:
-    """MediaPipe model files (face detector, segmentation, pose) in the local cache.
+    """MediaPipe model files (face detector, segmentation, pose) and Tasks bundles in the local cache.
 
     The cache is $KERAS_REID_MODELS or ~/.cache/keras_reid/models. Nothing is
     downloaded at run time: fetch the models once with `keras-reid models fetch`.
@@ -30,7 +30,9 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
     Each model is taken from MediaPipe's official asset URL when it is reachable,
     otherwise from the mediapipe==0.10.21 wheel (given with --wheel, or downloaded
     from PyPI with pip), and checked against its sha256. Models already present
-    and intact are kept.
+    and intact are kept. Tasks bundles (pose_landmarker_full.task) come from their
+    official URL, or are built from the wheel's models with the installed mediapipe's
+    metadata writers; a record of their sha256 and inputs is kept beside them.
 
     \b
     Examples:
@@ -49,15 +51,16 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
               help="cache folder (default: $KERAS_REID_MODELS or ~/.cache/keras_reid/models)")
 @handle_user_errors
 def list_(cache_dir: str | None) -> None:
-    """List the known models: name, status (present, missing, bad checksum) and path."""
-    from keras_reid.models import MODELS, cache_dir as resolve, model_status
+    """List the known models and bundles: name, status (present, missing, bad checksum,
+    outdated) and path."""
+    from keras_reid.models import cache_dir as resolve, known_names, model_status
 
     folder = resolve(cache_dir)
-    rows = [(name, model_status(name, cache_dir), str(folder / name)) for name in MODELS]
+    rows = [(name, model_status(name, cache_dir), str(folder / name)) for name in known_names()]
     w0 = max(len(r[0]) for r in rows + [("NAME", "", "")])
     w1 = max(len(r[1]) for r in rows + [("", "STATUS", "")])
     click.secho(f"{'NAME'.ljust(w0)}  {'STATUS'.ljust(w1)}  PATH", bold=True)
-    colour = {"present": "green", "missing": "yellow", "bad checksum": "red"}
+    colour = {"present": "green", "missing": "yellow", "bad checksum": "red", "outdated": "yellow"}
     for name, status, path in rows:
         click.echo(f"{name.ljust(w0)}  " + click.style(status.ljust(w1), fg=colour[status])
                    + f"  {path}")
