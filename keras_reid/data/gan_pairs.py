@@ -59,15 +59,18 @@ def _index(records: list[Record]) -> tuple[list[Record], dict[str, int]]:
     return unique, pos
 
 
-def _usable(records: list[Record]) -> list[Record]:
-    return sorted((r for r in records if r.pid not in (JUNK_PID, DISTRACTOR_PID)),
+def _usable(records: list[Record], closed_set: bool = False) -> list[Record]:
+    """Records to train on: junk dropped, and Market distractors (pid 0) unless the data is a
+    closed set, where pid 0 is the 'unknown' class (LIMA's generic G trains on every class)."""
+    dropped = (JUNK_PID,) if closed_set else (JUNK_PID, DISTRACTOR_PID)
+    return sorted((r for r in records if r.pid not in dropped),
                   key=lambda r: (r.pid, r.camid, r.sequence, r.frame, r.path))
 
 
 def make_pairs(pairing: str, records: list[Record], *, source_camera: int | None = None,
                target_camera: int | None = None, targets_per_source: int = 10,
                max_pairs_per_identity: int | None = None, seed: int = 0,
-               source: str = "the training split") -> GANPairs:
+               source: str = "the training split", closed_set: bool = False) -> GANPairs:
     """Build the training pairs of ``pairing`` from ``records``; returns :class:`GANPairs`.
 
     Raises :class:`DatasetError` naming the problem when cameras are missing or nothing can be
@@ -90,7 +93,7 @@ def make_pairs(pairing: str, records: list[Record], *, source_camera: int | None
         unique, pos = _index([r for pair in split.train_pairs for r in pair])
         pairs = np.array([(pos[a.path], pos[b.path]) for a, b in split.train_pairs], np.int64)
         return GANPairs(pairing, unique, pairs)
-    usable = _usable(records)
+    usable = _usable(records, closed_set)
     if pairing == "random_target":
         cams = sorted({r.camid for r in usable})
         for cam in (source_camera, target_camera):

@@ -31,7 +31,8 @@ def train(cfg, ctx: StageContext) -> dict:
     pairs = make_pairs(factory.pairing, records, source_camera=cfg.source_camera,
                        target_camera=cfg.target_camera, targets_per_source=cfg.targets_per_source,
                        max_pairs_per_identity=cfg.max_pairs_per_identity, seed=ctx.seed,
-                       source=f"split '{cfg.split}' of dataset '{cfg.dataset}'")
+                       source=f"split '{cfg.split}' of dataset '{cfg.dataset}'",
+                       closed_set=splits.kind == "closed_set")
     info = pairs.summary()
     cams = (f"camera {cfg.source_camera} -> {cfg.target_camera}, "
             if cfg.source_camera is not None else "")
@@ -93,8 +94,12 @@ def train(cfg, ctx: StageContext) -> dict:
         else:
             generators, fit = {}, {}
             pids = sorted({r.pid for r in pairs.records})
-            wanted = [p for p in pids if cfg.identities is None or p in set(cfg.identities)]
-            missing = sorted(set(cfg.identities or []) - set(pids))
+            if cfg.identities == "people":
+                wanted = [p for p in pids if p != 0]
+                missing = []
+            else:
+                wanted = [p for p in pids if cfg.identities is None or p in set(cfg.identities)]
+                missing = sorted(set(cfg.identities or []) - set(pids))
             if missing:
                 raise DatasetError(f"identities {missing} have no training images in split "
                                    f"'{cfg.split}' of dataset '{cfg.dataset}'")

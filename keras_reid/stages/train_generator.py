@@ -1,6 +1,8 @@
 """Stage ``train_generator``: pair the data as the generator needs, compute masks, train the GAN."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.recipe import component, ref
@@ -39,8 +41,9 @@ class TrainGeneratorConfig(BaseModel):
                                "generators such as dcgan), saved as generators/<pid>.keras")
     init_from: str | None = ref("stages", None, description="a train_generator stage whose generator "
                                 "starts every G_j (the paper's G pre-trained on all identities)")
-    identities: list[int] | None = Field(None, description="per_identity: only these pids "
-                                         "(default all, the closed-set unknown class 0 included)")
+    identities: list[int] | Literal["people"] | None = Field(
+        None, description="per_identity: only these pids; people = every class but the closed-set "
+        "'unknown' class 0 (default: all, class 0 included)")
     sample_every: int = Field(100, gt=0, description="steps between TensorBoard sample grids")
     samples: int = Field(8, gt=0, le=32, description="examples in the sample grid")
     keep_checkpoints: int = Field(2, gt=0)
@@ -106,7 +109,8 @@ class TrainGenerator(Stage):
         splits = context.dataset(config.dataset)
         make_pairs(factory.pairing, splits[config.split], source_camera=config.source_camera,
                    target_camera=config.target_camera, targets_per_source=1,
-                   source=f"split '{config.split}' of dataset '{config.dataset}'")
+                   source=f"split '{config.split}' of dataset '{config.dataset}'",
+                   closed_set=splits.kind == "closed_set")
 
     def run(self, context: StageContext) -> dict:
         from keras_reid.stages import _train_generator_impl
