@@ -27,6 +27,7 @@ from keras_reid.progress import progbar
 
 IMAGE_KEYS = ("source", "target")
 MASK_KEYS = ("source_mask", "target_mask")
+POSE_KEYS = ("target_pose",)
 
 
 def load_images(paths: Sequence[str], size: tuple[int, int], workers: int = 4,
@@ -65,20 +66,33 @@ class GANInput:
     [N, H, W, 3], aligned with ``pairs.records``) and optional ``masks`` (float or uint8
     [N, H, W, 1], 1 = person); ``needs`` are the batch keys to produce. ``extras`` are
     per-image float values [N] added to every batch as [b] under their names, taken from each
-    example's source image (e.g. ``real_no_face`` for a guided DCGAN)."""
+    example's source image (e.g. ``real_no_face`` for a guided DCGAN). ``poses`` (float32
+    [N, 18, 2+] keypoints at the image size) give ``target_pose``: the target image's skeleton
+    image; a flipped example gets the skeleton of the mirrored pose (left and right swapped)."""
 
     def __init__(self, pairs: GANPairs, images: np.ndarray, masks: np.ndarray | None, *,
                  needs: Sequence[str], global_batch_size: int, seed: int = 0, flip: bool = True,
-                 num_replicas: int = 1, extras: dict[str, np.ndarray] | None = None) -> None:
+                 num_replicas: int = 1, extras: dict[str, np.ndarray] | None = None,
+                 poses: np.ndarray | None = None) -> None:
         if len(pairs) == 0:
             raise DatasetError("there are no training pairs for the generator")
-        self.needs = tuple(k for k in (*IMAGE_KEYS, *MASK_KEYS) if k in set(needs) | {"source"})
-        unknown = set(needs) - set(IMAGE_KEYS) - set(MASK_KEYS)
+        self.needs = tuple(k for k in (*IMAGE_KEYS, *MASK_KEYS, *POSE_KEYS) if k in set(needs) | {"source"})
+        unknown = set(needs) - set(IMAGE_KEYS) - set(MASK_KEYS) - set(POSE_KEYS)
         if unknown:
             raise UserError(f"the generator needs {sorted(unknown)}, which the train_generator stage "
-                            "cannot provide yet (it provides source, target, source_mask, target_mask)")
+                            "cannot provide (it provides source, target, source_mask, target_mask, "
+                            "target_pose)")
         if any(k in MASK_KEYS for k in self.needs) and masks is None:
             raise UserError("the generator needs person masks but no masker gave any; add a masker")
+        self.skeletons = None
+        if "target_pose" in self.needs:
+            if poses is None or len(poses) != len(pairs.records):
+                raise UserError("the generator needs target poses but no pose estimator gave any; "
+                                "add pose: {type: mediapipe_pose} (or synthetic / precomputed)")
+            from keras_reid.data.poses import skeleton_images
+
+            size = images.shape[1:3]
+            self.skeletons = (skeleton_images(poses, size), skeleton_images(poses, size, flipped=True))
         if len(images) != len(pairs.records):
             raise UserError(f"{len(images)} images for {len(pairs.records)} records")
         self.pairs = pairs
@@ -119,24 +133,28 @@ class GANInput:
         src = self.pairs.pairs[pair_ids, 0]
         tgt = self.pairs.pairs[pair_ids, 1]
         out: dict[str, np.ndarray] = {}
+        flips = np.array([self.flip and epoch_rng(self.seed, epoch, 1_000_003 + int(p)).random() < 0.5
+                          for p in positions], bool)
         for key in self.needs:
             idx = src if key.startswith("source") else tgt
             if key in IMAGE_KEYS:
                 out[key] = to_unit(self.images[idx])
+            elif key in POSE_KEYS:  # already drawn for the mirrored pose where flipped
+                plain, mirrored = self.skeletons
+                out[key] = to_unit(np.where(flips[:, None, None, None], mirrored[idx], plain[idx]))
             else:
                 out[key] = self.masks[idx].astype(np.float32) / 255.0
-        if self.flip:
-            flips = np.array([epoch_rng(self.seed, epoch, 1_000_003 + int(p)).random() < 0.5
-                              for p in positions])
+        if flips.any():
             for key in out:
-                out[key][flips] = out[key][flips, :, ::-1]
+                if key not in POSE_KEYS:
+                    out[key][flips] = out[key][flips, :, ::-1]
         for name, values in self.extras.items():  # per-example scalars of the source image
             out[name] = values[src]
         return out
 
     def _signature(self, b: int) -> dict:
         h, w = self.height, self.width
-        spec = {k: tf.TensorSpec([b, h, w, 3 if k in IMAGE_KEYS else 1], tf.float32) for k in self.needs}
+        spec = {k: tf.TensorSpec([b, h, w, 1 if k in MASK_KEYS else 3], tf.float32) for k in self.needs}
         spec.update({k: tf.TensorSpec([b], tf.float32) for k in self.extras})
         return spec
 

@@ -63,6 +63,16 @@ def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple
         pids = sorted(int(p) for p in gen_out["generators"])
         return [Record("", pid, 0, 0, i) for pid in pids for i in range(cfg.samples)], 0, 0
     dataset = cfg.dataset or gen.dataset
+    if cfg.poses is not None:  # a pose generator: every image of the split, in its own camera
+        chosen = sorted((r for r in ctx.dataset(dataset)[cfg.split] if r.pid != JUNK_PID),
+                        key=lambda r: (r.pid, r.camid, r.sequence, r.frame, r.path))
+        if not chosen:
+            raise DatasetError(f"stage '{ctx.stage_name}': split '{cfg.split}' of dataset '{dataset}' "
+                               "has no images")
+        if cfg.max_images and len(chosen) > cfg.max_images:
+            keep = np.random.default_rng(ctx.seed).choice(len(chosen), cfg.max_images, replace=False)
+            chosen = [chosen[i] for i in sorted(keep)]
+        return chosen, None, None
     cam_a = cfg.source_camera if cfg.source_camera is not None else gen.source_camera
     cam_b = gen.target_camera
     if cam_a is None or cam_b is None:
@@ -106,13 +116,16 @@ def output_name(source: Record, cam_a: int, cam_b: int, copy: int) -> str:
             f"{box:02d}_g{cam_a}k{copy}.jpg")
 
 
-def work_items(sources: list[Record], cam_a: int, cam_b: int, copies: int, seed: int) -> list[WorkItem]:
-    """The full, ordered work list (output names made unique deterministically)."""
+def work_items(sources: list[Record], cam_a: int | None, cam_b: int | None, copies: int | list[int],
+               seed: int) -> list[WorkItem]:
+    """The full, ordered work list (output names made unique deterministically). ``copies`` is a
+    count or the list of copy numbers (canonical pose indices); cameras None = each record's own."""
     items: list[WorkItem] = []
     seen: dict[str, int] = {}
+    copy_ids = list(range(copies)) if isinstance(copies, int) else list(copies)
     for i, r in enumerate(sources):
-        for k in range(copies):
-            name = output_name(r, cam_a, cam_b, k)
+        for k in copy_ids:
+            name = output_name(r, r.camid if cam_a is None else cam_a, r.camid if cam_b is None else cam_b, k)
             if name in seen:  # two sources with the same pid/camera/sequence/frame/box
                 seen[name] += 1
                 name = name[:-4] + f"x{seen[name]}.jpg"
@@ -174,7 +187,7 @@ class Worker:
 
     def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
                  measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
-                 jpeg_quality: int, provenance: dict) -> None:
+                 jpeg_quality: int, provenance: dict, canonical: list | None = None) -> None:
         from keras_reid.registry import REGISTRY
 
         self.factory = REGISTRY.create("generator", gen_summary["generator"])
@@ -197,6 +210,14 @@ class Worker:
         self.target_paths = target_paths
         self.jpeg_quality = int(jpeg_quality)
         self.provenance = provenance
+        self.skeletons = None
+        if "target_pose" in self.needs:  # one skeleton image per canonical pose, at the generator's size
+            from keras_reid.data.poses import skeleton_images
+            from keras_reid.keypoints import scale_keypoints
+
+            kps = [scale_keypoints(np.asarray(p["keypoints"], np.float32), tuple(p["size"]), self.size)
+                   for p in canonical or []]
+            self.skeletons = skeleton_images(np.stack(kps), self.size) if kps else None
 
     def close(self) -> None:
         """Release native resources (MediaPipe Tasks objects)."""
@@ -241,6 +262,11 @@ class Worker:
             batch = {"source": to_unit(src)}
         if "source_mask" in self.needs:
             batch["source_mask"] = self._masks(paths, src)
+        if "target_pose" in self.needs:
+            if self.skeletons is None:
+                raise UserError("the generator needs target poses; give the augment stage poses: "
+                                "<a canonical_poses stage>")
+            batch["target_pose"] = to_unit(self.skeletons[[int(it["copy"]) for it in items]])
         target_files = [None] * len(items)
         if "target_mask" in self.needs:
             if not self.target_paths:
@@ -270,13 +296,16 @@ class Worker:
                          "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
                          "source_camera": it["source_camera"], "sequence": it["sequence"],
                          "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
-                         "target_mask_of": target_files[j], **self.provenance})
+                         "target_mask_of": target_files[j],
+                         **({"pose_index": int(it["copy"])} if self.skeletons is not None else {}),
+                         **self.provenance})
         return rows
 
 
-def _item_dict(it: WorkItem, cam_a: int, cam_b: int) -> dict:
-    return {"name": it.name, "source_path": str(it.source.path), "pid": it.source.pid, "camera": cam_b,
-            "source_camera": cam_a, "sequence": it.source.sequence, "frame": it.source.frame,
+def _item_dict(it: WorkItem, cam_a: int | None, cam_b: int | None) -> dict:
+    return {"name": it.name, "source_path": str(it.source.path), "pid": it.source.pid,
+            "camera": it.source.camid if cam_b is None else cam_b,
+            "source_camera": it.source.camid if cam_a is None else cam_a, "sequence": it.source.sequence, "frame": it.source.frame,
             "copy": it.copy, "seed": it.seed, "index": it.index}
 
 
@@ -289,7 +318,11 @@ def augment(cfg, ctx: StageContext) -> dict:
             raise UserError(f"generator file {ctx.run_dir / rel} of stage '{cfg.generator}' is missing; "
                             f"re-run that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
     sources, cam_a, cam_b = source_records(cfg, ctx, gen_out)
-    items = work_items(sources, cam_a, cam_b, cfg.copies, ctx.seed)
+    canonical, pose_summary = None, None
+    copies: int | list[int] = cfg.copies
+    if cfg.poses is not None:
+        sources, canonical, copies, pose_summary = _pose_sources(cfg, ctx, sources, gen_out)
+    items = work_items(sources, cam_a, cam_b, copies, ctx.seed)
     shard_i, shard_n = ctx.shard or (0, 1)
     if cfg.engine == "ray" and ctx.shard:
         raise UserError("--shard splits the local engine's work; with engine: ray the stage runs every "
@@ -311,9 +344,12 @@ def augment(cfg, ctx: StageContext) -> dict:
     targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
     worker_kwargs = dict(generators=generators, gen_summary=gen_out, filters=cfg.filters, measure=cfg.measure,
                          min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
-                         target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance)
+                         target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance,
+                         canonical=canonical)
     part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
     what = ("from noise" if cfg.samples is not None else
+            f"from {len(sources):,} images of split '{cfg.split}' in {len(copies)} canonical poses"
+            if canonical is not None else
             f"from {len(sources):,} camera-{cam_a} images ({cfg.images}) into camera {cam_b}'s style")
     ctx.echo(f"{part}{len(items):,} images to generate {what}; {len(mine) - len(todo):,} done before, "
              f"{len(todo):,} to do" + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}"
@@ -364,6 +400,8 @@ def augment(cfg, ctx: StageContext) -> dict:
         "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
         "engine": cfg.engine,
     }
+    if pose_summary is not None:
+        summary["poses"] = pose_summary
     if kept and ctx.is_chief:
         _log_samples(ctx, kept, stage_dir)
     return summary
@@ -411,3 +449,39 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     with writer.as_default(step=0):
         tf.summary.image("augment/source_vs_generated", grid[None], step=0)
     writer.flush()
+
+
+def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: dict):
+    """Pose generators: the canonical poses (scaled to the generator's size by the worker), the
+    pose indices to generate, and the sources left after the no-pose policy. Returns
+    ``(sources, canonical, pose_indices, summary)``."""
+    poses_out = ctx.output_of(cfg.poses)
+    data = io.read_json(ctx.run_dir / poses_out["poses"])
+    if data is None:
+        raise UserError(f"the canonical poses of stage '{cfg.poses}' are missing; re-run that stage")
+    canonical = [{"keypoints": p["keypoints"], "size": data["image_size"]} for p in data["poses"]]
+    indices = list(cfg.pose_indices) if cfg.pose_indices is not None else list(range(len(canonical)))
+    summary = {"stage": cfg.poses, "pose_indices": indices, "source_images": len(sources),
+               "without_pose": None, "policy": cfg.no_pose}
+    if cfg.source_pose is not None:
+        from keras_reid.data.gan_input import load_images
+        from keras_reid.data.poses import cached_keypoints, pose_found
+
+        size = tuple(gen_out["image_size"])
+        paths = [str(r.path) for r in sources]
+        estimator = ctx.registry.create("pose", cfg.source_pose)
+        try:
+            images = None if getattr(estimator, "reads_files", False) else load_images(paths, size)
+            kp, _ = cached_keypoints(ctx.stage_dir, cfg.source_pose, estimator, paths, size, images=images)
+        finally:
+            close = getattr(estimator, "close", None)
+            if callable(close):
+                close()
+        found = pose_found(kp, cfg.min_keypoints)
+        summary["without_pose"] = int((~found).sum())
+        ctx.echo(f"source poses ({cfg.source_pose['type']}): none found in {int((~found).sum()):,} of "
+                 f"{len(sources):,} images; " + ("they are skipped" if cfg.no_pose == "skip" else
+                                                  "their canonical-pose versions are generated anyway"))
+        if cfg.no_pose == "skip":
+            sources = [r for r, ok in zip(sources, found) if ok]
+    return sources, canonical, indices, summary

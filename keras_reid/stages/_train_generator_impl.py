@@ -60,6 +60,9 @@ def train(cfg, ctx: StageContext) -> dict:
         if coverage == 0.0:
             raise DatasetError(f"the masker '{cfg.masker['type']}' found no person pixels in "
                                f"{len(paths)} images; check the masker and its threshold")
+    poses, pose_info = None, None
+    if "target_pose" in set(factory.needs):
+        pairs, poses, pose_info = _poses(cfg, ctx, pairs, paths, images)
     extras: dict = {}
     semantic = None
     scorer = None
@@ -89,7 +92,8 @@ def train(cfg, ctx: StageContext) -> dict:
     try:
         if not cfg.per_identity:
             fit = _fit(cfg, ctx, factory, pairs, images, masks, extras, scorer, init_weights,
-                       ctx.stage_dir / "checkpoints", ctx.stage_dir / GENERATOR_FILE, ctx.tensorboard_dir)
+                       ctx.stage_dir / "checkpoints", ctx.stage_dir / GENERATOR_FILE, ctx.tensorboard_dir,
+                       poses=poses)
             generators = None
         else:
             generators, fit = {}, {}
@@ -134,6 +138,7 @@ def train(cfg, ctx: StageContext) -> dict:
         "pairs": info,
         "masks": mask_source,
         "semantic_filter": semantic,
+        "poses": pose_info,
         "epochs": cfg.epochs,
         "init_from": cfg.init_from,
         "load_seconds": round(load_seconds, 2),
@@ -158,7 +163,7 @@ def _init_weights(cfg, ctx: StageContext, factory) -> list | None:
 
 
 def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, init_weights,
-         ckpt_dir, out_path, tb_dir) -> dict:
+         ckpt_dir, out_path, tb_dir, poses=None) -> dict:
     """Train one generator on ``pairs`` (checkpoints in ``ckpt_dir``, resumed), save it to
     ``out_path``; returns ``{"history", "final", "steps_per_epoch", "resumed_from_epoch",
     "steps_per_second"}``."""
@@ -174,7 +179,7 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
     if cfg.per_identity and len(pairs) < batch:  # few images of one identity: a smaller batch
         batch = max(replicas, len(pairs) // replicas * replicas)
     data = GANInput(pairs, images, masks, needs=factory.needs, global_batch_size=batch,
-                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras)
+                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras, poses=poses)
     steps = cfg.steps_per_epoch or data.steps_per_epoch
     if steps > data.steps_per_epoch:
         ctx.echo(f"note: steps_per_epoch {steps} is more than one pass over the pairs "
@@ -227,3 +232,32 @@ def _sample_examples(data, gan, n: int, seed: int) -> dict:
             -1, 1, (len(examples["source"]), int(z_dim))).astype(np.float32)
     return examples
 
+
+
+def _poses(cfg, ctx: StageContext, pairs, paths: list[str], images: np.ndarray):
+    """Keypoints of every image (estimated once, cached in the stage folder); pairs whose target
+    has no pose are dropped. Returns ``(pairs, keypoints [N, 18, 3], summary)``."""
+    from keras_reid.data.poses import cached_keypoints, pose_found
+
+    estimator = ctx.registry.create("pose", cfg.pose)
+    try:
+        kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, tuple(cfg.image_size),
+                                      images=images)
+    finally:
+        close = getattr(estimator, "close", None)
+        if callable(close):
+            close()
+    found = pose_found(kp, cfg.min_keypoints)
+    keep = found[pairs.pairs[:, 1]]
+    before = len(pairs)
+    pairs = type(pairs)(pairs.pairing, pairs.records, pairs.pairs[keep])
+    ctx.echo(f"poses ({cfg.pose['type']}{', from cache' if cached else ''}): found in {int(found.sum()):,} "
+             f"of {len(paths):,} images (at least {cfg.min_keypoints} keypoints); {before - len(pairs):,} "
+             f"of {before:,} pairs dropped for a target without a pose")
+    if not len(pairs):
+        raise DatasetError(f"the pose estimator '{cfg.pose['type']}' found a pose in {int(found.sum())} of "
+                           f"{len(paths)} images, which leaves no training pair; lower min_keypoints "
+                           f"({cfg.min_keypoints}) or check the estimator")
+    info = {"estimator": cfg.pose, "cached": cached, "images": len(paths), "found": int(found.sum()),
+            "pairs_dropped": before - len(pairs), "min_keypoints": cfg.min_keypoints}
+    return pairs, kp, info

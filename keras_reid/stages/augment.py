@@ -41,6 +41,17 @@ class AugmentConfig(BaseModel):
         "all", description="which source-camera images: all; test = those whose (pid, sequence) "
         "never occurs in the target camera (camera-pair split); new_ids = identities never seen by "
         "the target camera; train_pairs = the camera-A images of the train pairs")
+    poses: str | None = ref("stages", None, description="pose generators (pngan): a canonical_poses "
+                            "stage; every source image gets one version per canonical pose (labels kept)")
+    pose_indices: list[int] | None = Field(None, description="poses: only these canonical poses "
+                                           "(e.g. [0] for the '1 pose' ablation; default all)")
+    source_pose: dict | None = component("pose", None, description="poses: a pose estimator run on the "
+                                         "source images first, to count (and with no_pose: skip, leave "
+                                         "out) those where no pose is found")
+    no_pose: Literal["skip", "generate"] = Field("generate", description="source images without a "
+                                                 "pose: skip them, or generate their canonical-pose "
+                                                 "versions anyway (the generator needs no source pose)")
+    min_keypoints: int = Field(8, ge=1, le=18, description="source_pose: keypoints that count as a pose")
     copies: int = Field(1, gt=0, le=99, description="generated images per source image (each with "
                         "its own target mask / noise where the generator uses them)")
     samples: int | None = Field(None, gt=0, le=999_999, description="unconditional generators "
@@ -86,7 +97,24 @@ class Augment(Stage):
         gen_cfg = recipe.stage_configs[config.generator]
         from keras_reid.stages.train_generator import generator_factory
 
-        unconditional = "noise" in generator_factory(gen_cfg.generator).generation_needs
+        gen_needs = generator_factory(gen_cfg.generator).generation_needs
+        unconditional = "noise" in gen_needs
+        if "target_pose" in gen_needs:
+            if config.poses is None:
+                return (("poses",), f"missing: the generator of stage '{config.generator}' draws people "
+                        "in target poses; name a canonical_poses stage, e.g. poses: canonical")
+            if recipe.model.stages[config.poses].type != "canonical_poses":
+                return (("poses",), f"stage '{config.poses}' is a {recipe.model.stages[config.poses].type} "
+                        "stage, expected a canonical_poses stage")
+            k = recipe.stage_configs[config.poses].k
+            bad = [i for i in config.pose_indices or [] if not 0 <= i < k]
+            if bad:
+                return (("pose_indices",), f"{bad} are not canonical poses of stage '{config.poses}' "
+                        f"(0..{k - 1})")
+            return None
+        if config.poses is not None or config.source_pose is not None:
+            return (("poses",), f"the generator of stage '{config.generator}' takes no target pose; "
+                    "poses and source_pose apply to pose generators (pngan) only")
         if unconditional and config.samples is None:
             return (("samples",), f"missing: the generator of stage '{config.generator}' samples "
                     "from noise; say how many images to generate, e.g. samples: 1000")

@@ -23,6 +23,10 @@ class TrainGeneratorConfig(BaseModel):
     source_camera: int | None = Field(None, description="camera A (camera_pairs / random_target pairing)")
     target_camera: int | None = Field(None, description="camera B, whose style is learnt")
     masker: dict | None = component("masker", None, description="person masks, for generators that need them")
+    pose: dict | None = component("pose", None, description="pose estimator (mediapipe_pose, synthetic, "
+                                  "precomputed), for generators that need target poses (pngan)")
+    min_keypoints: int = Field(8, ge=1, le=18, description="a pose counts as found with at least this "
+                               "many keypoints; pairs whose target has none are dropped (counted)")
     semantic_filter: dict | None = component("filter", None, description="semantic filter (e.g. face) "
                                              "scoring the real images once (cached), for semantic "
                                              "control and guided generators")
@@ -73,6 +77,10 @@ class TrainGenerator(Stage):
                     f"({_describe(config.generator)}) needs person masks ({', '.join(sorted(needs & set(MASK_KEYS)))}) "
                     "but no masker is given; add e.g. masker: {type: mediapipe_selfie} "
                     "(or {type: synthetic} on the synthetic dataset)")
+        if "target_pose" in needs and config.pose is None:
+            return (("pose",), f"the generator '{config.generator.get('type')}' needs target poses but no "
+                    "pose estimator is given; add e.g. pose: {type: mediapipe_pose} (or {type: synthetic} "
+                    "on the synthetic dataset, {type: precomputed, csv: ...} for a Pose-Transfer CSV)")
         if config.per_identity and factory.pairing != "unpaired":
             return (("per_identity",), f"per-identity generators need an unpaired generator (e.g. "
                     f"dcgan); '{config.generator.get('type')}' pairs {factory.pairing}")

@@ -1,0 +1,135 @@
+"""The work of the ``canonical_poses`` stage (imported when it runs)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from keras_reid import io
+from keras_reid.data.records import JUNK_PID
+from keras_reid.errors import DatasetError, UserError
+from keras_reid.stages.base import StageContext
+
+JSON_NAME = "canonical_poses.json"
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres [k, D], labels [N])`` of k-means (SciPy's kmeans2, k-means++ starts), the run
+    with the lowest distortion of ``restarts``; every cluster non-empty."""
+    from scipy.cluster.vq import kmeans2
+
+    best = None
+    rng = np.random.default_rng(seed)
+    for _ in range(restarts):
+        centres, labels = kmeans2(x.astype(np.float64), k, minit="++", seed=int(rng.integers(2**31)))
+        if len(np.unique(labels)) < k:
+            continue
+        cost = float(((x - centres[labels]) ** 2).sum())
+        if best is None or cost < best[0]:
+            best = (cost, centres, labels)
+    if best is None:
+        raise DatasetError(f"k-means left a cluster empty in all {restarts} restarts; lower k ({k}) "
+                           "or cluster more poses")
+    return best[1], best[2]
+
+
+def cnn_features(skeletons: np.ndarray, weights: str) -> np.ndarray:
+    """Global-average-pooled MobileNetV2 features [N, 1280] of uint8 skeleton images."""
+    import keras
+
+    try:
+        net = keras.applications.MobileNetV2(include_top=False, pooling="avg",
+                                             weights=None if weights != "imagenet" else "imagenet",
+                                             input_shape=(*skeletons.shape[1:3], 3))
+        if weights != "imagenet":
+            net.load_weights(weights)
+    except Exception as exc:  # noqa: BLE001 - a download or file problem, reported in one line
+        raise UserError(f"canonical_poses: could not load MobileNetV2 weights '{weights}' ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}); give a local weights file as cnn_weights "
+                        "or use features: keypoints") from None
+    x = keras.applications.mobilenet_v2.preprocess_input(skeletons.astype(np.float32))
+    return np.asarray(net.predict(x, batch_size=32, verbose=0), np.float32)
+
+
+def mean_keypoints(kp: np.ndarray) -> np.ndarray:
+    """[18, 3]: per keypoint the mean (y, x) over the poses where it is present, and the fraction
+    present; keypoints present in under half of the poses are missing (-1)."""
+    present = (kp[..., 0] >= 0) & (kp[..., 1] >= 0)
+    out = np.full((18, 3), -1.0, np.float32)
+    for j in range(18):
+        frac = present[:, j].mean()
+        out[j, 2] = frac
+        if frac >= 0.5:
+            out[j, :2] = kp[present[:, j], j, :2].mean(axis=0)
+    return out
+
+
+def run(cfg, ctx: StageContext) -> dict:
+    import cv2
+
+    from keras_reid.data.gan_input import load_images
+    from keras_reid.data.pipeline import scan_images
+    from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
+    from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
+
+    h, w = cfg.image_size
+    records, _ = scan_images([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID])
+    if cfg.max_poses and len(records) > cfg.max_poses:
+        keep = np.random.default_rng(ctx.seed).choice(len(records), cfg.max_poses, replace=False)
+        records = [records[i] for i in sorted(keep)]
+    paths = [str(r.path) for r in records]
+    t0 = time.time()
+    estimator = ctx.registry.create("pose", cfg.pose)
+    try:
+        images = None if getattr(estimator, "reads_files", False) else load_images(paths, (h, w))
+        kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, (h, w), images=images)
+    finally:
+        close = getattr(estimator, "close", None)
+        if callable(close):
+            close()
+    found = pose_found(kp, cfg.min_keypoints)
+    ctx.echo(f"poses ({cfg.pose['type']}{', from cache' if cached else ''}): found in {int(found.sum()):,} "
+             f"of {len(paths):,} images (at least {cfg.min_keypoints} keypoints)")
+    if found.sum() < cfg.k:
+        raise DatasetError(f"canonical_poses: {int(found.sum())} poses found, fewer than k = {cfg.k}; "
+                           "lower k or min_keypoints, or check the pose estimator")
+    kp = kp[found]
+    skeletons = skeleton_images(kp, (h, w))
+    if cfg.features == "keypoints":
+        x = np.stack([normalised_pose_vector(p, (h, w)) for p in kp])
+    else:
+        x = cnn_features(skeletons, cfg.cnn_weights)
+    centres, labels = kmeans(x, cfg.k, seed=ctx.seed, restarts=cfg.restarts)
+    order = np.argsort(-np.bincount(labels, minlength=cfg.k), kind="stable")  # largest cluster first
+    poses, pictures = [], []
+    for i, c in enumerate(order):
+        members = labels == c
+        mean_kp = mean_keypoints(kp[members])
+        pose_img = skeleton_images(mean_kp[None], (h, w))[0]
+        mean_img = skeletons[members].astype(np.float32).mean(axis=0).round().astype(np.uint8)
+        for name, img in ((f"pose_{i}.png", pose_img), (f"mean_{i}.png", mean_img)):
+            with io.atomic_path(ctx.stage_dir / name) as tmp:
+                ok, data = cv2.imencode(".png", img[..., ::-1])
+                tmp.write_bytes(data.tobytes())
+        poses.append({"index": i, "members": int(members.sum()),
+                      "keypoints": [[round(float(v), 2) for v in row] for row in mean_kp]})
+        pictures += [pose_img, mean_img]
+    io.write_json(ctx.stage_dir / JSON_NAME, {"image_size": [h, w], "features": cfg.features,
+                                              "poses": poses})
+    write_pose_csv(ctx.stage_dir / "canonical_poses.csv",
+                   {f"pose_{p['index']}.png": np.rint(scale_keypoints(np.asarray(p["keypoints"])[:, :2], (h, w),
+                                                                       CSV_SIZE)).astype(np.int64)
+                    for p in poses})
+    if ctx.is_chief:
+        import tensorflow as tf
+
+        from keras_reid.training.callbacks import image_grid
+
+        with tf.summary.create_file_writer(str(ctx.tensorboard_dir)).as_default():
+            tf.summary.image("canonical_poses (pose, cluster mean)", image_grid(np.stack(pictures), cols=2 * min(cfg.k, 8))[None], step=0)
+    sizes = [p["members"] for p in poses]
+    ctx.echo(f"{cfg.k} canonical poses from {len(kp):,} poses ({cfg.features}); cluster sizes {sizes} "
+             f"-> {ctx.stage_dir / JSON_NAME}")
+    return {"poses": str((ctx.stage_dir / JSON_NAME).relative_to(ctx.run_dir)), "k": cfg.k,
+            "image_size": [h, w], "features": cfg.features, "poses_found": int(found.sum()),
+            "images": len(paths), "cluster_sizes": sizes, "seconds": round(time.time() - t0, 2)}
