@@ -154,3 +154,36 @@ def check_entry(entry: Entry) -> None:
             close = getattr(component, "close", None)
             if close:
                 close()
+
+
+def check_pose(estimator: Any, paths: list[str], size: tuple[int, int] = (64, 32)) -> None:
+    """A pose estimator's ``keypoints_for(paths, size)`` returns float32 [N, 18, 3] (y, x, score)
+    in pixels of ``size``: present points inside the image with scores in [0, 1], missing points
+    -1 in every column. Estimators that do not read files (``reads_files`` false) also take bare
+    uint8 images [N, H, W, 3]; those that do refuse them with a UserError."""
+    from keras_reid.errors import UserError
+
+    def valid(out: np.ndarray, n: int, hw: tuple[int, int], what: str) -> None:
+        assert out.shape == (n, 18, 3) and out.dtype == np.float32, \
+            f"{what} must return float32 [N, 18, 3], got {out.shape} {out.dtype}"
+        present = (out[..., 0] >= 0) & (out[..., 1] >= 0)
+        assert np.all(out[~present] == -1), f"{what}: missing keypoints must be -1 in every column"
+        yx, score = out[present][:, :2], out[present][:, 2]
+        assert np.all((yx[:, 0] <= hw[0] - 1) & (yx[:, 1] <= hw[1] - 1)), \
+            f"{what}: present keypoints must lie inside the {hw[0]}x{hw[1]} image"
+        assert np.all((score >= 0) & (score <= 1)), f"{what}: scores of present keypoints must be in [0, 1]"
+
+    assert hasattr(estimator, "keypoints_for"), "a pose estimator must offer keypoints_for(paths, size)"
+    valid(np.asarray(estimator.keypoints_for(list(paths), size)), len(paths), size, "keypoints_for")
+    images = np.random.default_rng(0).integers(0, 255, (2, *size, 3), dtype=np.uint8)
+    if getattr(estimator, "reads_files", False):
+        try:
+            estimator(images)
+        except UserError:
+            pass
+        else:
+            raise AssertionError("a file-based pose estimator (reads_files) must raise UserError "
+                                 "on bare images: it cannot know which image it sees")
+    else:
+        check_image_scorer(estimator, "pose")
+        valid(np.asarray(estimator(images)), 2, size, "__call__")

@@ -39,12 +39,33 @@ def test_component_follows_its_interface(kind, name, request):
             testing.check_masker(component, paths)
         finally:
             getattr(component, "close", lambda: None)()
+    elif kind == "pose":
+        request.getfixturevalue("pose_models")
+        root, paths = request.getfixturevalue("synthetic_images")
+        if name == "precomputed":
+            params = {"csv": str(root / "annotations" / "keypoints-bounding_box_train.csv")}
+        component = entry.create(params)
+        try:
+            testing.check_pose(component, paths)
+        finally:
+            getattr(component, "close", lambda: None)()
     else:
         component = entry.create(params)
         try:
             testing.check_image_scorer(component, kind)
         finally:
             getattr(component, "close", lambda: None)()
+
+
+@pytest.fixture(scope="module")
+def pose_models():
+    """MediaPipe's PoseLandmarker bundle, provisioned (or built from the wheel's pose models) once."""
+    import os
+
+    from keras_reid.models import fetch_models
+
+    return fetch_models(["pose_landmarker_full.task"],
+                        wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]
 
 
 @pytest.fixture(scope="module")
