@@ -14,7 +14,9 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["evaluate_retrieval", "pairwise_distance"]
+__all__ = ["evaluate_retrieval", "pairwise_distance", "fuse_features"]
+
+FUSION_METHODS = ("max", "mean", "concat")
 
 
 def _group_by_pid(g_pids: np.ndarray) -> dict:
@@ -148,3 +150,71 @@ def pairwise_distance(qf: np.ndarray, gf: np.ndarray,
         if not squared:
             np.sqrt(block, out=block)
     return out
+
+
+def _l2_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
+
+
+def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int | None = None,
+                  method: Literal["max", "mean", "concat"] = "max") -> np.ndarray:
+    """One L2-normalised vector per image from its real vector and its versions' vectors.
+
+    ``real``: [N, D] (one vector per image, e.g. model A on the image) or None; ``versions``:
+    [M, D'] (e.g. model B on pose-normalised versions), ``owners``: [M] the image index in
+    0..N-1 each version belongs to (any number per image, none included). Input rows are
+    L2-normalised here (as extracted features already are). Per image:
+
+    - ``max``: element-wise maximum of its real vector and its versions (PN-GAN);
+    - ``mean``: mean of the same vectors (real and versions weigh one each);
+    - ``concat``: ``[real, mean of versions normalised]`` (zeros for a missing part); without
+      ``real`` only the second part, so it equals ``mean``.
+
+    ``max``/``mean`` need D == D'. The fused vector is L2-normalised again, so images fused
+    from different numbers of vectors stay comparable. Returns float32 [N, D] (concat:
+    [N, D + D']). Raises ValueError on bad shapes or an image with no vector at all.
+    """
+    if method not in FUSION_METHODS:
+        raise ValueError(f"unknown fusion method {method!r}: expected one of {', '.join(FUSION_METHODS)}")
+    versions = np.asarray(versions, np.float32)
+    owners = np.asarray(owners, np.int64).ravel()
+    if real is not None:
+        real = _l2_rows(np.asarray(real, np.float32))
+        if real.ndim != 2:
+            raise ValueError(f"real features must be [N, D], got shape {real.shape}")
+        n = real.shape[0] if n is None else n
+        if real.shape[0] != n:
+            raise ValueError(f"{real.shape[0]} real vectors for {n} images")
+    if n is None:
+        raise ValueError("give n (the number of images) when there are no real vectors")
+    if versions.size == 0:
+        versions = versions.reshape(0, real.shape[1] if real is not None else 1)
+    if versions.ndim != 2 or len(owners) != versions.shape[0]:
+        raise ValueError(f"versions must be [M, D] with one owner each, got {versions.shape} and "
+                         f"{len(owners)} owners")
+    if owners.size and (owners.min() < 0 or owners.max() >= n):
+        raise ValueError(f"owner indices must lie in 0..{n - 1}")
+    versions = _l2_rows(versions) if versions.shape[0] else versions
+    counts = np.bincount(owners, minlength=n)
+    if real is None and (counts == 0).any():
+        raise ValueError(f"image {int(np.flatnonzero(counts == 0)[0])} has neither a real vector nor a "
+                         "version to describe it")
+    if real is not None and method != "concat" and versions.shape[0] and versions.shape[1] != real.shape[1]:
+        raise ValueError(f"'{method}' fuses vectors of one size; real vectors have {real.shape[1]} "
+                         f"dimensions, versions {versions.shape[1]} (use concat)")
+    d = versions.shape[1] if versions.shape[0] or real is None else real.shape[1]
+    if method == "max":
+        out = np.full((n, d), -np.inf, np.float32) if real is None else real.copy()
+        np.maximum.at(out, owners, versions)
+        return _l2_rows(out)
+    sums = np.zeros((n, d), np.float32)
+    np.add.at(sums, owners, versions)
+    if method == "mean":
+        if real is None:
+            return _l2_rows(sums / np.maximum(counts, 1)[:, None])
+        return _l2_rows((sums + real) / (counts + 1)[:, None].astype(np.float32))
+    part = _l2_rows(sums)  # the mean's direction; rows without versions stay zero
+    if real is None:
+        return part
+    return _l2_rows(np.concatenate([real, part], axis=1))

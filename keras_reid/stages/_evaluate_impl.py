@@ -1,6 +1,7 @@
 """The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -85,38 +86,35 @@ def load_saved(ctx: StageContext, stage: str, path):
 
 
 def evaluate(cfg, ctx: StageContext) -> dict:
-    """Evaluate every model the config names; writes metrics.json and TensorBoard; returns a summary."""
+    """Evaluate every model the config names (and the fused PN-GAN result when ``fusion`` is
+    set); writes metrics.json and TensorBoard; returns a summary."""
     splits = ctx.dataset(cfg.dataset)
     if splits.kind == "closed_set":
+        if cfg.fusion is not None:
+            raise UserError(f"stage '{ctx.stage_name}': fusion ranks query and gallery images; dataset "
+                            f"'{cfg.dataset}' is closed-set data: remove the fusion block")
         return _evaluate_closed_set(cfg, ctx)
-    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank_features
-
     query = _usable(ctx, cfg.query_split, cfg)
     gallery = _usable(ctx, cfg.gallery_split, cfg)
-    q_pids = np.array([r.pid for r in query]); g_pids = np.array([r.pid for r in gallery])
-    q_cams = np.array([r.camid for r in query]); g_cams = np.array([r.camid for r in gallery])
+    features = _RealFeatures(ctx, cfg, query, gallery,
+                             keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
     results: dict[str, dict] = {}
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
-        model, out = _load_model(ctx, stage)
+        model, out = loaded = features.model(stage)
         size = out["image_size"]
         ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
-        qf = extract_features(model, query, size, cfg.batch_size, cfg.flip)
-        gf = extract_features(model, gallery, size, cfg.batch_size, cfg.flip)
-        dist = pairwise_distance(qf, gf, metric=cfg.metric)
-        res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
-        entry = _entry(res)
-        if cfg.rerank:
-            rr = rerank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value)
-            res_rr = evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
-            entry["rerank"] = _entry(res_rr)
+        qf, gf = features.get(stage, loaded)
+        entry, res, dist = _score(qf, gf, query, gallery, cfg)
         for stage_name in cfg.generated:
             entry.setdefault("identity_preservation", {})[stage_name] = _identity_preservation(
                 ctx, cfg, stage_name, model, size)
         results[name] = entry
         if ctx.is_chief:
-            _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg)
-            np.save(ctx.stage_dir / f"cmc_{name}.npy", np.asarray(res["cmc"]))
+            _publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+    if cfg.fusion is not None:
+        results.update(_evaluate_fusion(ctx, cfg, features, query, gallery))
+    features.release()
     quality = {stage_name: _image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
     if ctx.is_chief:
         path = ctx.record_metrics(results, {"generated_quality": quality} if quality else None)
@@ -125,6 +123,210 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         _print_quality(ctx, results, quality)
         ctx.echo(f"metrics written to {path}")
     return {"models": results, "generated_quality": quality}
+
+
+class _RealFeatures:
+    """Models of train stages and their query/gallery features; the models and features of the
+    stages in ``keep`` (those the fusion needs again) are loaded and computed once and kept."""
+
+    def __init__(self, ctx: StageContext, cfg, query: list[Record], gallery: list[Record],
+                 keep: list[str]) -> None:
+        self.ctx, self.cfg, self.query, self.gallery = ctx, cfg, query, gallery
+        self.keep = set(keep)
+        self._models: dict[str, tuple] = {}
+        self._features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def model(self, stage: str) -> tuple:
+        """``(keras model, train stage summary)``."""
+        if stage in self._models:
+            return self._models[stage]
+        loaded = _load_model(self.ctx, stage)
+        if stage in self.keep:
+            self._models[stage] = loaded
+        return loaded
+
+    def get(self, stage: str, loaded: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised ``(query features, gallery features)`` of ``stage``'s model (``loaded``:
+        its ``model(stage)`` result when the caller has it)."""
+        if stage in self._features:
+            return self._features[stage]
+        model, out = loaded or self.model(stage)
+        size, cfg = out["image_size"], self.cfg
+        qf = extract_features(model, self.query, size, cfg.batch_size, cfg.flip)
+        gf = extract_features(model, self.gallery, size, cfg.batch_size, cfg.flip)
+        if stage in self.keep:
+            self._features[stage] = (qf, gf)
+        return qf, gf
+
+    def release(self) -> None:
+        self._models.clear()
+        self._features.clear()
+
+
+def _score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Record],
+           cfg) -> tuple[dict, dict, np.ndarray]:
+    """Rank the gallery for every query; returns ``(metrics.json entry, evaluate_retrieval
+    result, distance matrix)`` (the entry has a ``rerank`` part when the config asks for it)."""
+    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank_features
+
+    q_pids = np.array([r.pid for r in query]); g_pids = np.array([r.pid for r in gallery])
+    q_cams = np.array([r.camid for r in query]); g_cams = np.array([r.camid for r in gallery])
+    dist = pairwise_distance(qf, gf, metric=cfg.metric)
+    res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
+    entry = _entry(res)
+    if cfg.rerank:
+        rr = rerank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value)
+        entry["rerank"] = _entry(evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams,
+                                                    max_rank=cfg.max_rank))
+    return entry, res, dist
+
+
+def _publish(ctx: StageContext, cfg, name: str, res: dict, dist: np.ndarray, query: list[Record],
+             gallery: list[Record], gf: np.ndarray, size) -> None:
+    """TensorBoard (scalars, CMC, ranked lists, projector) and ``cmc_<name>.npy`` of one result."""
+    _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg)
+    np.save(ctx.stage_dir / f"cmc_{name}.npy", np.asarray(res["cmc"]))
+
+
+# ------------------------------------------------------------------------------ PN-GAN fusion
+def _source_key(path) -> str:
+    return os.path.normcase(os.path.realpath(str(path)))
+
+
+def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Record], np.ndarray, dict]:
+    """The pose-normalised versions of ``images`` written by the augment stages ``cfg.fusion.views``.
+
+    A kept manifest row belongs to the image whose path equals its ``source``; rows of other
+    sources are ignored (counted), and with ``fusion.poses`` only rows whose ``pose_index`` is
+    listed are used. Returns ``(version records, owners [M] = index into images, counts)``,
+    version records carrying their owner's pid and camera, ordered by owner, pose, file.
+    Raises UserError when a view has not completed, when no row belongs to any of the images,
+    or when a requested pose occurs in no row."""
+    from keras_reid.data.pipeline import scan_images
+    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER, read_manifest
+
+    fusion = cfg.fusion
+    index: dict[str, list[int]] = {}
+    for i, r in enumerate(images):
+        index.setdefault(_source_key(r.path), []).append(i)
+    where = f"stage '{ctx.stage_name}': fusion.views"
+    found: list[tuple[int, int, str, str]] = []  # (owner, pose, file, path)
+    other = rows_seen = 0
+    poses_present: set[int] = set()
+    for view in fusion.views:
+        ctx.output_of(view)  # clear error when the augment stage has not completed
+        folder = ctx.stage_dir_of(view) / DATA_DIR / TRAIN_FOLDER
+        for row in sorted(read_manifest(ctx.stage_dir_of(view), kept_only=True), key=lambda r: r["file"]):
+            rows_seen += 1
+            owners = index.get(_source_key(row["source"])) if row.get("source") else None
+            if owners is None:
+                other += 1
+                continue
+            pose = row.get("pose_index")
+            if fusion.poses is not None:
+                if pose is None:
+                    raise UserError(f"{where}: manifest rows of '{view}' have no pose_index, so "
+                                    f"fusion.poses {fusion.poses} cannot choose among them; set "
+                                    "poses: null or use a PN-GAN augment stage")
+                poses_present.add(int(pose))
+                if int(pose) not in fusion.poses:
+                    continue
+            found += [(i, -1 if pose is None else int(pose), row["file"], str(folder / row["file"]))
+                      for i in owners]
+    if other == rows_seen:
+        raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "
+                        f"from the '{cfg.query_split}'/'{cfg.gallery_split}' images of "
+                        f"dataset '{cfg.dataset}' (matched by their source path); run those "
+                        "augment stages over the query and gallery images")
+    if fusion.poses is not None and not set(fusion.poses) <= poses_present:
+        missing = sorted(set(fusion.poses) - poses_present)
+        raise UserError(f"{where}: pose {missing[0]} of fusion.poses occurs in no manifest row; poses "
+                        f"present: {sorted(poses_present)}")
+    found.sort()
+    records = [Record(path, images[i].pid, images[i].camid) for i, _, _, path in found]
+    good, bad = scan_images(records)
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} pose-normalised images that could "
+                 f"not be decoded (first: {bad[0]})")
+        bad_set = set(bad)
+        found = [f for f in found if f[3] not in bad_set]
+        records = good
+    owners = np.array([i for i, _, _, _ in found], np.int64)
+    return records, owners, {"rows": rows_seen, "other_sources": other, "used": len(records),
+                             "skipped": len(bad)}
+
+
+def _evaluate_fusion(ctx: StageContext, cfg, features: _RealFeatures, query: list[Record],
+                     gallery: list[Record]) -> dict[str, dict]:
+    """The fused entry (and, with ``normalised_name``, model B alone on the fused versions)."""
+    from keras_reid.metrics.retrieval import fuse_features
+
+    fusion = cfg.fusion
+    images = query + gallery
+    model_b, out_b = features.model(fusion.normalised)
+    records, owners, counts = pose_versions(ctx, cfg, images)
+    if counts["other_sources"]:
+        ctx.echo(f"fusion: {counts['other_sources']} of {counts['rows']} generated images are versions "
+                 "of no query/gallery image; ignored")
+    real = np.concatenate(features.get(fusion.real), 0)
+    _check_sizes(ctx, fusion, real.shape[1], _embedding_size(model_b))  # before the long part
+    ctx.echo(f"evaluating '{fusion.name}': '{fusion.real}' on the real images + '{fusion.normalised}' "
+             f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
+    vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
+    _check_sizes(ctx, fusion, real.shape[1], vf.shape[1])
+    have = np.bincount(owners, minlength=len(images)) > 0
+    without = int((~have).sum())
+    info = {"images_without_versions": without, "versions": int(len(records)),
+            "vectors": int(len(images) + len(records)),
+            "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
+                       "method": fusion.method, "poses": fusion.poses}}
+    nq = len(query)
+    out: dict[str, dict] = {}
+    size = features.model(fusion.real)[1]["image_size"]
+    fused = fuse_features(real, vf, owners, len(images), fusion.method)
+    out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
+                                    size, info)
+    if fusion.normalised_name:
+        # images without versions fall back to model B on the real image
+        fallback = np.flatnonzero(~have)
+        vb, owners_b = vf, owners
+        if fallback.size:
+            real_b = np.concatenate(features.get(fusion.normalised), 0)
+            vb = np.concatenate([vf, real_b[fallback]], 0)
+            owners_b = np.concatenate([owners, fallback])
+        only = fuse_features(None, vb, owners_b, len(images), fusion.method)
+        info_b = {**info, "vectors": int(len(records) + fallback.size),
+                  "fusion": {**info["fusion"], "real": None}}
+        out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
+                                                   query, gallery, out_b["image_size"], info_b)
+    if without:
+        ctx.echo(f"fusion: {without} of {len(images)} query/gallery images have no pose-normalised "
+                 "version; they use the vectors they have")
+    return out
+
+
+def _embedding_size(model) -> int | None:
+    """The last dimension of the model's (first) output, when the model declares it."""
+    try:
+        return int(model.outputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _check_sizes(ctx: StageContext, fusion, real: int, normalised: int | None) -> None:
+    if fusion.method != "concat" and normalised is not None and real != normalised:
+        raise UserError(f"stage '{ctx.stage_name}': fusion.method {fusion.method} needs vectors of one "
+                        f"size, but '{fusion.real}' gives {real} and '{fusion.normalised}' "
+                        f"{normalised}; use method: concat or models with one embedding size")
+
+
+def _fused_entry(ctx: StageContext, cfg, name: str, qf: np.ndarray, gf: np.ndarray,
+                 query: list[Record], gallery: list[Record], size, info: dict) -> dict:
+    entry, res, dist = _score(qf, gf, query, gallery, cfg)
+    entry.update(info)
+    if ctx.is_chief:
+        _publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+    return entry
 
 
 def _generated_subset(ctx: StageContext, cfg, stage_name: str) -> list[dict]:
@@ -244,6 +446,7 @@ def _entry(res: dict) -> dict:
         if r <= len(cmc):
             e[f"rank{r}"] = float(cmc[r - 1])
     e["valid_queries"] = int(res["num_valid_queries"])
+    e["invalid_queries"] = int(res["num_invalid_queries"])
     return e
 
 

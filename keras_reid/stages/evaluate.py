@@ -3,11 +3,44 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keras_reid.recipe import ref
 from keras_reid.registry import register
 from keras_reid.stages.base import Stage, StageContext
+
+
+class FusionConfig(BaseModel):
+    """PN-GAN test-time fusion (Qian et al. 2018): each query and gallery image is described by
+    model A on the image itself plus model B on each of its pose-normalised versions; the
+    L2-normalised vectors are fused into one L2-normalised vector and ranked like any model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("fused", min_length=1, description="model name of the fused result in metrics.json")
+    real: str = ref("stages", description="train_reid stage (model A) that embeds the real image")
+    normalised: str = ref("stages", description="train_reid stage (model B) that embeds each "
+                          "pose-normalised version")
+    views: list[str] = ref("stages", description="augment stages whose kept manifest rows are the "
+                           "pose-normalised versions of the query and gallery images (matched by "
+                           "their 'source' path)")
+    method: Literal["max", "mean", "concat"] = Field(
+        "max", description="max: element-wise max of all vectors (PN-GAN); mean: their mean; "
+        "concat: [A's vector, mean of B's vectors] (missing part = zeros)")
+    poses: list[int] | None = Field(None, description="use only versions with these pose_index "
+                                    "values (e.g. [0]); null = every version")
+    normalised_name: str | None = Field(None, min_length=1, description="also report B alone on "
+                                        "the fused versions under this name (images without "
+                                        "versions fall back to B on the real image); null = skip")
+
+    @field_validator("poses")
+    @classmethod
+    def _poses(cls, v):
+        if v is None:
+            return v
+        if not v or any(p < 0 for p in v) or len(set(v)) != len(v):
+            raise ValueError("a non-empty list of distinct pose indices >= 0, e.g. [0], or null for all")
+        return sorted(v)
 
 
 class EvaluateConfig(BaseModel):
@@ -37,6 +70,8 @@ class EvaluateConfig(BaseModel):
                                "exists) and identity preservation with every evaluated model")
     quality_images: int = Field(500, gt=0, description="generated images scored per augment stage "
                                 "(a deterministic subset)")
+    fusion: FusionConfig | None = Field(None, description="PN-GAN fused evaluation: model A on the "
+                                        "real image + model B on its pose-normalised versions")
 
 
 @register("stage", "evaluate", config=EvaluateConfig)
@@ -58,6 +93,34 @@ class Evaluate(Stage):
         for key in config.names:
             if key not in config.models:
                 return (("names", key), f"'{key}' is not one of the evaluated models {config.models}")
+        if config.fusion is not None:
+            return cls._check_fusion(config, recipe)
+        return None
+
+    @staticmethod
+    def _check_fusion(config: EvaluateConfig, recipe) -> tuple | None:
+        fusion = config.fusion
+        for key in ("real", "normalised"):
+            name = getattr(fusion, key)
+            stage_type = recipe.model.stages[name].type
+            if stage_type != "train_reid":
+                return (("fusion", key), f"stage '{name}' is a {stage_type} stage, expected a "
+                        "train_reid stage whose model embeds the images")
+        if not fusion.views:
+            return (("fusion", "views"), "empty: list the augment stage(s) that generated the "
+                    "pose-normalised versions of the query and gallery images, e.g. [pn_test]")
+        for i, name in enumerate(fusion.views):
+            stage_type = recipe.model.stages[name].type
+            if stage_type != "augment":
+                return (("fusion", "views", i), f"stage '{name}' is a {stage_type} stage, expected "
+                        "an augment stage whose manifest holds pose-normalised query/gallery images")
+        taken = [config.names.get(s, s) for s in config.models]
+        if fusion.name in taken:
+            return (("fusion", "name"), f"'{fusion.name}' is already the name of an evaluated model; "
+                    "choose another name, e.g. fused")
+        if fusion.normalised_name is not None and fusion.normalised_name in taken + [fusion.name]:
+            return (("fusion", "normalised_name"), f"'{fusion.normalised_name}' is already a model "
+                    f"name in this stage; choose another, e.g. {fusion.normalised}_normalised")
         return None
 
     def run(self, context: StageContext) -> dict:

@@ -1,2 +1,3 @@
-"""Generator plugins: pix2pix (thesis Models 1-4, variable loss), dcgan (semantic control, guided)."""
-from . import dcgan, pix2pix  # noqa: F401
+"""Generator plugins: pix2pix (thesis Models 1-4, variable loss), dcgan (semantic control, guided),
+pngan (PN-GAN pose normalisation)."""
+from . import dcgan, pix2pix, pngan  # noqa: F401

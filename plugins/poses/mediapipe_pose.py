@@ -87,7 +87,7 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 
 
 class CropLandmarker:
-    """BlazePose's landmark model run directly on a square uint8 RGB image (the region of interest).
+    """BlazePose's landmark model run directly on a uint8 RGB image taken as the region of interest.
 
     ``detect(image) -> (landmarks float32 [33, 3] (y, x, visibility) in [0, 1] of the image, pose
     presence)``; ``close()`` releases the interpreter."""
@@ -116,7 +116,7 @@ class CropLandmarker:
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Returns (float32 [33, 3] (y, x, visibility), y and x as fractions of ``image``; pose
-        presence in [0, 1]) for one square uint8 RGB image."""
+        presence in [0, 1]) for one uint8 RGB image (resized to the model's square input)."""
         import cv2
 
         h, w = self.input_size
@@ -136,7 +136,7 @@ class CropLandmarker:
 
 @register("pose", "mediapipe_pose", config=MediaPipePoseConfig)
 class MediaPipePose(TasksComponent):
-    """MediaPipe PoseLandmarker: uint8 RGB images -> float32 COCO-18 keypoints [N, 18, 3] (y, x, score)."""
+    """MediaPipe BlazePose (full): uint8 RGB images -> float32 COCO-18 keypoints [N, 18, 3] (y, x, score)."""
 
     reads_files = False  # works on pixels: keypoints_for(paths, size) reads the images
 
