@@ -310,6 +310,22 @@ def test_mediapipe_pose_on_synthetic_front_views(pose_bundle):
         est(np.zeros((1, 64, 32, 3), np.float32))
 
 
+def test_crop_roi_finds_the_backs_the_person_detector_misses(pose_bundle):
+    """Why roi: crop is the default: BlazePose's detector keys on faces. Measured on these 8 back
+    views at 256x128: crop finds 15-18 keypoints in every one, detector finds nothing in 5."""
+    from keras_reid.data.synthetic_render import Renderer, make_cameras, make_identities
+
+    renderer = Renderer((256, 128), make_cameras(6, np.random.default_rng(11)), seed=3)
+    images = np.stack([renderer.render(ident, 1 + i % 6, np.random.default_rng([7, i]), view="back",
+                                       occlude=False).image
+                       for i, ident in enumerate(make_identities(range(1, 9), np.random.default_rng(12)))])
+    found = {}
+    for roi in ("crop", "detector"):
+        with REGISTRY.create("pose", {"type": "mediapipe_pose", "roi": roi}) as est:
+            found[roi] = ((est(images)[..., 0] >= 0).sum(1) >= 10).sum()
+    assert found["crop"] == 8 and found["detector"] <= 5, found
+
+
 def test_mediapipe_pose_keypoints_for_reads_and_scales(pose_bundle, synth):
     _, paths = synth
     with REGISTRY.create("pose", {"type": "mediapipe_pose"}) as est:
