@@ -245,12 +245,12 @@ def test_image_pool_follows_cyclegans_rule():
     assert _factory().build((8, 8)).query_pool(x) is x  # pool off: the fakes themselves
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_train_step_with_the_pool_runs_with_and_without_xla(jit):
+def test_train_step_with_the_pool_runs_under_xla():
+    # (without XLA the pool trains in test_saved_gan_reloads_here_and_in_a_fresh_process)
     keras.utils.set_random_seed(0)
     gan = _compiled(_factory(pool_size=6, d_condition="source_pose"))
     hist = train(gan, _repeat(_batch(), 3), strategy=tf.distribute.get_strategy(), epochs=1,
-                 steps_per_epoch=3, verbose=0, jit_compile=jit)
+                 steps_per_epoch=3, verbose=0, jit_compile=True)
     assert LOG_KEYS <= set(hist) and all(np.isfinite(v[0]) for v in hist.values())
     assert int(gan.pool_seen.numpy()) == 12
     stored = gan.pool.numpy()
