@@ -98,6 +98,8 @@ def evaluate(cfg, ctx: StageContext) -> dict:
     gallery = _usable(ctx, cfg.gallery_split, cfg)
     features = _RealFeatures(ctx, cfg, query, gallery,
                              keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
+    # fusion inputs are checked before anything is embedded: a bad view fails in seconds
+    versions = _prepare_fusion(ctx, cfg, features, query + gallery) if cfg.fusion else None
     results: dict[str, dict] = {}
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
@@ -113,7 +115,7 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         if ctx.is_chief:
             _publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
     if cfg.fusion is not None:
-        results.update(_evaluate_fusion(ctx, cfg, features, query, gallery))
+        results.update(_evaluate_fusion(ctx, cfg, features, query, gallery, versions))
     features.release()
     quality = {stage_name: _image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
     if ctx.is_chief:
@@ -256,20 +258,30 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
                              "skipped": len(bad)}
 
 
+def _prepare_fusion(ctx: StageContext, cfg, features: _RealFeatures,
+                    images: list[Record]) -> tuple[list[Record], np.ndarray]:
+    """The versions of ``images`` (see :func:`pose_versions`), after checking that A and B give
+    vectors the fusion method can combine (when the models declare their output size)."""
+    fusion = cfg.fusion
+    records, owners, counts = pose_versions(ctx, cfg, images)
+    if counts["other_sources"]:
+        ctx.echo(f"fusion: {counts['other_sources']} of {counts['rows']} generated images are versions "
+                 "of no query/gallery image; ignored")
+    _check_sizes(ctx, fusion, _embedding_size(features.model(fusion.real)[0]),
+                 _embedding_size(features.model(fusion.normalised)[0]))
+    return records, owners
+
+
 def _evaluate_fusion(ctx: StageContext, cfg, features: _RealFeatures, query: list[Record],
-                     gallery: list[Record]) -> dict[str, dict]:
+                     gallery: list[Record], versions: tuple[list[Record], np.ndarray]) -> dict[str, dict]:
     """The fused entry (and, with ``normalised_name``, model B alone on the fused versions)."""
     from keras_reid.metrics.retrieval import fuse_features
 
     fusion = cfg.fusion
     images = query + gallery
     model_b, out_b = features.model(fusion.normalised)
-    records, owners, counts = pose_versions(ctx, cfg, images)
-    if counts["other_sources"]:
-        ctx.echo(f"fusion: {counts['other_sources']} of {counts['rows']} generated images are versions "
-                 "of no query/gallery image; ignored")
+    records, owners = versions
     real = np.concatenate(features.get(fusion.real), 0)
-    _check_sizes(ctx, fusion, real.shape[1], _embedding_size(model_b))  # before the long part
     ctx.echo(f"evaluating '{fusion.name}': '{fusion.real}' on the real images + '{fusion.normalised}' "
              f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
     vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
@@ -313,8 +325,8 @@ def _embedding_size(model) -> int | None:
         return None
 
 
-def _check_sizes(ctx: StageContext, fusion, real: int, normalised: int | None) -> None:
-    if fusion.method != "concat" and normalised is not None and real != normalised:
+def _check_sizes(ctx: StageContext, fusion, real: int | None, normalised: int | None) -> None:
+    if fusion.method != "concat" and None not in (real, normalised) and real != normalised:
         raise UserError(f"stage '{ctx.stage_name}': fusion.method {fusion.method} needs vectors of one "
                         f"size, but '{fusion.real}' gives {real} and '{fusion.normalised}' "
                         f"{normalised}; use method: concat or models with one embedding size")
