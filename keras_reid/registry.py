@@ -33,9 +33,10 @@ import importlib
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -244,6 +245,18 @@ class Registry:
         if name is None:
             raise RegistryError(f"{kind} spec{' at ' + path if path else ''} has no 'type' key")
         return self.get(kind, name, path=path).create(params, **kwargs)
+
+    @contextmanager
+    def using(self, kind: str, spec: dict | str, **kwargs: Any) -> Iterator[Any]:
+        """``with registry.using("pose", spec) as estimator:`` a component from :meth:`create`
+        whose ``close()`` (MediaPipe Tasks objects and the like), if it has one, runs on exit."""
+        obj = self.create(kind, spec, **kwargs)
+        try:
+            yield obj
+        finally:
+            close = getattr(obj, "close", None)
+            if callable(close):
+                close()
 
     def unregister(self, kind: str, name: str) -> None:
         """Remove a component (for tests)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -49,15 +49,24 @@ def cached_masks(cache_dir: Path, spec: dict, masker: Any, paths: Sequence[str],
                  size: tuple[int, int], **kwargs: Any) -> tuple[np.ndarray, bool]:
     """Return ``(masks, from_cache)``: :func:`masks_for` stored as ``masks-<hash>.npy`` in
     ``cache_dir``, keyed by the masker spec, the paths and the size (written atomically)."""
-    path = _cache_path(cache_dir, "masks", spec, paths, size, ".npy")
+    return cached_array(cache_dir, "masks", spec, paths, size, (len(paths), size[0], size[1], 1),
+                        lambda: masks_for(masker, paths, size, **kwargs))
+
+
+def cached_array(cache_dir: Path, prefix: str, spec: dict, paths: Sequence[str], size, shape: tuple,
+                 compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """``(array, from_cache)``: ``<prefix>-<hash>.npy`` in ``cache_dir`` (keyed by the component
+    spec, the paths and the size) when it holds an array of ``shape``, else ``compute()``
+    stored there atomically."""
+    path = _cache_path(cache_dir, prefix, spec, paths, size, ".npy")
     if path.exists():
-        masks = np.load(path)
-        if masks.shape == (len(paths), size[0], size[1], 1):
-            return masks, True
-    masks = masks_for(masker, paths, size, **kwargs)
+        arr = np.load(path)
+        if arr.shape == tuple(shape):
+            return arr, True
+    arr = compute()
     with io.atomic_path(path) as tmp:
-        np.save(tmp, masks)
-    return masks, False
+        np.save(tmp, arr)
+    return arr, False
 
 
 def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str],

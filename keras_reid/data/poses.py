@@ -12,8 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from keras_reid import io
-from keras_reid.data.masks import _cache_path
+from keras_reid.data.masks import cached_array
 
 
 def keypoints_for(estimator: Any, paths: Sequence[str], size: tuple[int, int], *,
@@ -35,15 +34,8 @@ def cached_keypoints(cache_dir: Path, spec: dict, estimator: Any, paths: Sequenc
                      size: tuple[int, int], **kwargs: Any) -> tuple[np.ndarray, bool]:
     """``(keypoints, from_cache)``: :func:`keypoints_for` stored as ``poses-<hash>.npy`` in
     ``cache_dir``, keyed by the estimator spec, the paths and the size (written atomically)."""
-    path = _cache_path(cache_dir, "poses", spec, paths, size, ".npy")
-    if path.exists():
-        kp = np.load(path)
-        if kp.shape == (len(paths), 18, 3):
-            return kp, True
-    kp = keypoints_for(estimator, paths, size, **kwargs)
-    with io.atomic_path(path) as tmp:
-        np.save(tmp, kp)
-    return kp, False
+    return cached_array(cache_dir, "poses", spec, paths, size, (len(paths), 18, 3),
+                        lambda: keypoints_for(estimator, paths, size, **kwargs))
 
 
 def pose_found(keypoints: np.ndarray, min_keypoints: int) -> np.ndarray:

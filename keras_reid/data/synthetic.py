@@ -217,9 +217,9 @@ def _render_job(renderer, identities: dict, strangers: list, job: Job, p: SynthP
                            shift=(rng.choice((-1, 1)) * rng.uniform(0.3, 0.5), rng.uniform(-0.3, 0.3)))
 
 
-def read_params(root: str | os.PathLike) -> dict | None:
-    """The parameters stored in ``root/synthetic.json``, or None when there is none."""
-    path = Path(root) / "synthetic.json"
+def read_params(root: str | os.PathLike, meta_name: str = "synthetic.json") -> dict | None:
+    """The parameters stored in ``root/<meta_name>``, or None when there is none."""
+    path = Path(root) / meta_name
     if not path.is_file():
         return None
     try:
@@ -261,18 +261,29 @@ def synthesize(out: str | os.PathLike, *, ids: int = 50, cameras: int = 6,
     """
     p = make_params(ids=ids, cameras=cameras, size=size, seed=seed,
                     images_per_id_camera=images_per_id_camera, distractors=distractors, junk=junk)
+    return write_tree(out, p.to_json(), lambda tmp: _write(tmp, p, progress), meta_name="synthetic.json",
+                      what="synthetic dataset", generator="keras-reid synthetic", force=force)
+
+
+def write_tree(out: str | os.PathLike, params: dict, write, *, meta_name: str, what: str,
+               generator: str, force: bool = False) -> dict:
+    """Write a synthetic dataset tree to ``out`` once: ``write(tmp) -> counts`` fills a temporary
+    folder next to ``out``, then ``<meta_name>`` (params and counts) is added and the folder is
+    renamed to ``out``. If ``out`` holds the same ``params`` nothing is written (``skipped``);
+    other parameters or other files raise DatasetError unless ``force``.
+
+    Returns ``{"root", "skipped", "seconds", "params", **counts}``."""
     out = Path(os.path.expanduser(str(out))).absolute()
-    existing = read_params(out) if out.is_dir() else None
-    if existing is not None and existing == p.to_json() and not force:
-        meta = json.loads((out / "synthetic.json").read_text())
-        return {"root": str(out), "skipped": True, "seconds": 0.0, "params": p.to_json(),
-                **meta["counts"]}
+    existing = read_params(out, meta_name) if out.is_dir() else None
+    if existing is not None and existing == params and not force:
+        meta = json.loads((out / meta_name).read_text())
+        return {"root": str(out), "skipped": True, "seconds": 0.0, "params": params, **meta["counts"]}
     if out.exists() and not force:
         if not out.is_dir():
-            raise DatasetError(f"{out} is a file; give a folder for the synthetic dataset")
+            raise DatasetError(f"{out} is a file; give a folder for the {what}")
         if existing is not None:
-            raise DatasetError(f"{out} holds a synthetic dataset with other parameters "
-                               f"({_diff(existing, p.to_json())}); pass --force to replace it "
+            raise DatasetError(f"{out} holds a {what} with other parameters "
+                               f"({_diff(existing, params)}); pass --force to replace it "
                                "or choose another folder")
         if any(out.iterdir()):
             raise DatasetError(f"{out} exists and is not empty; choose an empty or new folder "
@@ -282,15 +293,15 @@ def synthesize(out: str | os.PathLike, *, ids: int = 50, cameras: int = 6,
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        counts = _write(tmp, p, progress)
-        meta = {"generator": "keras-reid synthetic", "params": p.to_json(), "counts": counts}
-        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
+        counts = write(tmp)
+        meta = {"generator": generator, "params": params, "counts": counts}
+        (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"root": str(out), "skipped": False, "seconds": round(time.perf_counter() - t0, 3),
-            "params": p.to_json(), **counts}
+            "params": params, **counts}
 
 
 def _diff(a: dict, b: dict) -> str:

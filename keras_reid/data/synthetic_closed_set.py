@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from keras_reid.data.synthetic import _replace, parse_size
+from keras_reid.data.synthetic import parse_size, read_params, write_tree
 from keras_reid.errors import DatasetError
 
 FORMAT_VERSION = 1
@@ -161,13 +158,7 @@ def plan(p: ClosedSetParams) -> list[dict]:
 
 def read_closed_set_params(root: str | os.PathLike) -> dict | None:
     """The parameters stored in ``root/synthetic_closed_set.json``, or None."""
-    path = Path(root) / META_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())["params"]
-    except (ValueError, KeyError, OSError) as exc:
-        raise DatasetError(f"{path} is not valid ({exc}); delete the folder and synthesise it again") from None
+    return read_params(root, META_NAME)
 
 
 def synthesize_closed_set(out: str | os.PathLike, *, ids: int = 6, sessions: int = 4,
@@ -185,33 +176,9 @@ def synthesize_closed_set(out: str | os.PathLike, *, ids: int = 6, sessions: int
     p = make_closed_set_params(ids=ids, sessions=sessions, size=size, seed=seed,
                                images_per_session=images_per_session,
                                unknown_per_session=unknown_per_session, cameras=cameras)
-    out = Path(os.path.expanduser(str(out))).absolute()
-    existing = read_closed_set_params(out) if out.is_dir() else None
-    if existing == p.to_json() and not force:
-        meta = json.loads((out / META_NAME).read_text())
-        return {"root": str(out), "skipped": True, "seconds": 0.0, "params": p.to_json(), **meta["counts"]}
-    if out.exists() and not force:
-        if not out.is_dir():
-            raise DatasetError(f"{out} is a file; give a folder for the synthetic closed-set dataset")
-        if existing is not None:
-            raise DatasetError(f"{out} holds a synthetic closed-set dataset with other parameters; "
-                               "pass --force to replace it or choose another folder")
-        if any(out.iterdir()):
-            raise DatasetError(f"{out} exists and is not empty; choose an empty or new folder "
-                               "(or pass --force to replace its contents)")
-    t0 = time.perf_counter()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        counts = _write(tmp, p, progress)
-        meta = {"generator": "keras-reid synthetic closed set", "params": p.to_json(), "counts": counts}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"root": str(out), "skipped": False, "seconds": round(time.perf_counter() - t0, 3),
-            "params": p.to_json(), **counts}
+    return write_tree(out, p.to_json(), lambda tmp: _write(tmp, p, progress), meta_name=META_NAME,
+                      what="synthetic closed-set dataset", generator="keras-reid synthetic closed set",
+                      force=force)
 
 
 def _write(root: Path, p: ClosedSetParams, progress: bool) -> dict:

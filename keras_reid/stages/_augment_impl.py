@@ -464,19 +464,12 @@ def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: dict):
     summary = {"stage": cfg.poses, "pose_indices": indices, "source_images": len(sources),
                "without_pose": None, "policy": cfg.no_pose}
     if cfg.source_pose is not None:
-        from keras_reid.data.gan_input import load_images
         from keras_reid.data.poses import cached_keypoints, pose_found
 
         size = tuple(gen_out["image_size"])
         paths = [str(r.path) for r in sources]
-        estimator = ctx.registry.create("pose", cfg.source_pose)
-        try:
-            images = None if getattr(estimator, "reads_files", False) else load_images(paths, size)
-            kp, _ = cached_keypoints(ctx.stage_dir, cfg.source_pose, estimator, paths, size, images=images)
-        finally:
-            close = getattr(estimator, "close", None)
-            if callable(close):
-                close()
+        with ctx.registry.using("pose", cfg.source_pose) as estimator:
+            kp, _ = cached_keypoints(ctx.stage_dir, cfg.source_pose, estimator, paths, size)
         found = pose_found(kp, cfg.min_keypoints)
         summary["without_pose"] = int((~found).sum())
         ctx.echo(f"source poses ({cfg.source_pose['type']}): none found in {int((~found).sum()):,} of "

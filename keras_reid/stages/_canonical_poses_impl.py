@@ -67,7 +67,6 @@ def mean_keypoints(kp: np.ndarray) -> np.ndarray:
 def run(cfg, ctx: StageContext) -> dict:
     import cv2
 
-    from keras_reid.data.gan_input import load_images
     from keras_reid.data.pipeline import scan_images
     from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
     from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
@@ -79,14 +78,8 @@ def run(cfg, ctx: StageContext) -> dict:
         records = [records[i] for i in sorted(keep)]
     paths = [str(r.path) for r in records]
     t0 = time.time()
-    estimator = ctx.registry.create("pose", cfg.pose)
-    try:
-        images = None if getattr(estimator, "reads_files", False) else load_images(paths, (h, w))
-        kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, (h, w), images=images)
-    finally:
-        close = getattr(estimator, "close", None)
-        if callable(close):
-            close()
+    with ctx.registry.using("pose", cfg.pose) as estimator:  # image-based ones decode on a cache miss only
+        kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, (h, w))
     found = pose_found(kp, cfg.min_keypoints)
     ctx.echo(f"poses ({cfg.pose['type']}{', from cache' if cached else ''}): found in {int(found.sum()):,} "
              f"of {len(paths):,} images (at least {cfg.min_keypoints} keypoints)")

@@ -45,14 +45,9 @@ def train(cfg, ctx: StageContext) -> dict:
     masks = None
     mask_source = None
     if set(factory.needs) & set(MASK_KEYS):
-        masker = ctx.registry.create("masker", cfg.masker)
-        try:
+        with ctx.registry.using("masker", cfg.masker) as masker:
             masks, cached = cached_masks(ctx.stage_dir, cfg.masker, masker, paths, (h, w),
                                          images=images, progress=cfg.verbose > 0)
-        finally:
-            close = getattr(masker, "close", None)
-            if callable(close):
-                close()
         coverage = float((masks > 127).mean())
         mask_source = {"masker": cfg.masker, "cached": cached, "person_fraction": round(coverage, 4)}
         ctx.echo(f"person masks ({cfg.masker['type']}{', from cache' if cached else ''}): "
@@ -239,14 +234,9 @@ def _poses(cfg, ctx: StageContext, pairs, paths: list[str], images: np.ndarray):
     has no pose are dropped. Returns ``(pairs, keypoints [N, 18, 3], summary)``."""
     from keras_reid.data.poses import cached_keypoints, pose_found
 
-    estimator = ctx.registry.create("pose", cfg.pose)
-    try:
+    with ctx.registry.using("pose", cfg.pose) as estimator:
         kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, tuple(cfg.image_size),
                                       images=images)
-    finally:
-        close = getattr(estimator, "close", None)
-        if callable(close):
-            close()
     found = pose_found(kp, cfg.min_keypoints)
     keep = found[pairs.pairs[:, 1]]
     before = len(pairs)

@@ -31,6 +31,22 @@ class SyntheticConfig(BaseModel):
         return parse_size(value)
 
 
+def ensure_synthesised(root: Path, wanted: dict, found: dict | None, create: bool, synthesise,
+                       *, what: str, command: str) -> None:
+    """Make sure ``root`` holds the synthetic dataset with parameters ``wanted``: call
+    ``synthesise()`` when there is none (``create``), else raise DatasetError naming the
+    command to run; parameters ``found`` there that differ are an error (never overwritten)."""
+    if found is None:
+        if not create:
+            raise DatasetError(f"no {what} at {root}; run `{command}` or set create_if_missing: true")
+        synthesise()
+    elif found != wanted:
+        diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
+                         for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
+        raise DatasetError(f"{root} holds a {what} made with other parameters: {diff}; "
+                           "point root to another folder or delete this one")
+
+
 @register("dataset", "synthetic", config=SyntheticConfig)
 class SyntheticDataset:
     """Built-in synthetic people in 6 camera styles (Market-1501 layout, masks, keypoints)."""
@@ -50,20 +66,13 @@ class SyntheticDataset:
         root = Path(os.path.expanduser(c.root)).absolute()
         wanted = make_params(ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
                              images_per_id_camera=c.images_per_id_camera).to_json()
-        found = read_params(root) if root.is_dir() else None
-        if found is None:
-            if not c.create_if_missing:
-                raise DatasetError(
-                    f"no synthetic dataset at {root}; run `keras-reid data synth {root} --ids {c.ids} "
-                    f"--cameras {c.cameras} --size {c.size[0]}x{c.size[1]} --seed {c.seed}` "
-                    "or set create_if_missing: true")
-            synthesize(root, ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
-                       images_per_id_camera=c.images_per_id_camera, progress=True)
-        elif found != wanted:
-            diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
-                             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
-            raise DatasetError(f"{root} holds a synthetic dataset made with other parameters: {diff}; "
-                               "point root to another folder or delete this one")
+        ensure_synthesised(
+            root, wanted, read_params(root) if root.is_dir() else None, c.create_if_missing,
+            lambda: synthesize(root, ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
+                               images_per_id_camera=c.images_per_id_camera, progress=True),
+            what="synthetic dataset",
+            command=f"keras-reid data synth {root} --ids {c.ids} --cameras {c.cameras} "
+                    f"--size {c.size[0]}x{c.size[1]} --seed {c.seed}")
         from .market import read_market_layout
 
         return read_market_layout(root, "synthetic")
@@ -122,18 +131,14 @@ class SyntheticClosedSet:
                       images_per_session=c.images_per_session,
                       unknown_per_session=c.unknown_per_session, cameras=c.cameras)
         wanted = make_closed_set_params(**kwargs).to_json()
-        found = read_closed_set_params(root) if root.is_dir() else None
-        if found is None:
-            if not c.create_if_missing:
-                raise DatasetError(f"no synthetic closed-set dataset at {root}; run `keras-reid data "
-                                   f"synth-closed-set {root}` with the recipe's parameters or set "
-                                   "create_if_missing: true")
-            synthesize_closed_set(root, **kwargs, progress=True)
-        elif found != wanted:
-            diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
-                             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
-            raise DatasetError(f"{root} holds a synthetic closed-set dataset made with other parameters: "
-                               f"{diff}; point root to another folder or delete this one")
+        ensure_synthesised(
+            root, wanted, read_closed_set_params(root) if root.is_dir() else None, c.create_if_missing,
+            lambda: synthesize_closed_set(root, **kwargs, progress=True),
+            what="synthetic closed-set dataset",
+            command=f"keras-reid data synth-closed-set {root} --ids {c.ids} --sessions {c.sessions} "
+                    f"--size {c.size[0]}x{c.size[1]} --seed {c.seed} --images-per-session "
+                    f"{c.images_per_session} --unknown-per-session {c.unknown_per_session} "
+                    f"--cameras {c.cameras}")
         splits = ClosedSet(ClosedSetConfig(root=str(root), test_session=c.test_session)).load()
         return DatasetSplits(name="synthetic_closed_set", splits=splits.splits, root=splits.root,
                              kind="closed_set", num_skipped=splits.num_skipped)
