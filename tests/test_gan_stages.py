@@ -341,6 +341,42 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
     assert len({r.pid for r in gen.records}) > 1  # several identities, so fixed differs from keep
 
 
+def test_real_false_trains_on_the_generated_images_only(trained, tmp_path, monkeypatch):
+    """PN-GAN's model B: no real image enters a batch; the classes stay the real identities'."""
+    from keras_reid.data import pipeline as data_pipeline
+
+    _, root, _ = trained
+    rec, run_dir = _run_copy(trained, tmp_path)
+    _recipe(tmp_path, root)
+    rec = load_recipe(tmp_path / "r.yaml", ["stages.augmented.generated=[{stage: augment}]",
+                                            "stages.augmented.generated_ratio=null",
+                                            "stages.augmented.real=false"])
+    seen = []
+
+    class Recording(data_pipeline.ReIDInput):
+        def __init__(self, records, *args, **kwargs):
+            seen.append(list(records))
+            super().__init__(records, *args, **kwargs)
+
+    monkeypatch.setattr(data_pipeline, "ReIDInput", Recording)
+    out = pipeline.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
+    generated = (run_dir / "augment").resolve()
+    assert len(seen) == 1 and seen[0]
+    assert all(generated in Path(r.path).resolve().parents for r in seen[0])
+    assert out["augmented"]["num_images"] == 0
+    assert out["augmented"]["generated_images"] == {"augment": len(seen[0])}
+    real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
+    assert out["augmented"]["num_classes"] == len(real_ids)
+    for bad, match in [("stages.augmented.generated=[]", "real: false leaves nothing to train on"),
+                       ("stages.augmented.generated_ratio=0.5", "generated_ratio: shares a batch"),
+                       ("stages.augmented.generated=[{stage: augment, labels: lsro}]",
+                        r"labels: lsro images need real classes")]:
+        with pytest.raises(RecipeError, match=match):
+            load_recipe(tmp_path / "r.yaml", ["stages.augmented.real=false", bad]
+                        + (["stages.augmented.generated_ratio=null"] if "ratio" not in bad else
+                           ["stages.augmented.generated=[{stage: augment}]"]))
+
+
 @pytest.mark.usefixtures("face_models")
 def test_dcgan_samples_are_generated_filtered_counted_and_trained_on_with_lsro(trained, tmp_path):
     _, root, _ = trained

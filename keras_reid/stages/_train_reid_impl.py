@@ -166,6 +166,10 @@ def train(cfg, ctx: StageContext) -> dict:
     real_eps = np.zeros(len(good), np.float32)
     if not generated:
         inp = pk_input(good, labels, None, cfg.batch_size)
+    elif not cfg.real:  # generated images only; the classes are still the real identities'
+        inp = pk_input([r for g in generated for r in g.records],
+                       np.concatenate([g.labels for g in generated]),
+                       np.concatenate([g.epsilons for g in generated]), cfg.batch_size)
     elif cfg.generated_ratio is None:
         inp = pk_input(good + [r for g in generated for r in g.records],
                        np.concatenate([labels] + [g.labels for g in generated]),
@@ -180,13 +184,19 @@ def train(cfg, ctx: StageContext) -> dict:
         inp = MixedInput(real, fake)
     steps = inp.steps_per_epoch
     gen_total = sum(len(g.records) for g in generated)
-    ctx.echo(f"training on {len(good)} images of {real_classes} identities "
-             f"({len({r.camid for r in good})} cameras)"
-             + (f" + {gen_total} generated images ({', '.join(g.describe() for g in generated)}"
-                + (f"; {cfg.generated_ratio:.0%} of every batch" if cfg.generated_ratio else "") + ")"
-                if generated else "")
-             + f", {steps} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size} on "
-             f"{replicas} replica(s)")
+    real_part = (f"{len(good)} images of {real_classes} identities "
+                 f"({len({r.camid for r in good})} cameras)")
+    gen_part = (f"{gen_total} generated images ({', '.join(g.describe() for g in generated)}"
+                + (f"; {cfg.generated_ratio:.0%} of every batch" if cfg.generated_ratio else "") + ")")
+    if not generated:
+        what = real_part
+    elif cfg.real:
+        what = f"{real_part} + {gen_part}"
+    else:
+        what = (f"{gen_part} only (real: false; the classes are the {real_classes} identities "
+                "of the real split)")
+    ctx.echo(f"training on {what}, {steps} steps/epoch x {cfg.epochs} epochs, global batch "
+             f"{cfg.batch_size} on {replicas} replica(s)")
 
     with strategy.scope():
         backbone = ctx.registry.create("backbone", cfg.backbone)
@@ -246,7 +256,7 @@ def train(cfg, ctx: StageContext) -> dict:
         "model": str(model_path.relative_to(ctx.run_dir)),
         "image_size": [h, w],
         "num_classes": num_classes,
-        "num_images": len(good),
+        "num_images": len(good) if cfg.real else 0,
         "generated_images": {g.name: len(g.records) for g in generated},
         "skipped_images": len(bad),
         "epochs": cfg.epochs,

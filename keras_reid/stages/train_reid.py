@@ -72,6 +72,8 @@ class TrainReIDConfig(BaseModel):
                                           "added to the real training images")
     generated_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of every batch "
                                           "drawn from the generated sets (null: one pool, sampled alike)")
+    real: bool = Field(True, description="train on the split's real images too; false: on the "
+                       "generated sets only, over the real identities' classes (PN-GAN's model B)")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)
@@ -87,6 +89,18 @@ class TrainReID(Stage):
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")
+        if not config.real:
+            if not config.generated:
+                return (("real",), "false leaves nothing to train on; add generated: "
+                        "[{stage: augment}] or set real: true")
+            if config.generated_ratio is not None:
+                return (("generated_ratio",), "shares a batch between real and generated images, "
+                        "but real is false; remove generated_ratio")
+            for i, g in enumerate(config.generated):
+                if g.labels in ("lsro", "unknown"):
+                    return (("generated", i, "labels"), f"{g.labels} images need real classes to "
+                            "stand beside, but real is false; use labels: keep (or smooth/fixed) "
+                            "or set real: true")
         for i, g in enumerate(config.generated):
             if g.stage is not None and recipe.model.stages[g.stage].type != "augment":
                 return (("generated", i, "stage"), f"stage '{g.stage}' is a "

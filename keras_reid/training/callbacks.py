@@ -135,12 +135,12 @@ class GeneratorSamples(keras.callbacks.Callback):
 
     ``examples`` is a fixed example dict (``keras_reid.interfaces.GENERATOR_KEYS``, images in
     [-1, 1], masks in [0, 1]); the picture has one column per example and the rows source,
-    source mask, generated (``model.generate(examples, noise=False)``), target mask, target
-    (rows the examples do not have are left out). Steps are the optimizer's iterations, so a
+    source mask, target pose (skeleton image), generated (``model.generate(examples,
+    noise=False)``), target mask, target (rows the examples do not have are left out). Steps are the optimizer's iterations, so a
     resumed run continues the same time axis.
     """
 
-    ROWS = ("source", "source_mask", "generated", "target_mask", "target")
+    ROWS = ("source", "source_mask", "target_pose", "generated", "target_mask", "target")
 
     def __init__(self, logdir: str | Path, examples: dict, every: int = 100, name: str = "samples",
                  is_chief: bool = True) -> None:
