@@ -44,6 +44,7 @@ model's in inference mode.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import keras
@@ -52,6 +53,21 @@ import tensorflow as tf
 from keras import ops
 
 PACKAGE = "keras_reid_condensenet"
+
+
+class _GroupedConvRetracingFilter(logging.Filter):
+    """Drops TensorFlow's 'triggered tf.function retracing' warnings about Keras's ``_conv_xla``:
+    on CPU Keras runs grouped convolutions through one XLA-compiled function that traces once per
+    layer shape when the model is called eagerly (building, a first call), which is expected here
+    and harmless (training and evaluation run inside tf.function)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("_conv_xla" in message and "retracing" in message)
+
+
+if not any(isinstance(f, _GroupedConvRetracingFilter) for f in tf.get_logger().filters):
+    tf.get_logger().addFilter(_GroupedConvRetracingFilter())
 
 
 def _stage_of(step: Any, total: int, factor: int) -> Any:
