@@ -52,7 +52,7 @@ AUTO = """
 name: condense_auto
 seed: 0
 strategy: {strategy}
-jit_compile: false
+jit_compile: {jit}
 datasets:
   synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
 stages:
@@ -69,14 +69,16 @@ stages:
 """
 
 
-@pytest.mark.parametrize("strategy", ["{type: one_device}",
-                                      "{type: mirrored, devices: ['/cpu:0', '/cpu:1']}"])
-def test_train_reid_fills_in_the_condensation_schedule_and_it_runs(tmp_path, strategy):
+@pytest.mark.parametrize("strategy,jit", [("{type: one_device}", "false"),
+                                          ("{type: mirrored, devices: ['/cpu:0', '/cpu:1']}", "false"),
+                                          ("{type: one_device}", "true")])
+def test_train_reid_fills_in_the_condensation_schedule_and_it_runs(tmp_path, strategy, jit):
     """Without condense_steps the schedule spans the run: every learned layer ends condensed
-    C-1 = 3 times and keeps 1/C of its inputs per group, on one device and on two replicas
-    (the step counter must advance once per global step, not once per replica)."""
+    C-1 = 3 times and keeps 1/C of its inputs per group, on one device, on two replicas
+    (the step counter must advance once per global step, not once per replica) and with the
+    train step compiled by XLA (the condensation runs inside the compiled step)."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(AUTO.format(root=tmp_path / "data", strategy=strategy))
+    recipe.write_text(AUTO.format(root=tmp_path / "data", strategy=strategy, jit=jit))
     lines = []
     out = pipeline.run(load_recipe(recipe), tmp_path / "run", echo=lines.append)["train"]
     assert any("condensation(s) over the first" in str(x) for x in lines), lines
