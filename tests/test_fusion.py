@@ -198,7 +198,7 @@ def _write_view(run_dir, name, images, train, skip=()):
 @pytest.fixture
 def spy(monkeypatch):
     """Paths of every image whose features the evaluate stage extracts."""
-    from keras_reid.stages import _evaluate_impl
+    from keras_reid.stages import _evaluate_fusion, _evaluate_impl
 
     seen = []
     original = _evaluate_impl.extract_features
@@ -207,7 +207,8 @@ def spy(monkeypatch):
         seen.extend(str(r.path) for r in records)
         return original(model, records, *args, **kwargs)
 
-    monkeypatch.setattr(_evaluate_impl, "extract_features", wrapper)
+    for module in (_evaluate_impl, _evaluate_fusion):
+        monkeypatch.setattr(module, "extract_features", wrapper)
     return seen
 
 

@@ -1,7 +1,11 @@
-"""The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs)."""
+"""The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs):
+retrieval evaluation of trained models (features, ranking, metrics.json, TensorBoard).
+
+Its other jobs live beside it: PN-GAN fusion in ``_evaluate_fusion``, generated-set checks
+(identity preservation, SSIM) in ``_evaluate_generated``, closed-set classification in
+``_evaluate_closed_set``."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -45,7 +49,7 @@ def extract_features(model, records: list[Record], image_size, batch_size: int, 
     return np.concatenate(feats, 0) if feats else np.zeros((0, 1), np.float32)
 
 
-def _usable(ctx: StageContext, split: str, cfg, dataset: str | None = None) -> list[Record]:
+def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = None) -> list[Record]:
     from keras_reid.data.pipeline import scan_images
 
     splits = ctx.dataset(dataset or cfg.dataset)
@@ -88,18 +92,23 @@ def load_saved(ctx: StageContext, stage: str, path):
 def evaluate(cfg, ctx: StageContext) -> dict:
     """Evaluate every model the config names (and the fused PN-GAN result when ``fusion`` is
     set); writes metrics.json and TensorBoard; returns a summary."""
+    from keras_reid.stages._evaluate_closed_set import evaluate_closed_set
+    from keras_reid.stages._evaluate_fusion import evaluate_fusion, prepare_fusion
+    from keras_reid.stages._evaluate_generated import (identity_preservation_of, image_quality,
+                                                       print_quality)
+
     splits = ctx.dataset(cfg.dataset)
     if splits.kind == "closed_set":
         if cfg.fusion is not None:
             raise UserError(f"stage '{ctx.stage_name}': fusion ranks query and gallery images; dataset "
                             f"'{cfg.dataset}' is closed-set data: remove the fusion block")
-        return _evaluate_closed_set(cfg, ctx)
-    query = _usable(ctx, cfg.query_split, cfg)
-    gallery = _usable(ctx, cfg.gallery_split, cfg)
-    features = _RealFeatures(ctx, cfg, query, gallery,
+        return evaluate_closed_set(cfg, ctx)
+    query = usable_records(ctx, cfg.query_split, cfg)
+    gallery = usable_records(ctx, cfg.gallery_split, cfg)
+    features = RealFeatures(ctx, cfg, query, gallery,
                              keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
     # fusion inputs are checked before anything is embedded: a bad view fails in seconds
-    versions = _prepare_fusion(ctx, cfg, features, query + gallery) if cfg.fusion else None
+    versions = prepare_fusion(ctx, cfg, features, query + gallery) if cfg.fusion else None
     results: dict[str, dict] = {}
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
@@ -107,27 +116,27 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         size = out["image_size"]
         ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
         qf, gf = features.get(stage, loaded)
-        entry, res, dist = _score(qf, gf, query, gallery, cfg)
+        entry, res, dist = score(qf, gf, query, gallery, cfg)
         for stage_name in cfg.generated:
-            entry.setdefault("identity_preservation", {})[stage_name] = _identity_preservation(
+            entry.setdefault("identity_preservation", {})[stage_name] = identity_preservation_of(
                 ctx, cfg, stage_name, model, size)
         results[name] = entry
         if ctx.is_chief:
-            _publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+            publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
     if cfg.fusion is not None:
-        results.update(_evaluate_fusion(ctx, cfg, features, query, gallery, versions))
+        results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions))
     features.release()
-    quality = {stage_name: _image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
+    quality = {stage_name: image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
     if ctx.is_chief:
         path = ctx.record_metrics(results, {"generated_quality": quality} if quality else None)
         io.write_json(ctx.stage_dir / "metrics.json", {"models": results, "generated_quality": quality})
         _print_table(ctx, results)
-        _print_quality(ctx, results, quality)
+        print_quality(ctx, results, quality)
         ctx.echo(f"metrics written to {path}")
     return {"models": results, "generated_quality": quality}
 
 
-class _RealFeatures:
+class RealFeatures:
     """Models of train stages and their query/gallery features; the models and features of the
     stages in ``keep`` (those the fusion needs again) are loaded and computed once and kept."""
 
@@ -165,7 +174,7 @@ class _RealFeatures:
         self._features.clear()
 
 
-def _score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Record],
+def score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Record],
            cfg) -> tuple[dict, dict, np.ndarray]:
     """Rank the gallery for every query; returns ``(metrics.json entry, evaluate_retrieval
     result, distance matrix)`` (the entry has a ``rerank`` part when the config asks for it)."""
@@ -175,283 +184,22 @@ def _score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Re
     q_cams = np.array([r.camid for r in query]); g_cams = np.array([r.camid for r in gallery])
     dist = pairwise_distance(qf, gf, metric=cfg.metric)
     res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
-    entry = _entry(res)
+    entry = metrics_entry(res)
     if cfg.rerank:
         rr = rerank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value)
-        entry["rerank"] = _entry(evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams,
+        entry["rerank"] = metrics_entry(evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams,
                                                     max_rank=cfg.max_rank))
     return entry, res, dist
 
 
-def _publish(ctx: StageContext, cfg, name: str, res: dict, dist: np.ndarray, query: list[Record],
+def publish(ctx: StageContext, cfg, name: str, res: dict, dist: np.ndarray, query: list[Record],
              gallery: list[Record], gf: np.ndarray, size) -> None:
     """TensorBoard (scalars, CMC, ranked lists, projector) and ``cmc_<name>.npy`` of one result."""
     _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg)
     np.save(ctx.stage_dir / f"cmc_{name}.npy", np.asarray(res["cmc"]))
 
 
-# ------------------------------------------------------------------------------ PN-GAN fusion
-def _source_key(path) -> str:
-    return os.path.normcase(os.path.realpath(str(path)))
-
-
-def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Record], np.ndarray, dict]:
-    """The pose-normalised versions of ``images`` written by the augment stages ``cfg.fusion.views``.
-
-    A kept manifest row belongs to the image whose path equals its ``source``; rows of other
-    sources are ignored (counted), and with ``fusion.poses`` only rows whose ``pose_index`` is
-    listed are used. Returns ``(version records, owners [M] = index into images, counts)``,
-    version records carrying their owner's pid and camera, ordered by owner, pose, file.
-    Raises UserError when a view has not completed, when no row belongs to any of the images,
-    or when a requested pose occurs in no row."""
-    from keras_reid.data.pipeline import scan_images
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER, read_manifest
-
-    fusion = cfg.fusion
-    index: dict[str, list[int]] = {}
-    for i, r in enumerate(images):
-        index.setdefault(_source_key(r.path), []).append(i)
-    where = f"stage '{ctx.stage_name}': fusion.views"
-    found: list[tuple[int, int, str, str]] = []  # (owner, pose, file, path)
-    other = rows_seen = 0
-    poses_present: set[int] = set()
-    for view in fusion.views:
-        ctx.output_of(view)  # clear error when the augment stage has not completed
-        folder = ctx.stage_dir_of(view) / DATA_DIR / TRAIN_FOLDER
-        for row in sorted(read_manifest(ctx.stage_dir_of(view), kept_only=True), key=lambda r: r["file"]):
-            rows_seen += 1
-            owners = index.get(_source_key(row["source"])) if row.get("source") else None
-            if owners is None:
-                other += 1
-                continue
-            pose = row.get("pose_index")
-            if fusion.poses is not None:
-                if pose is None:
-                    raise UserError(f"{where}: manifest rows of '{view}' have no pose_index, so "
-                                    f"fusion.poses {fusion.poses} cannot choose among them; set "
-                                    "poses: null or use a PN-GAN augment stage")
-                poses_present.add(int(pose))
-                if int(pose) not in fusion.poses:
-                    continue
-            found += [(i, -1 if pose is None else int(pose), row["file"], str(folder / row["file"]))
-                      for i in owners]
-    if other == rows_seen:
-        raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "
-                        f"from the '{cfg.query_split}'/'{cfg.gallery_split}' images of "
-                        f"dataset '{cfg.dataset}' (matched by their source path); run those "
-                        "augment stages over the query and gallery images")
-    if fusion.poses is not None and not set(fusion.poses) <= poses_present:
-        missing = sorted(set(fusion.poses) - poses_present)
-        raise UserError(f"{where}: pose {missing[0]} of fusion.poses occurs in no manifest row; poses "
-                        f"present: {sorted(poses_present)}")
-    found.sort()
-    records = [Record(path, images[i].pid, images[i].camid) for i, _, _, path in found]
-    good, bad = scan_images(records)
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} pose-normalised images that could "
-                 f"not be decoded (first: {bad[0]})")
-        bad_set = set(bad)
-        found = [f for f in found if f[3] not in bad_set]
-        records = good
-    owners = np.array([i for i, _, _, _ in found], np.int64)
-    return records, owners, {"rows": rows_seen, "other_sources": other, "used": len(records),
-                             "skipped": len(bad)}
-
-
-def _prepare_fusion(ctx: StageContext, cfg, features: _RealFeatures,
-                    images: list[Record]) -> tuple[list[Record], np.ndarray]:
-    """The versions of ``images`` (see :func:`pose_versions`), after checking that A and B give
-    vectors the fusion method can combine (when the models declare their output size)."""
-    fusion = cfg.fusion
-    records, owners, counts = pose_versions(ctx, cfg, images)
-    if counts["other_sources"]:
-        ctx.echo(f"fusion: {counts['other_sources']} of {counts['rows']} generated images are versions "
-                 "of no query/gallery image; ignored")
-    _check_sizes(ctx, fusion, _embedding_size(features.model(fusion.real)[0]),
-                 _embedding_size(features.model(fusion.normalised)[0]))
-    return records, owners
-
-
-def _evaluate_fusion(ctx: StageContext, cfg, features: _RealFeatures, query: list[Record],
-                     gallery: list[Record], versions: tuple[list[Record], np.ndarray]) -> dict[str, dict]:
-    """The fused entry (and, with ``normalised_name``, model B alone on the fused versions)."""
-    from keras_reid.metrics.retrieval import fuse_features
-
-    fusion = cfg.fusion
-    images = query + gallery
-    model_b, out_b = features.model(fusion.normalised)
-    records, owners = versions
-    real = np.concatenate(features.get(fusion.real), 0)
-    ctx.echo(f"evaluating '{fusion.name}': '{fusion.real}' on the real images + '{fusion.normalised}' "
-             f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
-    vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
-    _check_sizes(ctx, fusion, real.shape[1], vf.shape[1])
-    have = np.bincount(owners, minlength=len(images)) > 0
-    without = int((~have).sum())
-    info = {"images_without_versions": without, "versions": int(len(records)),
-            "vectors": int(len(images) + len(records)),
-            "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
-                       "method": fusion.method, "poses": fusion.poses}}
-    nq = len(query)
-    out: dict[str, dict] = {}
-    size = features.model(fusion.real)[1]["image_size"]
-    fused = fuse_features(real, vf, owners, len(images), fusion.method)
-    out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
-                                    size, info)
-    if fusion.normalised_name:
-        # images without versions fall back to model B on the real image
-        fallback = np.flatnonzero(~have)
-        vb, owners_b = vf, owners
-        if fallback.size:
-            real_b = np.concatenate(features.get(fusion.normalised), 0)
-            vb = np.concatenate([vf, real_b[fallback]], 0)
-            owners_b = np.concatenate([owners, fallback])
-        only = fuse_features(None, vb, owners_b, len(images), fusion.method)
-        info_b = {**info, "vectors": int(len(records) + fallback.size),
-                  "fusion": {**info["fusion"], "real": None}}
-        out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
-                                                   query, gallery, out_b["image_size"], info_b)
-    if without:
-        ctx.echo(f"fusion: {without} of {len(images)} query/gallery images have no pose-normalised "
-                 "version; they use the vectors they have")
-    return out
-
-
-def _embedding_size(model) -> int | None:
-    """The last dimension of the model's (first) output, when the model declares it."""
-    try:
-        return int(model.outputs[0].shape[-1])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-
-
-def _check_sizes(ctx: StageContext, fusion, real: int | None, normalised: int | None) -> None:
-    if fusion.method != "concat" and None not in (real, normalised) and real != normalised:
-        raise UserError(f"stage '{ctx.stage_name}': fusion.method {fusion.method} needs vectors of one "
-                        f"size, but '{fusion.real}' gives {real} and '{fusion.normalised}' "
-                        f"{normalised}; use method: concat or models with one embedding size")
-
-
-def _fused_entry(ctx: StageContext, cfg, name: str, qf: np.ndarray, gf: np.ndarray,
-                 query: list[Record], gallery: list[Record], size, info: dict) -> dict:
-    entry, res, dist = _score(qf, gf, query, gallery, cfg)
-    entry.update(info)
-    if ctx.is_chief:
-        _publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
-    return entry
-
-
-def _generated_subset(ctx: StageContext, cfg, stage_name: str) -> list[dict]:
-    """The kept manifest rows of an augment stage (a deterministic subset of quality_images)."""
-    from keras_reid.stages._augment_impl import read_manifest
-
-    ctx.output_of(stage_name)  # clear error when the augment stage has not completed
-    rows = sorted(read_manifest(ctx.stage_dir_of(stage_name), kept_only=True), key=lambda r: r["file"])
-    if len(rows) > cfg.quality_images:
-        keep = np.random.default_rng(ctx.seed).choice(len(rows), cfg.quality_images, replace=False)
-        rows = [rows[i] for i in sorted(keep)]
-    return rows
-
-
-def _identity_preservation(ctx: StageContext, cfg, stage_name: str, model, size) -> dict:
-    """Generated images as queries against the real images of their source split.
-
-    Each query keeps its source camera as its camera id, so every real image of its identity in
-    that camera (the source image included) is left out, as for a real cross-camera query."""
-    from keras_reid.metrics.quality import identity_preservation
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER
-
-    rows = _generated_subset(ctx, cfg, stage_name)
-    if not rows or not rows[0]["source"]:
-        return {"rank1": None, "rank5": None, "rank10": None, "mAP": None, "valid_queries": 0,
-                "num_queries": len(rows), "note": "sampled from noise: no identity to find"}
-    aug_cfg = ctx.recipe.stage_configs[stage_name]
-    gen_cfg = ctx.recipe.stage_configs[aug_cfg.generator]
-    dataset = aug_cfg.dataset or gen_cfg.dataset
-    gallery = _usable(ctx, aug_cfg.split, cfg, dataset=dataset)
-    gdir = ctx.stage_dir_of(stage_name) / DATA_DIR / TRAIN_FOLDER
-    queries = [Record(str(gdir / r["file"]), int(r["pid"]), int(r["source_camera"])) for r in rows]
-    ctx.echo(f"identity preservation of '{stage_name}': {len(queries)} generated queries x "
-             f"{len(gallery)} real '{aug_cfg.split}' images")
-    qf = extract_features(model, queries, size, cfg.batch_size, cfg.flip)
-    gf = extract_features(model, gallery, size, cfg.batch_size, cfg.flip)
-    res = identity_preservation(qf, np.array([q.pid for q in queries]), gf,
-                                np.array([g.pid for g in gallery]),
-                                gen_cams=np.array([q.camid for q in queries]),
-                                gallery_cams=np.array([g.camid for g in gallery]))
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in res.items()}
-
-
-def _image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
-    """SSIM of generated images against their source image (whole image and, with a masker,
-    the person only) and against a target-camera image of the same identity and sequence."""
-    from keras_reid.data.images import read_image
-    from keras_reid.metrics.quality import ssim
-
-    rows = _generated_subset(ctx, cfg, stage_name)
-    if not rows or not rows[0]["source"]:
-        return {"images": len(rows), "note": "sampled from noise: no source or target to compare"}
-    aug_cfg = ctx.recipe.stage_configs[stage_name]
-    gen_out = ctx.output_of(aug_cfg.generator)
-    size = tuple(gen_out["image_size"])
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER
-
-    gdir = ctx.stage_dir_of(stage_name) / DATA_DIR / TRAIN_FOLDER
-    generated = np.stack([read_image(str(gdir / r["file"]), size) for r in rows])
-    sources = np.stack([read_image(r["source"], size) for r in rows])
-    masks = None
-    if gen_out.get("masker"):
-        from keras_reid.data.masks import masks_for
-
-        masker = ctx.registry.create("masker", gen_out["masker"])
-        try:
-            masks = masks_for(masker, [r["source"] for r in rows], size, images=sources) > 127
-        finally:
-            if callable(getattr(masker, "close", None)):
-                masker.close()
-    out = {"images": len(rows)}
-    vs_source = ssim(generated, sources, masks=masks)
-    out["ssim_vs_source"] = float(vs_source["ssim"])
-    if vs_source.get("masked_ssim") is not None:
-        out["person_ssim_vs_source"] = float(vs_source["masked_ssim"])
-    # a target exists where the same identity and sequence was filmed by the target camera
-    gen_cfg = ctx.recipe.stage_configs[aug_cfg.generator]
-    split = ctx.dataset(aug_cfg.dataset or gen_cfg.dataset)[aug_cfg.split]
-    targets: dict[tuple[int, int], str] = {}
-    for r in sorted(split, key=lambda r: (r.frame, r.path)):
-        if r.camid == gen_out["target_camera"]:
-            targets.setdefault((r.pid, r.sequence), str(r.path))
-    paired = [(i, targets[(int(r["pid"]), int(r["sequence"]))]) for i, r in enumerate(rows)
-              if (int(r["pid"]), int(r["sequence"])) in targets]
-    out["with_target"] = len(paired)
-    if paired:
-        idx = [i for i, _ in paired]
-        tgt = np.stack([read_image(p, size) for _, p in paired])
-        out["ssim_vs_target"] = float(ssim(generated[idx], tgt)["ssim"])
-        out["ssim_source_vs_target"] = float(ssim(sources[idx], tgt)["ssim"])
-    return out
-
-
-def _print_quality(ctx: StageContext, results: dict, quality: dict) -> None:
-    for stage_name, q in quality.items():
-        if "ssim_vs_source" not in q:
-            ctx.echo(f"generated '{stage_name}' ({q['images']} images): {q.get('note', '')}")
-            continue
-        parts = [f"SSIM vs source {q['ssim_vs_source']:.3f}"]
-        if "person_ssim_vs_source" in q:
-            parts.append(f"person {q['person_ssim_vs_source']:.3f}")
-        if "ssim_vs_target" in q:
-            parts.append(f"vs target {q['ssim_vs_target']:.3f} (source vs target "
-                         f"{q['ssim_source_vs_target']:.3f}, {q['with_target']} images)")
-        ctx.echo(f"generated '{stage_name}' ({q['images']} images): " + ", ".join(parts))
-        for name, e in results.items():
-            ip = e.get("identity_preservation", {}).get(stage_name)
-            if ip and ip["rank1"] is not None:
-                ctx.echo(f"  identity preservation with '{name}': rank-1 {100 * ip['rank1']:.2f}%  "
-                         f"mAP {100 * ip['mAP']:.2f}% ({ip['valid_queries']} queries)")
-
-
-def _entry(res: dict) -> dict:
+def metrics_entry(res: dict) -> dict:
     cmc = np.asarray(res["cmc"])
     e = {"mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
     for r in RANKS:
@@ -571,83 +319,3 @@ def _projector(logdir: Path, features: np.ndarray, records: list[Record], size, 
     projector.visualize_embeddings(str(logdir), config)
 
 
-def _evaluate_closed_set(cfg, ctx: StageContext) -> dict:
-    """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
-    import keras
-
-    from keras_reid.data.pipeline import eval_dataset, scan_images
-    from keras_reid.metrics import closed_set_metrics
-
-    splits = ctx.dataset(cfg.dataset)
-    test, bad = scan_images(splits[cfg.test_split])
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} test images that could not be decoded")
-    results = {}
-    for stage in cfg.models:
-        name = cfg.names.get(stage, stage)
-        out = ctx.output_of(stage)
-        path = ctx.run_dir / out.get("classifier", "")
-        if not out.get("classifier") or not path.exists():
-            raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
-                            "a train_reid stage trained on closed-set data")
-        clf = load_saved(ctx, stage, path)
-        labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
-        pid_of = {int(v): int(k) for k, v in labels_map.items()}
-        num = len(pid_of)
-        scores = []
-        for images in eval_dataset(test, image_size=tuple(out["image_size"]), batch_size=cfg.batch_size):
-            if isinstance(images, (tuple, list)):
-                images = images[0]
-            scores.append(np.asarray(keras.ops.softmax(clf(images, training=False)), np.float32))
-        s = np.concatenate(scores, 0)
-        pids = sorted(pid_of.values())
-        # columns ordered by class id (pid), classes unseen in training get score 0
-        col = {pid: i for i, pid in enumerate(pids)}
-        y = np.array([col.get(r.pid, -1) for r in test])
-        known = y >= 0
-        res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
-        entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
-        entry["num_test_images"] = int(known.sum())
-        entry["num_classes"] = num
-        results[name] = entry
-        io.write_json(ctx.stage_dir / f"confusion_{name}.json",
-                      {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
-        if ctx.is_chief:
-            _write_closed_set_tensorboard(ctx, name, entry, np.asarray(res["confusion"]), pids)
-    if ctx.is_chief:
-        ctx.record_metrics(results)
-        for name, e in results.items():
-            ctx.echo(f"{name}: prec@1 ALL {100 * e['prec1_all']:.2f}%  p-ID {100 * e['prec1_pid']:.2f}%  "
-                     f"mAP ALL {100 * e['mAP_all']:.2f}%  p-ID {100 * e['mAP_pid']:.2f}%")
-    return {"models": results}
-
-
-def _write_closed_set_tensorboard(ctx: StageContext, name: str, entry: dict, confusion: np.ndarray,
-                                  classes: list[int]) -> None:
-    """Closed-set scalars and the row-normalised confusion matrix as a picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-    from keras_reid.training.callbacks import figure_to_image
-
-    writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir / name))
-    rows = confusion.sum(axis=1, keepdims=True)
-    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, np.float64), where=rows > 0)
-    n = len(classes)
-    side = min(12.0, 3.0 + 0.25 * n)
-    fig, ax = plt.subplots(figsize=(side, side * 0.85), dpi=100)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if n <= 40:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90, fontsize=7)
-        ax.set_yticks(range(n), [str(c) for c in classes], fontsize=7)
-    ax.set_xlabel("predicted class"); ax.set_ylabel("true class")
-    ax.set_title(f"{name}: prec@1 {100 * entry['prec1_all']:.1f}% (rows sum to 1)")
-    with writer.as_default(step=0):
-        for key in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid"):
-            tf.summary.scalar(f"eval/{key}", entry[key])
-        tf.summary.image("eval/confusion_matrix", figure_to_image(fig)[None])
-    writer.flush()

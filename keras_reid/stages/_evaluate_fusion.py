@@ -1,0 +1,164 @@
+"""PN-GAN fused evaluation for the ``evaluate`` stage: model A on each query/gallery image and
+model B on its pose-normalised versions (written by augment stages), fused into one vector per
+image before ranking."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from keras_reid.data.records import Record
+from keras_reid.errors import UserError
+from keras_reid.stages._evaluate_impl import RealFeatures, extract_features, publish, score
+from keras_reid.stages.base import StageContext
+
+
+def _source_key(path) -> str:
+    return os.path.normcase(os.path.realpath(str(path)))
+
+
+def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Record], np.ndarray, dict]:
+    """The pose-normalised versions of ``images`` written by the augment stages ``cfg.fusion.views``.
+
+    A kept manifest row belongs to the image whose path equals its ``source``; rows of other
+    sources are ignored (counted), and with ``fusion.poses`` only rows whose ``pose_index`` is
+    listed are used. Returns ``(version records, owners [M] = index into images, counts)``,
+    version records carrying their owner's pid and camera, ordered by owner, pose, file.
+    Raises UserError when a view has not completed, when no row belongs to any of the images,
+    or when a requested pose occurs in no row."""
+    from keras_reid.data.pipeline import scan_images
+    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER, read_manifest
+
+    fusion = cfg.fusion
+    index: dict[str, list[int]] = {}
+    for i, r in enumerate(images):
+        index.setdefault(_source_key(r.path), []).append(i)
+    where = f"stage '{ctx.stage_name}': fusion.views"
+    found: list[tuple[int, int, str, str]] = []  # (owner, pose, file, path)
+    other = rows_seen = 0
+    poses_present: set[int] = set()
+    for view in fusion.views:
+        ctx.output_of(view)  # clear error when the augment stage has not completed
+        folder = ctx.stage_dir_of(view) / DATA_DIR / TRAIN_FOLDER
+        for row in sorted(read_manifest(ctx.stage_dir_of(view), kept_only=True), key=lambda r: r["file"]):
+            rows_seen += 1
+            owners = index.get(_source_key(row["source"])) if row.get("source") else None
+            if owners is None:
+                other += 1
+                continue
+            pose = row.get("pose_index")
+            if fusion.poses is not None:
+                if pose is None:
+                    raise UserError(f"{where}: manifest rows of '{view}' have no pose_index, so "
+                                    f"fusion.poses {fusion.poses} cannot choose among them; set "
+                                    "poses: null or use a PN-GAN augment stage")
+                poses_present.add(int(pose))
+                if int(pose) not in fusion.poses:
+                    continue
+            found += [(i, -1 if pose is None else int(pose), row["file"], str(folder / row["file"]))
+                      for i in owners]
+    if other == rows_seen:
+        raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "
+                        f"from the '{cfg.query_split}'/'{cfg.gallery_split}' images of "
+                        f"dataset '{cfg.dataset}' (matched by their source path); run those "
+                        "augment stages over the query and gallery images")
+    if fusion.poses is not None and not set(fusion.poses) <= poses_present:
+        missing = sorted(set(fusion.poses) - poses_present)
+        raise UserError(f"{where}: pose {missing[0]} of fusion.poses occurs in no manifest row; poses "
+                        f"present: {sorted(poses_present)}")
+    found.sort()
+    records = [Record(path, images[i].pid, images[i].camid) for i, _, _, path in found]
+    good, bad = scan_images(records)
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} pose-normalised images that could "
+                 f"not be decoded (first: {bad[0]})")
+        bad_set = set(bad)
+        found = [f for f in found if f[3] not in bad_set]
+        records = good
+    owners = np.array([i for i, _, _, _ in found], np.int64)
+    return records, owners, {"rows": rows_seen, "other_sources": other, "used": len(records),
+                             "skipped": len(bad)}
+
+
+def prepare_fusion(ctx: StageContext, cfg, features: RealFeatures,
+                    images: list[Record]) -> tuple[list[Record], np.ndarray]:
+    """The versions of ``images`` (see :func:`pose_versions`), after checking that A and B give
+    vectors the fusion method can combine (when the models declare their output size)."""
+    fusion = cfg.fusion
+    records, owners, counts = pose_versions(ctx, cfg, images)
+    if counts["other_sources"]:
+        ctx.echo(f"fusion: {counts['other_sources']} of {counts['rows']} generated images are versions "
+                 "of no query/gallery image; ignored")
+    _check_sizes(ctx, fusion, _embedding_size(features.model(fusion.real)[0]),
+                 _embedding_size(features.model(fusion.normalised)[0]))
+    return records, owners
+
+
+def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[Record],
+                     gallery: list[Record], versions: tuple[list[Record], np.ndarray]) -> dict[str, dict]:
+    """The fused entry (and, with ``normalised_name``, model B alone on the fused versions)."""
+    from keras_reid.metrics.retrieval import fuse_features
+
+    fusion = cfg.fusion
+    images = query + gallery
+    model_b, out_b = features.model(fusion.normalised)
+    records, owners = versions
+    real = np.concatenate(features.get(fusion.real), 0)
+    ctx.echo(f"evaluating '{fusion.name}': '{fusion.real}' on the real images + '{fusion.normalised}' "
+             f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
+    vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
+    _check_sizes(ctx, fusion, real.shape[1], vf.shape[1])
+    have = np.bincount(owners, minlength=len(images)) > 0
+    without = int((~have).sum())
+    info = {"images_without_versions": without, "versions": int(len(records)),
+            "vectors": int(len(images) + len(records)),
+            "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
+                       "method": fusion.method, "poses": fusion.poses}}
+    nq = len(query)
+    out: dict[str, dict] = {}
+    size = features.model(fusion.real)[1]["image_size"]
+    fused = fuse_features(real, vf, owners, len(images), fusion.method)
+    out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
+                                    size, info)
+    if fusion.normalised_name:
+        # images without versions fall back to model B on the real image
+        fallback = np.flatnonzero(~have)
+        vb, owners_b = vf, owners
+        if fallback.size:
+            real_b = np.concatenate(features.get(fusion.normalised), 0)
+            vb = np.concatenate([vf, real_b[fallback]], 0)
+            owners_b = np.concatenate([owners, fallback])
+        only = fuse_features(None, vb, owners_b, len(images), fusion.method)
+        info_b = {**info, "vectors": int(len(records) + fallback.size),
+                  "fusion": {**info["fusion"], "real": None}}
+        out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
+                                                   query, gallery, out_b["image_size"], info_b)
+    if without:
+        ctx.echo(f"fusion: {without} of {len(images)} query/gallery images have no pose-normalised "
+                 "version; they use the vectors they have")
+    return out
+
+
+def _embedding_size(model) -> int | None:
+    """The last dimension of the model's (first) output, when the model declares it."""
+    try:
+        return int(model.outputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _check_sizes(ctx: StageContext, fusion, real: int | None, normalised: int | None) -> None:
+    if fusion.method != "concat" and None not in (real, normalised) and real != normalised:
+        raise UserError(f"stage '{ctx.stage_name}': fusion.method {fusion.method} needs vectors of one "
+                        f"size, but '{fusion.real}' gives {real} and '{fusion.normalised}' "
+                        f"{normalised}; use method: concat or models with one embedding size")
+
+
+def _fused_entry(ctx: StageContext, cfg, name: str, qf: np.ndarray, gf: np.ndarray,
+                 query: list[Record], gallery: list[Record], size, info: dict) -> dict:
+    entry, res, dist = score(qf, gf, query, gallery, cfg)
+    entry.update(info)
+    if ctx.is_chief:
+        publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+    return entry
+
