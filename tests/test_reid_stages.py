@@ -239,3 +239,28 @@ stages:
     assert np.asarray(confusion["matrix"]).sum() == entry["num_test_images"]
     assert {"eval/confusion_matrix", "eval/prec1_all"} <= _tags(run_dir / "tensorboard")
     assert out["evaluate"]["models"]["train"] == entry
+
+
+def test_features_are_compiled_once_per_model_whatever_the_batch_sizes(tmp_path):
+    """extract_features keeps one traced forward pass per model (and flip, image size): the
+    query, gallery and pose-normalised sets of a fused evaluation do not retrace it."""
+    import cv2
+    import keras
+
+    from keras_reid.data.records import Record
+    from keras_reid.stages._evaluate_impl import _FORWARD, extract_features
+
+    records = []
+    for i in range(13):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), np.random.default_rng(i).integers(0, 255, (32, 16, 3), np.uint8))
+        records.append(Record(str(path), 1, 1))
+    model = keras.Sequential([keras.Input((32, 16, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D()])
+    full = extract_features(model, records, (32, 16), 5, flip=True)        # batches 5, 5, 3
+    part = extract_features(model, records[:4], (32, 16), 5, flip=True)    # one batch of 4
+    np.testing.assert_allclose(part, full[:4], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+    extract_features(model, records, (32, 16), 5, flip=False)
+    counts = sorted(f.experimental_get_tracing_count() for f in _FORWARD[model].values())
+    assert counts == [1, 1]  # flip and no flip, each traced once
