@@ -62,8 +62,10 @@ class DCGANModel(GANModel):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int = 100,
                  d_steps: int = 1, g_steps: int = 1, guided: bool = False, lambda_real: float = 0.05,
                  lambda_fake: float = 0.025, seed: int | None = None, **kwargs: Any) -> None:
+        # fake_no_face (the share of samples the filter rejects) means something only when guided
         super().__init__(generator, discriminator,
-                         log_names=("d_loss", "d_real", "d_fake", "g_loss", "fake_no_face"), **kwargs)
+                         log_names=("d_loss", "d_real", "d_fake", "g_loss")
+                         + (("fake_no_face",) if guided else ()), **kwargs)
         self.z_dim = int(z_dim)
         self.d_steps = int(d_steps)
         self.g_steps = int(g_steps)
@@ -136,7 +138,8 @@ class DCGANModel(GANModel):
 
     def train_step(self, batch: dict) -> dict:
         """``d_steps`` discriminator updates, then ``g_steps`` generator updates (fresh z each);
-        returns ``{"d_loss", "d_real", "d_fake", "g_loss", "fake_no_face"}`` (replica shares)."""
+        returns ``{"d_loss", "d_real", "d_fake", "g_loss"}`` and, when guided, ``"fake_no_face"``
+        (replica shares)."""
         batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
         n = tf.shape(batch["source"])[0]
         avg = tf.nn.compute_average_loss
@@ -154,8 +157,10 @@ class DCGANModel(GANModel):
                 _, w_fake = self.loss_weights(batch, delta)
                 g_loss = avg(w_fake * _bce(self.discriminator(fake, training=True), 1.0))
             self.apply_gradients(tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
-        return self.track({"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss,
-                           "fake_no_face": avg(delta)})
+        logs = {"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss}
+        if self.guided:
+            logs["fake_no_face"] = avg(delta)
+        return self.track(logs)
 
     def get_config(self) -> dict:
         """Returns the base config plus z size, update ratio and guided-mode weights."""
