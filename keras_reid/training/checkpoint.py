@@ -84,10 +84,14 @@ def restore_latest(model: keras.Model, ckpt_dir: str | os.PathLike,
     epoch = 0
     if path is not None:
         checkpoint, epoch_var = make_checkpoint(model)
+        status = None
         try:
             with strategy.scope():
-                checkpoint.restore(path).assert_existing_objects_matched()
+                status = checkpoint.restore(path)
+                status.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            if status is not None:  # no warnings at exit about the values left unrestored
+                status.expect_partial()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"checkpoint {path} does not match this model ({first[:300]}); delete "
                             f"{ckpt_dir} to train from scratch") from None
