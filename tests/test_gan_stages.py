@@ -466,6 +466,19 @@ stages:
     rows = [json.loads(l) for l in (run_dir / "samples" / "manifest-0-of-1.jsonl").read_text().splitlines()]
     assert sorted(r["pid"] for r in rows) == sorted(pids * 3)
     assert all(r["checkpoint"] == out["gj"]["generators"][str(r["pid"])] for r in rows)
+    # pixel diversity of the samples, overall and per generator, recomputed from the files
+    from keras_reid.data.images import read_image
+    from keras_reid.metrics.quality import pixel_diversity
+
+    div = out["samples"]["sample_diversity"]
+    folder = run_dir / "samples" / "data" / "bounding_box_train"
+    images = {r["file"]: read_image(str(folder / r["file"]), None) for r in rows}
+    assert div["images"] == len(rows) == 6
+    assert div["pixel_std"] == pytest.approx(pixel_diversity(np.stack(list(images.values()))), abs=0.01)
+    assert sorted(div["pixel_std_by_generator"]) == sorted(out["gj"]["generators"].values())
+    first = out["gj"]["generators"][str(pids[0])]
+    assert div["pixel_std_by_generator"][first] == pytest.approx(pixel_diversity(np.stack(
+        [images[r["file"]] for r in rows if r["checkpoint"] == first])), abs=0.01)
     assert all(r["file"].startswith(f"{r['pid']:04d}_") for r in rows)
     with pytest.raises(RecipeError, match="init_from.*different generator"):
         load_recipe(f, ["stages.gj.generator.z_dim=16"])

@@ -145,3 +145,16 @@ def test_identity_preservation_ranks_beyond_max_rank_and_small_galleries():
     assert res["mAP"] == pytest.approx(ref["mAP"])
     small = identity_preservation(faithful[:1], q_pids[:1], gallery[:4], g_pids[:4])  # gallery under 10
     assert small["rank1"] == small["rank10"] == 1.0
+
+
+def test_pixel_diversity_is_zero_for_identical_images_and_grows_with_spread():
+    from keras_reid.metrics.quality import pixel_diversity
+
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (8, 4, 3)).astype(np.uint8)
+    assert pixel_diversity(np.stack([one] * 5)) == 0.0
+    narrow = np.clip(one[None] + rng.normal(0, 5, (50, 8, 4, 3)), 0, 255)
+    wide = np.clip(one[None] + rng.normal(0, 40, (50, 8, 4, 3)), 0, 255)
+    assert 3 < pixel_diversity(narrow) < 7 < pixel_diversity(wide)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        pixel_diversity(one[None])

@@ -388,6 +388,7 @@ def augment(cfg, ctx: StageContext) -> dict:
                 if cfg.filters else "") + f" -> {out_dir}")
     for name, frac in measured.items():
         ctx.echo(f"{name}: {frac:.1%} of the generated images score at least {cfg.min_score}")
+    diversity = _sample_diversity(kept, stage_dir, ctx) if cfg.samples is not None else None
     summary = {
         "data": str((stage_dir / DATA_DIR).relative_to(ctx.run_dir)),
         "generator_stage": cfg.generator,
@@ -402,9 +403,41 @@ def augment(cfg, ctx: StageContext) -> dict:
     }
     if pose_summary is not None:
         summary["poses"] = pose_summary
+    if diversity is not None:
+        summary["sample_diversity"] = diversity
     if kept and ctx.is_chief:
         _log_samples(ctx, kept, stage_dir)
     return summary
+
+
+DIVERSITY_IMAGES = 500
+"""Samples (a fixed subset) over which an augment stage from noise measures pixel diversity."""
+
+
+def _sample_diversity(kept: list[dict], stage_dir: Path, ctx: StageContext) -> dict | None:
+    """Pixel diversity of the kept samples of a noise-driven generator (a collapsed generator
+    shows as a low figure; see ``metrics.quality.pixel_diversity``), per generator and overall."""
+    from keras_reid.data.images import read_image
+    from keras_reid.metrics.quality import pixel_diversity
+
+    rows = sorted(kept, key=lambda r: r["file"])
+    if len(rows) < 2:
+        return None
+    if len(rows) > DIVERSITY_IMAGES:
+        pick = np.random.default_rng(0).choice(len(rows), DIVERSITY_IMAGES, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
+    folder = stage_dir / DATA_DIR / TRAIN_FOLDER
+    images = np.stack([read_image(str(folder / r["file"]), None) for r in rows])
+    out = {"pixel_std": round(pixel_diversity(images), 2), "images": len(rows)}
+    by_generator: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_generator.setdefault(str(r.get("checkpoint", "")), []).append(i)
+    if len(by_generator) > 1:
+        out["pixel_std_by_generator"] = {k: round(pixel_diversity(images[idx]), 2)
+                                         for k, idx in sorted(by_generator.items()) if len(idx) > 1}
+    ctx.echo(f"sample diversity: per-pixel std {out['pixel_std']:.1f} across {len(rows)} samples "
+             "(0 = all alike; a collapsed generator scores far below its real images)")
+    return out
 
 
 def _local(items: list[dict], worker_kwargs: dict, batch_size: int) -> Iterable[list[dict]]:
