@@ -221,3 +221,14 @@ def test_eval_dataset_preserves_record_order(records):
     assert len({e.tobytes() for e in expected}) == len(records)
     (a, m), = eval_dataset(records[:3], image_size=(H, W), batch_size=3, flip=True)
     np.testing.assert_array_equal(m.numpy(), a.numpy()[:, :, ::-1])
+
+
+def test_subset_is_deterministic_keeps_order_and_leaves_small_lists_alone():
+    from keras_reid.data.records import subset
+
+    items = [f"img{i:03d}" for i in range(100)]
+    a, b = subset(items, 10, seed=3), subset(items, 10, seed=3)
+    assert a == b and len(a) == len(set(a)) == 10
+    assert a == sorted(a)  # kept in the items' order
+    assert subset(items, 10, seed=4) != a
+    assert subset(items, None, 0) is items and subset(items, 100, 0) is items

@@ -19,9 +19,9 @@ def keypoints_for(estimator: Any, paths: Sequence[str], size: tuple[int, int], *
                   images: np.ndarray | None = None, batch: int = 32) -> np.ndarray:
     """float32 keypoints [N, 18, 3] of the images at ``paths`` at ``size`` (height, width).
 
-    Uses ``estimator.keypoints_for(paths, size)`` for file-based estimators; otherwise calls the
-    estimator on ``images`` (uint8 [N, H, W, 3] aligned with ``paths``; decoded when None) in
-    batches of ``batch``."""
+    Uses ``estimator.keypoints_for(paths, size)`` for file-based estimators and when ``images``
+    is None (an image-based estimator then decodes the files itself); otherwise calls the
+    estimator on ``images`` (uint8 [N, H, W, 3] aligned with ``paths``) in batches of ``batch``."""
     if getattr(estimator, "reads_files", False) or images is None:
         return np.asarray(estimator.keypoints_for(list(map(str, paths)), tuple(size)), np.float32)
     out = np.full((len(paths), 18, 3), -1.0, np.float32)

@@ -82,3 +82,14 @@ def relabel(records: Iterable[Record]) -> tuple[list[int], Mapping[int, int]]:
     records = list(records)
     mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
     return [mapping[r.pid] for r in records], mapping
+
+
+def subset(items: list, n: int | None, seed: int) -> list:
+    """A deterministic subset of ``n`` of ``items`` in their order (``seed`` chooses which); all of
+    them when ``n`` is None or 0 or not smaller than their number."""
+    if not n or len(items) <= n:
+        return items
+    import numpy as np
+
+    keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
+    return [items[i] for i in sorted(keep)]

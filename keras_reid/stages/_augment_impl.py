@@ -22,7 +22,7 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.data.pairs import camera_pair_split
-from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record
+from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record, subset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.models import sha256_file
 from keras_reid.progress import progbar
@@ -69,10 +69,7 @@ def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple
         if not chosen:
             raise DatasetError(f"stage '{ctx.stage_name}': split '{cfg.split}' of dataset '{dataset}' "
                                "has no images")
-        if cfg.max_images and len(chosen) > cfg.max_images:
-            keep = np.random.default_rng(ctx.seed).choice(len(chosen), cfg.max_images, replace=False)
-            chosen = [chosen[i] for i in sorted(keep)]
-        return chosen, None, None
+        return subset(chosen, cfg.max_images, ctx.seed), None, None
     cam_a = cfg.source_camera if cfg.source_camera is not None else gen.source_camera
     cam_b = gen.target_camera
     if cam_a is None or cam_b is None:
@@ -94,10 +91,7 @@ def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple
     if not chosen:
         raise DatasetError(f"stage '{ctx.stage_name}': no '{cfg.images}' images of camera {cam_a} -> "
                            f"{cam_b} in {where}; choose images: all")
-    if cfg.max_images and len(chosen) > cfg.max_images:
-        keep = np.random.default_rng(ctx.seed).choice(len(chosen), cfg.max_images, replace=False)
-        chosen = [chosen[i] for i in sorted(keep)]
-    return chosen, cam_a, cam_b
+    return subset(chosen, cfg.max_images, ctx.seed), cam_a, cam_b
 
 
 def target_pool(cfg, ctx: StageContext, cam_b: int) -> list[Record]:
@@ -420,12 +414,9 @@ def _sample_diversity(kept: list[dict], stage_dir: Path, ctx: StageContext) -> d
     from keras_reid.data.images import read_image
     from keras_reid.metrics.quality import pixel_diversity
 
-    rows = sorted(kept, key=lambda r: r["file"])
+    rows = subset(sorted(kept, key=lambda r: r["file"]), DIVERSITY_IMAGES, seed=0)
     if len(rows) < 2:
         return None
-    if len(rows) > DIVERSITY_IMAGES:
-        pick = np.random.default_rng(0).choice(len(rows), DIVERSITY_IMAGES, replace=False)
-        rows = [rows[i] for i in sorted(pick)]
     folder = stage_dir / DATA_DIR / TRAIN_FOLDER
     images = np.stack([read_image(str(folder / r["file"]), None) for r in rows])
     out = {"pixel_std": round(pixel_diversity(images), 2), "images": len(rows)}

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from keras_reid import io
-from keras_reid.data.records import JUNK_PID
+from keras_reid.data.records import JUNK_PID, subset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.stages.base import StageContext
 
@@ -73,9 +73,7 @@ def run(cfg, ctx: StageContext) -> dict:
 
     h, w = cfg.image_size
     records, _ = scan_images([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID])
-    if cfg.max_poses and len(records) > cfg.max_poses:
-        keep = np.random.default_rng(ctx.seed).choice(len(records), cfg.max_poses, replace=False)
-        records = [records[i] for i in sorted(keep)]
+    records = subset(records, cfg.max_poses, ctx.seed)
     paths = [str(r.path) for r in records]
     t0 = time.time()
     with ctx.registry.using("pose", cfg.pose) as estimator:  # image-based ones decode on a cache miss only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_reid.data.records import Record
+from keras_reid.data.records import Record, subset
 from keras_reid.stages._evaluate_impl import extract_features, usable_records
 from keras_reid.stages.base import StageContext
 
@@ -15,10 +15,7 @@ def _generated_subset(ctx: StageContext, cfg, stage_name: str) -> list[dict]:
 
     ctx.output_of(stage_name)  # clear error when the augment stage has not completed
     rows = sorted(read_manifest(ctx.stage_dir_of(stage_name), kept_only=True), key=lambda r: r["file"])
-    if len(rows) > cfg.quality_images:
-        keep = np.random.default_rng(ctx.seed).choice(len(rows), cfg.quality_images, replace=False)
-        rows = [rows[i] for i in sorted(keep)]
-    return rows
+    return subset(rows, cfg.quality_images, ctx.seed)
 
 
 def identity_preservation_of(ctx: StageContext, cfg, stage_name: str, model, size) -> dict:

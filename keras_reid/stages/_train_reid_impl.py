@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_reid import io
-from keras_reid.data.records import Record, relabel
+from keras_reid.data.records import Record, relabel, subset
 from keras_reid.errors import DatasetError
 from keras_reid.stages.base import StageContext
 
@@ -59,9 +59,7 @@ def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedIm
     if not records:
         raise DatasetError(f"stage '{ctx.stage_name}': the generated set '{name}' has no images "
                            "(did a filter drop them all? see its augment summary)")
-    if g.max_images and len(records) > g.max_images:
-        keep = np.random.default_rng(ctx.seed).choice(len(records), g.max_images, replace=False)
-        records = [records[i] for i in sorted(keep)]
+    records = subset(records, g.max_images, ctx.seed)
     if g.labels == "lsro":
         labels = np.zeros(len(records), np.int64)
         eps = np.ones(len(records), np.float32)

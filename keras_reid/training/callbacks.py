@@ -136,8 +136,8 @@ class GeneratorSamples(keras.callbacks.Callback):
     ``examples`` is a fixed example dict (``keras_reid.interfaces.GENERATOR_KEYS``, images in
     [-1, 1], masks in [0, 1]); the picture has one column per example and the rows source,
     source mask, target pose (skeleton image), generated (``model.generate(examples,
-    noise=False)``), target mask, target (rows the examples do not have are left out). Steps are the optimizer's iterations, so a
-    resumed run continues the same time axis.
+    noise=False)``), target mask, target (rows the examples do not have are left out). Steps
+    are the optimizer's iterations, so a resumed run continues the same time axis.
     """
 
     ROWS = ("source", "source_mask", "target_pose", "generated", "target_mask", "target")
