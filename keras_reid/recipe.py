@@ -78,6 +78,10 @@ class RecipeModel(BaseModel):
     jit_compile: bool = False
     datasets: dict[str, ComponentSpec] = Field(default_factory=dict)
     stages: dict[str, ComponentSpec]
+    compare: list[tuple[str, str]] = Field(
+        default_factory=list, description="pairs [a, b] of model names the evaluate stages report; "
+        "repeated runs (--seeds, --sweep) give the paired difference a - b per metric (mean, "
+        "standard error, n), a single run prints it")
 
 
 # ---------------------------------------------------------------------------- YAML with locations
@@ -222,30 +226,37 @@ def parse_override(text: str) -> tuple[Path_, Any]:
 def apply_override(loaded: LoadedYaml, text: str) -> None:
     """Apply one ``--set KEY=VALUE`` to the loaded recipe, recording its location as ``--set``."""
     path, value = parse_override(text)
+    set_value(loaded, path, value, f"--set {text}")
+
+
+def set_value(loaded: LoadedYaml, path: Path_, value: Any, where: str) -> None:
+    """Set the value at key ``path`` of the loaded recipe (missing mappings on the way are
+    created), recording ``where`` (e.g. ``--set stages.a.epochs=2``) as its location, so that
+    validation errors about it name the option that set it."""
     node = loaded.data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
-                raise RecipeError(f"--set {text}: {_fmt_path(path[:i + 1])} is not an index of a "
+                raise RecipeError(f"{where}: {_fmt_path(path[:i + 1])} is not an index of a "
                                   f"list of {len(node)} items")
             node = node[part]
             continue
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {text}: {_fmt_path(path[:i])} is a value, not a mapping")
+            raise RecipeError(f"{where}: {_fmt_path(path[:i])} is a value, not a mapping")
         if part not in node or node[part] is None:
             node[part] = {}
         node = node[part]
     last = path[-1]
     if isinstance(node, list):
         if not isinstance(last, int) or last >= len(node):
-            raise RecipeError(f"--set {text}: {_fmt_path(path)} is not an index of the list")
+            raise RecipeError(f"{where}: {_fmt_path(path)} is not an index of the list")
         node[last] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise RecipeError(f"--set {text}: {_fmt_path(path[:-1])} is a value, not a mapping")
+        raise RecipeError(f"{where}: {_fmt_path(path[:-1])} is a value, not a mapping")
     _drop_locs(loaded.locations, path)
-    loaded.locations[path] = f"--set {text}"
+    loaded.locations[path] = where
 
 
 def interpolate(data: Any, locations: dict[Path_, str], env: dict[str, str] | None = None,
@@ -293,6 +304,9 @@ class Recipe:
     source: str = ""
     stage_configs: dict[str, BaseModel] = field(default_factory=dict)
     dataset_configs: dict[str, BaseModel] = field(default_factory=dict)
+    uses_seed: dict[str, bool] = field(default_factory=dict)
+    """Per stage: does its own work depend on the recipe's seed (its stage type's
+    ``uses_seed(config)``; a stage missing here is taken to use it)."""
 
     @property
     def name(self) -> str:
@@ -315,18 +329,66 @@ class Recipe:
                 out.append(item)
         return out
 
+    def seed_free(self, stage: str) -> bool:
+        """True when neither ``stage`` nor any stage it reads (transitively, through its
+        references) uses the recipe's seed: its outputs are the same for every seed."""
+        todo, seen = [stage], set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if self.uses_seed.get(name, True):
+                return False
+            todo += self.references(name, "stages")
+        return True
+
+    def upstream(self, stage: str) -> list[str]:
+        """``stage`` and the stages it reads, transitively, in recipe order."""
+        todo, seen = [stage], set()
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += self.references(name, "stages")
+        return [n for n in self.model.stages if n in seen]
+
     def stage_hash(self, stage: str) -> str:
-        """A hash of one stage's resolved config, the datasets and the stages before it."""
+        """A hash of one stage's identity: its resolved config, the datasets, the stages before
+        it and the seed.
+
+        A seed-free stage (:meth:`seed_free`: it and everything it reads ignore the seed) is
+        hashed without the seed and over the stages it reads instead of every stage before it,
+        so repeats with different seeds (or sweeps over later stages) share it.
+        """
         names = list(self.model.stages)
-        upto = names[: names.index(stage) + 1]
-        payload = {
-            "seed": self.model.seed,
-            "datasets": self.data.get("datasets", {}),
-            "stages": [[n, self.data["stages"][n]] for n in upto],
-            "strategy_jit": self.data.get("jit_compile", False),
-        }
+        if self.seed_free(stage):
+            payload = {
+                "datasets": self.data.get("datasets", {}),
+                "stages": [[n, self.data["stages"][n]] for n in self.upstream(stage)],
+                "strategy_jit": self.data.get("jit_compile", False),
+            }
+        else:
+            upto = names[: names.index(stage) + 1]
+            payload = {
+                "seed": self.model.seed,
+                "datasets": self.data.get("datasets", {}),
+                "stages": [[n, self.data["stages"][n]] for n in upto],
+                "strategy_jit": self.data.get("jit_compile", False),
+            }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def reported_models(self, registry: Registry = REGISTRY) -> dict[str, str]:
+        """``{model name: stage}`` for every model the recipe's evaluating stages report in
+        metrics.json (their stage type's ``reported_models(config)``), in recipe order."""
+        out: dict[str, str] = {}
+        for name, spec in self.model.stages.items():
+            fn = getattr(registry.get("stage", spec.type).obj, "reported_models", None)
+            if fn is not None and name in self.stage_configs:
+                for model in fn(self.stage_configs[name]):
+                    out.setdefault(model, name)
+        return out
 
 
 def _fmt_path(path: Iterable[Any]) -> str:
@@ -484,8 +546,31 @@ def validate(data: dict, locations: dict[Path_, str], registry: Registry = REGIS
                 full = path + tuple(sub_path)
                 raise RecipeError(f"{_loc(locations, full)}: {_fmt_path(full)}: {message}")
         recipe.stage_configs[name] = cfg
+        uses_seed = getattr(registry.get("stage", model.stages[name].type).obj, "uses_seed", None)
+        recipe.uses_seed[name] = True if uses_seed is None else bool(uses_seed(cfg))
         seen.append(name)
+    _validate_compare(recipe, locations, registry)
     return recipe
+
+
+def _validate_compare(recipe: Recipe, locations: dict[Path_, str], registry: Registry) -> None:
+    """Each ``compare:`` pair names two different models the evaluate stages report."""
+    if not recipe.model.compare:
+        return
+    reported = recipe.reported_models(registry)
+    for i, pair in enumerate(recipe.model.compare):
+        for j, name in enumerate(pair):
+            if name not in reported:
+                path = ("compare", i, j)
+                close = difflib.get_close_matches(name, list(reported), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ";"
+                raise RecipeError(
+                    f"{_loc(locations, path)}: {_fmt_path(path)}: '{name}' is not a model an evaluate "
+                    f"stage reports{hint} reported models: {', '.join(reported) or '(none)'}")
+        if pair[0] == pair[1]:
+            path = ("compare", i)
+            raise RecipeError(f"{_loc(locations, path)}: {_fmt_path(path)}: compares '{pair[0]}' with "
+                              "itself; name two different models, e.g. [augmented, baseline]")
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, env: dict | None = None,

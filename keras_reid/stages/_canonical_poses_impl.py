@@ -72,8 +72,9 @@ def run(cfg, ctx: StageContext) -> dict:
     from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
 
     h, w = cfg.image_size
+    seed = ctx.seed if cfg.seed is None else cfg.seed
     records, _ = scan_images([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID])
-    records = subset(records, cfg.max_poses, ctx.seed)
+    records = subset(records, cfg.max_poses, seed)
     paths = [str(r.path) for r in records]
     t0 = time.time()
     with ctx.registry.using("pose", cfg.pose) as estimator:  # image-based ones decode on a cache miss only
@@ -90,7 +91,7 @@ def run(cfg, ctx: StageContext) -> dict:
         x = np.stack([normalised_pose_vector(p, (h, w)) for p in kp])
     else:
         x = cnn_features(skeletons, cfg.cnn_weights)
-    centres, labels = kmeans(x, cfg.k, seed=ctx.seed, restarts=cfg.restarts)
+    centres, labels = kmeans(x, cfg.k, seed=seed, restarts=cfg.restarts)
     order = np.argsort(-np.bincount(labels, minlength=cfg.k), kind="stable")  # largest cluster first
     poses, pictures = [], []
     for i, c in enumerate(order):

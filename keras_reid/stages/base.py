@@ -18,6 +18,8 @@ from keras_reid.registry import REGISTRY, Registry
 log = logging.getLogger("keras_reid")
 
 COMPLETE_MARKER = ".complete.json"
+RECORDED_METRICS = ".recorded_metrics.json"
+"""In a stage folder: the models (and extra) the stage merged into the run's metrics.json."""
 
 
 def _min_side(size: tuple[int, int]) -> tuple[int, int]:
@@ -119,9 +121,18 @@ class StageContext:
         return marker.get("summary", {})
 
     def record_metrics(self, models: dict[str, dict], extra: dict | None = None) -> Path:
-        """Merge per-model metrics into ``<run>/metrics.json`` (atomically); returns its path."""
+        """Merge per-model metrics into ``<run>/metrics.json`` (atomically); returns its path.
+
+        The stage folder keeps what this stage recorded (``.recorded_metrics.json``), so a copy
+        of the completed stage in another run folder (a repeat sharing it) can record it there."""
         path = self.run_dir / "metrics.json"
+        own = self.stage_dir / RECORDED_METRICS
         with _metrics_lock:
+            mine = io.read_json(own, default={}) or {}
+            mine.setdefault("models", {}).update(models)
+            if extra:
+                mine["extra"] = extra
+            io.write_json(own, mine)
             current = io.read_json(path, default={}) or {}
             current.setdefault("recipe", self.recipe.name)
             current.setdefault("models", {})
@@ -148,10 +159,22 @@ class Stage:
     classmethod ``preflight(config, context)`` for checks against the loaded datasets (camera
     ids, identities shared by two cameras, ...); it runs after the datasets are loaded and
     before the first stage starts, and raises ``UserError`` with the fix.
+
+    ``uses_seed(config) -> bool`` says whether the stage's work depends on the recipe's seed
+    (default: it does). A stage that does not, and reads only stages that do not, is hashed
+    without the seed, so the repeats of ``keras-reid run --seeds`` share one run of it.
+    Evaluating stages define ``reported_models(config) -> list[str]``: the model names they
+    write to metrics.json (what a recipe's ``compare:`` may name).
     """
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @classmethod
+    def uses_seed(cls, config: Any) -> bool:
+        """Returns True when the stage's outputs depend on the recipe's seed (the default:
+        initialisers, data order, noise, subsets drawn with it)."""
+        return True
 
     def run(self, context: StageContext) -> dict:  # pragma: no cover - interface
         raise NotImplementedError

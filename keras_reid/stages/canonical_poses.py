@@ -41,11 +41,20 @@ class CanonicalPosesConfig(BaseModel):
     max_poses: int | None = Field(None, gt=0, description="cluster at most this many poses (a "
                                   "deterministic subset)")
     restarts: int = Field(10, ge=1, description="k-means restarts (the lowest distortion is kept)")
+    seed: int | None = Field(None, description="seed of the k-means starts and the max_poses "
+                             "subset; null = the recipe's seed. With a seed of its own the stage "
+                             "does not depend on the recipe's seed, and the repeats of "
+                             "'keras-reid run --seeds' share one run of it")
 
 
 @register("stage", "canonical_poses", config=CanonicalPosesConfig)
 class CanonicalPoses(Stage):
     """Cluster all training poses into k canonical poses with k-means (PN-GAN)."""
+
+    @classmethod
+    def uses_seed(cls, config: CanonicalPosesConfig) -> bool:
+        """Returns False when the config gives the stage a seed of its own."""
+        return config.seed is None
 
     @classmethod
     def preflight(cls, config: CanonicalPosesConfig, context: StageContext) -> None:

@@ -79,6 +79,17 @@ class Evaluate(Stage):
     """Evaluate trained models: CMC/mAP/mINP (optionally re-ranked) or closed-set prec@1/mAP."""
 
     @classmethod
+    def reported_models(cls, config: EvaluateConfig) -> list[str]:
+        """The model names this stage writes to metrics.json: each evaluated model (or its
+        ``names:`` entry), then the fused result and B on the versions when ``fusion`` is set."""
+        out = [config.names.get(s, s) for s in config.models]
+        if config.fusion is not None:
+            out.append(config.fusion.name)
+            if config.fusion.normalised_name is not None:
+                out.append(config.fusion.normalised_name)
+        return out
+
+    @classmethod
     def check_config(cls, config: EvaluateConfig, recipe) -> tuple | None:
         for i, name in enumerate(config.models):
             stage_type = recipe.model.stages[name].type
