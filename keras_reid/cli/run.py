@@ -15,7 +15,8 @@ _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values 
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="run folder (default: <recipe run_dir>/<recipe name>, i.e. runs/<name>)")
+              help="run folder (default: <recipe run_dir>/<recipe name>, i.e. runs/<name>); with "
+                   "--seeds/--sweep the folder that holds the repeats")
 @click.option("--dry-run", is_flag=True, help="validate and show which stages would run, then stop")
 @click.option("--stage", "only", multiple=True, metavar="NAME",
               help="run only this stage (repeatable); earlier stages must be complete")
@@ -23,24 +24,52 @@ _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values 
               help="do only part I of N (0-based) of the augment stages, e.g. --shard 0/4 on one "
                    "machine and 1/4 on another over a shared run folder; the run continues past "
                    "augment once every part is done")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="repeat the run once per seed (the recipe's seed replaced), each in "
+                   "<run folder>/seed-<s>/, then write the aggregate metrics.json (mean, std, "
+                   "per-seed values, paired differences of the recipe's compare: pairs) there")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2,...",
+              help="repeat the run once per value of a recipe key (YAML-typed like --set), e.g. "
+                   "--sweep datasets.lima.test_session=1,2,3,4; repeatable; with --seeds every "
+                   "combination, in <run folder>/test_session-1/seed-0/")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="how repeats run: local = one after the other; ray = as Ray tasks (pip install "
+                   "'keras-reid[ray]'; a cluster when RAY_ADDRESS is set)")
+@click.option("--ray-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="CPUs Ray reserves per repeat (--engine ray)")
+@click.option("--ray-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs Ray reserves per repeat (--engine ray)")
 @handle_user_errors
 def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: bool,
-        only: tuple[str, ...], shard: str | None) -> None:
+        only: tuple[str, ...], shard: str | None, seeds: str | None, sweeps: tuple[str, ...],
+        engine: str, ray_cpus: float, ray_gpus: float) -> None:
     """Run RECIPE: every stage in order, results in a run folder and TensorBoard.
 
     Completed stages with an unchanged config are skipped; an interrupted stage resumes
     from its last checkpoint. Open the results with: tensorboard --logdir runs
+
+    \b
+    Repeated runs (--seeds 0,1,2 and/or --sweep KEY=V1,V2): each repeat is an ordinary run in
+    its own folder (runs/<name>/seed-0/, ...); rerunning the command skips complete repeats and
+    resumes the unfinished one; stages whose config does not change between repeats run once.
+    tensorboard --logdir runs/<name> shows the repeats side by side.
     """
     from keras_reid import pipeline
     from keras_reid.errors import RecipeError
+
+    if seeds is not None or sweeps:
+        return _run_repeats(recipe, overrides, run_dir, dry_run, only, shard, seeds, sweeps,
+                            engine, ray_cpus, ray_gpus)
+    if engine != "local":
+        raise RecipeError(f"--engine {engine} runs repeats; add --seeds and/or --sweep")
+    from keras_reid import repeats
     from keras_reid.recipe import load_recipe
 
     rec = load_recipe(recipe, overrides)
     part = parse_shard(shard) if shard else None
     target = Path(run_dir) if run_dir else pipeline.default_run_dir(rec)
-    for name in only:
-        if name not in rec.model.stages:
-            raise RecipeError(f"--stage {name}: no such stage; stages: {', '.join(rec.model.stages)}")
+    _check_stages(rec, only)
+    repeats.check_single_run_folder(target)
     if dry_run:
         click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
         for step in pipeline.plan(rec, target):
@@ -55,10 +84,54 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
                                f"{shard} done); the run folder is {target}", fg="yellow", bold=True))
         return
     metrics = target / "metrics.json"
+    for line in repeats.single_run_comparison_lines(
+            _read_json(metrics), rec.model.compare):
+        click.echo(line)
     click.echo(click.style(f"done: {target}", fg="green", bold=True))
     if metrics.exists():
         click.echo(f"metrics: {metrics}")
     click.echo(f"TensorBoard: tensorboard --logdir {target / 'tensorboard'}")
+
+
+def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: bool,
+                 only: tuple[str, ...], shard: str | None, seeds: str | None,
+                 sweeps: tuple[str, ...], engine: str, ray_cpus: float, ray_gpus: float) -> None:
+    """``run --seeds/--sweep``: expand and validate every repeat, run them, print the aggregate."""
+    from keras_reid import repeats
+    from keras_reid.errors import RecipeError
+
+    if shard:
+        raise RecipeError("--shard splits the augment stage of one run; it cannot be combined with "
+                          "--seeds/--sweep; shard one repeat as a single run: --set seed=S --run-dir "
+                          "runs/<name>/seed-S --shard I/N")
+    plan = repeats.expand(recipe, overrides, seeds=repeats.parse_seeds(seeds) if seeds else None,
+                          sweeps=sweeps, run_dir=run_dir)
+    _check_stages(plan.repeats[0].recipe, only)
+    if dry_run:
+        for line in repeats.describe_lines(plan, only):
+            click.echo(line)
+        return
+    agg = repeats.run_repeats(plan, engine=engine, only=list(only) or None,
+                              ray_cpus=ray_cpus, ray_gpus=ray_gpus)
+    for line in repeats.summary_lines(agg):
+        click.echo(line)
+    click.echo(click.style(f"done: {plan.run_dir} ({len(plan.repeats)} repeats)", fg="green", bold=True))
+    click.echo(f"metrics: {plan.run_dir / 'metrics.json'}")
+    click.echo(f"TensorBoard (every repeat side by side): tensorboard --logdir {plan.run_dir}")
+
+
+def _check_stages(rec, only: tuple[str, ...]) -> None:
+    from keras_reid.errors import RecipeError
+
+    for name in only:
+        if name not in rec.model.stages:
+            raise RecipeError(f"--stage {name}: no such stage; stages: {', '.join(rec.model.stages)}")
+
+
+def _read_json(path: Path) -> dict | None:
+    from keras_reid import io
+
+    return io.read_json(path)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
