@@ -356,6 +356,19 @@ def test_options_that_make_no_sense_with_repeats_are_rejected(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_ray_engine_without_ray_is_one_line_naming_the_extra(tmp_path, reg, monkeypatch):
+    import sys
+
+    from keras_reid.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    path = _write(tmp_path, "name: t\nstages:\n  a: {type: count}\n")
+    plan = repeats.expand(path, seeds=[0, 1], run_dir=tmp_path / "out", registry=reg)
+    with pytest.raises(UserError, match=r"pip install 'keras-reid\[ray\]'"):
+        repeats.run_repeats(plan, engine="ray", registry=reg, echo=lambda s: None)
+    assert not (tmp_path / "out").exists() and CALLS == []
+
+
 @pytest.mark.slow
 def test_ray_engine_runs_the_repeats_as_tasks(tmp_path, real):
     ray = pytest.importorskip("ray")
