@@ -160,29 +160,84 @@ def test_variable_and_l1_loss_terms():
     np.testing.assert_allclose(t["g_l1"].numpy(), 10.0, rtol=1e-5)
 
 
-def test_model4_discriminator_sees_only_the_background():
+def _person(b):
+    """1 on the pixels of either person (source or target mask), else 0."""
+    return 1.0 - (1.0 - b["source_mask"]) * (1.0 - b["target_mask"])
+
+
+def test_model4_discriminator_condition_is_the_background_and_images_are_whole():
+    """Thesis Eq. 6: D(x * m, y) and D(x * m, G(x)): the condition loses both persons, while the
+    real and the generated image reach D whole ("the GAN loss ... affects the whole image")."""
     gan = _factory("model4").build((32, 16))
+    assert gan.d_image_mask == "none"
     b = {k: tf.constant(v) for k, v in _batch().items()}
-    person = 1.0 - (1.0 - b["source_mask"]) * (1.0 - b["target_mask"])
+    person = _person(b)
+    pair = gan.discriminator_pair(b, b["target"]).numpy()
+    np.testing.assert_array_equal(pair[..., 3:], b["target"].numpy())  # the image, unmasked
+    np.testing.assert_array_equal(pair[..., :3], (b["source"] * (1.0 - person)).numpy())
     other = b["target"] + 0.7 * person  # changes only pixels of either person
+    assert not np.array_equal(pair, gan.discriminator_pair(b, other).numpy())
+    # the source's person does not reach it
+    moved = dict(b, source=b["source"] - 0.3 * person)
+    np.testing.assert_array_equal(pair, gan.discriminator_pair(moved, b["target"]).numpy())
+
+
+def test_model4_gan_term_reaches_the_generated_person():
+    """The generator's cGAN term has a gradient on person pixels of G(x) (zero there when the
+    images are masked like the condition: d_image_mask background)."""
+    from keras_reid_plugins.generators._pix2pix_model import _bce
+
+    b = {k: tf.constant(v) for k, v in _batch().items()}
+    person = _person(b).numpy()[..., 0] > 0
+
+    def gan_term_grad(gan):
+        fake = tf.constant(np.random.default_rng(3).uniform(-1, 1, (4, 32, 16, 3)).astype("f4"))
+        with tf.GradientTape() as tape:
+            tape.watch(fake)
+            g_gan = tf.reduce_mean(_bce(gan.discriminator(gan.discriminator_pair(b, fake),
+                                                          training=True), 1.0))
+        return np.abs(tape.gradient(g_gan, fake).numpy()).sum(-1)
+
+    grad = gan_term_grad(_factory("model4").build((32, 16)))
+    assert np.all(grad[person] > 0) and np.all(grad[~person] > 0)
+    masked = gan_term_grad(_factory("model4", d_image_mask="background").build((32, 16)))
+    assert np.all(masked[person] == 0) and np.all(masked[~person] > 0)
+
+
+def test_model4_background_only_discriminator_is_an_explicit_option():
+    gan = _factory("model4", d_image_mask="background").build((32, 16))
+    b = {k: tf.constant(v) for k, v in _batch().items()}
+    other = b["target"] + 0.7 * _person(b)
     np.testing.assert_array_equal(gan.discriminator_pair(b, b["target"]).numpy(),
                                   gan.discriminator_pair(b, other).numpy())
-    # and the source's person does not reach it either
-    moved = dict(b, source=b["source"] - 0.3 * person)
-    np.testing.assert_array_equal(gan.discriminator_pair(b, b["target"]).numpy(),
-                                  gan.discriminator_pair(moved, b["target"]).numpy())
-    # the gradient of its logits w.r.t. the image is zero on person pixels, not elsewhere
-    image = b["target"]
-    with tf.GradientTape() as tape:
-        tape.watch(image)
-        total = tf.reduce_sum(gan.discriminator(gan.discriminator_pair(b, image), training=False))
-    grad = np.abs(tape.gradient(total, image).numpy()).sum(-1, keepdims=True)
-    assert np.all(grad[person.numpy() > 0] == 0)
-    assert np.all(grad[person.numpy() == 0] > 0)
-    # model 1's discriminator sees the whole image
+    with pytest.raises(ValidationError, match="model4 only"):
+        _factory("model1", d_image_mask="background")
+    # model 1's discriminator sees the whole image and its whole condition
     g1 = _factory("model1").build((32, 16))
-    assert not np.array_equal(g1.discriminator_pair(b, b["target"]).numpy(),
-                              g1.discriminator_pair(b, other).numpy())
+    np.testing.assert_array_equal(g1.discriminator_pair(b, b["target"]).numpy(),
+                                  tf.concat([b["source"], b["target"]], -1).numpy())
+
+
+def test_model4_train_step_feeds_the_discriminator_whole_generated_images(monkeypatch):
+    """What D is called with inside train_step: the generated image unmasked in its last
+    three channels (only the condition is masked)."""
+    gan = _compiled(_factory("model4"))
+    b = _batch()
+    seen = []
+    real_call = gan.discriminator.call
+
+    def spy(inputs, *args, **kwargs):
+        seen.append(inputs)
+        return real_call(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(gan.discriminator, "call", spy)
+    gan.train_step({k: tf.constant(v) for k, v in b.items()})
+    assert len(seen) == 3  # real, generated for D's update, generated for G's
+    person = _person({k: tf.constant(v) for k, v in b.items()}).numpy()[..., 0] > 0
+    real, fake = seen[0].numpy(), seen[1].numpy()
+    np.testing.assert_array_equal(real[..., 3:], b["target"])
+    assert np.abs(fake[..., 3:][person]).min() > 0  # the generated person is there (tanh, not 0)
+    np.testing.assert_array_equal(fake[..., :3][person], 0.0)  # the condition's persons are not
 
 
 # ---------------------------------------------------------------- training
@@ -288,6 +343,47 @@ def test_generation_noise_is_explicit():
                                   np.asarray(noisy.generate(b, noise=False)))
 
 
+def test_generation_with_batch_statistics_is_a_training_mode_pass_per_image():
+    """batch_stats: each image normalised with its own statistics = the authors' test script
+    (training mode, one image at a time) when dropout is off; differs from running statistics;
+    leaves the running statistics alone; and does not depend on the rest of the batch."""
+    gan = _factory("model1", dropout=0.0).build((32, 16))
+    b = {"source": _batch(n=3)["source"]}
+    norms = [l for l in gan.generator.layers if "norm" in l.name]
+    assert norms and all(isinstance(l, keras.layers.BatchNormalization) for l in norms)
+    moving = [np.asarray(v).copy() for l in norms for v in (l.moving_mean, l.moving_variance)]
+    running = np.asarray(gan.generate(b))
+    per_image = np.asarray(gan.generate(b, batch_stats=True))
+    assert np.abs(per_image - running).max() > 0.05
+    for before, l in zip(moving[::2], norms):
+        np.testing.assert_array_equal(before, np.asarray(l.moving_mean))
+    alone = np.asarray(gan.generate({"source": b["source"][1:2]}, batch_stats=True))
+    np.testing.assert_allclose(alone[0], per_image[1], atol=1e-5)
+    # the setting: generate() follows it, the explicit argument overrides it, it is saved
+    authors = _factory("model1", dropout=0.0, batch_stats_at_generation=True).build((32, 16))
+    authors.set_weights(gan.get_weights())
+    np.testing.assert_allclose(np.asarray(authors.generate(b)), per_image, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(authors.generate(b, batch_stats=False)), running, atol=1e-6)
+    assert authors.get_config()["batch_stats_at_generation"] is True
+    # (training-mode passes update the running statistics: last)
+    one_by_one = np.concatenate([np.asarray(gan.generator(b["source"][i:i + 1], training=True))
+                                 for i in range(3)])
+    np.testing.assert_allclose(per_image, one_by_one, atol=1e-5)
+    with pytest.raises(ValidationError, match="norm: batch"):
+        _factory("model1", norm="instance", batch_stats_at_generation=True)
+
+
+def test_authors_generation_keeps_dropout_and_batch_statistics():
+    gan = _factory("model4", dropout_at_generation=True, batch_stats_at_generation=True).build((32, 16))
+    b = {"source": _batch(n=2)["source"]}
+    first, second = np.asarray(gan.generate(b)), np.asarray(gan.generate(b))
+    assert np.abs(first - second).max() > 0  # dropout noise
+    quiet = np.asarray(gan.generate(b, noise=False))
+    np.testing.assert_array_equal(quiet, np.asarray(gan.generate(b, noise=False)))
+    running = np.asarray(gan.generate(b, noise=False, batch_stats=False))
+    assert np.abs(quiet - running).max() > 0.05
+
+
 def test_saved_gan_reloads_with_generator_and_optimizers(tmp_path):
     f = _factory("model3", decay_epochs=1)
     gan = _compiled(f, steps=4, epochs=2)
@@ -300,6 +396,8 @@ def test_saved_gan_reloads_with_generator_and_optimizers(tmp_path):
     again = f.load(str(path))  # what the augment stage uses: no optimizers
     np.testing.assert_allclose(np.asarray(again.generate(b)), np.asarray(gan.generate(b)), atol=1e-6)
     assert (again.variant, again.dropout_at_generation) == ("model3", False)
+    np.testing.assert_allclose(np.asarray(again.generate(b, batch_stats=True)),
+                               np.asarray(gan.generate(b, batch_stats=True)), atol=1e-6)
 
     resumed = keras.saving.load_model(path)  # with optimizers, to resume training
     for name in ("d_optimizer", "g_optimizer"):

@@ -5,7 +5,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_reid.training.gan import GANModel, LinearDecay, gan_initializer  # noqa: F401
 from keras_reid_plugins.generators.pix2pix import unet_depth
@@ -27,9 +27,44 @@ class NoiseDropout(layers.Dropout):
         return super().call(inputs, training=bool(training) or self.noise)
 
 
-def _norm(kind: str, name: str) -> layers.Layer:
+@keras.saving.register_keras_serializable(package="keras_reid")
+class GenerationBatchNorm(layers.BatchNormalization):
+    """BatchNormalization that can normalise each example with its own statistics outside
+    training: while ``per_image`` is True (set by ``Pix2PixGAN.generate`` for one call) an
+    inference call uses the mean and (biased) variance of every example over its spatial axes,
+    then the layer's ``gamma`` and ``beta``, and leaves the moving statistics alone. That is what
+    a training-mode forward pass of one image at a time computes (the authors' pix2pix test
+    script: training mode, batch size 1). Otherwise it is ordinary BatchNormalization.
+    ``per_image`` is runtime state, not part of the config."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.per_image = False
+
+    def call(self, inputs, training=None, mask=None):
+        """Returns the normalised ``inputs`` (per-example statistics while ``per_image`` and not training)."""
+        if training or not self.per_image:
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        rank = len(x.shape)
+        channel_axis = self.axis % rank
+        axes = [a for a in range(1, rank) if a != channel_axis]
+        mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        y = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        shape = [1] * rank
+        shape[channel_axis] = x.shape[channel_axis]
+        if self.scale:
+            y = y * ops.reshape(ops.cast(self.gamma, y.dtype), shape)
+        if self.center:
+            y = y + ops.reshape(ops.cast(self.beta, y.dtype), shape)
+        return ops.cast(y, self.compute_dtype)
+
+
+def _norm(kind: str, name: str, generator: bool = False) -> layers.Layer:
     if kind == "instance":
         return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+    if generator:  # can switch to per-image statistics at generation
+        return GenerationBatchNorm(momentum=0.9, epsilon=1e-5, name=name)
     return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
@@ -47,13 +82,13 @@ def build_unet(image_size: tuple[int, int], in_channels: int, cfg: dict) -> kera
         x = layers.Conv2D(width[i], 4, strides=2, padding="same", use_bias=(i == 0 or i == depth - 1),
                           kernel_initializer=gan_initializer(), name=f"down{i}_conv")(x)
         if 0 < i < depth - 1:  # no norm on the outermost and the innermost (1-pixel) level
-            x = _norm(cfg["norm"], f"down{i}_norm")(x)
+            x = _norm(cfg["norm"], f"down{i}_norm", generator=True)(x)
         skips.append(x)
     for i in range(depth - 2, -1, -1):
         x = layers.ReLU(name=f"up{i}_act")(x)
         x = layers.Conv2DTranspose(width[i], 4, strides=2, padding="same", use_bias=False,
                                    kernel_initializer=gan_initializer(), name=f"up{i}_conv")(x)
-        x = _norm(cfg["norm"], f"up{i}_norm")(x)
+        x = _norm(cfg["norm"], f"up{i}_norm", generator=True)(x)
         if depth - 2 - i < 3 and cfg["dropout"] > 0:  # the three innermost decoder blocks
             x = NoiseDropout(cfg["dropout"], name=f"up{i}_dropout")(x)
         x = layers.Concatenate(name=f"up{i}_skip")([x, skips[i]])
@@ -118,13 +153,18 @@ class Pix2PixGAN(GANModel):
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, variant: str = "model4",
                  lambda_l1: float = 100.0, lambda_fg: float = 70.0, lambda_bg: float = 30.0,
-                 dropout_at_generation: bool = False, **kwargs: Any) -> None:
+                 dropout_at_generation: bool = False, batch_stats_at_generation: bool = False,
+                 d_image_mask: str = "none", **kwargs: Any) -> None:
         recon = ("g_fg", "g_bg") if variant in ("model4", "variable") else ("g_l1",)
         super().__init__(generator, discriminator,
                          log_names=("d_loss", "d_real", "d_fake", "g_loss", "g_gan", *recon), **kwargs)
         self.variant = variant
         self.lambdas = {"l1": float(lambda_l1), "fg": float(lambda_fg), "bg": float(lambda_bg)}
         self.dropout_at_generation = bool(dropout_at_generation)
+        self.batch_stats_at_generation = bool(batch_stats_at_generation)
+        if d_image_mask not in ("none", "background"):
+            raise ValueError(f"d_image_mask must be none or background, got {d_image_mask!r}")
+        self.d_image_mask = d_image_mask
 
     # ------------------------------------------------------------------ inputs
     def generator_input(self, batch: dict):
@@ -137,11 +177,14 @@ class Pix2PixGAN(GANModel):
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
     def discriminator_pair(self, batch: dict, image):
-        """The discriminator's input for ``image`` under ``batch``'s condition. Model 4 shows it
-        only the background, ``(1 - m_in)(1 - m_out)``, of the source and of the image."""
+        """Returns the discriminator's input for ``image`` (real or generated) under ``batch``'s
+        condition: ``concat(condition, image)``. Model 4's condition is the source's background
+        ``x (1 - m_in)(1 - m_out)`` and the image is whole (thesis Eq. 6), or masked the same
+        way with ``d_image_mask == "background"``."""
         if self.variant == "model4":
             keep = (1.0 - batch["source_mask"]) * (1.0 - batch["target_mask"])
-            return tf.concat([batch["source"] * keep, image * keep], axis=-1)
+            shown = image * keep if self.d_image_mask == "background" else image
+            return tf.concat([batch["source"] * keep, shown], axis=-1)
         return tf.concat([self.generator_input(batch), image], axis=-1)
 
     def call(self, batch: dict, training: bool | None = None):
@@ -153,20 +196,33 @@ class Pix2PixGAN(GANModel):
         self.discriminator(self.discriminator_pair(batch, fake), training=training)
         return fake
 
-    def generate(self, batch: dict, noise: bool | None = None):
+    def generate(self, batch: dict, noise: bool | None = None, batch_stats: bool | None = None):
         """Returns generated images float32 [B, H, W, 3] in [-1, 1] for ``batch`` (the keys in
-        the factory's ``generation_needs``). Normalisation runs in inference mode; dropout is on
-        iff ``noise`` (None = the ``dropout_at_generation`` setting)."""
+        the factory's ``generation_needs``). Dropout is on iff ``noise`` (None = the
+        ``dropout_at_generation`` setting). BatchNorm uses each image's own statistics iff
+        ``batch_stats`` (None = the ``batch_stats_at_generation`` setting), else its running
+        statistics; either way no statistic is updated and the result of an image does not
+        depend on the other images of the batch (except through dropout's random draws)."""
         noise = self.dropout_at_generation if noise is None else bool(noise)
+        batch_stats = self.batch_stats_at_generation if batch_stats is None else bool(batch_stats)
         batch = {k: tf.convert_to_tensor(v, tf.float32) for k, v in batch.items()}
         noisy = [layer for layer in self.generator.layers if isinstance(layer, NoiseDropout)]
+        norms = [layer for layer in self.generator.layers if isinstance(layer, GenerationBatchNorm)]
+        if batch_stats and not norms:
+            raise ValueError("this generator has no BatchNorm layers that can use per-image "
+                             "statistics (norm: instance, or saved by an older version); generate "
+                             "with batch_stats=False")
         for layer in noisy:
             layer.noise = noise
+        for layer in norms:
+            layer.per_image = batch_stats
         try:
             return self.generator(self.generator_input(batch), training=False)
         finally:
             for layer in noisy:
                 layer.noise = False
+            for layer in norms:
+                layer.per_image = False
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict) -> dict:
@@ -202,10 +258,13 @@ class Pix2PixGAN(GANModel):
                            "g_gan": g_gan, **terms})
 
     def get_config(self) -> dict:
-        """Returns the base config plus the variant, the loss weights and the generation noise."""
+        """Returns the base config plus the variant, the loss weights, the generation settings
+        and Model 4's ``d_image_mask``."""
         config = super().get_config()
         config.update(variant=self.variant, lambda_l1=self.lambdas["l1"], lambda_fg=self.lambdas["fg"],
-                      lambda_bg=self.lambdas["bg"], dropout_at_generation=self.dropout_at_generation)
+                      lambda_bg=self.lambdas["bg"], dropout_at_generation=self.dropout_at_generation,
+                      batch_stats_at_generation=self.batch_stats_at_generation,
+                      d_image_mask=self.d_image_mask)
         return config
 
 
@@ -218,7 +277,9 @@ def build_gan(cfg: dict, image_size: tuple[int, int]) -> Pix2PixGAN:
     discriminator = build_patchgan(image_size, cond, cfg)
     gan = Pix2PixGAN(generator, discriminator, variant=variant, lambda_l1=cfg["lambda_l1"],
                      lambda_fg=cfg["lambda_fg"], lambda_bg=cfg["lambda_bg"],
-                     dropout_at_generation=cfg["dropout_at_generation"], name=f"pix2pix_{variant}")
+                     dropout_at_generation=cfg["dropout_at_generation"],
+                     batch_stats_at_generation=cfg.get("batch_stats_at_generation", False),
+                     d_image_mask=cfg.get("d_image_mask", "none"), name=f"pix2pix_{variant}")
     h, w = image_size
     dummy = {"source": tf.zeros((1, h, w, 3)), "target": tf.zeros((1, h, w, 3)),
              "source_mask": tf.zeros((1, h, w, 1)), "target_mask": tf.zeros((1, h, w, 1))}

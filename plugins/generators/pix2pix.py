@@ -19,15 +19,29 @@ model1     x                                ``lambda_l1 * |G - y|``
 model2     x, m_in                          ``lambda_l1 * |G - y|``
 model3     x, m_in, m_out                   ``lambda_l1 * |G - y|`` (m_out chooses the pose)
 model4     x                                ``lambda_fg * |G - x| m_in + lambda_bg * |G - y| (1 - m_in)(1 - m_out)``;
-                                            D sees only the background ``(1 - m_in)(1 - m_out)``
+                                            D's condition is the source's background
+                                            ``x (1 - m_in)(1 - m_out)``; the real and generated
+                                            images reach D whole (``d_image_mask: none``)
 variable   x, m_in, m_out                   ``lambda_fg * |G - y| m_out + lambda_bg * |G - y| (1 - m_out)``
 =========  ===============================  =================================================
 
 Every L1 term is the mean over all pixels and channels of the (masked) absolute difference,
 so a term's weight means the same whatever the share of person pixels. The cGAN loss is
 binary cross-entropy on the patch logits; the discriminator's loss is halved as in pix2pix.
-Dropout is pix2pix's only noise source; ``dropout_at_generation`` says explicitly whether it
-stays on when generating (the reference code silently leaves it on).
+
+Model 4's discriminator (thesis 3.5 and 4.6): "the discriminator does not receive the full
+input image but only the background of the image" - the condition ``x`` loses both persons -
+while "the GAN loss is still present and affects the whole image", so the real target ``y``
+and the generated ``G(x)`` reach D unmasked (Eq. 6: ``D(x*m, y)``, ``D(x*m, G(x, z))``). With
+``d_image_mask: background`` the images are masked like the condition as well: D then never
+sees a person, the person gets no adversarial signal and the pixels between the two persons
+(outside both L1 terms) no gradient at all.
+
+Generation: dropout is pix2pix's only noise source; ``dropout_at_generation`` says whether it
+stays on. ``batch_stats_at_generation`` normalises every generated image with its own
+BatchNorm statistics instead of the running ones. The authors' test script runs the generator
+in training mode on batches of one image, so both are on there (the thesis's recipes set
+both); both off is ordinary inference.
 """
 from __future__ import annotations
 
@@ -64,7 +78,16 @@ class Pix2PixConfig(BaseModel):
     norm: Literal["batch", "instance"] = Field("batch", description="batch (pix2pix) or instance "
                                                "normalisation")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="in the three innermost decoder blocks")
-    dropout_at_generation: bool = Field(False, description="keep dropout on when generating (noise)")
+    dropout_at_generation: bool = Field(False, description="keep dropout on when generating (noise; "
+                                        "the authors' pix2pix test script does)")
+    batch_stats_at_generation: bool = Field(
+        False, description="normalise each generated image with its own BatchNorm statistics (what "
+        "the authors' test script computes: training mode on one image at a time) instead of the "
+        "running statistics")
+    d_image_mask: Literal["none", "background"] = Field(
+        "none", description="model4: the images D sees next to the masked condition - none: whole "
+        "(thesis: the GAN loss affects the whole image); background: masked like the condition, so "
+        "the person gets no adversarial signal")
     lambda_l1: float = Field(100.0, ge=0.0, description="L1 weight of models 1-3")
     lambda_fg: float = Field(70.0, ge=0.0, description="foreground weight (model4, variable)")
     lambda_bg: float = Field(30.0, ge=0.0, description="background weight (model4, variable)")
@@ -80,6 +103,11 @@ class Pix2PixConfig(BaseModel):
         if self.dropout_at_generation and self.dropout == 0:
             raise ValueError("dropout_at_generation: true needs dropout > 0 (dropout is the only "
                              "noise source)")
+        if self.batch_stats_at_generation and self.norm != "batch":
+            raise ValueError("batch_stats_at_generation: true needs norm: batch (instance "
+                             "normalisation uses each image's statistics anyway)")
+        if self.d_image_mask != "none" and self.variant != "model4":
+            raise ValueError(f"d_image_mask applies to variant model4 only, got variant {self.variant}")
         return self
 
 
