@@ -13,9 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class OptimizerConfig(BaseModel):
     """``optimizer:`` of a training stage.
 
-    ``adam`` is Keras' ``AdamW`` when ``weight_decay`` > 0 (decoupled decay, applied as
-    ``w -= lr * weight_decay * w`` like ``torch.optim.AdamW``) and ``Adam`` otherwise;
-    ``sgd`` is SGD with (Nesterov) momentum and the same decoupled decay.
+    ``weight_decay_mode: decoupled`` (default): ``adam`` is Keras' ``AdamW`` when
+    ``weight_decay`` > 0 (``w -= lr * weight_decay * w`` beside the update, like
+    ``torch.optim.AdamW``) and ``Adam`` otherwise; ``sgd`` is SGD with (Nesterov) momentum and
+    the same decoupled decay. ``weight_decay_mode: coupled``: the decay is an L2 term added to
+    the gradient of every trainable variable (``g += weight_decay * w``), as
+    ``torch.optim.Adam`` / ``SGD(weight_decay=...)`` do (``keras_reid.training.l2_optimizers``);
+    ``adam`` then also follows torch's epsilon (1e-8, added after bias correction).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -23,6 +27,10 @@ class OptimizerConfig(BaseModel):
     type: Literal["adam", "sgd"] = "adam"
     lr: float = Field(3.5e-4, gt=0, description="base learning rate (the schedule scales it)")
     weight_decay: float = Field(5e-4, ge=0)
+    weight_decay_mode: Literal["decoupled", "coupled"] = Field(
+        "decoupled", description="decoupled: w -= lr * wd * w beside the update (AdamW); coupled: "
+        "wd * w added to the gradient of every trainable variable (torch.optim.Adam's weight_decay, "
+        "L2 regularisation)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     nesterov: bool = Field(True, description="sgd only")
     beta_1: float = Field(0.9, ge=0, lt=1, description="adam only")
@@ -57,7 +65,8 @@ class ScheduleConfig(BaseModel):
 
 
 def make_optimizer(config: OptimizerConfig | dict, learning_rate: Any = None) -> Any:
-    """Returns the ``keras.optimizers.Optimizer`` the config describes.
+    """Returns the ``keras.optimizers.Optimizer`` the config describes (``AdamL2`` / ``SGDL2``
+    from ``keras_reid.training.l2_optimizers`` for ``weight_decay_mode: coupled``).
 
     ``learning_rate`` (a float or a ``LearningRateSchedule``, e.g. from :func:`make_schedule`)
     defaults to ``config.lr``.
@@ -67,6 +76,13 @@ def make_optimizer(config: OptimizerConfig | dict, learning_rate: Any = None) ->
     config = OptimizerConfig.model_validate(config) if isinstance(config, dict) else config
     lr = config.lr if learning_rate is None else learning_rate
     common = {"learning_rate": lr, "clipnorm": config.clipnorm}
+    if config.weight_decay_mode == "coupled":
+        from keras_reid.training.l2_optimizers import AdamL2, SGDL2
+
+        if config.type == "sgd":
+            return SGDL2(l2=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
+                         **common)
+        return AdamL2(l2=config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2, **common)
     if config.type == "sgd":
         return keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=config.weight_decay or None, **common)

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_reid import layers as _layers  # noqa: F401  (registers custom layers for loading)
+from keras_reid.training import l2_optimizers as _l2_optimizers  # noqa: F401  (registers AdamL2, SGDL2)
 from keras_reid.training import schedules as _schedules  # noqa: F401  (registers ReIDSchedule)
 
 
