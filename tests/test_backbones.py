@@ -93,6 +93,32 @@ def test_resnet50_preprocessing_is_keras_caffe_style():
     assert tuple(model.get_layer("resnet50")(x).shape) == (2, 2, 1, 2048)
 
 
+def test_resnet50_as_torchreid_built_it_for_the_thesis():
+    """deep-person-reid's resnet50 (2018-2019): last stride 2, no BN-neck, the 2048-d average-pooled
+    feature is the retrieval feature and feeds an nn.Linear classifier (bias, N(0, 0.01))."""
+    import keras
+
+    model = REGISTRY.create("backbone", {
+        "type": "resnet50", "last_stride": 2, "bn_neck": False, "classifier_bias": True,
+        "classifier_std": 0.01}).build((64, 32, 3), 7)
+    out = check_contract(model, (64, 32, 3), 7, 2048)
+    np.testing.assert_array_equal(np.asarray(out["embedding"]), np.asarray(out["features"]))
+    names = [l.name for l in all_layers(model)]
+    assert "bn_neck" not in names and "reduction" not in names
+    assert isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D)
+    base = model.get_layer("resnet50")
+    x = np.random.default_rng(3).uniform(0, 255, (2, 64, 32, 3)).astype("float32")
+    assert tuple(base(x).shape) == (2, 2, 1, 2048)  # 64x32 / 32: the last stage halves the map
+    assert tuple(base.get_layer("conv5_block1_0_conv").strides) == (2, 2)
+    head = model.get_layer("classifier")
+    kernel, bias = head.get_weights()
+    assert kernel.shape == (2048, 7) and 0.008 < kernel.std() < 0.012
+    np.testing.assert_array_equal(bias, np.zeros(7))
+    # the defaults stay the modern (BoT) head
+    default = REGISTRY.create("backbone", {"type": "resnet50"}).config
+    assert (default.last_stride, default.bn_neck, default.classifier_bias) == (1, True, False)
+
+
 @pytest.mark.slow
 def test_resnet50_last_stride_1_doubles_the_map_and_local_weights_round_trip(tmp_path):
     import keras

@@ -23,14 +23,16 @@ def global_pool(x: Any, pooling: str, name: str = "pool") -> Any:
 
 
 def reid_head(inputs: Any, pooled: Any, *, num_classes: int, embedding_dim: int | None,
-              bn_neck: bool, dropout: float, name: str) -> Any:
+              bn_neck: bool, dropout: float, name: str, classifier_bias: bool = False,
+              classifier_std: float = 0.001) -> Any:
     """Finish a backbone: returns a functional ``keras.Model`` ``inputs -> {"embedding", "features", "logits"}``.
 
     ``embedding`` = pooled feature (after an optional Dense reduction to ``embedding_dim``),
     ``features`` = ``embedding`` after a BatchNormalization without bias (the BN-neck of
-    Luo et al. 2019) or ``embedding`` itself without the neck, ``logits`` = a bias-free
-    Dense classifier on (dropout of) ``features``. All three are float32 even under a
-    mixed-precision policy.
+    Luo et al. 2019) or ``embedding`` itself without the neck, ``logits`` = a Dense
+    classifier on (dropout of) ``features``, kernel drawn from N(0, ``classifier_std``), bias
+    (zeros) only if ``classifier_bias`` (BoT: none, std 0.001; torchreid's ``nn.Linear``: bias,
+    std 0.01). All three are float32 even under a mixed-precision policy.
     """
     import keras
 
@@ -44,8 +46,8 @@ def reid_head(inputs: Any, pooled: Any, *, num_classes: int, embedding_dim: int 
         features = embedding
     y = keras.layers.Dropout(dropout, name="dropout")(features) if dropout > 0 else features
     logits = keras.layers.Dense(
-        num_classes, use_bias=False, name="classifier",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))(y)
+        num_classes, use_bias=classifier_bias, name="classifier",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=classifier_std))(y)
     outputs = {"embedding": embedding, "features": features, "logits": logits}
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         outputs = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)

@@ -1,4 +1,11 @@
-"""Backbone ``resnet50``: Keras' ResNet-50 with the BoT re-ID head (last stride 1, BN-neck)."""
+"""Backbone ``resnet50``: Keras' ResNet-50 with a re-ID head.
+
+The defaults are the BoT head (Luo et al. 2019): last stride 1, BN-neck, bias-free classifier
+N(0, 0.001). deep-person-reid's (torchreid's) ``resnet50`` of 2018-2019, which the
+background-transfer thesis trained, is ``last_stride: 2, bn_neck: false, classifier_bias: true,
+classifier_std: 0.01``: the 2048-d average-pooled feature is both the retrieval feature and the
+input of an ``nn.Linear`` classifier (``recipes/market_model1.yaml`` uses it).
+"""
 from __future__ import annotations
 
 import os
@@ -31,6 +38,10 @@ class ResNet50Config(BaseModel):
     embedding_dim: int | None = Field(None, gt=0, description="optional Dense reduction before the neck")
     bn_neck: bool = Field(True, description="BatchNorm (no bias) between embedding and classifier")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+    classifier_bias: bool = Field(False, description="give the classifier a bias (torchreid's "
+                                  "nn.Linear has one; BoT has none)")
+    classifier_std: float = Field(0.001, gt=0.0, description="std of the classifier's N(0, std) "
+                                  "initial weights (torchreid: 0.01)")
 
     @field_validator("weights")
     @classmethod
@@ -42,7 +53,8 @@ class ResNet50Config(BaseModel):
 
 @register("backbone", "resnet50", config=ResNet50Config)
 class ResNet50Backbone:
-    """ResNet-50 (keras.applications) with last stride 1, GeM/avg/max pooling and a BN-neck."""
+    """ResNet-50 (keras.applications) with last stride 1 or 2, GeM/avg/max pooling, an optional
+    BN-neck and a classifier with or without bias."""
 
     def __init__(self, config: ResNet50Config) -> None:
         self.config = config
@@ -70,7 +82,9 @@ class ResNet50Backbone:
         pooled = global_pool(x, self.config.pooling)
         return reid_head(inputs, pooled, num_classes=num_classes,
                          embedding_dim=self.config.embedding_dim, bn_neck=self.config.bn_neck,
-                         dropout=self.config.dropout, name="resnet50_reid")
+                         dropout=self.config.dropout, name="resnet50_reid",
+                         classifier_bias=self.config.classifier_bias,
+                         classifier_std=self.config.classifier_std)
 
     def base_model(self) -> Any:
         """Returns the convolutional trunk (``keras.applications.ResNet50``, include_top=False,
