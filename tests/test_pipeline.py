@@ -93,6 +93,29 @@ def test_transform_specs_are_validated():
     assert build_transforms([], H, W) is None
 
 
+def test_random_translate_crops_a_window_of_the_enlarged_image():
+    """torchreid's Random2DTranslation: enlarge 1.125x (bilinear), crop a random window; p=0 keeps
+    the image."""
+    from keras_reid.data.transforms import SeededTransforms
+
+    img = np.random.default_rng(4).integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    big = cv2.resize(img, (36, 72), interpolation=cv2.INTER_LINEAR)  # round(32 * 1.125), round(64 * 1.125)
+    always = SeededTransforms([{"type": "random_translate", "p": 1.0}], 64, 32)
+    offsets = set()
+    for position in range(12):
+        out = always(img, 0, 0, position)
+        assert out.shape == img.shape
+        found = [(y, x) for y in range(9) for x in range(5)
+                 if np.array_equal(out, big[y:y + 64, x:x + 32])]
+        assert found, "not a window of the enlarged image"
+        offsets.add(found[0])
+    assert len(offsets) > 3
+    never = SeededTransforms([{"type": "random_translate", "p": 0.0}], 64, 32)
+    np.testing.assert_array_equal(never(img, 0, 0, 0), img)
+    with pytest.raises(RecipeError, match="random_translate"):
+        parse_specs([{"type": "translate"}])
+
+
 def test_transforms_change_images_keep_shape_and_are_seeded(records):
     plain = ReIDInput(records, _labels(records), image_size=(H, W), global_batch_size=8, p=4, k=2)
     aug = ReIDInput(records, _labels(records), image_size=(H, W), global_batch_size=8, p=4, k=2,

@@ -5,6 +5,7 @@ A recipe lists transforms as mappings with a ``type``::
     augment:
       - {type: flip, p: 0.5}
       - {type: pad_crop, pad: 10, fill: zero}
+      - {type: random_translate, p: 0.5, scale: 1.125}
       - {type: color_jitter, brightness: 0.2, contrast: 0.15, saturation: 0.1, hue: 0.0, p: 0.5}
       - {type: random_erasing, p: 0.5, scale: [0.02, 0.4], ratio: [0.3, 3.3], fill: random}
 
@@ -52,6 +53,16 @@ class PadCropSpec(_Spec):
     p: float = Field(1.0, ge=0, le=1)
 
 
+class RandomTranslateSpec(_Spec):
+    """deep-person-reid's (torchreid's) ``Random2DTranslation``: with probability ``p`` enlarge the
+    image ``scale`` times (bilinear, sides rounded) and crop a random window of the original size;
+    otherwise leave it as it is."""
+
+    type: Literal["random_translate"] = "random_translate"
+    p: float = Field(0.5, ge=0, le=1)
+    scale: float = Field(1.125, ge=1.0, le=2.0)
+
+
 class ColorJitterSpec(_Spec):
     """Random brightness/contrast/saturation factors in [1-x, 1+x] and hue shift in [-hue, hue]."""
 
@@ -85,7 +96,8 @@ class RandomErasingSpec(_Spec):
 
 
 TransformSpec = Annotated[
-    Union[FlipSpec, PadCropSpec, ColorJitterSpec, RandomErasingSpec], Field(discriminator="type")]
+    Union[FlipSpec, PadCropSpec, RandomTranslateSpec, ColorJitterSpec, RandomErasingSpec],
+    Field(discriminator="type")]
 """One transform of a recipe's ``augment`` list (discriminated on ``type``)."""
 
 _SPEC_LIST = TypeAdapter(list[TransformSpec])
@@ -104,7 +116,7 @@ def parse_specs(specs: Iterable[Any] | None) -> list[BaseModel]:
         loc = ".".join(str(x) for x in first["loc"])
         raise RecipeError(
             f"invalid transform at augment.{loc}: {first['msg']} (types: flip, pad_crop, "
-            f"color_jitter, random_erasing)") from None
+            f"random_translate, color_jitter, random_erasing)") from None
 
 
 def _albumentation(spec: BaseModel, height: int, width: int):
@@ -118,6 +130,12 @@ def _albumentation(spec: BaseModel, height: int, width: int):
         return A.Sequential([
             A.PadIfNeeded(min_height=height + 2 * spec.pad, min_width=width + 2 * spec.pad,
                           border_mode=border, fill=0),
+            A.RandomCrop(height=height, width=width),
+        ], p=spec.p)
+    if isinstance(spec, RandomTranslateSpec):
+        return A.Sequential([
+            A.Resize(height=int(round(height * spec.scale)), width=int(round(width * spec.scale)),
+                     interpolation=cv2.INTER_LINEAR),
             A.RandomCrop(height=height, width=width),
         ], p=spec.p)
     if isinstance(spec, ColorJitterSpec):
