@@ -338,3 +338,26 @@ def test_cli_evaluate_missing_keys_one_line(tmp_path):
     not_npz.write_text("{}")
     res = CliRunner().invoke(main, ["evaluate", "--distmat", str(not_npz)])
     assert res.exit_code == 1 and "not an .npz file" in res.output and "Traceback" not in res.output
+
+
+def test_chance_level_is_the_expectation_over_every_ranking():
+    """chance_level equals the mean of rank-1 and mAP over all orderings of a small gallery
+    (same-pid-same-camera items are removed by the protocol, so they do not count)."""
+    import itertools
+
+    from keras_reid.metrics import chance_level
+
+    q_pids, q_cams = np.array([1, 2]), np.array([1, 1])
+    g_pids = np.array([1, 1, 2, 3, 1])
+    g_cams = np.array([2, 3, 2, 2, 1])   # the last item: query 1's own camera, removed
+    r1, ap = [], []
+    for perm in itertools.permutations(range(len(g_pids))):
+        dist = np.tile(np.argsort(perm).astype(np.float64), (2, 1))
+        res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+        r1.append(res["cmc"][0])
+        ap.append(res["mAP"])
+    chance = chance_level(q_pids, g_pids, q_cams, g_cams)
+    assert chance["rank1"] == pytest.approx(np.mean(r1), abs=1e-12)
+    assert chance["mAP"] == pytest.approx(np.mean(ap), abs=1e-12)
+    with pytest.raises(ValueError, match="no query"):
+        chance_level([9], g_pids, [1], g_cams)

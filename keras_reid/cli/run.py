@@ -83,14 +83,15 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
         click.echo(click.style(f"stopped after stage '{results['_incomplete']['stage']}' (shard "
                                f"{shard} done); the run folder is {target}", fg="yellow", bold=True))
         return
+    from keras_reid.run_summary import closing_lines
+
     metrics = target / "metrics.json"
+    click.echo(click.style(f"done: {target}", fg="green", bold=True))
+    for line in closing_lines(rec, target, results):
+        click.echo(line)
     for line in repeats.single_run_comparison_lines(
             _read_json(metrics), rec.model.compare):
         click.echo(line)
-    click.echo(click.style(f"done: {target}", fg="green", bold=True))
-    if metrics.exists():
-        click.echo(f"metrics: {metrics}")
-    click.echo(f"TensorBoard: tensorboard --logdir {target / 'tensorboard'}")
 
 
 def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: bool,

@@ -110,6 +110,41 @@ def evaluate_retrieval(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
             "num_valid_queries": valid, "num_invalid_queries": len(q_pids) - valid}
 
 
+def chance_level(q_pids, g_pids, q_camids, g_camids) -> dict:
+    """Expected metrics of a random ranking under the Market protocol (the chance level).
+
+    For each valid query (as in :func:`evaluate_retrieval`) with ``n`` true matches among the
+    ``N`` gallery items left after removing same-pid-same-camera items, a uniformly random
+    order gives rank-1 with probability ``n / N`` and an expected average precision of
+    ``(H_N + (n - 1) / (N - 1) * (N - H_N)) / N`` (``H_N`` the N-th harmonic number). Returns
+    ``{"rank1", "mAP"}``, each the mean over valid queries; raises ValueError when no query is
+    valid.
+    """
+    q_pids, g_pids = np.asarray(q_pids).ravel(), np.asarray(g_pids).ravel()
+    q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
+    groups = _group_by_pid(g_pids)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(g_pids) + 1))])
+    r1 = ap = 0.0
+    valid = 0
+    for i in range(len(q_pids)):
+        same = groups.get(q_pids[i].item())
+        if same is None:
+            continue
+        junk = int(np.sum(g_camids[same] == q_camids[i]))
+        n = len(same) - junk
+        if n == 0:
+            continue
+        total = len(g_pids) - junk
+        h = harmonic[total]
+        r1 += n / total
+        ap += (h + ((n - 1) / (total - 1) * (total - h) if total > 1 else 0.0)) / total
+        valid += 1
+    if valid == 0:
+        raise ValueError("no query has a true match in the gallery (same pid on another camera): "
+                         "check the pids and camera ids")
+    return {"rank1": float(r1 / valid), "mAP": float(ap / valid)}
+
+
 def pairwise_distance(qf: np.ndarray, gf: np.ndarray,
                       metric: Literal["euclidean", "cosine"] = "euclidean",
                       squared: bool = False, chunk: int = 1024) -> np.ndarray:

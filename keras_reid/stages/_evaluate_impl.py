@@ -146,13 +146,24 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions))
     features.release()
     quality = {stage_name: image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
+    chance = chance_of(query, gallery)
     if ctx.is_chief:
-        path = ctx.record_metrics(results, {"generated_quality": quality} if quality else None)
-        io.write_json(ctx.stage_dir / "metrics.json", {"models": results, "generated_quality": quality})
-        _print_table(ctx, results)
+        path = ctx.record_metrics(results, {"generated_quality": quality} if quality else None,
+                                  chance=chance)
+        io.write_json(ctx.stage_dir / "metrics.json", {"models": results, "generated_quality": quality,
+                                                       "chance": chance})
+        _print_table(ctx, results, chance)
         print_quality(ctx, results, quality)
         ctx.echo(f"metrics written to {path}")
-    return {"models": results, "generated_quality": quality}
+    return {"models": results, "generated_quality": quality, "chance": chance}
+
+
+def chance_of(query: list[Record], gallery: list[Record]) -> dict:
+    """rank-1 and mAP of a random ranking of ``gallery`` for ``query`` (Market protocol)."""
+    from keras_reid.metrics import chance_level
+
+    return chance_level([r.pid for r in query], [r.pid for r in gallery],
+                        [r.camid for r in query], [r.camid for r in gallery])
 
 
 class RealFeatures:
@@ -229,15 +240,19 @@ def metrics_entry(res: dict) -> dict:
     return e
 
 
-def _print_table(ctx: StageContext, results: dict) -> None:
+def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -> None:
     cols = ["mAP"] + [f"rank{r}" for r in RANKS] + ["mINP"]
-    width = max([len("model")] + [len(n) + 9 for n in results])
+    label = "chance (random ranking)"
+    width = max([len("model"), len(label)] + [len(n) + 9 for n in results])
     ctx.echo(click.style(f"{'model':<{width}}" + "".join(f"{c:>9}" for c in cols), bold=True))
     for name, e in results.items():
         rows = [(name, e)] + ([(name + " +rerank", e["rerank"])] if "rerank" in e else [])
-        for label, values in rows:
-            ctx.echo(f"{label:<{width}}" + "".join(
+        for row, values in rows:
+            ctx.echo(f"{row:<{width}}" + "".join(
                 f"{100 * values[c]:>8.2f}%" if c in values else f"{'-':>9}" for c in cols))
+    if chance:
+        ctx.echo(click.style(f"{label:<{width}}" + "".join(
+            f"{100 * chance[c]:>8.2f}%" if c in chance else f"{'':>9}" for c in cols), dim=True))
 
 
 def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg) -> None:

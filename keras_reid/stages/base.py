@@ -120,8 +120,10 @@ class StageContext:
                             "not completed; run the recipe from the start")
         return marker.get("summary", {})
 
-    def record_metrics(self, models: dict[str, dict], extra: dict | None = None) -> Path:
+    def record_metrics(self, models: dict[str, dict], extra: dict | None = None,
+                       chance: dict | None = None) -> Path:
         """Merge per-model metrics into ``<run>/metrics.json`` (atomically); returns its path.
+        ``chance`` (the metrics of a random ranking) is kept at the top level as ``chance``.
 
         The stage folder keeps what this stage recorded (``.recorded_metrics.json``), so a copy
         of the completed stage in another run folder (a repeat sharing it) can record it there."""
@@ -132,6 +134,8 @@ class StageContext:
             mine.setdefault("models", {}).update(models)
             if extra:
                 mine["extra"] = extra
+            if chance:
+                mine["chance"] = chance
             io.write_json(own, mine)
             current = io.read_json(path, default={}) or {}
             current.setdefault("recipe", self.recipe.name)
@@ -140,6 +144,8 @@ class StageContext:
                 current["models"][name] = values
             if extra:
                 current.setdefault("stages", {})[self.stage_name] = extra
+            if chance:
+                current["chance"] = chance
             io.write_json(path, current)
         return path
 
