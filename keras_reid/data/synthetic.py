@@ -281,6 +281,10 @@ def write_tree(out: str | os.PathLike, params: dict, write, *, meta_name: str, w
     if out.exists() and not force:
         if not out.is_dir():
             raise DatasetError(f"{out} is a file; give a folder for the {what}")
+        if existing is not None and existing.get("version") != params.get("version"):
+            raise DatasetError(f"{out} holds a {what} written by another keras-reid version (format "
+                               f"{existing.get('version')}, this one writes {params.get('version')}); "
+                               "pass --force to write it again or choose another folder")
         if existing is not None:
             raise DatasetError(f"{out} holds a {what} with other parameters "
                                f"({_diff(existing, params)}); pass --force to replace it "

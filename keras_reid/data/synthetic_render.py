@@ -121,6 +121,18 @@ CAMERA_PRESETS = (
 )
 
 
+EXPOSURE_DRIFT = 0.08
+"""Per-picture exposure change within a camera (light over the day), as a fraction."""
+WHITE_BALANCE_DRIFT = 0.0
+"""Per-picture, per-channel gain change within a camera (white balance drift), as a fraction."""
+SECOND_SCENE_WIDTH = 0.0
+"""Width, in crop widths, of a second scene beside each camera's main one (0: one scene only)."""
+SECOND_SCENE_OFFSET = 2
+BACKGROUND_CONTRAST = 1.0
+"""Contrast of the scene textures around their mean colour (1: as drawn)."""
+"""The second scene of camera i is the main scene of preset i + this offset."""
+
+
 def make_cameras(n: int, rng: np.random.Generator) -> list[CameraStyle]:
     """Camera styles 1..n (n <= 9): hand-set presets with small seed-dependent jitter."""
     if not 1 <= n <= len(CAMERA_PRESETS):
@@ -649,7 +661,16 @@ class Renderer:
         yy = np.linspace(-1, 1, self.sh, dtype=np.float32)[:, None]
         for c in cameras:
             rng = np.random.default_rng([seed, 7919, c.index])
-            self.backgrounds[c.index] = render_scene(c.scene, (self.sh, 3 * self.sw), c.horizon, rng)
+            strip = [render_scene(c.scene, (self.sh, 3 * self.sw), c.horizon, rng)]
+            if SECOND_SCENE_WIDTH > 0:   # the part of the camera's view behind which people also walk
+                second = CAMERA_PRESETS[(c.index + SECOND_SCENE_OFFSET - 1) % len(CAMERA_PRESETS)][0]
+                strip.append(render_scene(second, (self.sh, int(SECOND_SCENE_WIDTH * self.sw)),
+                                          c.horizon, rng))
+            bg = np.concatenate(strip, 1)
+            if BACKGROUND_CONTRAST != 1.0:  # flatter scenes: texture contrast around the mean colour
+                mean = bg.reshape(-1, 3).mean(0)
+                bg = mean + BACKGROUND_CONTRAST * (bg - mean)
+            self.backgrounds[c.index] = bg.astype(np.float32)
             self.light[c.index] = (1 + 0.16 * c.light_side * xx - 0.06 * yy).astype(np.float32)[..., None]
             x = np.arange(256, dtype=np.float64) / 255.0
             lut = np.empty((256, 1, 3), np.uint8)
@@ -837,7 +858,9 @@ class Renderer:
         """Camera response: saturation, exposure jitter, colour cast and tone curve, blur, noise."""
         gray = img @ np.array([0.299, 0.587, 0.114], np.float32)
         img = gray[..., None] + cam.saturation * (img - gray[..., None])
-        img *= rng.uniform(0.92, 1.08)
+        img *= rng.uniform(1 - EXPOSURE_DRIFT, 1 + EXPOSURE_DRIFT)
+        if WHITE_BALANCE_DRIFT > 0:
+            img *= rng.uniform(1 - WHITE_BALANCE_DRIFT, 1 + WHITE_BALANCE_DRIFT, 3).astype(np.float32)
         out = cv2.LUT(np.clip(img, 0, 255).astype(np.uint8), self.luts[cam.index])
         sigma = cam.blur * self.h / 128.0
         if sigma > 0.05:

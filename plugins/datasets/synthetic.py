@@ -40,6 +40,11 @@ def ensure_synthesised(root: Path, wanted: dict, found: dict | None, create: boo
         if not create:
             raise DatasetError(f"no {what} at {root}; run `{command}` or set create_if_missing: true")
         synthesise()
+    elif found.get("version") != wanted.get("version"):
+        raise DatasetError(
+            f"{root} holds a {what} written by another keras-reid version (format "
+            f"{found.get('version')}, this one writes {wanted.get('version')}: the pictures differ); "
+            f"delete that folder to have it written again, or point root to another folder")
     elif found != wanted:
         diff = ", ".join(f"{k}={found.get(k)!r} (recipe: {wanted.get(k)!r})"
                          for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k))
