@@ -1,6 +1,6 @@
-"""The ``face`` filter: real MediaPipe face detection on a photograph, on synthetic front and
-back views at 128x64 and 256x128, and on labelled real pedestrian crops
-(tools/face_filter_data/labels.csv) when their images are present."""
+"""The ``face`` filter: real MediaPipe face detection on a photograph and on synthetic front and
+back views at 128x64 and 256x128 (its defaults on labelled real pedestrian crops, the committed
+PETS 2009 crops of tools/face_filter_data, are tested in test_face_filter_real.py)."""
 import cv2
 import numpy as np
 import pytest

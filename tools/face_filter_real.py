@@ -3,23 +3,29 @@
 The labelled crops are listed in ``tools/face_filter_data/labels.csv`` (one row per crop: file,
 source, commit, path in the source, video frame, crop box ``x y w h`` in the source image or
 empty for a whole file, view ``front``/``side``/``back``, ``face_visible`` ``yes``/``no`` as
-judged by eye, native ``width``/``height`` and a note). The images themselves are public
-re-ID and surveillance material (Market-1501, DukeMTMC-reID and MSMT17 crops and Market-1501
-raw frames from public GitHub repositories, PETS 2009 footage shipped as OpenCV's
-``vtest.avi``) and are not part of this repository: ``build`` cuts them out of the sources,
-laid out as ``SOURCES/<owner>+<name>/<path>`` for ``github:owner/name`` rows and
+judged by eye, native ``width``/``height`` and a note). The 81 crops of PETS 2009 footage
+(OpenCV's ``vtest.avi`` from the Debian package ``opencv-doc``) are committed in
+``tools/face_filter_data/images/`` (see its README.md). The others are Market-1501,
+DukeMTMC-reID and MSMT17 crops and Market-1501 raw frames from public GitHub repositories, not
+part of this repository: ``build`` cuts every crop out of the sources, laid out as
+``SOURCES/<owner>+<name>/<path>`` for ``github:owner/name`` rows and
 ``SOURCES/debian+<package>/<path>`` for ``debian:<package>=<version>`` rows.
 
     python tools/face_filter_real.py build --sources DIR [--data DIR]
-    python tools/face_filter_real.py [--data DIR] [--json] [--models full_range,short_range]
+    python tools/face_filter_real.py [measure] [--data DIR] [--source PREFIX] [--json]
+                                     [--models full_range,short_range]
 
 The image folder is ``--data``, else ``$KERAS_REID_FACE_DATA``, else ``shared/face_filter_data``
 beside the repository, else ``~/.cache/keras_reid/face_filter_real`` (its ``images/`` holds the
-files). For every setting (model x crop x input size x upscale) every crop is scored once with
-a low detector threshold and the threshold is then swept: TPR is the share of face-visible front
-views scored >= t, FPR the share of back views, balanced accuracy (TPR + 1 - FPR) / 2. A second
-table shows how the detection rate of face-visible crops depends on the crop height (crops
->= 192 px tall resized down), which tells the size at which the detector starts to find real faces.
+files); a crop not found there is taken from the committed ``tools/face_filter_data/images/``.
+``measure`` uses every labelled crop whose image is found (``--source debian:`` or
+``--source github:NVlabs/DG-Net``: only the rows whose source starts so) and says how many of
+each label it found. For every setting (model x crop x input size x upscale) every crop is
+scored once with a low detector threshold and the threshold is then swept: TPR is the share of
+face-visible front views scored >= t, FPR the share of back views, balanced accuracy
+(TPR + 1 - FPR) / 2. A second table shows how the detection rate of face-visible crops depends
+on the crop height (crops >= 192 px tall resized down), which tells the size at which the
+detector starts to find real faces.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 LABELS = HERE / "face_filter_data" / "labels.csv"
+COMMITTED = HERE / "face_filter_data"          # images/: the committed PETS 2009 crops
 CROPS = ("top", "top_third", "full")
 SIZES = ("native", "128x64", "256x128")
 UPSCALES = (1, 2, 4)
@@ -58,15 +65,38 @@ def load_labels(path: Path = LABELS) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def load_image(data: Path, row: dict) -> np.ndarray:
-    """The RGB uint8 crop of one labels.csv row from the data folder."""
+def image_path(data: Path | None, row: dict) -> Path | None:
+    """Where the image of one labels.csv row is: ``data/images``, else the committed folder;
+    None when neither has it."""
+    for folder in ((data,) if data is not None else ()) + (COMMITTED,):
+        p = Path(folder) / "images" / row["file"]
+        if p.is_file():
+            return p
+    return None
+
+
+def present(data: Path | None, rows: list[dict]) -> list[dict]:
+    """The rows whose image is found (see :func:`image_path`)."""
+    return [r for r in rows if image_path(data, r) is not None]
+
+
+def load_image(data: Path | None, row: dict) -> np.ndarray:
+    """The RGB uint8 crop of one labels.csv row (data folder, else the committed crops)."""
     import cv2
 
-    img = cv2.imread(str(data / "images" / row["file"]))
+    p = image_path(data, row)
+    img = None if p is None else cv2.imread(str(p))
     if img is None:
-        raise FileNotFoundError(f"missing image {data / 'images' / row['file']}: "
+        raise FileNotFoundError(f"missing image {row['file']} (looked in {data} and {COMMITTED}): "
                                 f"run `python tools/face_filter_real.py build --sources DIR`")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def label_counts(rows: list[dict]) -> dict[str, int]:
+    """Number of crops per view / face label, e.g. ``front/face``, ``back/no face``."""
+    return {f"{v}/{'face' if f else 'no face'}":
+            sum(r["view"] == v and (r["face_visible"] == "yes") == f for r in rows)
+            for v in ("front", "side", "back") for f in (True, False)}
 
 
 def _source_file(sources: Path, row: dict) -> Path:
@@ -163,9 +193,21 @@ def rates(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, side: np.ndarray
     return rows
 
 
-def measure(data: Path, models=("full_range", "short_range")) -> dict:
-    """Every setting's threshold sweep, plus detection rate against crop height."""
-    labels = load_labels()
+def measure(data: Path | None, models=("full_range", "short_range"), source: str = "",
+            crops=CROPS, sizes=SIZES, upscales=UPSCALES) -> dict:
+    """Every setting's threshold sweep, plus detection rate against crop height, on the labelled
+    crops (whose source starts with ``source``) whose images are found."""
+    wanted = [r for r in load_labels() if r["source"].startswith(source)]
+    if not wanted:
+        raise ValueError(f"no labelled crop has a source starting with {source!r}")
+    labels = present(data, wanted)
+    total, found = label_counts(wanted), label_counts(labels)
+    print(f"found {len(labels)} of {len(wanted)} labelled crops"
+          f"{f' from {source}' if source else ''}: "
+          + ", ".join(f"{k} {found[k]} of {v}" for k, v in total.items() if v), file=sys.stderr)
+    if not labels:
+        raise FileNotFoundError(f"no crop image found in {data} or {COMMITTED}: "
+                                f"run `python tools/face_filter_real.py build --sources DIR`")
     images = [load_image(data, r) for r in labels]
     view = np.array([r["view"] for r in labels])
     face = np.array([r["face_visible"] == "yes" for r in labels])
@@ -173,27 +215,28 @@ def measure(data: Path, models=("full_range", "short_range")) -> dict:
     heights = np.array([img.shape[0] for img in images])
     settings = []
     for model in models:
-        for crop in CROPS:
-            for size in SIZES:
-                for k in UPSCALES:
+        for crop in crops:
+            for size in sizes:
+                for k in upscales:
                     s = score_all(images, model, crop, size, k)
                     sweep = rates(s, pos, neg, side)
-                    best = max(sweep, key=lambda r: (round(r["bal_acc"], 6), r["threshold"]))
+                    best = max(sweep, key=lambda r: (_num(r["bal_acc"]), r["threshold"]))
                     settings.append({"model": model, "crop": crop, "size": size, "upscale": k,
                                      "sweep": sweep, "best": best})
                     print(f"  scored {model} {crop} {size} x{k}: best t={best['threshold']:.2f} "
                           f"TPR {best['tpr']:.2f} FPR {best['fpr']:.2f}", file=sys.stderr, flush=True)
-    top = max(settings, key=lambda r: r["best"]["bal_acc"])
+    top = max(settings, key=lambda r: _num(r["best"]["bal_acc"]))
     # detection rate vs crop height, with the best setting's model / crop / upscale and threshold
     by_height = []
     t = top["best"]["threshold"]
     big = heights >= 192
-    for h in HEIGHTS:
+    for h in HEIGHTS if big.any() else ():
         size = f"{h}x{h // 2}"
         s = score_all([images[i] for i in np.flatnonzero(big)], top["model"], top["crop"], size,
                       top["upscale"])
         p, n = pos[big], neg[big]
-        by_height.append({"height": h, "tpr": float(np.mean(s[p] >= t)), "fpr": float(np.mean(s[n] >= t)),
+        by_height.append({"height": h, "tpr": float(np.mean(s[p] >= t)) if p.any() else None,
+                          "fpr": float(np.mean(s[n] >= t)) if n.any() else None,
                           "n_pos": int(p.sum()), "n_neg": int(n.sum())})
     native_bins = []
     s_native = score_all(images, top["model"], top["crop"], "native", top["upscale"])
@@ -203,15 +246,20 @@ def measure(data: Path, models=("full_range", "short_range")) -> dict:
                             "tpr": float(np.mean(s_native[m & pos] >= t)) if (m & pos).any() else None,
                             "fpr": float(np.mean(s_native[m & neg] >= t)) if (m & neg).any() else None,
                             "n_pos": int((m & pos).sum()), "n_neg": int((m & neg).sum())})
-    counts = {f"{v}/{'face' if f else 'no face'}": int(((view == v) & (face == f)).sum())
-              for v in ("front", "side", "back") for f in (True, False)}
-    return {"counts": counts, "settings": settings, "best": top, "by_height": by_height,
-            "native_by_height": native_bins}
+    return {"source": source, "counts": found, "labelled": total, "settings": settings, "best": top,
+            "by_height": by_height, "native_by_height": native_bins}
+
+
+def _num(x: float) -> float:
+    """``x`` rounded for ties, NaN (no positive or no negative crop) ranked last."""
+    return -1.0 if x != x else round(x, 6)
 
 
 def print_report(res: dict) -> None:
     """Human-readable tables of :func:`measure`'s result."""
-    print("crops: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items() if v))
+    print(f"crops{' from ' + res['source'] if res.get('source') else ''}: "
+          + ", ".join(f"{k} {v}" for k, v in res["counts"].items() if v)
+          + f" ({sum(res['counts'].values())} of {sum(res['labelled'].values())} labelled)")
     print("\nbest threshold per setting (TPR: face-visible front views, FPR: back views)")
     print(f"{'model':<12}{'crop':<11}{'size':<9}{'up':>3} {'t':>5} {'TPR':>5} {'FPR':>5} {'side':>5} {'bal':>5}"
           f"   TPR/FPR @0.5   @0.6")
@@ -227,10 +275,13 @@ def print_report(res: dict) -> None:
     for s in top["sweep"]:
         print(f"  t={s['threshold']:.2f} TPR {s['tpr']:.2f} FPR {s['fpr']:.2f} side {s['side']:.2f} "
               f"bal {s['bal_acc']:.2f}")
-    print("\ncrops >= 192 px tall resized to HxH/2 (best setting):")
+    print("\ncrops >= 192 px tall resized to HxH/2 (best setting):"
+          + ("" if res["by_height"] else " none"))
     for r in res["by_height"]:
-        print(f"  {r['height']:>4}x{r['height'] // 2:<4} TPR {r['tpr']:.2f} (n={r['n_pos']})  "
-              f"FPR {r['fpr']:.2f} (n={r['n_neg']})")
+        tpr = "  -  " if r["tpr"] is None else f"{r['tpr']:.2f}"
+        fpr = "  -  " if r["fpr"] is None else f"{r['fpr']:.2f}"
+        print(f"  {r['height']:>4}x{r['height'] // 2:<4} TPR {tpr} (n={r['n_pos']})  "
+              f"FPR {fpr} (n={r['n_neg']})")
     print("\nnative crops by height (best setting):")
     for r in res["native_by_height"]:
         tpr = "  -  " if r["tpr"] is None else f"{r['tpr']:.2f}"
@@ -245,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", type=Path, help="build: folder holding the source files")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--models", default="full_range,short_range")
+    ap.add_argument("--source", default="", help="measure: only the labels.csv rows whose source "
+                                                 "starts with this, e.g. debian: (the PETS crops)")
     a = ap.parse_args(argv)
     data = a.data or default_data_dir()
     try:
@@ -254,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             n = build(a.sources, data)
             print(f"wrote {n} crops to {data / 'images'}")
             return 0
-        res = measure(data, tuple(m for m in a.models.split(",") if m))
+        res = measure(data, tuple(m for m in a.models.split(",") if m), a.source)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
