@@ -1,5 +1,6 @@
-"""The pix2pix generator plugin: shapes, every variant's losses, Model 4's background-only
-discriminator, learning, explicit generation noise, saving, XLA, and two replicas = one device."""
+"""The pix2pix generator plugin: shapes, every variant's losses, Model 4's discriminator (masked
+condition, whole images; background-only as an option), learning, explicit generation noise and
+batch statistics, saving, XLA, and two replicas = one device."""
 import keras
 import numpy as np
 import pytest
