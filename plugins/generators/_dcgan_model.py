@@ -49,6 +49,49 @@ def build_discriminator(image_size: tuple[int, int], cfg: dict) -> keras.Model:
     return keras.Model(inputs, out, name="dcgan_discriminator")
 
 
+def diff_augment(images, policy, seed_generator) -> tf.Tensor:
+    """DiffAugment (Zhao et al. 2020) of images [B, H, W, 3] in [-1, 1]: for each kind in
+    ``policy`` (``color``, ``translation``, ``cutout``, in that order) an independent random draw
+    per image, differentiable in the images. ``color``: brightness + U(-0.5, 0.5), saturation x
+    U(0, 2), contrast x U(0.5, 1.5); ``translation``: shift by up to 1/8 of each side, zero fill;
+    ``cutout``: a zero rectangle of half each side at a random centre (clipped at the border)."""
+    x = tf.cast(images, tf.float32)
+    shape = tf.shape(x)
+    b, h, w = shape[0], shape[1], shape[2]
+
+    def uniform(dims):
+        return keras.random.uniform(dims, seed=seed_generator)
+
+    if "color" in policy:
+        x = x + (uniform([b, 1, 1, 1]) - 0.5)
+        mean = tf.reduce_mean(x, axis=3, keepdims=True)
+        x = (x - mean) * (uniform([b, 1, 1, 1]) * 2.0) + mean
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * (uniform([b, 1, 1, 1]) + 0.5) + mean
+    rows = tf.range(h)[None, :]  # [1, H]
+    cols = tf.range(w)[None, :]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    if "translation" in policy:
+        sh = tf.cast(hf * 0.125 + 0.5, tf.int32)
+        sw = tf.cast(wf * 0.125 + 0.5, tf.int32)
+        # shift in [-s, s], integer, per image
+        dy = tf.cast(tf.floor(uniform([b, 1]) * tf.cast(2 * sh + 1, tf.float32)), tf.int32) - sh
+        dx = tf.cast(tf.floor(uniform([b, 1]) * tf.cast(2 * sw + 1, tf.float32)), tf.int32) - sw
+        src_r, src_c = rows - dy, cols - dx  # output pixel (r, c) reads input (r - dy, c - dx)
+        valid = (((src_r >= 0) & (src_r < h))[:, :, None] & ((src_c >= 0) & (src_c < w))[:, None, :])
+        x = tf.gather(x, tf.clip_by_value(src_r, 0, h - 1), axis=1, batch_dims=1)
+        x = tf.gather(x, tf.clip_by_value(src_c, 0, w - 1), axis=2, batch_dims=1)
+        x = x * tf.cast(valid, x.dtype)[..., None]
+    if "cutout" in policy:
+        ch, cw = tf.cast(hf * 0.5 + 0.5, tf.int32), tf.cast(wf * 0.5 + 0.5, tf.int32)
+        cy = tf.cast(tf.floor(uniform([b, 1]) * hf), tf.int32)
+        cx = tf.cast(tf.floor(uniform([b, 1]) * wf), tf.int32)
+        inside = (((rows >= cy - ch // 2) & (rows < cy - ch // 2 + ch))[:, :, None]
+                  & ((cols >= cx - cw // 2) & (cols < cx - cw // 2 + cw))[:, None, :])
+        x = x * (1.0 - tf.cast(inside, x.dtype))[..., None]
+    return x
+
+
 def _bce(logits, target: float):
     """Per-example binary cross-entropy [B] of logits [B, 1] against a constant target."""
     logits = tf.cast(tf.reshape(logits, [-1]), tf.float32)
@@ -61,7 +104,8 @@ class DCGANModel(GANModel):
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int = 100,
                  d_steps: int = 1, g_steps: int = 1, guided: bool = False, lambda_real: float = 0.05,
-                 lambda_fake: float = 0.025, seed: int | None = None, **kwargs: Any) -> None:
+                 lambda_fake: float = 0.025, diff_augment: tuple | list = (),
+                 label_smoothing: float = 0.0, seed: int | None = None, **kwargs: Any) -> None:
         # fake_no_face (the share of samples the filter rejects) means something only when guided
         super().__init__(generator, discriminator,
                          log_names=("d_loss", "d_real", "d_fake", "g_loss")
@@ -72,6 +116,8 @@ class DCGANModel(GANModel):
         self.guided = bool(guided)
         self.lambda_real = float(lambda_real)
         self.lambda_fake = float(lambda_fake)
+        self.diff_augment = [str(p) for p in diff_augment]
+        self.label_smoothing = float(label_smoothing)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._semantic_filter: Callable[[np.ndarray], np.ndarray] | None = None
@@ -116,6 +162,13 @@ class DCGANModel(GANModel):
         (inference mode; ``noise`` is unused: a DCGAN's randomness is z)."""
         return self.generator(tf.convert_to_tensor(batch["noise"], tf.float32), training=False)
 
+    def d_input(self, images) -> tf.Tensor:
+        """What D sees of ``images``: the DiffAugment of each (``diff_augment`` policy), or the
+        images unchanged without one."""
+        if not self.diff_augment:
+            return images
+        return diff_augment(images, self.diff_augment, self.seed_generator)
+
     # ------------------------------------------------------------------ losses
     def loss_weights(self, batch: dict, fake_delta) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns per-example weights ``(w_real [B], w_fake [B])`` (module docstring formula)."""
@@ -131,10 +184,11 @@ class DCGANModel(GANModel):
     def discriminator_losses(self, batch: dict, fake, fake_delta) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns this replica's shares of the weighted real and fake discriminator losses."""
         w_real, w_fake = self.loss_weights(batch, fake_delta)
-        real_logits = self.discriminator(batch["source"], training=True)
-        fake_logits = self.discriminator(fake, training=True)
+        real_logits = self.discriminator(self.d_input(batch["source"]), training=True)
+        fake_logits = self.discriminator(self.d_input(fake), training=True)
         avg = tf.nn.compute_average_loss
-        return avg(w_real * _bce(real_logits, 1.0)), avg(w_fake * _bce(fake_logits, 0.0))
+        return (avg(w_real * _bce(real_logits, 1.0 - self.label_smoothing)),
+                avg(w_fake * _bce(fake_logits, 0.0)))
 
     def train_step(self, batch: dict) -> dict:
         """``d_steps`` discriminator updates, then ``g_steps`` generator updates (fresh z each);
@@ -155,7 +209,7 @@ class DCGANModel(GANModel):
                 fake = self.generator(self.noise(n), training=True)
                 delta = self.fake_no_face(fake) if self.guided else tf.zeros([n])
                 _, w_fake = self.loss_weights(batch, delta)
-                g_loss = avg(w_fake * _bce(self.discriminator(fake, training=True), 1.0))
+                g_loss = avg(w_fake * _bce(self.discriminator(self.d_input(fake), training=True), 1.0))
             self.apply_gradients(tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
         logs = {"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake, "g_loss": g_loss}
         if self.guided:
@@ -163,10 +217,12 @@ class DCGANModel(GANModel):
         return self.track(logs)
 
     def get_config(self) -> dict:
-        """Returns the base config plus z size, update ratio and guided-mode weights."""
+        """Returns the base config plus z size, update ratio, guided-mode weights and stabilisers."""
         config = super().get_config()
         config.update(z_dim=self.z_dim, d_steps=self.d_steps, g_steps=self.g_steps, guided=self.guided,
-                      lambda_real=self.lambda_real, lambda_fake=self.lambda_fake, seed=self.seed)
+                      lambda_real=self.lambda_real, lambda_fake=self.lambda_fake,
+                      diff_augment=list(self.diff_augment), label_smoothing=self.label_smoothing,
+                      seed=self.seed)
         return config
 
 
@@ -175,7 +231,8 @@ def build_gan(cfg: dict, image_size: tuple[int, int]) -> DCGANModel:
     gan = DCGANModel(build_generator(image_size, cfg), build_discriminator(image_size, cfg),
                      z_dim=cfg["z_dim"], d_steps=cfg["d_steps"], g_steps=cfg["g_steps"],
                      guided=cfg["guided"], lambda_real=cfg["lambda_real"],
-                     lambda_fake=cfg["lambda_fake"], name="dcgan")
+                     lambda_fake=cfg["lambda_fake"], diff_augment=cfg.get("diff_augment", ()),
+                     label_smoothing=cfg.get("label_smoothing", 0.0), name="dcgan")
     h, w = image_size
     gan({"noise": tf.zeros((1, cfg["z_dim"]))}, training=False)
     return gan
