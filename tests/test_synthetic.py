@@ -236,3 +236,27 @@ def test_cli_synth(tmp_path):
     res = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "x"), "--size", "big"])
     assert res.exit_code != 0 and "128x64" in res.output
     assert "Market-1501" in CliRunner().invoke(main, ["data", "synth", "--help"]).output
+
+
+def test_a_dataset_of_another_format_version_is_refused_not_mixed(tmp_path):
+    """A folder written by an older keras-reid (other look) is refused with its own message, by
+    the dataset plugin (nothing overwritten) and by `data synth` (which --force rewrites)."""
+    from keras_reid.data.synthetic import FORMAT_VERSION
+    from keras_reid.registry import REGISTRY
+
+    root = tmp_path / "syn"
+    cfg = {"type": "synthetic", "root": str(root), "ids": 4, "cameras": 2, "size": "128x64"}
+    REGISTRY.create("dataset", cfg).load()
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta["params"]["version"] == FORMAT_VERSION
+    meta["params"]["version"] = FORMAT_VERSION - 1
+    (root / "synthetic.json").write_text(json.dumps(meta))
+    before = sorted(p.name for p in (root / "bounding_box_train").iterdir())
+    with pytest.raises(DatasetError, match=f"another keras-reid version \\(format {FORMAT_VERSION - 1}, "
+                                           f"this one writes {FORMAT_VERSION}.*delete that folder"):
+        REGISTRY.create("dataset", cfg).load()
+    assert sorted(p.name for p in (root / "bounding_box_train").iterdir()) == before
+    with pytest.raises(DatasetError, match="another keras-reid version.*--force"):
+        synthesize(root, ids=4, cameras=2)
+    assert not synthesize(root, ids=4, cameras=2, force=True)["skipped"]
+    REGISTRY.create("dataset", cfg).load()   # the rewritten folder is the current version

@@ -37,8 +37,9 @@ import numpy as np
 
 from keras_reid.errors import DatasetError
 
-FORMAT_VERSION = 1
-"""Bumped whenever the rendering changes, so an old dataset is not mistaken for a new one."""
+FORMAT_VERSION = 2
+"""Bumped whenever the rendering changes, so an old dataset is not mistaken for a new one
+(2: the cameras recalibrated for a realistic camera gap)."""
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 """Split -> folder, as in Market-1501."""
