@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         "epochs": n_epochs,
                         "top1_own_camera": top1_own_camera(work / key, root, recipe),
                         "seconds": round(time.time() - t0, 1)}
-        results["chance"] = out["evaluate"]["chance"]
+        chance = out["evaluate"]["chance"]
+    results["chance"] = chance
     results["ratio_rank1"] = results["one_camera"]["rank1"] / max(results["all_cameras"]["rank1"], 1e-9)
     _print_table(results, work)
     if args.json:
