@@ -340,6 +340,27 @@ def test_cli_evaluate_missing_keys_one_line(tmp_path):
     assert res.exit_code == 1 and "not an .npz file" in res.output and "Traceback" not in res.output
 
 
+def test_cli_evaluate_refuses_arrays_it_cannot_rank(tmp_path):
+    """NaN at every non-matching pair once gave mAP 100%; such inputs are now one-line errors."""
+    ids = dict(q_pids=np.array([1, 2]), g_pids=np.array([1, 2, 3]), q_camids=np.array([1, 1]),
+               g_camids=np.array([2, 2, 2]))
+    nan = np.full((2, 3), np.nan)
+    nan[0, 0] = nan[1, 1] = 0.0
+    cases = {
+        "NaN or infinite": dict(distmat=nan, **ids),
+        "real numbers": dict(distmat=np.zeros((2, 3), np.complex128), **ids),
+        "1-D array of integer ids": dict(distmat=np.zeros((2, 3)), **{**ids, "q_pids": np.ones((2, 1))}),
+        "must hold real numbers, got dtype <U": dict(distmat=np.array([["a"] * 3] * 2), **ids),
+        "same feature width": dict(qf=np.ones((2, 4)), gf=np.ones((3, 5)), **ids),
+    }
+    for i, (message, arrays) in enumerate(cases.items()):
+        path = str(tmp_path / f"bad{i}.npz")
+        np.savez(path, **arrays)
+        res = CliRunner().invoke(main, ["evaluate", "--distmat", path])
+        assert res.exit_code != 0 and message in res.output, (message, res.output)
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
 def test_chance_level_is_the_expectation_over_every_ranking():
     """chance_level equals the mean of rank-1 and mAP over all orderings of a small gallery
     (same-pid-same-camera items are removed by the protocol, so they do not count)."""

@@ -37,7 +37,39 @@ def load_npz(path: str, rerank: bool) -> dict:
         raise UserError(f"{path} lacks the arrays {', '.join(need)}{extra}; "
                         f"it needs {', '.join(REQUIRED)}" + (" and, for --rerank, q_q_dist and g_g_dist "
                                                              "or qf and gf" if rerank else ""))
+    check_arrays(path, arrays)
     return arrays
+
+
+def check_arrays(path: str, arrays: dict) -> None:
+    """Raise UserError when an array cannot be evaluated: ids that are not 1-D integers, distances
+    or features that are not real numbers, contain NaN or infinity, or have the wrong shape."""
+    import numpy as np
+
+    for key in ("q_pids", "g_pids", "q_camids", "g_camids"):
+        a = arrays.get(key)
+        if a is None:
+            continue
+        if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or
+                               (np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0))):
+            raise UserError(f"{path}: {key} must be a 1-D array of integer ids, got dtype {a.dtype} "
+                            f"and shape {a.shape}")
+    for key in ("distmat", "qf", "gf", "q_q_dist", "g_g_dist"):
+        a = arrays.get(key)
+        if a is None:
+            continue
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) \
+                or a.dtype == np.bool_:
+            raise UserError(f"{path}: {key} must hold real numbers, got dtype {a.dtype}")
+        if a.ndim != 2:
+            raise UserError(f"{path}: {key} must be a 2-D matrix, got shape {a.shape}")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise UserError(f"{path}: {key} has {bad} NaN or infinite values; every distance must be "
+                            "a finite number")
+    if "qf" in arrays and "gf" in arrays and arrays["qf"].shape[1] != arrays["gf"].shape[1]:
+        raise UserError(f"{path}: qf and gf must have the same feature width, got "
+                        f"{arrays['qf'].shape[1]} and {arrays['gf'].shape[1]}")
 
 
 def evaluate_arrays(arrays: dict, rerank: bool, k1: int, k2: int, lambda_value: float,
