@@ -26,10 +26,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from keras_reid.distribute import StrategyConfig
 from keras_reid.errors import RecipeError
@@ -65,19 +65,33 @@ class ComponentSpec(BaseModel):
     type: str
 
 
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+"""Recipe, stage and dataset names: letters, digits, '_' and '-' (they become folder names)."""
+
+
+def _identifier(value: str) -> str:
+    if not re.match(IDENTIFIER, value):
+        raise ValueError("a name of letters, digits, '_' and '-' (it becomes a folder name in the run "
+                         "folder)")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
+
 class RecipeModel(BaseModel):
     """The top level of a recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="run name; the run folder is <run_dir>/<name>")
+    name: Identifier = Field(description="run name; the run folder is <run_dir>/<name>")
     description: str = ""
     seed: int = 0
     run_dir: str = "runs"
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     jit_compile: bool = False
-    datasets: dict[str, ComponentSpec] = Field(default_factory=dict)
-    stages: dict[str, ComponentSpec]
+    datasets: dict[Identifier, ComponentSpec] = Field(default_factory=dict)
+    stages: dict[Identifier, ComponentSpec]
     compare: list[tuple[str, str]] = Field(
         default_factory=list, description="pairs [a, b] of model names the evaluate stages report; "
         "repeated runs (--seeds, --sweep) give the paired difference a - b per metric (mean, "

@@ -170,3 +170,16 @@ def test_stage_hash_changes_with_config_and_upstream(tmp_path, reg):
     assert a.stage_hash("train") != b.stage_hash("train")
     assert a.stage_hash("ev") != b.stage_hash("ev")  # upstream changed
     assert a.stage_hash("ev") == c.stage_hash("ev")
+
+
+@pytest.mark.parametrize("text, override", [
+    (BASE.replace("  train:\n", "  ../../../victim:\n", 1), None),
+    (BASE.replace("  d: {type", "  ../d: {type", 1).replace("dataset: d", "dataset: ../d"), None),
+    (BASE, "name=../../escape"),
+    (BASE, "name=a/b"),
+    (BASE.replace("name: base", "name: ''"), None),
+])
+def test_names_are_identifiers_so_nothing_is_written_outside_the_run_folder(tmp_path, reg, text, override):
+    path = write(tmp_path, "r.yaml", text)
+    with pytest.raises(RecipeError, match="letters, digits, '_' and '-'"):
+        load_recipe(path, [override] if override else [], registry=reg)
