@@ -23,8 +23,22 @@ def test_every_command_has_help():
 def test_shipped_recipes_validate(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_REID_DATA", str(tmp_path))
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
-        res = invoke("validate", str(recipe))
+        res = invoke("validate", str(recipe), "--no-data")
         assert res.exit_code == 0, (recipe, res.output)
+
+
+def test_validate_and_dry_run_check_that_dataset_folders_exist(monkeypatch, tmp_path):
+    """An empty data folder made every recipe 'valid', then `run` failed; synthetic datasets,
+    which are written on first use, are not missing."""
+    monkeypatch.setenv("KERAS_REID_DATA", str(tmp_path))
+    for args in (("validate",), ("run", "--dry-run")):
+        res = invoke(*args, str(ROOT / "recipes" / "market_model4.yaml"))
+        assert res.exit_code == 2, res.output
+        assert f"datasets.market.root: {tmp_path}" in res.output and "does not exist" in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert invoke("validate", str(ROOT / "recipes" / "quickstart.yaml")).exit_code == 0
+    (tmp_path / "Market-1501-v15.09.15").mkdir()
+    assert invoke("validate", str(ROOT / "recipes" / "market_model4.yaml")).exit_code == 0
 
 
 def test_bad_recipe_exits_2_with_one_line(tmp_path):

@@ -71,6 +71,7 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     _check_stages(rec, only)
     repeats.check_single_run_folder(target)
     if dry_run:
+        check_dataset_roots(rec)
         click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
         for step in pipeline.plan(rec, target):
             if only and step.name not in only:
@@ -148,17 +149,38 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def check_dataset_roots(rec) -> None:
+    """Raise RecipeError (exit 2) naming the first dataset whose ``root`` folder does not exist
+    and that its plugin would not create (``create_if_missing``), with the fix."""
+    import os
+
+    from keras_reid.errors import RecipeError
+
+    for name, cfg in rec.dataset_configs.items():
+        root = getattr(cfg, "root", None)
+        if not isinstance(root, str) or getattr(cfg, "create_if_missing", False):
+            continue
+        if not Path(os.path.expanduser(root)).exists():
+            raise RecipeError(f"datasets.{name}.root: {root} does not exist; put the dataset there, "
+                              "point KERAS_REID_DATA (or the root) to the folder that holds it, or "
+                              "pass --no-data to check the recipe alone")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--print", "show", is_flag=True, help="print the resolved recipe")
+@click.option("--no-data", is_flag=True, help="do not check that the dataset folders exist")
 @handle_user_errors
-def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
+def validate(recipe: str, overrides: tuple[str, ...], show: bool, no_data: bool) -> None:
     """Check RECIPE without running it: syntax, base: files, ${ENV} values, every
-    component's parameters against its plugin's schema. Exit code 2 when invalid."""
+    component's parameters against its plugin's schema, and that every dataset folder it
+    reads exists (synthetic datasets are written on first use). Exit code 2 when invalid."""
     from keras_reid.recipe import load_recipe
 
     rec = load_recipe(recipe, overrides)
+    if not no_data:
+        check_dataset_roots(rec)
     if show:
         click.echo(rec.to_yaml(), nl=False)
     stages = ", ".join(f"{n} ({s.type})" for n, s in rec.model.stages.items())
