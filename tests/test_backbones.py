@@ -119,6 +119,35 @@ def test_resnet50_as_torchreid_built_it_for_the_thesis():
     assert (default.last_stride, default.bn_neck, default.classifier_bias) == (1, True, False)
 
 
+def test_resnet50_pngan_head_merges_res5a_5b_5c_into_1024_with_dropout_in_training_only():
+    """PN-GAN's ResNet-50-A/B: the three res5 block outputs, each average-pooled, concatenated,
+    a Dense layer to 1024-d (the retrieval feature), dropout 0.5 before the classifier."""
+    import keras
+
+    model = REGISTRY.create("backbone", {"type": "resnet50", "last_stride": 2, "head": "pngan",
+                                         "bn_neck": False, "dropout": 0.5}).build((64, 32, 3), 5)
+    out = check_contract(model, (64, 32, 3), 5, 1024)
+    np.testing.assert_array_equal(np.asarray(out["embedding"]), np.asarray(out["features"]))
+    trunk = model.get_layer("resnet50_res5")
+    read = [t._keras_history[0].name for t in trunk.outputs]
+    assert read == ["conv5_block1_out", "conv5_block2_out", "conv5_block3_out"]
+    merged = model.get_layer("res5_concat")
+    assert isinstance(merged, keras.layers.Concatenate)
+    assert tuple(merged.output.shape) == (None, 3 * 2048)
+    for c in "abc":
+        assert isinstance(model.get_layer(f"pool_res5{c}"), keras.layers.GlobalAveragePooling2D)
+    assert model.get_layer("reduction").kernel.shape == (3 * 2048, 1024)
+    drop = model.get_layer("dropout")
+    assert isinstance(drop, keras.layers.Dropout) and drop.rate == 0.5
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 32, 3)).astype("float32")
+    test_a, test_b = (np.asarray(model(x, training=False)["logits"]) for _ in range(2))
+    np.testing.assert_array_equal(test_a, test_b)
+    train_a, train_b = (np.asarray(model(x, training=True)["logits"]) for _ in range(2))
+    assert not np.allclose(train_a, train_b)  # dropout draws a new mask each training call
+    # the default head stays the last block pooled
+    assert REGISTRY.create("backbone", {"type": "resnet50"}).config.head == "default"
+
+
 @pytest.mark.slow
 def test_resnet50_last_stride_1_doubles_the_map_and_local_weights_round_trip(tmp_path):
     import keras

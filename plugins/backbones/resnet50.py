@@ -5,6 +5,13 @@ N(0, 0.001). deep-person-reid's (torchreid's) ``resnet50`` of 2018-2019, which t
 background-transfer thesis trained, is ``last_stride: 2, bn_neck: false, classifier_bias: true,
 classifier_std: 0.01``: the 2048-d average-pooled feature is both the retrieval feature and the
 input of an ``nn.Linear`` classifier (``recipes/market_model1.yaml`` uses it).
+
+``head: pngan`` is PN-GAN's ResNet-50-A/B (Qian et al. 2018, Sec. 3.3: "we merge the 5a, 5b and
+5c convolutional layers ... into a 1024-d feature vector after an FC layer"): the outputs of the
+three res5 blocks (``conv5_block1_out``, ``conv5_block2_out``, ``conv5_block3_out``) are each
+pooled (``pooling``) and concatenated (``res5_merge: concat``, 3 x 2048; ``sum`` adds them
+instead: the paper does not say which), a Dense layer maps them to ``embedding_dim`` (1024 by
+default), the retrieval feature; dropout (the paper's 0.5) sits before the classifier.
 """
 from __future__ import annotations
 
@@ -23,6 +30,10 @@ IMAGENET_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/re
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 #: The layers whose stride 2 makes the last stage halve the feature map.
 LAST_STRIDE_LAYERS = ("conv5_block1_0_conv", "conv5_block1_1_conv")
+#: The outputs of the res5a, res5b and res5c blocks that ``head: pngan`` merges.
+RES5_BLOCK_OUTPUTS = ("conv5_block1_out", "conv5_block2_out", "conv5_block3_out")
+#: The embedding size of ``head: pngan`` when ``embedding_dim`` is null (the paper's 1024).
+PNGAN_EMBEDDING_DIM = 1024
 
 
 class ResNet50Config(BaseModel):
@@ -42,6 +53,13 @@ class ResNet50Config(BaseModel):
                                   "nn.Linear has one; BoT has none)")
     classifier_std: float = Field(0.001, gt=0.0, description="std of the classifier's N(0, std) "
                                   "initial weights (torchreid: 0.01)")
+    head: Literal["default", "pngan"] = Field(
+        "default", description="default: the last block's map pooled; pngan: the res5a, res5b and "
+        "res5c outputs pooled, merged (res5_merge) and reduced by a Dense layer to embedding_dim "
+        "(1024 if null; PN-GAN's ResNet-50-A/B)")
+    res5_merge: Literal["concat", "sum"] = Field(
+        "concat", description="head: pngan - how the three pooled res5 features are merged before "
+        "the Dense layer")
 
     @field_validator("weights")
     @classmethod
@@ -62,7 +80,9 @@ class ResNet50Backbone:
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Returns a ``keras.Model`` float32 images [B, H, W, 3] in [0, 255] ->
         ``{"embedding": [B, D], "features": [B, D], "logits": [B, num_classes]}``
-        (D = 2048, or ``embedding_dim``)."""
+        (D = 2048, or ``embedding_dim``; ``head: pngan``: ``embedding_dim`` or 1024). The
+        convolutional trunk is one nested model (``resnet50``; ``resnet50_res5`` with the three
+        res5 outputs for ``head: pngan``): the layers ``freeze_backbone_epochs`` freezes."""
         import keras
 
         from keras_reid_plugins.backbones._head import global_pool, reid_head
@@ -78,10 +98,20 @@ class ResNet50Backbone:
         x = pre(inputs)
         perm = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
         pre.set_weights([_array(perm), -_array(CAFFE_MEAN_BGR)])
-        x = base(x)
-        pooled = global_pool(x, self.config.pooling)
+        embedding_dim = self.config.embedding_dim
+        if self.config.head == "pngan":
+            trunk = keras.Model(base.inputs, [base.get_layer(n).output for n in RES5_BLOCK_OUTPUTS],
+                                name="resnet50_res5")
+            parts = [global_pool(t, self.config.pooling, name=f"pool_res5{c}")
+                     for t, c in zip(trunk(x), "abc")]
+            merge = keras.layers.Concatenate(name="res5_concat") if self.config.res5_merge == "concat" \
+                else keras.layers.Add(name="res5_sum")
+            pooled = merge(parts)
+            embedding_dim = embedding_dim or PNGAN_EMBEDDING_DIM
+        else:
+            pooled = global_pool(base(x), self.config.pooling)
         return reid_head(inputs, pooled, num_classes=num_classes,
-                         embedding_dim=self.config.embedding_dim, bn_neck=self.config.bn_neck,
+                         embedding_dim=embedding_dim, bn_neck=self.config.bn_neck,
                          dropout=self.config.dropout, name="resnet50_reid",
                          classifier_bias=self.config.classifier_bias,
                          classifier_std=self.config.classifier_std)
