@@ -13,6 +13,7 @@ from its checkpoints; one left by a different config is moved aside, never delet
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Callable
 
 import click
 
-from keras_reid import io
+from keras_reid import io, runlock
 from keras_reid.recipe import Recipe
 from keras_reid.registry import REGISTRY, Registry
 from keras_reid.stages.base import COMPLETE_MARKER, StageContext, StageIncomplete
@@ -69,8 +70,18 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
     ``only`` restricts the run to the named stages (their inputs must be complete).
     ``shard=(i, N)`` makes shardable stages (augment) do only their i-th part; the run stops
     after the first stage left incomplete that way (``results["_incomplete"]`` says which).
+    The process owns the run folder while it runs (:mod:`keras_reid.runlock`): a second run
+    into it raises UserError naming this one; shards of one augment stage (``shard``) and
+    non-chief workers of a multi-worker run share the folder and do not take the lock.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
+    owns = shard is None and runlock.is_chief_process(recipe.model.strategy.type)
+    with runlock.hold(run_dir) if owns else contextlib.nullcontext():
+        return _run(recipe, run_dir, registry=registry, echo=echo, only=only, shard=shard)
+
+
+def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[str], None],
+         only: list[str] | None, shard: tuple[int, int] | None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
     shared: dict = {"datasets": {}, "strategy": {}}

@@ -80,3 +80,37 @@ def test_interrupted_stage_resumes(tmp_path, reg):
     r.stage_configs["b"] = CountCfg(value=2)  # same hash, interruption gone
     out = pipeline.run(r, run_dir, registry=reg, echo=lambda s: None)
     assert out["b"]["resumed_from"] == 1
+
+
+def test_one_process_owns_a_run_folder_and_a_killed_owner_leaves_no_lock(tmp_path, reg):
+    """A second run into a folder in use stops at once naming the owner; SIGKILL of the owner
+    frees it (the OS drops the flock) and the next run removes the killed run's temporary files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keras_reid.errors import UserError
+
+    run_dir = tmp_path / "run"
+    (run_dir / "a").mkdir(parents=True)
+    (run_dir / "a" / ".tmp-model.keras-abc.keras").write_text("half-written")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from keras_reid import runlock\n"
+        f"with runlock.hold({str(run_dir)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not (run_dir / "a" / ".tmp-model.keras-abc.keras").exists()   # cleaned by the owner
+        (run_dir / "a" / ".tmp-other.json-x.json").write_text("{")          # the owner's own write
+        with pytest.raises(UserError, match=f"in use by process {holder.pid} .*another --run-dir"):
+            pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+        assert not (run_dir / "a" / ".complete.json").exists()
+        assert (run_dir / "a" / ".tmp-other.json-x.json").exists()          # not touched by the loser
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    out = pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+    assert out["b"]["value"] == 2
+    assert not list(run_dir.rglob(".tmp-*"))
