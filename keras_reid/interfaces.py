@@ -67,7 +67,10 @@ class PoseEstimator(Protocol):
 class Backbone(Protocol):
     """A backbone may also offer ``configure_training(total_steps) -> str | None``, which
     ``train_reid`` calls before ``build`` with the run's length (epochs x steps per epoch) for
-    schedules that live in the model (CondenseNet's condensation); the string is logged."""
+    schedules that live in the model (CondenseNet's condensation); the string is logged.
+    It may offer ``trunk_layers(model) -> list[keras.layers.Layer]``: the layers of the model it
+    built that form its (pretrained) trunk, which ``train_reid``'s ``freeze_backbone_epochs``
+    freezes while the layers the head adds train alone."""
 
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Return a keras.Model mapping float32 images [B, H, W, 3] in [0, 255] to

@@ -264,3 +264,40 @@ def test_features_are_compiled_once_per_model_whatever_the_batch_sizes(tmp_path)
     extract_features(model, records, (32, 16), 5, flip=False)
     counts = sorted(f.experimental_get_tracing_count() for f in _FORWARD[model].values())
     assert counts == [1, 1]  # flip and no flip, each traced once
+
+
+def test_freeze_backbone_epochs_keeps_the_trunk_fixed_then_trains_it(tmp_path, synth_root, monkeypatch):
+    """Two-step fine-tuning: during the first N epochs only the head's layers change (the trunk's
+    weights, BatchNorm statistics included, stay as they were), afterwards the trunk trains too."""
+    import keras_reid.training.loop as loop
+
+    calls = []
+    real_train = loop.train
+
+    def spy(model, *args, **kwargs):
+        trunk = [model.backbone.get_layer(n) for n in ("block1_conv", "block2_bn")]
+        head = model.backbone.get_layer("classifier")
+        before = ([w.copy() for l in trunk for w in l.get_weights()], head.get_weights()[0].copy())
+        history = real_train(model, *args, **kwargs)
+        after = ([w for l in trunk for w in l.get_weights()], head.get_weights()[0])
+        calls.append((kwargs["initial_epoch"], kwargs["epochs"], before, after))
+        return history
+
+    monkeypatch.setattr(loop, "train", spy)
+    rec = _recipe(tmp_path, synth_root, "stages.train.freeze_backbone_epochs=1",
+                  "stages.train.epochs=2", "stages.train.backbone.batch_norm=true",
+                  "stages.train.bn_recalibration_batches=0")
+    out = pipeline.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
+    assert out["train"]["frozen_backbone_epochs"] == 1
+    assert [(c[0], c[1]) for c in calls] == [(0, 1), (1, 2)]
+    (trunk0, head0), (trunk1, head1) = calls[0][2], calls[0][3]
+    for a, b in zip(trunk0, trunk1):
+        np.testing.assert_array_equal(a, b)  # frozen epoch: the trunk is untouched
+    assert not np.allclose(head0, head1)  # ... while the classifier learns
+    (trunk1b, _), (trunk2, _) = calls[1][2], calls[1][3]
+    assert any(not np.allclose(a, b) for a, b in zip(trunk1b, trunk2))  # then the trunk trains
+
+
+def test_freeze_backbone_epochs_must_leave_epochs_to_train_everything(tmp_path, synth_root):
+    with pytest.raises(UserError, match="freeze_backbone_epochs"):
+        _recipe(tmp_path, synth_root, "stages.train.freeze_backbone_epochs=3")

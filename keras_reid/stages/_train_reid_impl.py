@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.data.records import Record, relabel, subset
-from keras_reid.errors import DatasetError
+from keras_reid.errors import DatasetError, UserError
 from keras_reid.stages.base import StageContext
 
 log = logging.getLogger("keras_reid")
@@ -112,6 +112,40 @@ class MixedInput:
         ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                          num_replicas_in_sync=1)
         return self.dataset_fn(ctx, epoch)
+
+
+def train_phases(run_loop, trunk: list, freeze_epochs: int, initial_epoch: int, epochs: int,
+                 callbacks: list, echo=print) -> dict[str, list[float]]:
+    """Two-step fine-tuning: ``run_loop(start, end, callbacks)`` trains epochs [start, end) with
+    the ``trunk`` layers frozen (``trainable = False``: no updates, BatchNorm in inference mode)
+    up to ``freeze_epochs``, then with everything trainable up to ``epochs``. A resumed run
+    (``initial_epoch``) skips what it has done. Callbacks that only act at the start of training
+    (``BatchImageLogger``) take part in the first phase only. Returns the joined history
+    ``{name: [epoch means]}``; the trunk is trainable again afterwards."""
+    from keras_reid.training.callbacks import BatchImageLogger
+
+    phases = []
+    if trunk and initial_epoch < freeze_epochs:
+        phases.append((initial_epoch, freeze_epochs, True))
+    phases.append((max(initial_epoch, freeze_epochs if trunk else 0), epochs, False))
+    history: dict[str, list[float]] = {}
+    cbs = list(callbacks)
+    try:
+        for start, end, frozen in phases:
+            if start >= end:
+                continue
+            for layer in trunk:
+                layer.trainable = not frozen
+            if trunk:
+                echo(f"epochs {start + 1}-{end}: " + ("the backbone's trunk frozen, the new layers train"
+                                                      if frozen else "every layer trains"))
+            for k, v in (run_loop(start, end, cbs) or {}).items():
+                history.setdefault(k, []).extend(v)
+            cbs = [c for c in cbs if not isinstance(c, BatchImageLogger)]
+    finally:
+        for layer in trunk:
+            layer.trainable = True
+    return history
 
 
 def train(cfg, ctx: StageContext) -> dict:
@@ -228,10 +262,17 @@ def train(cfg, ctx: StageContext) -> dict:
     if initial_epoch == 0:
         callbacks.append(BatchImageLogger(tb, sample_batch, name="train/input_batch",
                                           is_chief=ctx.is_chief))
+    trunk = list(backbone.trunk_layers(net)) if cfg.freeze_backbone_epochs else []
+    if cfg.freeze_backbone_epochs and not trunk:
+        raise UserError(f"stage '{ctx.stage_name}': freeze_backbone_epochs: backbone "
+                        f"'{cfg.backbone['type']}' names no trunk layers to freeze; remove the option")
     t0 = time.time()
-    history = train_loop(model, inp.dataset_fn, strategy=strategy, epochs=cfg.epochs,
-                         steps_per_epoch=steps, initial_epoch=initial_epoch, callbacks=callbacks,
-                         verbose=cfg.verbose if ctx.is_chief else 0, jit_compile=ctx.jit_compile)
+    history = train_phases(
+        lambda start, end, cbs: train_loop(
+            model, inp.dataset_fn, strategy=strategy, epochs=end, steps_per_epoch=steps,
+            initial_epoch=start, callbacks=cbs, verbose=cfg.verbose if ctx.is_chief else 0,
+            jit_compile=ctx.jit_compile),
+        trunk, cfg.freeze_backbone_epochs, initial_epoch, cfg.epochs, callbacks, echo=ctx.echo)
     seconds = time.time() - t0
     recalibrated = 0
     if cfg.bn_recalibration_batches:
@@ -258,6 +299,7 @@ def train(cfg, ctx: StageContext) -> dict:
         "generated_images": {g.name: len(g.records) for g in generated},
         "skipped_images": len(bad),
         "epochs": cfg.epochs,
+        "frozen_backbone_epochs": cfg.freeze_backbone_epochs,
         "resumed_from_epoch": initial_epoch,
         "bn_recalibration_batches": recalibrated,
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,

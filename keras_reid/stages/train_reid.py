@@ -64,6 +64,10 @@ class TrainReIDConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="global batch size (all replicas)")
     instances_per_id: int = Field(4, gt=0, description="K of the PK sampler")
     epochs: int = Field(60, gt=0)
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="two-step fine-tuning (Geng et al. 2016; PN-GAN): for the first N epochs "
+        "train only the layers the backbone adds (head, classifier), its pretrained trunk frozen "
+        "(BatchNorm there in inference mode); then everything. 0 = off")
     augment: list[TransformSpec] = Field(default_factory=_default_augment)
     bn_recalibration_batches: int = Field(
         50, ge=0, description="after training, re-estimate BatchNorm statistics over this many "
@@ -80,12 +84,34 @@ class TrainReIDConfig(BaseModel):
 
 
 
+def _trunk_problem(backbone: dict) -> str | None:
+    """Returns why ``backbone`` cannot be frozen (it does not name its trunk layers), else None."""
+    from keras_reid.registry import REGISTRY
+
+    name = backbone.get("type")
+    try:
+        cls = REGISTRY.get("backbone", name).obj
+    except Exception:  # noqa: BLE001 - an unknown backbone is reported by the backbone's own check
+        return None
+    if not callable(getattr(cls, "trunk_layers", None)):
+        return (f"backbone '{name}' does not say which of its layers are the trunk (no "
+                "trunk_layers method); remove freeze_backbone_epochs")
+    return None
+
+
 @register("stage", "train_reid", config=TrainReIDConfig)
 class TrainReID(Stage):
     """Train a re-ID backbone with a re-ID loss; checkpoints every epoch and resumes."""
 
     @classmethod
     def check_config(cls, config: TrainReIDConfig, recipe) -> tuple | None:
+        if config.freeze_backbone_epochs:
+            if config.freeze_backbone_epochs >= config.epochs:
+                return (("freeze_backbone_epochs",), f"{config.freeze_backbone_epochs} is not fewer "
+                        f"than epochs ({config.epochs}): the whole network would never train")
+            problem = _trunk_problem(config.backbone)
+            if problem:
+                return (("freeze_backbone_epochs",), problem)
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")

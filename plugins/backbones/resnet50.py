@@ -116,6 +116,12 @@ class ResNet50Backbone:
                          classifier_bias=self.config.classifier_bias,
                          classifier_std=self.config.classifier_std)
 
+    def trunk_layers(self, model: Any) -> list:
+        """Returns the layers of a model built by :meth:`build` that hold the (pretrained)
+        ResNet-50 trunk: the one nested model (``resnet50`` or ``resnet50_res5``); everything
+        else (reduction, BN-neck, classifier) is what the re-ID head adds."""
+        return [layer for layer in model.layers if layer.name in ("resnet50", "resnet50_res5")]
+
     def base_model(self) -> Any:
         """Returns the convolutional trunk (``keras.applications.ResNet50``, include_top=False,
         any input size) with the configured weights and last stride."""

@@ -41,6 +41,11 @@ class TinyBackbone:
     def __init__(self, config: TinyConfig) -> None:
         self.config = config
 
+    def trunk_layers(self, model: Any) -> list:
+        """Returns the convolutional layers of a model built by :meth:`build` (``block*``), the
+        part ``freeze_backbone_epochs`` freezes; the head's layers are not among them."""
+        return [layer for layer in model.layers if layer.name.startswith("block")]
+
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Returns a ``keras.Model`` float32 images [B, H, W, 3] in [0, 255] ->
         ``{"embedding": [B, D], "features": [B, D], "logits": [B, num_classes]}``."""
