@@ -107,15 +107,26 @@ class LoadedYaml:
     locations: dict[Path_, str] = field(default_factory=dict)
 
 
+MAX_RECIPE_BYTES = 1_000_000
+"""A recipe file larger than this is refused (recipes are a few kilobytes)."""
+MAX_RECIPE_VALUES = 100_000
+"""A recipe that expands (through YAML aliases) to more values than this is refused."""
+
+
 def _node_to_data(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, fname: str,
-                  locs: dict[Path_, str]) -> Any:
+                  locs: dict[Path_, str], budget: list[int] | None = None) -> Any:
+    budget = budget if budget is not None else [MAX_RECIPE_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise RecipeError(f"{fname}: the recipe expands to more than {MAX_RECIPE_VALUES:,} values "
+                          "(YAML aliases nested in each other?); write it without the repeated aliases")
     locs[path] = f"{fname}:{node.start_mark.line + 1}"
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         merged: list[dict] = []
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given here win
-                value = _node_to_data(value_node, loader, path, fname, locs)
+                value = _node_to_data(value_node, loader, path, fname, locs, budget)
                 parts = value if isinstance(value, list) else [value]
                 if not all(isinstance(p, dict) for p in parts):
                     raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: '<<' merges a mapping "
@@ -123,18 +134,22 @@ def _node_to_data(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, fname: 
                 merged.extend(parts)
                 continue
             key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: a {type(key).__name__} cannot "
+                                  "be a key; keys are names or numbers")
             if key in out:
                 raise RecipeError(f"{fname}:{key_node.start_mark.line + 1}: "
                                   f"{_fmt_path(path + (key,))}: duplicate key; remove one of them")
             locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
-            out[key] = _node_to_data(value_node, loader, path + (key,), fname, locs)
+            out[key] = _node_to_data(value_node, loader, path + (key,), fname, locs, budget)
             locs[path + (key,)] = f"{fname}:{key_node.start_mark.line + 1}"
         for part in merged:
             for key, value in part.items():
                 out.setdefault(key, copy.deepcopy(value))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_node_to_data(v, loader, path + (i,), fname, locs) for i, v in enumerate(node.value)]
+        return [_node_to_data(v, loader, path + (i,), fname, locs, budget)
+                for i, v in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
@@ -144,7 +159,14 @@ def load_yaml(path: str | Path) -> LoadedYaml:
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist; check the path "
                           "(recipes shipped with keras-reid are in the recipes/ folder)")
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path} is {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,} bytes "
+                          "(is this the right file?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
