@@ -519,8 +519,30 @@ def _validate_component(kind: str, spec: Any, path: Path_, locations: dict[Path_
         cfg = entry.config.model_validate(params)
     except ValidationError as exc:
         raise _pydantic_error(exc, path, locations, entry.config, f"{kind} '{entry.name}'") from None
+    _reject_booleans_as_numbers(params, cfg, path, locations, f"{kind} '{entry.name}'")
     _validate_nested(cfg, path, locations, registry)
     return cfg
+
+
+def _reject_booleans_as_numbers(raw: Any, value: Any, path: Path_, locations: dict[Path_, str],
+                                owner: str) -> None:
+    """Pydantic's lax mode reads ``epochs: true`` as 1; a boolean where a number is expected is
+    a recipe error (``raw``: the recipe's values, ``value``: what validation made of them)."""
+    if isinstance(raw, bool) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise RecipeError(f"{_loc(locations, path)}: {_fmt_path(path)}: got {raw!r}, expected a number "
+                          f"({owner})")
+    if isinstance(raw, dict):
+        for key, item in raw.items():
+            if isinstance(value, BaseModel) and hasattr(value, str(key)):
+                sub = getattr(value, str(key))
+            elif isinstance(value, dict) and key in value:
+                sub = value[key]
+            else:
+                continue
+            _reject_booleans_as_numbers(item, sub, path + (key,), locations, owner)
+    elif isinstance(raw, (list, tuple)) and isinstance(value, (list, tuple)) and len(raw) == len(value):
+        for i, (item, sub) in enumerate(zip(raw, value)):
+            _reject_booleans_as_numbers(item, sub, path + (i,), locations, owner)
 
 
 def walk_fields(cfg: BaseModel, path: Path_ = ()) -> Iterable[tuple[Path_, dict, Any]]:

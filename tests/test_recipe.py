@@ -202,3 +202,10 @@ def test_hostile_yaml_is_refused_quickly_in_one_line(tmp_path, reg):
         with pytest.raises(RecipeError, match=messages[name]) as err:
             load_recipe(path, registry=reg)
         assert "\n" not in str(err.value)
+
+
+def test_a_boolean_is_not_a_number(tmp_path, reg):
+    path = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError, match="stages.train.epochs: got True, expected a number"):
+        load_recipe(path, ["stages.train.epochs=true"], registry=reg)
+    assert load_recipe(path, ["stages.train.epochs=4"], registry=reg).stage_configs["train"].epochs == 4
