@@ -86,3 +86,25 @@ def test_readme_test_command_is_what_ci_runs():
     block = re.search(r"## Run the tests\s+```bash\n(.+?)\n```", readme, re.S).group(1).strip()
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1].strip() == block
+
+
+def test_interrupt_exits_130_and_os_errors_are_one_line():
+    import click
+
+    from keras_reid.cli import handle_user_errors
+
+    @click.command()
+    @click.argument("what")
+    @handle_user_errors
+    def cmd(what):
+        if what == "interrupt":
+            raise KeyboardInterrupt
+        raise PermissionError(13, "Permission denied", "/runs/x/metrics.json")
+
+    res = CliRunner().invoke(cmd, ["interrupt"])
+    assert res.exit_code == 130 and "run the same command again to resume" in res.output
+    res = CliRunner().invoke(cmd, ["write"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == ("error: cannot use /runs/x/metrics.json: Permission denied; check the "
+                                  "path, its permissions and free space (KERAS_REID_DEBUG=1 shows the "
+                                  "traceback)")

@@ -31,6 +31,18 @@ def handle_user_errors(func):
         except RegistryError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted; run the same command again to resume (finished stages are "
+                        "kept, an interrupted one restarts from its last checkpoint)", fg="yellow", err=True)
+            sys.exit(130)
+        except OSError as exc:   # a read-only or full disk, an unwritable --json path, ...
+            if os.environ.get("KERAS_REID_DEBUG"):
+                raise
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            click.secho(f"error: cannot use{where}: {exc.strerror or exc}; check the path, its "
+                        "permissions and free space (KERAS_REID_DEBUG=1 shows the traceback)",
+                        fg="red", err=True)
+            sys.exit(1)
 
     return wrapper
 
