@@ -333,7 +333,7 @@ def test_cli_evaluate_missing_keys_one_line(tmp_path):
     res = CliRunner().invoke(main, ["evaluate", "--distmat", full])  # every query is invalid
     assert res.exit_code == 1 and "no query" in res.output
     res = CliRunner().invoke(main, ["evaluate"])
-    assert res.exit_code == 1 and "--distmat" in res.output
+    assert res.exit_code == 2 and "--distmat" in res.output   # an argument error, like the others
     not_npz = tmp_path / "m.json"
     not_npz.write_text("{}")
     res = CliRunner().invoke(main, ["evaluate", "--distmat", str(not_npz)])

@@ -154,7 +154,7 @@ def evaluate(distmat_path: str, rerank: bool, k1: int, k2: int, lambda_value: fl
       keras-reid evaluate --distmat d.npz --rerank --json metrics.json
     """
     if distmat_path is None:  # an option, not an argument: other sources (a run folder) may follow
-        raise UserError("nothing to evaluate: give --distmat FILE.npz")
+        raise click.UsageError("nothing to evaluate: give --distmat FILE.npz")
     arrays = load_npz(distmat_path, rerank)
     results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
     for line in _table(results):
