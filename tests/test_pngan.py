@@ -175,6 +175,37 @@ def test_logged_terms_follow_the_lsgan_and_l1_formulas():
     assert logs["g_gan"] > 0
 
 
+def test_log_form_gan_loss_equals_the_hand_computed_cross_entropy():
+    """gan_loss: log (the paper's Eq. 3): -log sigmoid(s) for real targets, -log(1 - sigmoid(s))
+    for fake ones, averaged over the patches, on given logits."""
+    from keras_reid_plugins.generators._pngan_model import patch_gan_loss
+
+    s = np.array([[[[2.0], [-1.0]], [[0.5], [0.0]]],
+                  [[[-3.0], [4.0]], [[1.5], [-0.25]]]], "f4")  # [2, 2, 2, 1] patch logits
+    sig = 1.0 / (1.0 + np.exp(-s.astype("f8")))
+    as_real = np.asarray(patch_gan_loss(tf.constant(s), 1.0, "log"))
+    as_fake = np.asarray(patch_gan_loss(tf.constant(s), 0.0, "log"))
+    np.testing.assert_allclose(as_real, (-np.log(sig)).reshape(2, -1).mean(1), rtol=1e-5)
+    np.testing.assert_allclose(as_fake, (-np.log(1 - sig)).reshape(2, -1).mean(1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(patch_gan_loss(tf.constant(s), 1.0, "lsgan")),
+                               ((s - 1) ** 2).reshape(2, -1).mean(1), rtol=1e-6)
+    # the model's logged terms use it
+    keras.utils.set_random_seed(0)
+    gan = _compiled(_factory(gan_loss="log"))
+    gan.build_optimizers()
+    assert gan.gan_loss == "log" and gan.get_config()["gan_loss"] == "log"
+    b = {k: tf.constant(v) for k, v in _batch().items()}
+    fake = gan.generator(gan.generator_input(b), training=False).numpy()
+    real_scores = gan.discriminator(b["target"], training=False).numpy().astype("f8")
+    fake_scores = gan.discriminator(fake, training=False).numpy().astype("f8")
+    logs = {k: float(v) for k, v in gan.train_step(b).items()}
+    assert logs["d_real"] == pytest.approx(np.mean(np.log1p(np.exp(-real_scores))), rel=1e-4)
+    assert logs["d_fake"] == pytest.approx(np.mean(np.log1p(np.exp(fake_scores))), rel=1e-4)
+    assert _factory().config.gan_loss == "lsgan"  # the default stays the public code's
+    with pytest.raises(ValidationError):
+        _factory(gan_loss="wgan")
+
+
 def test_xla_training_with_the_pool_on_one_pair_reduces_the_l1_loss():
     # one XLA compilation (slow on CPU) checks learning, XLA and the pool under XLA together
     keras.utils.set_random_seed(0)

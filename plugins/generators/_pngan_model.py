@@ -99,9 +99,27 @@ def build_discriminator(image_size: tuple[int, int], channels: int, cfg: dict) -
     return keras.Model(inputs, outputs, name="patch_discriminator")
 
 
+GAN_LOSSES = ("lsgan", "log")
+
+
 def _squared_error(scores, target: float):
     """Per-example mean of ``(scores - target)^2`` over the patches [B, h, w, 1] -> [B] float32."""
     return tf.reduce_mean(tf.square(tf.cast(scores, tf.float32) - target), axis=[1, 2, 3])
+
+
+def patch_gan_loss(scores, target: float, form: str = "lsgan"):
+    """Returns the per-example GAN loss [B] float32 of patch scores [B, h, w, 1] (logits) against
+    ``target`` (1 = real, 0 = fake), averaged over the patches.
+
+    ``lsgan``: ``(s - target)^2``. ``log`` (the paper's Eq. 3): the cross-entropy of
+    ``D = sigmoid(s)``, i.e. ``-log D`` for target 1 and ``-log(1 - D)`` for target 0, computed
+    stably from the logits as ``softplus(s) - target * s``."""
+    if form == "lsgan":
+        return _squared_error(scores, target)
+    if form == "log":
+        s = tf.cast(scores, tf.float32)
+        return tf.reduce_mean(tf.nn.softplus(s) - target * s, axis=[1, 2, 3])
+    raise ValueError(f"gan_loss must be one of {', '.join(GAN_LOSSES)}, got {form!r}")
 
 
 def _mean_abs(diff):
@@ -115,13 +133,16 @@ class PNGANModel(GANModel):
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, d_condition: str = "none",
                  l1_weight: float = 10.0, pool_size: int = 0, pool_seed: int = 0,
-                 **kwargs: Any) -> None:
+                 gan_loss: str = "lsgan", **kwargs: Any) -> None:
         super().__init__(generator, discriminator,
                          log_names=("d_loss", "d_real", "d_fake", "g_loss", "g_gan", "g_l1"), **kwargs)
         if d_condition not in CONDITION_CHANNELS:
             raise ValueError(f"d_condition must be one of {sorted(CONDITION_CHANNELS)}, got "
                              f"{d_condition!r}")
+        if gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {', '.join(GAN_LOSSES)}, got {gan_loss!r}")
         self.d_condition = d_condition
+        self.gan_loss = gan_loss
         self.l1_weight = float(l1_weight)
         self.pool_size = int(pool_size)
         self.pool_seed = int(pool_seed)
@@ -210,7 +231,8 @@ class PNGANModel(GANModel):
         discriminator's fake half comes through :meth:`query_pool` when ``pool_size`` > 0.
         Returns ``{"d_loss", "d_real", "d_fake", "g_loss", "g_gan", "g_l1"}``: float32 scalars,
         this replica's share of the global-batch mean (the loop sums them across replicas).
-        ``d_loss = (d_real + d_fake) / 2``; ``g_loss = g_gan + g_l1`` (``g_l1`` weighted)."""
+        ``d_loss = (d_real + d_fake) / 2``; ``g_loss = g_gan + g_l1`` (``g_l1`` weighted); the
+        GAN terms are :func:`patch_gan_loss` of the model's ``gan_loss`` form."""
         batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
         avg = tf.nn.compute_average_loss
         with tf.GradientTape() as g_tape:
@@ -221,13 +243,13 @@ class PNGANModel(GANModel):
                     real_scores = self.discriminator(self.discriminator_input(batch, batch["target"]),
                                                      training=True)
                     fake_scores = self.discriminator(fakes_for_d, training=True)
-                    d_real = avg(_squared_error(real_scores, 1.0))
-                    d_fake = avg(_squared_error(fake_scores, 0.0))
+                    d_real = avg(patch_gan_loss(real_scores, 1.0, self.gan_loss))
+                    d_fake = avg(patch_gan_loss(fake_scores, 0.0, self.gan_loss))
                     d_loss = 0.5 * (d_real + d_fake)
                 self.apply_gradients(d_tape, d_loss, self.d_optimizer,
                                      self.discriminator.trainable_variables)
             fake_scores = self.discriminator(self.discriminator_input(batch, fake), training=True)
-            g_gan = avg(_squared_error(fake_scores, 1.0))
+            g_gan = avg(patch_gan_loss(fake_scores, 1.0, self.gan_loss))
             g_l1 = avg(self.l1_weight * _mean_abs(fake - batch["target"]))
             g_loss = g_gan + g_l1
         self.apply_gradients(g_tape, g_loss, self.g_optimizer, self.generator.trainable_variables)
@@ -235,9 +257,10 @@ class PNGANModel(GANModel):
                            "g_gan": g_gan, "g_l1": g_l1})
 
     def get_config(self) -> dict:
-        """Returns the base config plus the discriminator's condition, the L1 weight and the pool."""
+        """Returns the base config plus the discriminator's condition, the GAN loss form, the L1
+        weight and the pool."""
         config = super().get_config()
-        config.update(d_condition=self.d_condition, l1_weight=self.l1_weight,
+        config.update(d_condition=self.d_condition, gan_loss=self.gan_loss, l1_weight=self.l1_weight,
                       pool_size=self.pool_size, pool_seed=self.pool_seed)
         return config
 
@@ -251,6 +274,7 @@ def build_gan(cfg: dict, image_size: tuple[int, int]) -> PNGANModel:
     pool_seed = random.randrange(2 ** 31 - 1) if cfg["pool_size"] else 0
     gan = PNGANModel(generator, discriminator, d_condition=cfg["d_condition"],
                      l1_weight=cfg["l1_weight"], pool_size=cfg["pool_size"], pool_seed=pool_seed,
+                     gan_loss=cfg.get("gan_loss", "lsgan"),
                      name="pngan")
     dummy = {k: tf.zeros((1, h, w, 3)) for k in ("source", "target", "target_pose")}
     gan(dummy, training=False)

@@ -17,12 +17,15 @@ Discriminator input (``d_condition``): the paper's Eq. (3) writes ``D_P(I_j)`` a
 (``none``). ``pose`` also shows it the target skeleton and ``source_pose`` the source image and
 the target skeleton (pix2pix-style conditional discriminator), concatenated before the image.
 
-Losses: least squares (LSGAN, as in the CycleGAN code PN-GAN builds on; the paper's Eq. (3)
-writes the log form) plus ``l1_weight`` (10, the paper's lambda_1) times the per-pixel mean
-absolute difference to the target image::
+Losses (``gan_loss``): least squares (``lsgan``, the default, as in the CycleGAN code PN-GAN's
+public code builds on) or the paper's log form of Eq. (3) (``log``: cross-entropy of
+``D = sigmoid(score)``; the generator takes the non-saturating ``-log D(G)``, Goodfellow et al.'s
+practical form of minimising ``log(1 - D(G))``), plus ``l1_weight`` (10, the paper's lambda_1)
+times the per-pixel mean absolute difference to the target image::
 
-    d_real = mean (D(real) - 1)^2     d_fake = mean D(fake)^2     d_loss = (d_real + d_fake) / 2
-    g_gan  = mean (D(fake) - 1)^2     g_l1 = l1_weight * mean |fake - target|     g_loss = g_gan + g_l1
+    lsgan: d_real = mean (D(real) - 1)^2     d_fake = mean D(fake)^2     g_gan = mean (D(fake) - 1)^2
+    log:   d_real = mean -log D(real)        d_fake = mean -log(1 - D(fake))   g_gan = mean -log D(fake)
+    d_loss = (d_real + d_fake) / 2     g_l1 = l1_weight * mean |fake - target|     g_loss = g_gan + g_l1
 
 The discriminator's loss is halved (pix2pix/CycleGAN: D learns at half G's rate). Each term is
 logged; ``g_l1`` with its weight applied. Adam(2e-4, 0.5, 0.999); the rate decays linearly to 0
@@ -54,6 +57,9 @@ class PNGANConfig(BaseModel):
     d_condition: Literal["none", "pose", "source_pose"] = Field(
         "none", description="what the discriminator sees besides the image: nothing (paper Eq. 3), "
         "the target skeleton, or the source image and the target skeleton")
+    gan_loss: Literal["lsgan", "log"] = Field(
+        "lsgan", description="lsgan: least squares (the public code); log: the paper's Eq. 3 "
+        "(cross-entropy, non-saturating generator term)")
     l1_weight: float = Field(10.0, ge=0.0, description="weight of the L1 term to the target image")
     pool_size: int = Field(0, ge=0, description="past fakes shown to the discriminator (CycleGAN: "
                            "50; 0 = off)")
