@@ -62,6 +62,15 @@ def main() -> None:
     """
 
 
+def entry() -> None:
+    """The ``keras-reid`` console script: :func:`main` with TensorFlow's native start-up noise
+    filtered from stderr (``KERAS_REID_TF_LOGS=1`` shows it)."""
+    from keras_reid.cli.quiet import filter_native_stderr
+
+    filter_native_stderr()
+    main()
+
+
 def _register_commands() -> None:
     from keras_reid.cli import data, evaluate, filter, models, plugins, run, synth  # noqa: F401
 

@@ -1,4 +1,4 @@
 """``python -m keras_reid.cli`` runs the keras-reid command line."""
-from keras_reid.cli import main
+from keras_reid.cli import entry
 
-main()
+entry()
