@@ -59,9 +59,14 @@ class StderrFilter:
                 continue
             if nl < 0:
                 if not _may_be_noise(self.buf):
+                    cr = self.buf.rfind(b"\r")
+                    if 0 <= cr < len(self.buf) - 1:   # a finished progress update, then more
+                        out.append(self.buf[:cr + 1])
+                        self.buf = self.buf[cr + 1:]
+                        continue
                     out.append(self.buf)
+                    self.passthrough = cr < 0       # a line ending in \r is finished
                     self.buf = b""
-                    self.passthrough = True
                 break
             line, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
             if not NOISE.match(line):
