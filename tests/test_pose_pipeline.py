@@ -159,3 +159,45 @@ def test_pose_generator_needs_a_pose_estimator_and_canonical_poses(tmp_path):
     f.write_text(text.replace("pose_indices: [0, 2]", "pose_indices: [5]"))
     with pytest.raises(RecipeError, match=r"\[5\] are not canonical poses"):
         load_recipe(f)
+
+
+def test_vgg19_features_of_skeleton_images_cluster_with_random_weights():
+    """features: vgg19 (the paper's clustering): VGG-19 features of the skeleton images, k-means
+    over them; weights None here (no network on the test machine)."""
+    from keras_reid.data.poses import skeleton_images
+    from keras_reid.stages._canonical_poses_impl import pose_image_features
+    from keras_reid.stages.canonical_poses import CanonicalPosesConfig
+
+    rng = np.random.default_rng(0)
+    kp = np.full((6, 18, 2), -1.0, np.float32)
+    for i in range(6):  # two groups of poses: arms to one side or the other
+        side = 1 if i < 3 else -1
+        kp[i, 1] = [14, 16]
+        kp[i, 2], kp[i, 5] = [16, 16 - 6 * side], [16, 16 + 6 * side]
+        kp[i, 3], kp[i, 6] = [24, 16 - 12 * side + rng.normal()], [24, 16 + 3 * side]
+        kp[i, 8], kp[i, 11] = [34, 13], [34, 19]
+    skeletons = skeleton_images(kp, (64, 32))
+    x = pose_image_features(skeletons, "vgg19", None)
+    assert x.shape == (6, 512 * 2 * 1) and x.dtype == np.float32 and np.isfinite(x).all()
+    centres, labels = kmeans(x, 2, seed=0, restarts=3)
+    assert centres.shape == (2, 1024) and sorted(np.bincount(labels).tolist())[0] >= 1
+    assert CanonicalPosesConfig(dataset="d", features="vgg19", cnn_weights=None).features == "vgg19"
+    assert CanonicalPosesConfig(dataset="d").features == "keypoints"  # the offline default
+
+
+def test_vgg19_imagenet_weights_without_network_are_one_clear_line(monkeypatch):
+    import keras
+
+    from keras_reid.errors import UserError
+    from keras_reid.stages._canonical_poses_impl import pose_image_features
+
+    def offline(*args, weights=None, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "VGG19", offline)
+    with pytest.raises(UserError) as err:
+        pose_image_features(np.zeros((1, 64, 32, 3), np.uint8), "vgg19", "imagenet")
+    msg = str(err.value)
+    assert "\n" not in msg and "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "cnn_weights:" in msg and "features: keypoints" in msg

@@ -33,22 +33,50 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 10) -> tuple
     return best[1], best[2]
 
 
-def cnn_features(skeletons: np.ndarray, weights: str) -> np.ndarray:
-    """Global-average-pooled MobileNetV2 features [N, 1280] of uint8 skeleton images."""
+#: Where Keras downloads the ImageNet weights of each network (named in the error when that fails).
+IMAGENET_WEIGHTS_URLS = {
+    "vgg19": "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "cnn": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+           "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+
+
+def pose_image_features(skeletons: np.ndarray, network: str, weights: str | None,
+                        batch_size: int = 32) -> np.ndarray:
+    """Returns float32 features [N, D] of uint8 skeleton images [N, H, W, 3] computed by
+    ``network``: ``vgg19`` (PN-GAN: VGG-19's last pooled map, flattened: D = 512 * H/32 * W/32)
+    or ``cnn`` (MobileNetV2, global-average-pooled: D = 1280). ``weights``: 'imagenet', a local
+    weights file of the network without its top, or None (random). Raises UserError (one line
+    naming the fix) when the weights cannot be downloaded or loaded."""
     import keras
 
+    shape = (*skeletons.shape[1:3], 3)
+    name = "VGG-19" if network == "vgg19" else "MobileNetV2"
     try:
-        net = keras.applications.MobileNetV2(include_top=False, pooling="avg",
-                                             weights=None if weights != "imagenet" else "imagenet",
-                                             input_shape=(*skeletons.shape[1:3], 3))
-        if weights != "imagenet":
+        if network == "vgg19":
+            net = keras.applications.VGG19(include_top=False, input_shape=shape,
+                                           weights="imagenet" if weights == "imagenet" else None)
+            preprocess = keras.applications.vgg19.preprocess_input
+        else:
+            net = keras.applications.MobileNetV2(include_top=False, pooling="avg", input_shape=shape,
+                                                 weights="imagenet" if weights == "imagenet" else None)
+            preprocess = keras.applications.mobilenet_v2.preprocess_input
+        if weights not in (None, "imagenet"):
             net.load_weights(weights)
     except Exception as exc:  # noqa: BLE001 - a download or file problem, reported in one line
-        raise UserError(f"canonical_poses: could not load MobileNetV2 weights '{weights}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); give a local weights file as cnn_weights "
-                        "or use features: keypoints") from None
-    x = keras.applications.mobilenet_v2.preprocess_input(skeletons.astype(np.float32))
-    return np.asarray(net.predict(x, batch_size=32, verbose=0), np.float32)
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        if weights == "imagenet":
+            raise UserError(
+                f"canonical_poses: could not download the ImageNet {name} weights ({reason}); fetch "
+                f"{IMAGENET_WEIGHTS_URLS[network]} where there is network and set cnn_weights: "
+                "/path/to/that.h5 (or copy it into ~/.keras/models/), or use features: keypoints") from None
+        raise UserError(f"canonical_poses: could not load {name} weights '{weights}' ({reason}); give "
+                        f"a weights file of {name} without its top as cnn_weights, or use features: "
+                        "keypoints") from None
+    x = preprocess(skeletons.astype(np.float32))
+    out = np.asarray(net.predict(x, batch_size=batch_size, verbose=0), np.float32)
+    return out.reshape(len(out), -1)
 
 
 def mean_keypoints(kp: np.ndarray) -> np.ndarray:
@@ -90,7 +118,7 @@ def run(cfg, ctx: StageContext) -> dict:
     if cfg.features == "keypoints":
         x = np.stack([normalised_pose_vector(p, (h, w)) for p in kp])
     else:
-        x = cnn_features(skeletons, cfg.cnn_weights)
+        x = pose_image_features(skeletons, cfg.features, cfg.cnn_weights)
     centres, labels = kmeans(x, cfg.k, seed=seed, restarts=cfg.restarts)
     order = np.argsort(-np.bincount(labels, minlength=cfg.k), kind="stable")  # largest cluster first
     poses, pictures = [], []

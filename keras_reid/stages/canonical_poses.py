@@ -31,12 +31,16 @@ class CanonicalPosesConfig(BaseModel):
     image_size: ImageSize = Field((256, 128), description="height, width of the pose images "
                                   "(the generator's size)")
     k: int = Field(8, ge=1, le=64, description="canonical poses (paper: 8)")
-    features: Literal["keypoints", "cnn"] = Field(
+    features: Literal["keypoints", "vgg19", "cnn"] = Field(
         "keypoints", description="what k-means clusters: keypoints = normalised keypoint vectors "
-        "(centred on the body, scaled by the torso); cnn = pooled features of the skeleton images "
-        "from an ImageNet-pretrained MobileNetV2 (the paper's choice; needs cnn_weights)")
-    cnn_weights: str = Field("imagenet", description="cnn: 'imagenet' (downloaded by Keras, needs the "
-                             "network) or a local .weights.h5 / .h5 file of MobileNetV2 without top")
+        "(centred on the body, scaled by the torso; works offline); vgg19 = features of the "
+        "skeleton images from VGG-19 (the paper's choice: ImageNet weights, see cnn_weights; the "
+        "last pooled map flattened, so the layout of the limbs counts); cnn = average-pooled "
+        "features of an ImageNet MobileNetV2")
+    cnn_weights: str | None = Field(
+        "imagenet", description="vgg19/cnn: 'imagenet' (downloaded by Keras, needs the network), a "
+        "local .weights.h5 / .h5 file of the network without its top, or null (random weights: "
+        "for tests only, the clusters mean little)")
     min_keypoints: int = Field(8, ge=1, le=18, description="poses with fewer keypoints are not clustered")
     max_poses: int | None = Field(None, gt=0, description="cluster at most this many poses (a "
                                   "deterministic subset)")
