@@ -110,6 +110,18 @@ def test_fusion_methods_on_hand_made_vectors():
     np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
 
+    # normalise_fused: false (PN-GAN): the fused vectors are ranked as they are
+    for method in ("max", "mean"):
+        raw = fuse_features(real, versions, owners, method=method, normalise=False)
+        again = fuse_features(real, versions, owners, method=method)
+        np.testing.assert_allclose(again, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    raw = fuse_features(real, versions, owners, method="max", normalise=False)
+    want = np.stack([np.maximum.reduce([real[0], v[0], v[1]]), np.maximum(real[1], v[2]), real[2]])
+    np.testing.assert_allclose(raw, want, atol=1e-6)
+    assert np.linalg.norm(raw[0]) > 1.2  # not re-normalised
+    raw = fuse_features(real, versions, owners, method="concat", normalise=False)
+    np.testing.assert_allclose(raw[:, 3:], np.stack([(v[0] + v[1]) / 2, v[2], np.zeros(3)]), atol=1e-6)
+
     # versions only (model B alone): every image needs at least one version
     only = fuse_features(None, versions, [0, 0, 1], n=2, method="max")
     np.testing.assert_allclose(only[1], v[2], atol=1e-6)
@@ -282,6 +294,31 @@ def test_one_pose_uses_only_pose_0(tmp_path, roots, trained, spy):
     assert out["fused"]["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
     assert out["fused"]["rank1"] == pytest.approx(want["cmc"][0], abs=1e-6)
     assert out["fused"]["mAP"] != pytest.approx(out["A"]["mAP"], abs=1e-6)
+
+
+def test_normalise_fused_false_ranks_the_fused_vectors_unnormalised(tmp_path, roots, trained,
+                                                                     monkeypatch):
+    """PN-GAN: the element-wise max of the 9 vectors is ranked by Euclidean distance as it is."""
+    from keras_reid.stages import _evaluate_fusion
+
+    ranked = []
+    original = _evaluate_fusion.score
+
+    def score(qf, gf, *args, **kwargs):
+        ranked.append((np.asarray(qf), np.asarray(gf)))
+        return original(qf, gf, *args, **kwargs)
+
+    monkeypatch.setattr(_evaluate_fusion, "score", score)
+    rec = _recipe(tmp_path, roots, "stages.evaluate.fusion.normalise_fused=false",
+                  "stages.evaluate.models=[A]")
+    query, gallery, train = _query_gallery(rec)
+    run_dir = _new_run(trained, tmp_path)
+    _write_view(run_dir, "pn_test", query + gallery, train)
+    out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
+    assert out["fused"]["fusion"]["normalise_fused"] is False
+    assert len(ranked) == 2  # fused and B_normalised
+    norms = np.linalg.norm(np.concatenate(ranked[0]), axis=1)
+    assert not np.allclose(norms, 1.0, atol=1e-3)  # the max of unit vectors, not brought back to 1
 
 
 def test_models_of_different_sizes_fuse_by_concat_only(tmp_path, roots, trained, spy):

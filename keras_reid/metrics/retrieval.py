@@ -193,7 +193,7 @@ def _l2_rows(x: np.ndarray) -> np.ndarray:
 
 
 def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int | None = None,
-                  method: Literal["max", "mean", "concat"] = "max") -> np.ndarray:
+                  method: Literal["max", "mean", "concat"] = "max", normalise: bool = True) -> np.ndarray:
     """One L2-normalised vector per image from its real vector and its versions' vectors.
 
     ``real``: [N, D] (one vector per image, e.g. model A on the image) or None; ``versions``:
@@ -206,9 +206,11 @@ def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int 
     - ``concat``: ``[real, mean of versions normalised]`` (zeros for a missing part); without
       ``real`` only the second part, so it equals ``mean``.
 
-    ``max``/``mean`` need D == D'. The fused vector is L2-normalised again, so images fused
-    from different numbers of vectors stay comparable. Returns float32 [N, D] (concat:
-    [N, D + D']). Raises ValueError on bad shapes or an image with no vector at all.
+    ``max``/``mean`` need D == D'. With ``normalise`` the fused vector is L2-normalised again,
+    so images fused from different numbers of vectors stay comparable; without it the fused
+    vector is returned as computed (PN-GAN ranks the element-wise maximum itself by Euclidean
+    distance). Returns float32 [N, D] (concat: [N, D + D']). Raises ValueError on bad shapes or
+    an image with no vector at all.
     """
     if method not in FUSION_METHODS:
         raise ValueError(f"unknown fusion method {method!r}: expected one of {', '.join(FUSION_METHODS)}")
@@ -239,16 +241,20 @@ def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int 
         raise ValueError(f"'{method}' fuses vectors of one size; real vectors have {real.shape[1]} "
                          f"dimensions, versions {versions.shape[1]} (use concat)")
     d = versions.shape[1] if versions.shape[0] or real is None else real.shape[1]
+    final = _l2_rows if normalise else (lambda x: x)
     if method == "max":
         out = np.full((n, d), -np.inf, np.float32) if real is None else real.copy()
         np.maximum.at(out, owners, versions)
-        return _l2_rows(out)
+        return final(out)
     sums = np.zeros((n, d), np.float32)
     np.add.at(sums, owners, versions)
     if method == "mean":
         if real is None:
-            return _l2_rows(sums / np.maximum(counts, 1)[:, None])
-        return _l2_rows((sums + real) / (counts + 1)[:, None].astype(np.float32))
+            return final(sums / np.maximum(counts, 1)[:, None])
+        return final((sums + real) / (counts + 1)[:, None].astype(np.float32))
+    if not normalise:  # [real, mean of the versions] (zeros for a missing part)
+        part = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
+        return part if real is None else np.concatenate([real, part], axis=1)
     part = _l2_rows(sums)  # the mean's direction; rows without versions stay zero
     if real is None:
         return part

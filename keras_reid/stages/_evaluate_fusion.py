@@ -113,11 +113,12 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
     info = {"images_without_versions": without, "versions": int(len(records)),
             "vectors": int(len(images) + len(records)),
             "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
-                       "method": fusion.method, "poses": fusion.poses}}
+                       "method": fusion.method, "poses": fusion.poses,
+                       "normalise_fused": fusion.normalise_fused}}
     nq = len(query)
     out: dict[str, dict] = {}
     size = features.model(fusion.real)[1]["image_size"]
-    fused = fuse_features(real, vf, owners, len(images), fusion.method)
+    fused = fuse_features(real, vf, owners, len(images), fusion.method, normalise=fusion.normalise_fused)
     out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
                                     size, info)
     if fusion.normalised_name:
@@ -128,7 +129,8 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
             real_b = np.concatenate(features.get(fusion.normalised), 0)
             vb = np.concatenate([vf, real_b[fallback]], 0)
             owners_b = np.concatenate([owners, fallback])
-        only = fuse_features(None, vb, owners_b, len(images), fusion.method)
+        only = fuse_features(None, vb, owners_b, len(images), fusion.method,
+                             normalise=fusion.normalise_fused)
         info_b = {**info, "vectors": int(len(records) + fallback.size),
                   "fusion": {**info["fusion"], "real": None}}
         out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],

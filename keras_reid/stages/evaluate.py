@@ -27,6 +27,9 @@ class FusionConfig(BaseModel):
     method: Literal["max", "mean", "concat"] = Field(
         "max", description="max: element-wise max of all vectors (PN-GAN); mean: their mean; "
         "concat: [A's vector, mean of B's vectors] (missing part = zeros)")
+    normalise_fused: bool = Field(True, description="L2-normalise the fused vector before ranking "
+                                  "(false: rank the fused vector as it is, as PN-GAN does; the "
+                                  "vectors fused are L2-normalised either way)")
     poses: list[int] | None = Field(None, description="use only versions with these pose_index "
                                     "values (e.g. [0]); null = every version")
     normalised_name: str | None = Field(None, min_length=1, description="also report B alone on "
