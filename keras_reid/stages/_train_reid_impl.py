@@ -239,6 +239,10 @@ def train(cfg, ctx: StageContext) -> dict:
                 ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
         loss = ctx.registry.create("loss", cfg.loss)
+        smoothing = getattr(getattr(loss, "config", None), "label_smoothing", 0.0)
+        if smoothing and cfg.real and any(g.labels == "lsro" for g in cfg.generated):
+            ctx.echo(f"note: the loss's label_smoothing {smoothing} smooths the real images' targets "
+                     "too; LSRO (Zheng et al. 2017) keeps them one-hot: set loss.label_smoothing: 0")
         model = ReIDModel(net, loss)
         schedule = make_schedule(cfg.schedule, steps_per_epoch=steps, base_lr=cfg.optimizer.lr,
                                  epochs=cfg.epochs)
