@@ -613,8 +613,12 @@ def summary_lines(agg: dict) -> list[str]:
             cells.append(f"{_fmt(m[c], c) + ('' if std is None else ' +- ' + _fmt(std, c)):>18}")
         lines.append(f"{name:<{width}}" + "".join(cells))
     lines += comparison_lines(agg.get("comparisons", {}), cols)
-    if "chance" in agg:
-        lines.append(f"chance level: {json.dumps(agg['chance'], default=str)[:200]}")
+    chance = agg.get("chance")
+    if isinstance(chance, dict) and all(isinstance(v, (int, float)) for v in chance.values()):
+        lines.append("chance (a random ranking): " + ", ".join(
+            f"{k} {_fmt(v, k)}%" for k, v in chance.items()))
+    elif chance is not None:
+        lines.append(f"chance level: {json.dumps(chance, default=str)[:200]}")
     return lines
 
 
