@@ -10,7 +10,7 @@ ties are resolved exactly by an explicit count. CMC, AP and mINP follow from the
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -27,6 +27,22 @@ def _group_by_pid(g_pids: np.ndarray) -> dict:
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [len(order)]))
     return {sorted_pids[s].item(): order[s:e] for s, e in zip(starts, ends)} if len(order) else {}
+
+
+def _valid_queries(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                   g_camids: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yields ``(query index, gallery indices of its true matches, gallery indices the protocol
+    removes)`` for every query with at least one match (same pid, another camera); the removed
+    items are the query's pid seen by the query's camera."""
+    groups = _group_by_pid(g_pids)
+    for i in range(len(q_pids)):
+        same = groups.get(q_pids[i].item())
+        if same is None:
+            continue
+        same_cam = g_camids[same] == q_camids[i]
+        matches = same[~same_cam]
+        if matches.size:
+            yield i, matches, same[same_cam]
 
 
 def _match_ranks(row: np.ndarray, matches: np.ndarray, junk: np.ndarray) -> np.ndarray:
@@ -85,19 +101,11 @@ def evaluate_retrieval(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
         raise ValueError("camera ids must have one entry per query / gallery item")
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    groups = _group_by_pid(g_pids)
     first_hits = np.zeros(max_rank + 1, np.int64)  # histogram of first-match ranks (last bin: > max_rank)
     ap_sum = inp_sum = 0.0
     valid = 0
-    for i in range(len(q_pids)):
-        same = groups.get(q_pids[i].item())
-        if same is None:
-            continue
-        same_cam = g_camids[same] == q_camids[i]
-        matches = same[~same_cam]
-        if matches.size == 0:
-            continue
-        ranks = _match_ranks(distmat[i], matches, same[same_cam])
+    for i, matches, junk in _valid_queries(q_pids, g_pids, q_camids, g_camids):
+        ranks = _match_ranks(distmat[i], matches, junk)
         valid += 1
         first_hits[min(int(ranks[0]), max_rank + 1) - 1] += 1
         ap_sum += float(np.mean(np.arange(1, ranks.size + 1) / ranks))
@@ -122,19 +130,12 @@ def chance_level(q_pids, g_pids, q_camids, g_camids) -> dict:
     """
     q_pids, g_pids = np.asarray(q_pids).ravel(), np.asarray(g_pids).ravel()
     q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
-    groups = _group_by_pid(g_pids)
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(g_pids) + 1))])
     r1 = ap = 0.0
     valid = 0
-    for i in range(len(q_pids)):
-        same = groups.get(q_pids[i].item())
-        if same is None:
-            continue
-        junk = int(np.sum(g_camids[same] == q_camids[i]))
-        n = len(same) - junk
-        if n == 0:
-            continue
-        total = len(g_pids) - junk
+    for _, matches, junk in _valid_queries(q_pids, g_pids, q_camids, g_camids):
+        n = matches.size
+        total = len(g_pids) - junk.size
         h = harmonic[total]
         r1 += n / total
         ap += (h + ((n - 1) / (total - 1) * (total - h) if total > 1 else 0.0)) / total
