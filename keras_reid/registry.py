@@ -125,7 +125,7 @@ class Registry:
         The component is called as ``obj(config, **kwargs)`` with a validated
         instance of ``config`` (a pydantic model; defaults to ``obj.Config`` and then
         to a model that accepts no parameters). ``description`` defaults to the first
-        line of the docstring. Registering a taken name raises ``RegistryError``
+        paragraph of the docstring, on one line. Registering a taken name raises ``RegistryError``
         naming both providers unless ``override=True``.
         """
         self._check_kind(kind)
@@ -137,8 +137,7 @@ class Registry:
                     f"config of {kind} '{name}' must be a pydantic BaseModel subclass, got {cfg!r}"
                 )
             module = getattr(obj, "__module__", "?")
-            doc = description or (obj.__doc__ or "").strip().splitlines()[0:1]
-            desc = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            desc = description or first_paragraph(obj.__doc__)
             entry = Entry(kind, name, obj, cfg, desc.strip(), module, self._provider_of(module))
             with self._lock:
                 existing = self._entries[kind].get(name)
@@ -284,6 +283,12 @@ class Registry:
             return dists[0]
         return "keras-reid" if top in ("keras_reid", "keras_reid_plugins") else (
             "__main__" if top == "__main__" else top)
+
+
+def first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line (the registry's default description)."""
+    para = (doc or "").strip().split("\n\n", 1)[0]
+    return " ".join(para.split())
 
 
 def _entry_points() -> list[metadata.EntryPoint]:

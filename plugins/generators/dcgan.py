@@ -92,7 +92,7 @@ def start_shape(image_size: tuple[int, int]) -> tuple[int, int, int]:
 
 @register("generator", "dcgan", config=DCGANConfig)
 class DCGAN:
-    """The registered component: an unconditional DCGAN over single images (noise in, image out)."""
+    """DCGAN (Radford et al. 2016): whole person images from noise, at the person aspect; optional semantic control and guided losses."""
 
     pairing = "unpaired"
     needs = frozenset({"source"})

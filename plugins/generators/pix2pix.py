@@ -135,7 +135,7 @@ def unet_depth(image_size: tuple[int, int], depth: int | None = None) -> int:
 
 @register("generator", "pix2pix", config=Pix2PixConfig)
 class Pix2Pix:
-    """The registered component: declares the data a variant needs and builds the GAN."""
+    """pix2pix (Isola et al. 2017): a U-Net image-to-image generator with a PatchGAN discriminator; the thesis variants (Models 1-4) choose its inputs and losses."""
 
     def __init__(self, config: Pix2PixConfig | None = None) -> None:
         self.config = config or Pix2PixConfig()

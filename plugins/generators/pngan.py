@@ -84,7 +84,7 @@ def check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 @register("generator", "pngan", config=PNGANConfig)
 class PNGAN:
-    """The registered component: PN-GAN, a source image re-drawn in a target pose (skeleton image)."""
+    """PN-GAN (Qian et al. 2018): redraws a person image in a target pose given as a skeleton image, identity kept."""
 
     pairing = "identity_pairs"
     needs = frozenset({"source", "target", "target_pose"})
