@@ -1,15 +1,24 @@
 """Runs a recipe's stages in order in a run folder, with skip-if-done and provenance.
 
-Run folder (``<run_dir>/<name>/`` unless given)::
+Run folder (``<runs_dir>/<name>/`` unless given)::
 
     recipe.resolved.yaml     the recipe after base:, --set and ${ENV} resolution
     <stage>/                 one folder per stage: its outputs and .complete.json
     tensorboard/<stage>/     TensorBoard logs
     metrics.json             {"models": {NAME: {"mAP": .., "rank1": .., ...}}}
 
-A stage whose ``.complete.json`` records the same config hash is skipped. A stage
-folder left by an interrupted run of the same config is reused, so the stage resumes
-from its checkpoints; one left by a different config is moved aside, never deleted.
+A stage's identity is its config hash (:meth:`keras_reid.recipe.Recipe.stage_hash`) plus what it
+consumed: the completion ids of the stages it reads (their ``.complete.json`` records a fresh
+``completion_id`` each time they complete, and each marker records the ``inputs`` it read). A
+stage is skipped only when its marker has the same hash, every stage it reads is done, and the
+inputs it recorded are theirs; so any change upstream (config, or a rerun) invalidates
+everything downstream. A stage folder left by an interrupted run of the same identity is reused,
+so the stage resumes from its checkpoints; one left by another identity is moved aside, never
+deleted. ``metrics.json`` is rebuilt from what the done stages recorded, so it only ever holds
+the models of the current evaluation.
+
+Markers written before completion ids existed (no ``inputs``) count as done when their hash
+matches, every stage they read is done, and those finished no later than they did.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import datetime as _dt
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,9 +35,10 @@ from typing import Callable
 import click
 
 from keras_reid import io, runlock
+from keras_reid.errors import RecipeError
 from keras_reid.recipe import Recipe
 from keras_reid.registry import REGISTRY, Registry
-from keras_reid.stages.base import COMPLETE_MARKER, StageContext, StageIncomplete
+from keras_reid.stages.base import COMPLETE_MARKER, RECORDED_METRICS, StageContext, StageIncomplete
 
 CONFIG_MARKER = ".config.json"
 
@@ -38,28 +49,83 @@ class StagePlan:
     type: str
     hash: str
     status: str  # "done" (will be skipped), "resume", "run"
+    inputs: dict | None = None
+    """``{stage read: its completion id}`` when every stage this one reads is done, else None."""
+    why: str = ""
+    """Why a stage that has outputs is not done: "config changed", "input changed", ..."""
 
 
 def default_run_dir(recipe: Recipe) -> Path:
-    """``<recipe run_dir>/<recipe name>``."""
-    return Path(recipe.model.run_dir) / recipe.name
+    """The run folder when ``--run-dir`` does not name one: ``<recipe runs_dir>/<recipe name>``."""
+    return Path(recipe.model.runs_dir) / recipe.name
+
+
+def completion_id(marker: dict) -> str:
+    """The id of one completion of a stage (what a stage reading it records as its input);
+    a marker written before completion ids existed is identified by its hash and finish time."""
+    return marker.get("completion_id") or f"{marker.get('hash')}@{marker.get('finished')}"
+
+
+def _consumed(marker: dict, inputs: dict, upstream: list[dict]) -> bool:
+    """Did the completion ``marker`` read exactly ``inputs``? (Old markers: did everything it
+    reads finish no later than it?)"""
+    if "inputs" in marker:
+        return marker["inputs"] == inputs
+    return all(str(u.get("finished", "")) <= str(marker.get("finished", "")) for u in upstream)
 
 
 def plan(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
-    """What ``run`` would do with each stage, without doing it."""
+    """What ``run`` would do with each stage, without doing it (a stage reading one that is not
+    done will run: its input is not there yet)."""
     out = []
+    done: dict[str, dict] = {}
     for name, spec in recipe.model.stages.items():
         h = recipe.stage_hash(name)
+        reads = recipe.references(name, "stages")
+        ready = all(r in done for r in reads)
+        inputs = {r: completion_id(done[r]) for r in reads} if ready else None
         marker = io.read_json(run_dir / name / COMPLETE_MARKER)
         started = io.read_json(run_dir / name / CONFIG_MARKER)
-        if marker and marker.get("hash") == h:
+        why = ""
+        if ready and marker and marker.get("hash") == h and _consumed(marker, inputs,
+                                                                      [done[r] for r in reads]):
             status = "done"
-        elif started and started.get("hash") == h:
+            done[name] = marker
+        elif ready and started and started.get("hash") == h and started.get("inputs", inputs) == inputs:
             status = "resume"
         else:
             status = "run"
-        out.append(StagePlan(name, spec.type, h, status))
+            last = marker or started
+            if last:
+                changed = [r for r in reads if r not in done]
+                why = ("config changed" if last.get("hash") != h else
+                       f"stage '{changed[0]}' it reads must run first" if changed else
+                       "input changed (a stage it reads ran again)")
+        out.append(StagePlan(name, spec.type, h, status, inputs, why))
     return out
+
+
+def check_only(recipe: Recipe, steps: list[StagePlan], only: list[str]) -> None:
+    """``--stage`` runs only the stages named: every stage they read must be done with its current
+    identity, else one line naming what to run first (never the old outputs under a new config)."""
+    status = {s.name: s for s in steps}
+    for name in [n for n in recipe.model.stages if n in only]:
+        direct = [r for r in recipe.references(name, "stages")
+                  if r not in only and status[r].status != "done"]
+        if not direct:
+            continue
+        missing = [n for n in recipe.upstream(name) if n not in only and status[n].status != "done"]
+        first = direct[0]
+        step = status[first]
+        why = ("interrupted run has not finished" if step.status == "resume" else
+               "has not completed" if not step.why else
+               "config changed since it ran" if step.why == "config changed" else
+               "inputs changed since it ran")
+        flags = " ".join(f"--stage {n}" for n in recipe.model.stages if n in missing or n in only)
+        raise RecipeError(f"stage '{name}' reads stage '{first}', whose {why}: its outputs are not "
+                          f"those of this recipe; run it first: keras-reid run "
+                          f"{recipe.source or '<recipe>'} {flags} (with the same --set options), "
+                          "or run without --stage")
 
 
 def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry = REGISTRY,
@@ -82,34 +148,39 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
 
 def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[str], None],
          only: list[str] | None, shard: tuple[int, int] | None) -> dict:
+    steps = plan(recipe, run_dir)
+    if only:
+        check_only(recipe, steps, only)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
     shared: dict = {"datasets": {}, "strategy": {}}
     results: dict = {}
-    steps = plan(recipe, run_dir)
+    write_metrics(recipe, run_dir, registry, steps)
     echo(click.style(f"run '{recipe.name}' -> {run_dir}", bold=True))
     _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
-    for i, step in enumerate(steps, 1):
-        if only and step.name not in only:
+    for i, name in enumerate([s.name for s in steps], 1):
+        if only and name not in only:
             continue
+        step = next(s for s in plan(recipe, run_dir) if s.name == name)  # upstream may just have run
         head = f"[{i}/{len(steps)}] {step.name} ({step.type})"
         stage_dir = run_dir / step.name
         if step.status == "done":
             marker = io.read_json(stage_dir / COMPLETE_MARKER)
-            echo(f"{head}: done before with the same config, skipped")
+            echo(f"{head}: done before with the same config and inputs, skipped")
             results[step.name] = marker.get("summary", {})
             continue
         if step.status == "run" and stage_dir.exists() and any(stage_dir.iterdir()):
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             aside = run_dir / f"{step.name}.stale-{stamp}"
             shutil.move(str(stage_dir), str(aside))
-            echo(f"{head}: config changed; previous outputs moved to {aside.name}/")
+            echo(f"{head}: {step.why or 'config changed'}; previous outputs moved to {aside.name}/")
         if step.status == "resume":
             echo(f"{head}: resuming an interrupted run")
         else:
             echo(f"{head}: starting")
         stage_dir.mkdir(parents=True, exist_ok=True)
         io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
+                                                  "inputs": step.inputs,
                                                   "config": recipe.data["stages"][step.name]})
         context = _context(recipe, step.name, run_dir, registry, echo, shared, shard)
         stage = registry.get("stage", step.type).create(recipe.stage_configs[step.name])
@@ -124,12 +195,58 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
         if context.is_chief:
             io.write_json(stage_dir / COMPLETE_MARKER, {
                 "hash": step.hash, "stage": step.name, "type": step.type,
+                "completion_id": uuid.uuid4().hex, "inputs": step.inputs,
                 "finished": _dt.datetime.now().isoformat(timespec="seconds"),
                 "seconds": round(elapsed, 2), "summary": summary, "pid": os.getpid(),
             })
+            write_metrics(recipe, run_dir, registry)
         echo(f"{head}: finished in {_fmt_seconds(elapsed)}")
         results[step.name] = summary
     return results
+
+
+def recorded_metrics(recipe: Recipe, stage: str, stage_dir: Path, source: dict,
+                     registry: Registry = REGISTRY) -> dict | None:
+    """What the completed ``stage`` (its folder ``stage_dir``) recorded in metrics.json:
+    ``{"models", "extra"?, "chance"?}`` from the folder's ``.recorded_metrics.json``, or else (a
+    folder written before that file existed) the entries of the models its stage type reports
+    taken from the metrics.json contents ``source``; None when it recorded nothing."""
+    recorded = io.read_json(stage_dir / RECORDED_METRICS)
+    if recorded is not None:
+        return recorded
+    fn = getattr(registry.get("stage", recipe.stage_type(stage)).obj, "reported_models", None)
+    if fn is None or not source:
+        return None
+    models = source.get("models", {})
+    recorded = {"models": {n: models[n] for n in fn(recipe.stage_configs[stage]) if n in models}}
+    if stage in source.get("stages", {}):
+        recorded["extra"] = source["stages"][stage]
+    return recorded
+
+
+def write_metrics(recipe: Recipe, run_dir: Path, registry: Registry = REGISTRY,
+                  steps: list[StagePlan] | None = None) -> None:
+    """Rewrite ``<run>/metrics.json`` from what the stages that are done (same identity) recorded,
+    so it never holds a model of an earlier configuration or one no longer evaluated. Written
+    only when that changes it (a read-only, complete run folder is left alone)."""
+    path = run_dir / "metrics.json"
+    old = io.read_json(path, default=None)
+    new: dict = {"recipe": recipe.name, "models": {}}
+    for step in steps if steps is not None else plan(recipe, run_dir):
+        if step.status != "done":
+            continue
+        got = recorded_metrics(recipe, step.name, run_dir / step.name, old or {}, registry)
+        if not got:
+            continue
+        new["models"].update(got.get("models", {}))
+        if got.get("extra"):
+            new.setdefault("stages", {})[step.name] = got["extra"]
+        if got.get("chance"):
+            new["chance"] = got["chance"]
+    if old is None and not new["models"] and len(new) == 2:
+        return
+    if new != old:
+        io.write_json(path, new)
 
 
 def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: Registry,

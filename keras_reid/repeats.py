@@ -40,7 +40,7 @@ from keras_reid.errors import RecipeError, UserError
 from keras_reid.recipe import (LoadedYaml, Recipe, apply_override, interpolate, load_with_bases,
                                set_value, validate)
 from keras_reid.registry import REGISTRY, Registry
-from keras_reid.stages.base import COMPLETE_MARKER, RECORDED_METRICS
+from keras_reid.stages.base import COMPLETE_MARKER
 
 REPEATS_MARKER = "repeats.json"
 """The file in a parent run folder that says it holds repeats (and which)."""
@@ -53,6 +53,7 @@ SUMMARY_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP",
 
 _NOT_SWEEPABLE = {"seed": "use --seeds to repeat over seeds",
                   "name": "the repeats share the recipe's run folder; use --run-dir to move it",
+                  "runs_dir": "use --run-dir to choose the folder of the repeats",
                   "run_dir": "use --run-dir to choose the folder of the repeats"}
 
 
@@ -281,16 +282,10 @@ def _carry_metrics(recipe: Recipe, stage: str, donor: Path, run_dir: Path, regis
     """Record in ``run_dir/metrics.json`` what the shared stage recorded in the donor's: from the
     stage folder's ``.recorded_metrics.json``, or else (a folder written before that file existed)
     the donor's entries of the models its stage type reports."""
-    recorded = io.read_json(run_dir / stage / RECORDED_METRICS)
+    recorded = pipeline.recorded_metrics(recipe, stage, run_dir / stage,
+                                         io.read_json(donor / "metrics.json") or {}, registry)
     if recorded is None:
-        fn = getattr(registry.get("stage", recipe.stage_type(stage)).obj, "reported_models", None)
-        source = io.read_json(donor / "metrics.json") or {}
-        if fn is None or not source:
-            return
-        models = source.get("models", {})
-        recorded = {"models": {n: models[n] for n in fn(recipe.stage_configs[stage]) if n in models}}
-        if stage in source.get("stages", {}):
-            recorded["extra"] = source["stages"][stage]
+        return
     current = io.read_json(run_dir / "metrics.json", default={}) or {}
     current.setdefault("recipe", recipe.name)
     current.setdefault("models", {}).update(recorded.get("models", {}))
