@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from keras_reid.distribute import StrategyConfig
 from keras_reid.errors import RecipeError
@@ -84,10 +84,15 @@ class RecipeModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Identifier = Field(description="run name; the run folder is <run_dir>/<name>")
+    name: Identifier = Field(description="run name; the run folder is <runs_dir>/<name> unless "
+                             "`keras-reid run --run-dir` names it")
     description: str = ""
     seed: int = 0
-    run_dir: str = "runs"
+    runs_dir: str = Field(
+        "runs", validation_alias=AliasChoices("runs_dir", "run_dir"),
+        description="the folder that holds run folders (each run writes <runs_dir>/<name>); "
+        "`run_dir:`, its older name, is read the same way. `keras-reid run --run-dir` "
+        "instead names one run's folder itself")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     jit_compile: bool = False
     datasets: dict[Identifier, ComponentSpec] = Field(default_factory=dict)

@@ -15,8 +15,9 @@ _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values 
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="run folder (default: <recipe run_dir>/<recipe name>, i.e. runs/<name>); with "
-                   "--seeds/--sweep the folder that holds the repeats")
+              help="this run's folder itself (default: <runs_dir>/<name> from the recipe, i.e. "
+                   "runs/<name>; the recipe's runs_dir: is the folder that holds run folders); "
+                   "with --seeds/--sweep the folder that holds the repeats")
 @click.option("--dry-run", is_flag=True, help="validate and show which stages would run, then stop")
 @click.option("--stage", "only", multiple=True, metavar="NAME",
               help="run only this stage (repeatable); earlier stages must be complete")
