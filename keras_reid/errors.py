@@ -24,3 +24,10 @@ class DatasetError(UserError):
 
 class ModelFileError(UserError):
     """A model file (MediaPipe .tflite, weights) that is missing or does not match its checksum."""
+
+
+class InputError(UserError):
+    """Invalid command input: a missing model or image, a folder without images, an unknown
+    format (exit code 2, like an invalid argument)."""
+
+    exit_code = 2

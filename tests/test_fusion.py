@@ -276,7 +276,7 @@ def test_one_pose_uses_only_pose_0(tmp_path, roots, trained, spy):
     # the fused entry is the mean of A on each real image and B on its pose-0 version
     import keras
 
-    from keras_reid.stages._evaluate_impl import extract_features
+    from keras_reid.inference import extract_features
 
     images = query + gallery
     feats = {}

@@ -107,7 +107,7 @@ def top1_own_camera(run_dir: Path, root: str, recipe: dict) -> float:
 
     import keras_reid.layers  # noqa: F401  (custom layers for loading)
     from keras_reid.registry import REGISTRY
-    from keras_reid.stages._evaluate_impl import extract_features
+    from keras_reid.inference import extract_features
 
     splits = REGISTRY.create("dataset", recipe["datasets"]["synth"]).load()
     query, gallery = splits["query"], splits["gallery"]

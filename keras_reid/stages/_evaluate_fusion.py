@@ -9,7 +9,8 @@ import numpy as np
 
 from keras_reid.data.records import Record
 from keras_reid.errors import UserError
-from keras_reid.stages._evaluate_impl import RealFeatures, extract_features, publish, score
+from keras_reid.inference import extract_features
+from keras_reid.stages._evaluate_impl import RealFeatures, publish, score
 from keras_reid.stages.base import StageContext
 
 

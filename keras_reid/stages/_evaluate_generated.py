@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from keras_reid.data.records import Record, subset
-from keras_reid.stages._evaluate_impl import extract_features, usable_records
+from keras_reid.inference import extract_features
+from keras_reid.stages._evaluate_impl import usable_records
 from keras_reid.stages.base import StageContext
 
 

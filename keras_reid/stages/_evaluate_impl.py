@@ -6,7 +6,6 @@ Its other jobs live beside it: PN-GAN fusion in ``_evaluate_fusion``, generated-
 ``_evaluate_closed_set``."""
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 
 import click
@@ -15,57 +14,10 @@ import numpy as np
 from keras_reid import io
 from keras_reid.data.records import JUNK_PID, Record
 from keras_reid.errors import DatasetError, UserError
-from keras_reid.progress import progbar
+from keras_reid.inference import extract_features, load_keras_model
 from keras_reid.stages.base import StageContext
 
 RANKS = (1, 5, 10, 20)
-
-
-_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-"""Compiled forward passes per model: ``{model: {(flip, image shape, dtype): tf.function}}``."""
-
-
-def _forward(model, flip: bool, spec):
-    """The compiled ``images -> L2-normalised features`` of ``model`` for images of ``spec``
-    (any batch size): traced once per model, flip and image shape, however many splits and
-    pose-normalised sets it embeds."""
-    import tensorflow as tf
-
-    per_model = _FORWARD.setdefault(model, {})
-    key = (bool(flip), tuple(spec.shape[1:]), spec.dtype.name)
-    if key not in per_model:
-        @tf.function(input_signature=[spec])
-        def forward(images):
-            f = model(images, training=False)
-            if flip:
-                f = f + model(tf.reverse(images, axis=[2]), training=False)
-            return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=1, epsilon=1e-12)
-
-        per_model[key] = forward
-    return per_model[key]
-
-
-def extract_features(model, records: list[Record], image_size, batch_size: int, flip: bool,
-                     desc: str = "features") -> np.ndarray:
-    """L2-normalised float32 features [N, D] of ``records`` (mean of image and mirror if ``flip``).
-
-    The forward pass runs as one compiled ``tf.function`` per model and image size, whatever
-    the batch size (eager calls of a ResNet50 are several times slower on CPU).
-    """
-    import tensorflow as tf
-
-    from keras_reid.data.pipeline import eval_dataset
-
-    ds = eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size)
-    bar = progbar(len(records), unit_name="image")
-    feats = []
-    for images in ds:
-        if isinstance(images, (tuple, list)):
-            images = images[0]
-        spec = tf.TensorSpec([None, *images.shape[1:]], images.dtype)
-        feats.append(_forward(model, flip, spec)(images).numpy())
-        bar.add(int(images.shape[0]))
-    return np.concatenate(feats, 0) if feats else np.zeros((0, 1), np.float32)
 
 
 def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = None) -> list[Record]:
@@ -84,8 +36,6 @@ def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = Non
 
 
 def _load_model(ctx: StageContext, stage: str):
-    import keras_reid.layers  # noqa: F401  (registers custom layers such as GeM pooling for loading)
-
     out = ctx.output_of(stage)
     path = ctx.run_dir / out["model"]
     if not path.exists():
@@ -95,17 +45,10 @@ def _load_model(ctx: StageContext, stage: str):
 
 
 def load_saved(ctx: StageContext, stage: str, path):
-    """Returns the keras.Model a train stage saved at ``path``; a backbone component with
-    ``load(path)`` loads it itself (its custom layers are registered in modules imported only
-    when needed)."""
-    import keras
-
+    """Returns the keras.Model a train stage saved at ``path`` (see
+    ``keras_reid.inference.load_keras_model``: the stage's backbone may load it itself)."""
     spec = getattr(ctx.recipe.stage_configs.get(stage), "backbone", None)
-    if spec:
-        factory = ctx.registry.create("backbone", spec)
-        if callable(getattr(factory, "load", None)):
-            return factory.load(str(path))
-    return keras.saving.load_model(path, compile=False)
+    return load_keras_model(path, spec, ctx.registry)
 
 
 def evaluate(cfg, ctx: StageContext) -> dict:

@@ -153,6 +153,7 @@ def train(cfg, ctx: StageContext) -> dict:
     import keras
 
     from keras_reid.data.pipeline import ReIDInput, scan_images
+    from keras_reid.inference import Preprocessing, write_preprocessing
     from keras_reid.training.callbacks import BatchImageLogger, ScalarLogger
     from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
     from keras_reid.training.loop import train as train_loop
@@ -300,6 +301,9 @@ def train(cfg, ctx: StageContext) -> dict:
         "image_size": [h, w],
         "num_classes": num_classes,
         "num_images": len(good) if cfg.real else 0,
+        write_preprocessing(model_path, Preprocessing(
+            image_size=(h, w), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
+            backbone=dict(cfg.backbone), stage=ctx.stage_name))
         "generated_images": {g.name: len(g.records) for g in generated},
         "skipped_images": len(bad),
         "epochs": cfg.epochs,
