@@ -34,6 +34,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 from keras_reid.distribute import StrategyConfig
 from keras_reid.errors import RecipeError
 from keras_reid.registry import REGISTRY, Registry, RegistryError
+from keras_reid.training.precision import Precision
 
 Path_ = tuple  # a key path: tuple of str keys / int indices
 
@@ -95,6 +96,9 @@ class RecipeModel(BaseModel):
         "instead names one run's folder itself")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     jit_compile: bool = False
+    precision: Precision = Field(
+        "float32", description="dtype policy of every training stage (a training stage's own "
+        "precision: overrides it): float32, mixed_float16 (with loss scaling) or mixed_bfloat16")
     datasets: dict[Identifier, ComponentSpec] = Field(default_factory=dict)
     stages: dict[Identifier, ComponentSpec]
     compare: list[tuple[str, str]] = Field(
@@ -161,6 +165,10 @@ def _node_to_data(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, fname: 
 def load_yaml(path: str | Path) -> LoadedYaml:
     """Parse one YAML file with safe semantics, recording the line of every key."""
     path = Path(path)
+    if path.is_dir():
+        examples = sorted(p.name for p in path.glob("*.yaml"))[:3]
+        hint = f" (it holds {', '.join(examples)})" if examples else ""
+        raise RecipeError(f"'{path}' is a folder, not a recipe file; name a .yaml file in it{hint}")
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist; check the path "
                           "(recipes shipped with keras-reid are in the recipes/ folder)")
@@ -241,6 +249,9 @@ def load_with_bases(path: str | Path, _seen: tuple = ()) -> LoadedYaml:
         if not base_path.exists():
             raise RecipeError(f"{loaded.locations.get(('base',), path)}: base: file '{r}' not found "
                               f"next to {path.name} (looked for {base_path})")
+        if base_path.is_dir():
+            raise RecipeError(f"{loaded.locations.get(('base',), path)}: base: '{r}' is a folder, not "
+                              "a recipe file; name a .yaml file in it")
         b = load_with_bases(base_path, _seen + (path,))
         merged.data = _deep_merge(merged.data, b.data, merged.locations, b.locations)
     merged.data = _deep_merge(merged.data, loaded.data, merged.locations, loaded.locations)
@@ -310,6 +321,15 @@ def interpolate(data: Any, locations: dict[Path_, str], env: dict[str, str] | No
         return [interpolate(v, locations, env, path + (i,)) for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
+    escaped = data.split("$${")           # $${ is a literal ${
+    if len(escaped) > 1:
+        return "${".join(str(interpolate(part, locations, env, path)) for part in escaped)
+    leftover = _ENV_PATTERN.sub("", data)
+    if "${" in leftover:
+        bad = leftover[leftover.index("${"):][:40]
+        raise RecipeError(
+            f"{_loc(locations, path)}: {_fmt_path(path)}: '{bad}' is not a variable reference; "
+            "write ${VAR} or ${VAR:-default} (VAR: letters, digits, _) or $${ for a literal ${")
 
     def sub(m: re.Match) -> str:
         var, default = m.group(1), m.group(2)
@@ -396,7 +416,7 @@ class Recipe:
 
     def stage_hash(self, stage: str) -> str:
         """A hash of one stage's identity: its resolved config, the datasets, the stages before
-        it and the seed.
+        it, the seed, ``jit_compile`` and ``precision`` (a stage's own precision is in its config).
 
         A seed-free stage (:meth:`seed_free`: it and everything it reads ignore the seed) is
         hashed without the seed and over the stages it reads instead of every stage before it,
@@ -417,6 +437,8 @@ class Recipe:
                 "stages": [[n, self.data["stages"][n]] for n in upto],
                 "strategy_jit": self.data.get("jit_compile", False),
             }
+        if self.model.precision != "float32":  # absent when float32: earlier run folders keep their hashes
+            payload["precision"] = self.model.precision
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -468,8 +490,13 @@ def _pydantic_error(exc: ValidationError, prefix: Path_, locations: dict[Path_, 
         return RecipeError(f"{_loc(locations, loc)}: {_fmt_path(loc)}: required by {what} but missing; "
                            f"add it to the recipe")
     value = err.get("input")
+    hint = ""
+    if kind == "literal_error" and isinstance(value, str):
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
     return RecipeError(f"{_loc(locations, loc)}: {_fmt_path(loc)}: got {_fmt_value(value)}, "
-                       f"expected {_expectation(err)} ({what})")
+                       f"expected {_expectation(err)} ({what}){hint}")
 
 
 def _expectation(err: dict) -> str:

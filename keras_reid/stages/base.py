@@ -72,6 +72,12 @@ class StageContext:
         return self.recipe.model.jit_compile
 
     @property
+    def precision(self) -> str:
+        """The dtype policy of this stage: its config's ``precision`` if it has one set, else
+        the recipe's (``float32``, ``mixed_float16`` or ``mixed_bfloat16``)."""
+        return getattr(self.config, "precision", None) or self.recipe.model.precision
+
+    @property
     def config(self) -> Any:
         """This stage's validated config."""
         return self.recipe.stage_configs[self.stage_name]

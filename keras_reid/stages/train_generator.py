@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
 from keras_reid.stages.base import ImageSize, Stage, StageContext
+from keras_reid.training.precision import Precision, precision_policy
 
 MASK_KEYS = ("source_mask", "target_mask")
 
@@ -53,6 +54,9 @@ class TrainGeneratorConfig(BaseModel):
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     verbose: int = Field(1, ge=0, le=2)
+    precision: Precision | None = Field(
+        None, description="dtype policy of this stage: float32, mixed_float16 (with loss scaling) or "
+        "mixed_bfloat16; null = the recipe's precision")
 
 
 
@@ -121,9 +125,13 @@ class TrainGenerator(Stage):
                    closed_set=splits.kind == "closed_set")
 
     def run(self, context: StageContext) -> dict:
+        """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
+        returns the summary, which records the precision."""
         from keras_reid.stages import _train_generator_impl
 
-        return _train_generator_impl.train(self.config, context)
+        with precision_policy(context.precision) as precision:
+            summary = _train_generator_impl.train(self.config, context)
+        return {**summary, "precision": precision}
 
 
 def _describe(spec: dict) -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
 from keras_reid.stages.base import ImageSize, Stage, StageContext
+from keras_reid.training.precision import Precision, precision_policy
 from keras_reid.data.transforms import TransformSpec
 from keras_reid.training.optim import OptimizerConfig, ScheduleConfig
 
@@ -80,7 +81,14 @@ class TrainReIDConfig(BaseModel):
                        "generated sets only, over the real identities' classes (PN-GAN's model B)")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
+    eval_every: int | None = Field(
+        None, gt=0, description="every N epochs (and after the last) rank the dataset's query and "
+        "gallery splits with the model in training: mAP/rank-k as curves in TensorBoard "
+        "(reid/eval/...) and eval_history in the summary; null = off")
     verbose: int = Field(1, ge=0, le=2)
+    precision: Precision | None = Field(
+        None, description="dtype policy of this stage: float32, mixed_float16 (with loss scaling) or "
+        "mixed_bfloat16; null = the recipe's precision")
 
 
 
@@ -159,6 +167,12 @@ class TrainReID(Stage):
         from keras_reid.stages._train_reid_impl import select_records
 
         splits = context.dataset(config.dataset)
+        if config.eval_every and (splits.kind == "closed_set"
+                                  or not splits.splits.get("query") or not splits.splits.get("gallery")):
+            raise DatasetError(
+                f"stage '{context.stage_name}': eval_every ranks the query and gallery splits of "
+                f"dataset '{config.dataset}', which has none (closed-set or training-only data); "
+                "remove eval_every")
         records = select_records(splits[config.split], config.cameras, splits.kind == "closed_set")
         pids = sorted({r.pid for r in records})
         for i, g in enumerate(config.generated):
@@ -170,6 +184,10 @@ class TrainReID(Stage):
                     "use one of them (LIMA's unknown class is 0) or labels: unknown for an extra class")
 
     def run(self, context: StageContext) -> dict:
+        """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
+        returns the summary, which records the precision."""
         from keras_reid.stages import _train_reid_impl
 
-        return _train_reid_impl.train(self.config, context)
+        with precision_policy(context.precision) as precision:
+            summary = _train_reid_impl.train(self.config, context)
+        return {**summary, "precision": precision}
