@@ -110,10 +110,10 @@ def test_gan_stage_saves_generator_samples_and_every_loss_term(trained):
 
     acc = EventAccumulator(str(run_dir / "tensorboard" / "gan"), size_guidance={"tensors": 0})
     acc.Reload()
-    assert "generator/samples" in acc.Tags()["tensors"]
-    steps = [e.step for e in acc.Tensors("generator/samples")]
+    assert "gan/samples" in acc.Tags()["tensors"]
+    steps = [e.step for e in acc.Tensors("gan/samples")]
     assert steps[0] == 0 and max(steps) == 3  # before training and at the end
-    assert {"d_loss", "g_fg"} <= {t.split("/")[-1] for t in acc.Tags()["tensors"]}
+    assert {"gan/epoch/d_loss", "gan/epoch/g_fg"} <= set(acc.Tags()["tensors"])
 
 
 def test_full_pipeline_writes_labelled_images_trains_with_them_and_scores_them(trained, tmp_path):

@@ -64,17 +64,23 @@ def test_generator_trains_on_pairs_with_target_poses(run):
 
 
 def test_sample_grid_shows_the_target_pose_row(run):
-    """TensorBoard's generator/samples: source, target skeleton, generated and target rows."""
+    """TensorBoard's gan/samples: source, target skeleton, generated and target rows, named."""
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     base, _ = run
     acc = EventAccumulator(str(base / "run" / "tensorboard" / "gan"), size_guidance={"tensors": 0})
     acc.Reload()
-    encoded = tf.make_ndarray(acc.Tensors("generator/samples")[-1].tensor_proto)[2]
+    from keras_reid.training.callbacks import label_rows
+
+    encoded = tf.make_ndarray(acc.Tensors("gan/samples")[-1].tensor_proto)[2]
     grid = tf.io.decode_png(encoded).numpy()
     tile_h = 32 + 2 * 2  # image height + the grid's borders
     assert grid.shape[0] == 4 * tile_h
+    names = ["source", "target pose", "generated", "target"]
+    strip = label_rows(np.zeros((4 * tile_h, 0, 3), np.uint8), names).shape[1]
+    assert (grid[:, :strip] < 100).any()       # the row names, dark on white
+    grid = grid[:, strip:]
     skeleton = grid[tile_h + 2:2 * tile_h - 2]  # the second row: coloured sticks on black
     skeleton = skeleton[:, [c for c in range(grid.shape[1]) if 2 <= c % (16 + 4) < 18]]
     assert (skeleton.max(axis=-1) < 30).mean() > 0.5 and skeleton.max() > 100

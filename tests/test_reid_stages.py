@@ -107,7 +107,7 @@ def test_train_and_evaluate_write_model_metrics_and_tensorboard(tmp_path, synth_
     assert metrics["valid_queries"] > 0
     tags = _tags(run_dir / "tensorboard")
     assert {"eval/mAP", "eval/rank1", "eval/cmc", "eval/ranked_lists"} <= tags
-    assert any(t.startswith("train/input_batch") for t in tags)
+    assert any(t.startswith("reid/input_batch") for t in tags)
     assert any("loss" in t for t in tags) and any("lr" in t for t in tags)
     assert list((run_dir / "tensorboard").rglob("projector_config.pbtxt"))
 

@@ -457,18 +457,22 @@ def _write_rows(manifest: Path, batches: Iterable[list[dict]], total: int, ctx: 
 
 
 def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 16) -> None:
-    """Source / generated pairs of the first ``n`` kept images as one TensorBoard picture."""
+    """Source / generated pairs of the first ``n`` kept images as one TensorBoard picture (rows
+    named on the left; the picture of an earlier, unfinished attempt is replaced)."""
     import tensorflow as tf
 
     from keras_reid.data.images import read_image
-    from keras_reid.training.callbacks import image_grid
+    from keras_reid.tb_events import clear_events
+    from keras_reid.training.callbacks import image_grid, label_rows
 
     rows = sorted(kept, key=lambda r: r["file"])[:n]
     first = read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / rows[0]["file"]), (128, 64))
     size = first.shape[:2]
     src = [read_image(r["source"], size) for r in rows if r["source"]]  # none for noise samples
     gen = [read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / r["file"]), size) for r in rows]
-    grid = image_grid(np.stack(src + gen), cols=len(rows))
+    grid = label_rows(image_grid(np.stack(src + gen), cols=len(rows)),
+                      (["source"] if src else []) + ["generated"])
+    clear_events(ctx.tensorboard_dir)
     writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir))
     with writer.as_default(step=0):
         tf.summary.image("augment/source_vs_generated", grid[None], step=0)

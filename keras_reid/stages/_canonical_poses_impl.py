@@ -143,8 +143,10 @@ def run(cfg, ctx: StageContext) -> dict:
     if ctx.is_chief:
         import tensorflow as tf
 
+        from keras_reid.tb_events import clear_events
         from keras_reid.training.callbacks import image_grid
 
+        clear_events(ctx.tensorboard_dir)   # the picture of an earlier, unfinished attempt
         with tf.summary.create_file_writer(str(ctx.tensorboard_dir)).as_default():
             tf.summary.image("canonical_poses (pose, cluster mean)", image_grid(np.stack(pictures), cols=2 * min(cfg.k, 8))[None], step=0)
     sizes = [p["members"] for p in poses]

@@ -162,6 +162,6 @@ def _fused_entry(ctx: StageContext, cfg, name: str, qf: np.ndarray, gf: np.ndarr
     entry, res, dist = score(qf, gf, query, gallery, cfg)
     entry.update(info)
     if ctx.is_chief:
-        publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+        publish(ctx, cfg, name, res, dist, query, gallery, gf, size, entry)
     return entry
 

@@ -84,7 +84,7 @@ def evaluate(cfg, ctx: StageContext) -> dict:
                 ctx, cfg, stage_name, model, size)
         results[name] = entry
         if ctx.is_chief:
-            publish(ctx, cfg, name, res, dist, query, gallery, gf, size)
+            publish(ctx, cfg, name, res, dist, query, gallery, gf, size, entry)
     if cfg.fusion is not None:
         results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions))
     features.release()
@@ -166,10 +166,48 @@ def score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Rec
 
 
 def publish(ctx: StageContext, cfg, name: str, res: dict, dist: np.ndarray, query: list[Record],
-             gallery: list[Record], gf: np.ndarray, size) -> None:
-    """TensorBoard (scalars, CMC, ranked lists, projector) and ``cmc_<name>.npy`` of one result."""
-    _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg)
+             gallery: list[Record], gf: np.ndarray, size, entry: dict | None = None) -> None:
+    """TensorBoard (scalars, the re-ranked ones of ``entry["rerank"]``, CMC, ranked lists,
+    projector), ``cmc_<name>.npy`` and ``ranked_<name>.json`` (the ranked lists, for
+    ``keras-reid report``) of one result."""
+    _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,
+                       rerank=(entry or {}).get("rerank"))
     np.save(ctx.stage_dir / f"cmc_{name}.npy", np.asarray(res["cmc"]))
+    if cfg.ranked_lists:
+        io.write_json(ctx.stage_dir / f"{RANKED_PREFIX}{name}.json",
+                      ranked_lists_record(dist, query, gallery, cfg.ranked_lists))
+
+
+RANKED_PREFIX = "ranked_"
+"""``<evaluate stage>/ranked_<model>.json``: a few queries and their top gallery images."""
+
+
+def ranked_lists_record(dist: np.ndarray, query: list[Record], gallery: list[Record], n: int,
+                        top: int = 10) -> dict:
+    """The ranked lists of ``n`` queries (a fixed choice, the ones TensorBoard shows): per query
+    its path, pid and camera and its ``top`` gallery images (path, pid, camera, distance, whether
+    it is the same person), gallery images of the same person and camera left out (protocol)."""
+    queries = []
+    for qi, order in _ranked_rows(dist, query, gallery, n, top):
+        q = query[qi]
+        queries.append({"path": str(q.path), "pid": int(q.pid), "camid": int(q.camid), "top": [
+            {"path": str(gallery[gi].path), "pid": int(gallery[gi].pid),
+             "camid": int(gallery[gi].camid), "distance": round(float(dist[qi, gi]), 5),
+             "match": bool(gallery[gi].pid == q.pid)} for gi in order]})
+    return {"top": top, "note": "gallery images of the query's person from the query's camera "
+            "are left out (Market-1501 protocol)", "queries": queries}
+
+
+def _ranked_rows(dist: np.ndarray, query: list[Record], gallery: list[Record], n: int, top: int):
+    """Yields ``(query index, gallery indices of its top ``top``)`` for ``n`` queries drawn with a
+    fixed seed, in query order, same-person same-camera gallery images left out."""
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(query), size=min(n, len(query)), replace=False)
+    for qi in sorted(picks):
+        q = query[qi]
+        keep = np.array([not (g.pid == q.pid and g.camid == q.camid) for g in gallery])
+        order = np.argsort(dist[qi], kind="stable")
+        yield int(qi), order[keep[order]][:top]
 
 
 def metrics_entry(res: dict) -> dict:
@@ -198,16 +236,20 @@ def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -
             f"{100 * chance[c]:>8.2f}%" if c in chance else f"{'':>9}" for c in cols), dim=True))
 
 
-def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg) -> None:
+def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,
+                       rerank: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
+    from keras_reid.tb_events import clear_events
     from keras_reid.training.callbacks import figure_to_image
 
-    writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir / name))
+    logdir = ctx.tensorboard_dir / name
+    clear_events(logdir)   # an interrupted attempt's pictures and scalars: written again below
+    writer = tf.summary.create_file_writer(str(logdir))
     cmc = np.asarray(res["cmc"])
     with writer.as_default(step=0):
         tf.summary.scalar("eval/mAP", float(res["mAP"]))
@@ -215,6 +257,9 @@ def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg) -> N
         for r in RANKS:
             if r <= len(cmc):
                 tf.summary.scalar(f"eval/rank{r}", float(cmc[r - 1]))
+        for key, value in (rerank or {}).items():   # k-reciprocal re-ranking (rerank: true)
+            if key in ("mAP", "mINP") or key.startswith("rank"):
+                tf.summary.scalar(f"eval/rerank/{key}", float(value))
         for i, v in enumerate(cmc):
             tf.summary.scalar("eval/cmc_curve", float(v), step=i + 1)
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
@@ -240,25 +285,22 @@ def _read_rgb(path: str, size) -> np.ndarray:
 
 
 def _ranked_lists(dist, query, gallery, size, cfg, top: int = 10) -> np.ndarray:
-    """One picture: per row a query and its top-10 gallery images (green = match, red = not)."""
-    from keras_reid.training.callbacks import image_grid
+    """One picture: per row a query (dark border; its person and camera named on the left) and
+    its top-10 gallery images (green = the same person, red = not)."""
+    from keras_reid.training.callbacks import image_grid, label_rows
 
     h, w = min(size[0], 128), min(size[1], 64)
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(query), size=min(cfg.ranked_lists, len(query)), replace=False)
-    tiles, colors = [], []
-    for qi in sorted(picks):
+    tiles, colors, labels = [], [], []
+    for qi, order in _ranked_rows(dist, query, gallery, cfg.ranked_lists, top):
         q = query[qi]
-        keep = np.array([not (g.pid == q.pid and g.camid == q.camid) for g in gallery])
-        order = np.argsort(dist[qi], kind="stable")
-        order = order[keep[order]][:top]
+        labels.append(f"id {q.pid} cam {q.camid}")
         tiles.append(_read_rgb(q.path, (h, w))); colors.append((40, 40, 40))
         for gi in order:
             tiles.append(_read_rgb(gallery[gi].path, (h, w)))
             colors.append((0, 200, 0) if gallery[gi].pid == q.pid else (220, 0, 0))
         for _ in range(top - len(order)):
             tiles.append(np.full((h, w, 3), 255, np.uint8)); colors.append((255, 255, 255))
-    return image_grid(np.stack(tiles), cols=top + 1, border=3, border_colors=colors)
+    return label_rows(image_grid(np.stack(tiles), cols=top + 1, border=3, border_colors=colors), labels)
 
 
 def _projector(logdir: Path, features: np.ndarray, records: list[Record], size, n: int, seed: int) -> None:

@@ -262,11 +262,20 @@ def train(cfg, ctx: StageContext) -> dict:
     tb = ctx.tensorboard_dir
     callbacks = [
         EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints),
-        ScalarLogger(tb, every=cfg.log_every, is_chief=ctx.is_chief),
+        ScalarLogger(tb, every=cfg.log_every, is_chief=ctx.is_chief, prefix="reid"),
     ]
     if initial_epoch == 0:
-        callbacks.append(BatchImageLogger(tb, sample_batch, name="train/input_batch",
+        callbacks.append(BatchImageLogger(tb, sample_batch, name="reid/input_batch",
                                           is_chief=ctx.is_chief))
+    curve = None
+    if cfg.eval_every:
+        from keras_reid.stages._evaluate_impl import usable_records
+        from keras_reid.stages._train_reid_eval import RetrievalCurve
+
+        curve = RetrievalCurve(usable_records(ctx, "query", cfg), usable_records(ctx, "gallery", cfg),
+                               image_size=(h, w), every=cfg.eval_every, epochs=cfg.epochs, logdir=tb,
+                               stage_dir=ctx.stage_dir, echo=ctx.echo, is_chief=ctx.is_chief)
+        callbacks.append(curve)
     trunk = list(backbone.trunk_layers(net)) if cfg.freeze_backbone_epochs else []
     if cfg.freeze_backbone_epochs and not trunk:
         raise UserError(f"stage '{ctx.stage_name}': freeze_backbone_epochs: backbone "
@@ -313,6 +322,8 @@ def train(cfg, ctx: StageContext) -> dict:
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
         "final": final,
     }
+    if curve is not None:
+        summary["eval_history"] = curve.history or []
     if closed:
         summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
     return summary

@@ -34,6 +34,25 @@ def image_grid(images: np.ndarray, cols: int | None = None, border: int = 2,
     return grid
 
 
+def label_rows(grid: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Returns ``grid`` (uint8 [H, W, 3], ``len(labels)`` rows of equal height) with a white
+    strip on its left naming each row (dark text, vertically centred on the row)."""
+    import cv2
+
+    rows = len(labels)
+    if rows == 0:
+        return grid
+    row_h = grid.shape[0] // rows
+    scale = float(np.clip(row_h / 160.0, 0.35, 0.8))
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0] for t in labels]
+    width = max(w for w, _ in sizes) + 10
+    strip = np.full((grid.shape[0], width, 3), 255, np.uint8)
+    for i, (text, (_, th)) in enumerate(zip(labels, sizes)):
+        y = i * row_h + (row_h + th) // 2
+        cv2.putText(strip, text, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (30, 30, 30), 1, cv2.LINE_AA)
+    return np.concatenate([strip, np.ascontiguousarray(grid)], axis=1)
+
+
 def figure_to_image(fig) -> np.ndarray:
     """Render a matplotlib figure to a uint8 RGB array [H, W, 3] and close it."""
     import matplotlib.pyplot as plt
@@ -47,18 +66,33 @@ def figure_to_image(fig) -> np.ndarray:
 class ScalarLogger(keras.callbacks.Callback):
     """Writes the loop's step logs every ``every`` steps and epoch means to TensorBoard.
 
-    Step scalars go under ``train_step/<name>``, epoch means under ``epoch/<name>``
-    (the learning rate is in the epoch logs as ``lr``).
+    Step scalars go under ``<prefix>/step/<name>`` (x: the optimizer's step), epoch means under
+    ``<prefix>/epoch/<name>`` (x: the epoch; the learning rate is in the epoch logs as ``lr``);
+    the stages use the prefixes ``reid`` and ``gan``, so the two kinds of training never share
+    a chart. Before the first write it drops what an interrupted attempt left in ``logdir``
+    beyond the state training starts from (all of it on a fresh start, see
+    :func:`keras_reid.tb_events.purge_beyond`), so a resumed stage has no duplicate points; put
+    it before the other loggers of the same folder in the callback list.
     """
 
-    def __init__(self, logdir: str | Path, every: int = 10, is_chief: bool = True) -> None:
+    def __init__(self, logdir: str | Path, every: int = 10, is_chief: bool = True,
+                 prefix: str = "train") -> None:
         super().__init__()
         self.logdir = str(logdir)
         self.every = max(1, int(every))
         self.is_chief = is_chief
+        self.prefix = prefix.strip("/")
         self._writer = None
         self._step = 0
-        self._steps_per_epoch = None
+        self._purged = False
+
+    def on_train_begin(self, logs=None):
+        if self.is_chief and not self._purged:
+            from keras_reid.tb_events import purge_beyond
+
+            purge_beyond(self.logdir, step=optimizer_step(self.model),
+                         epoch=int((self.params or {}).get("initial_epoch", 0)))
+            self._purged = True
 
     @property
     def writer(self):
@@ -73,11 +107,13 @@ class ScalarLogger(keras.callbacks.Callback):
         self._step += 1
         if not self.is_chief or not logs or self._step % self.every:
             return
-        global_step = int(self.model.optimizer.iterations.numpy()) if self._has_iterations() else self._step
+        # the optimizers' step (a GAN's d/g optimizers: the larger), so a resumed run continues
+        # the same axis; Model.optimizer alone is a GAN's unused default, always at 0
+        global_step = optimizer_step(self.model) or self._step
         with self.writer.as_default(step=global_step):
             for k, v in logs.items():
                 if np.isscalar(v) or np.ndim(v) == 0:
-                    tf.summary.scalar(f"train_step/{k}", float(v))
+                    tf.summary.scalar(f"{self.prefix}/step/{k}", float(v))
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.is_chief or not logs:
@@ -85,16 +121,12 @@ class ScalarLogger(keras.callbacks.Callback):
         with self.writer.as_default(step=epoch + 1):
             for k, v in logs.items():
                 if np.isscalar(v) or np.ndim(v) == 0:
-                    tf.summary.scalar(f"epoch/{k}", float(v))
+                    tf.summary.scalar(f"{self.prefix}/epoch/{k}", float(v))
         self.writer.flush()
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
-
-    def _has_iterations(self) -> bool:
-        opt = getattr(self.model, "optimizer", None)
-        return opt is not None and hasattr(opt, "iterations")
 
 
 class BatchImageLogger(keras.callbacks.Callback):
@@ -155,7 +187,7 @@ class GeneratorSamples(keras.callbacks.Callback):
     def render(self) -> np.ndarray:
         """Return the sample grid as uint8 [H, W, 3]."""
         generated = np.asarray(self.model.generate(self.examples, noise=False))
-        rows = []
+        rows, labels = [], []
         for key in self.ROWS:
             value = generated if key == "generated" else self.examples.get(key)
             if value is None:
@@ -164,8 +196,9 @@ class GeneratorSamples(keras.callbacks.Callback):
             if value.shape[-1] == 1:  # a mask in [0, 1] -> grey image in [-1, 1]
                 value = np.repeat(value * 2.0 - 1.0, 3, axis=-1)
             rows.append(np.clip(np.rint((value + 1.0) * 127.5), 0, 255).astype(np.uint8))
+            labels.append(key.replace("_", " "))
         n = len(rows[0])
-        return image_grid(np.concatenate(rows, 0), cols=n)
+        return label_rows(image_grid(np.concatenate(rows, 0), cols=n), labels)
 
     def _write(self, step: int) -> None:
         if not self.is_chief:

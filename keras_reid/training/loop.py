@@ -181,7 +181,8 @@ def train(model: keras.Model, dataset_fn: DatasetFn, *, strategy: tf.distribute.
     cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
         keras.callbacks.CallbackList(list(callbacks), model=model)
     cbs.set_model(model)
-    cbs.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": verbose})
+    cbs.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": verbose,
+                    "initial_epoch": initial_epoch})
 
     history: dict[str, list[float]] = {}
     model.stop_training = False
