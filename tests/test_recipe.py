@@ -111,6 +111,28 @@ def test_env_interpolation(tmp_path, reg):
     assert "q.yaml:4" in str(err.value) and "NEEDED_VAR is not set" in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["${}", "${UNCLOSED", "${A-B}/x", "a ${OK} ${"])
+def test_malformed_variable_references_are_errors_not_literal_text(tmp_path, reg, value):
+    p = write(tmp_path, "m.yaml", BASE.replace("/data", f'"{value}"'))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p, registry=reg, env={"OK": "1"})
+    assert "m.yaml:4" in str(err.value) and "is not a variable reference" in str(err.value)
+
+
+def test_double_dollar_is_a_literal_reference(tmp_path, reg):
+    p = write(tmp_path, "l.yaml", BASE.replace("/data", '"/d/$${HOME}/${X:-x}"'))
+    assert load_recipe(p, registry=reg, env={}).data["datasets"]["d"]["root"] == "/d/${HOME}/x"
+
+
+def test_base_that_is_a_folder_says_so(tmp_path, reg):
+    (tmp_path / "common").mkdir()
+    p = write(tmp_path, "c.yaml", "base: common\n" + BASE)
+    with pytest.raises(RecipeError, match=r"c.yaml:1: base: 'common' is a folder, not a recipe file"):
+        load_recipe(p, registry=reg)
+    with pytest.raises(RecipeError, match="is a folder, not a recipe file"):
+        load_recipe(tmp_path / "common", registry=reg)
+
+
 @pytest.mark.parametrize("patch, line, expect", [
     ("    epochs: 3\n", "    epochs: three\n", ["r.yaml:9", "stages.train.epochs", "'three'", "integer"]),
     ("    epochs: 3\n", "    epoch: 3\n", ["r.yaml:9", "stages.train.epoch", "did you mean 'epochs'"]),
