@@ -35,8 +35,8 @@ from typing import Callable
 import click
 
 from keras_reid import io, runlock
-from keras_reid.errors import RecipeError
-from keras_reid.recipe import Recipe
+from keras_reid.errors import RecipeError, UserError
+from keras_reid.recipe import Recipe, walk_fields
 from keras_reid.registry import REGISTRY, Registry
 from keras_reid.stages.base import COMPLETE_MARKER, RECORDED_METRICS, StageContext, StageIncomplete
 
@@ -252,10 +252,13 @@ def write_metrics(recipe: Recipe, run_dir: Path, registry: Registry = REGISTRY,
 def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: Registry,
                echo: Callable[[str], None], shared: dict, only: list[str] | None,
                shard: tuple[int, int] | None = None) -> None:
-    """Load the datasets of the stages that will run before any of them starts, so a missing
-    or malformed dataset root fails in seconds, not after an hour of training; then run each
+    """Check the model files (MediaPipe) the stages that will run need, load their datasets
+    before any of them starts, so a missing model or a missing or malformed dataset root fails
+    in seconds, not after an hour of training; then run each
     such stage's ``preflight(config, context)`` check (camera ids, shared identities, ...)."""
     todo = [s for s in steps if s.status != "done" and (not only or s.name in only)]
+    for step in todo:
+        check_model_files(recipe, step.name, registry)
     names = []
     for step in todo:
         names += [n for n in recipe.references(step.name, "datasets") if n not in names]
@@ -270,6 +273,22 @@ def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: 
         if check is not None:
             check(recipe.stage_configs[step.name],
                   _context(recipe, step.name, run_dir, registry, echo, shared, shard))
+
+
+def check_model_files(recipe: Recipe, stage: str, registry: Registry) -> None:
+    """Raise the component's ModelFileError (naming ``keras-reid models fetch``) when a component
+    of ``stage`` needs a model file (it has ``model_file()``: MediaPipe filters, maskers, pose
+    estimators) that is missing or corrupt, so that it fails before the stages before it run."""
+    for _, extra, spec in walk_fields(recipe.stage_configs[stage]):
+        kind = extra.get("plugin_kind")
+        if not kind or not isinstance(spec, dict):
+            continue
+        component = registry.create(kind, spec)
+        if callable(getattr(component, "model_file", None)):
+            try:
+                component.model_file()
+            except UserError as exc:
+                raise type(exc)(f"stage '{stage}' ({kind} '{spec.get('type')}'): {exc}") from None
 
 
 def _context(recipe: Recipe, stage: str, run_dir: Path, registry: Registry,

@@ -60,12 +60,16 @@ class FaceFilter(TasksComponent):
     def __init__(self, config: FaceConfig | None = None):
         self.config = config or FaceConfig()
 
+    def model_file(self):
+        """Returns the path of the detector model in the cache (ModelFileError if missing)."""
+        from keras_reid.models import model_path
+
+        return model_path(MODEL_FILES[self.config.model], self.config.model_dir)
+
     def _create(self):
         from mediapipe.tasks.python import BaseOptions, vision
 
-        from keras_reid.models import model_path
-
-        path = model_path(MODEL_FILES[self.config.model], self.config.model_dir)
+        path = self.model_file()
         options = vision.FaceDetectorOptions(
             base_options=BaseOptions(model_asset_path=str(path)),
             running_mode=vision.RunningMode.IMAGE,
