@@ -267,7 +267,9 @@ def _preflight(recipe: Recipe, steps: list[StagePlan], run_dir: Path, registry: 
     for name in names:
         splits = context.dataset(name)
         sizes = ", ".join(f"{split} {len(recs):,}" for split, recs in splits.splits.items())
-        echo(f"dataset '{name}': {sizes} images")
+        ignored = (f"; {splits.num_ignored:,} files ignored: their names are not like the "
+                   "dataset's layout (`keras-reid data info ROOT`)" if splits.num_ignored else "")
+        echo(f"dataset '{name}': {sizes} images{ignored}")
     for step in todo:
         check = getattr(registry.get("stage", step.type).obj, "preflight", None)
         if check is not None:

@@ -59,6 +59,7 @@ def test_market_reads_splits_fields_junk_and_distractors(market):
     assert all(Path(r.path).is_absolute() and Path(r.path).exists() for r in train)
     gallery = ds["gallery"]
     assert len(gallery) == 4                              # junk dropped, Thumbs.db ignored
+    assert ds.num_ignored == 2                            # ... and counted (both Thumbs.db)
     assert not any(r.is_junk for r in gallery)
     assert sum(r.is_distractor for r in gallery) == 2     # distractors kept as negatives
     rows = {row["split"]: row for row in ds.summary()}
@@ -282,10 +283,11 @@ def test_cli_info_table_and_json(market):
     assert lines[1].split() == ["SPLIT", "IDENTITIES", "IMAGES", "CAMERAS", "DISTRACTORS"]
     assert lines[2].split() == ["train", "2", "3", "3", "0"]
     assert lines[4].split() == ["gallery", "2", "4", "4", "2"]
+    assert "ignored 2 files whose names are not like the market1501 layout's" in res.output
     res = run("info", market, "--json", "--type", "market1501", "-o", "include_junk=true")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["type"] == "market1501" and out["detected"] is False
+    assert out["type"] == "market1501" and out["detected"] is False and out["num_ignored"] == 2
     assert out["splits"][2] == {"split": "gallery", "identities": 2, "images": 5, "cameras": 4,
                                 "distractors": 2}
 

@@ -84,7 +84,8 @@ def info(root: str, type_: str | None, options: tuple[str, ...], as_json: bool) 
                 for r in rows]
     if as_json:
         click.echo(json.dumps({"type": loaded.type, "detected": loaded.detected, "root": ds.root,
-                               "kind": ds.kind, "num_skipped": ds.num_skipped, "splits": rows},
+                               "kind": ds.kind, "num_skipped": ds.num_skipped,
+                               "num_ignored": ds.num_ignored, "splits": rows},
                               indent=2))
         return
     how = "detected" if loaded.detected else "given"
@@ -94,6 +95,9 @@ def info(root: str, type_: str | None, options: tuple[str, ...], as_json: bool) 
         click.echo(line)
     if ds.num_skipped:
         click.secho(f"skipped {ds.num_skipped} listed images that do not exist", fg="yellow")
+    if ds.num_ignored:
+        click.secho(f"ignored {ds.num_ignored} files whose names are not like the {loaded.type} "
+                    "layout's (not read; rename them to use them)", fg="yellow")
 
 
 @data.command()

@@ -46,6 +46,9 @@ class DatasetSplits:
     root: str = ""
     kind: str = "retrieval"  # or "closed_set"
     num_skipped: int = 0
+    #: files in the split folders whose names the layout does not parse (``Thumbs.db``, a
+    #: renamed image): not read, counted so that the user hears of them
+    num_ignored: int = 0
 
     def __getitem__(self, split: str) -> list[Record]:
         try:

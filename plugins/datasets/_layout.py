@@ -147,9 +147,12 @@ def read_split_folders(root: Path, folders: dict[str, str], parse: NameParser, *
     Returns the splits; raises DatasetError for a split without usable images.
     """
     splits: dict[str, list[Record]] = {}
+    total_ignored = 0
     for split, sub in folders.items():
         records, junk, ignored = scan_folder(root / sub, parse, include_junk=include_junk)
         if not records:
             raise empty_split_error(name, split, root / sub, ignored, junk, expected)
         splits[split] = records
-    return DatasetSplits(name=name, splits=splits, root=str(root), kind="retrieval")
+        total_ignored += ignored
+    return DatasetSplits(name=name, splits=splits, root=str(root), kind="retrieval",
+                         num_ignored=total_ignored)
