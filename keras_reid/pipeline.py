@@ -26,6 +26,7 @@ import contextlib
 import datetime as _dt
 import os
 import shutil
+import textwrap
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Callable
 
 import click
 
-from keras_reid import io, runlock
+from keras_reid import io, runlock, tb_events
 from keras_reid.errors import RecipeError, UserError
 from keras_reid.recipe import Recipe, walk_fields
 from keras_reid.registry import REGISTRY, Registry
@@ -153,6 +154,8 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
         check_only(recipe, steps, only)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
+    tb_events.write_text(run_dir / "tensorboard" / "recipe", "recipe/resolved",
+                         textwrap.indent(recipe.to_yaml(), "    "))   # TensorBoard's Text tab
     shared: dict = {"datasets": {}, "strategy": {}}
     results: dict = {}
     write_metrics(recipe, run_dir, registry, steps)
@@ -173,6 +176,8 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             aside = run_dir / f"{step.name}.stale-{stamp}"
             shutil.move(str(stage_dir), str(aside))
+            if (run_dir / "tensorboard" / step.name).is_dir():   # its curves go with it
+                shutil.move(str(run_dir / "tensorboard" / step.name), str(aside / "tensorboard"))
             echo(f"{head}: {step.why or 'config changed'}; previous outputs moved to {aside.name}/")
         if step.status == "resume":
             echo(f"{head}: resuming an interrupted run")

@@ -71,6 +71,13 @@ def closing_lines(recipe: Recipe, run_dir: str | Path, summaries: dict) -> list[
     if saved:
         lines.append("models: " + ", ".join(saved))
     lines.append(f"run folder: {run_dir} (recipe.resolved.yaml, metrics.json, one folder per stage)")
+    report = next((s["report"] for s in summaries.values() if isinstance(s, dict)
+                   and isinstance(s.get("report"), str) and s["report"].endswith(".html")), None)
+    if report:
+        lines.append(f"report: {run_dir / report}   (one self-contained page; open it in a browser)")
     lines.append(f"next: tensorboard --logdir {run_dir / 'tensorboard'}   (losses, GAN samples, "
                  "ranked lists, CMC curves)")
+    if not report:
+        lines.append(f"      keras-reid report {run_dir}   (one HTML page: metrics, CMC curves, "
+                     "ranked lists, GAN samples, provenance)")
     return lines

@@ -72,7 +72,7 @@ def entry() -> None:
 
 
 def _register_commands() -> None:
-    from keras_reid.cli import data, evaluate, filter, models, plugins, run, synth  # noqa: F401
+    from keras_reid.cli import data, evaluate, filter, models, plugins, report, run, synth  # noqa: F401
 
 
 _register_commands()

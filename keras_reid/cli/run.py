@@ -121,6 +121,13 @@ def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, d
     click.echo(click.style(f"done: {plan.run_dir} ({len(plan.repeats)} repeats)", fg="green", bold=True))
     click.echo(f"metrics: {plan.run_dir / 'metrics.json'}")
     click.echo(f"TensorBoard (every repeat side by side): tensorboard --logdir {plan.run_dir}")
+    rec = plan.repeats[0].recipe
+    if agg.get("models") and any(spec.type == "report" for spec in rec.model.stages.values()):
+        from keras_reid.report import write_report
+
+        write_report(plan.run_dir, echo=click.echo)   # the recipe ends with a report: the repeats' one
+    else:
+        click.echo(f"report (every repeat on one page): keras-reid report {plan.run_dir}")
 
 
 def _check_stages(rec, only: tuple[str, ...]) -> None:

@@ -3,4 +3,5 @@
 Each stage module keeps its config and registration light; the TensorFlow work lives
 in a private ``_*_impl`` module imported when the stage runs.
 """
-from keras_reid.stages import augment, canonical_poses, evaluate, train_generator, train_reid  # noqa: F401
+from keras_reid.stages import (  # noqa: F401
+    augment, canonical_poses, evaluate, report, train_generator, train_reid)

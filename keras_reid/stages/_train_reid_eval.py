@@ -62,8 +62,8 @@ class RetrievalCurve(keras.callbacks.Callback):
 
     def evaluate(self) -> dict:
         """Returns ``{metric: value}`` (:data:`CURVE_METRICS` present) of the model as it is now."""
-        from keras_reid.metrics import evaluate_retrieval, pairwise_distance
         from keras_reid.inference import extract_features
+        from keras_reid.metrics import evaluate_retrieval, pairwise_distance
 
         if self._infer is None:   # shares the training model's weights
             self._infer = self.model.inference_model("features")

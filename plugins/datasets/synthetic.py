@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keras_reid.data.records import DatasetSplits
@@ -39,7 +40,12 @@ def ensure_synthesised(root: Path, wanted: dict, found: dict | None, create: boo
     if found is None:
         if not create:
             raise DatasetError(f"no {what} at {root}; run `{command}` or set create_if_missing: true")
-        synthesise()
+        written = synthesise()
+        if isinstance(written, dict):
+            images = written.get("images")
+            n = sum(images.values()) if isinstance(images, dict) else images
+            click.echo(f"wrote the {what} to {root}" + (f": {n:,} images" if isinstance(n, int) else "")
+                       + f" in {float(written.get('seconds') or 0):.0f} s")
     elif found.get("version") != wanted.get("version"):
         raise DatasetError(
             f"{root} holds a {what} written by another keras-reid version (format "
