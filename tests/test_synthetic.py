@@ -189,6 +189,35 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_folders_a_killed_synthesis_left_are_removed_by_the_next(tmp_path):
+    """SIGKILL mid-synthesis leaves `.ds.tmp-<host>-<pid>` (no except clause runs); the next
+    synthesis on this host deletes it once that pid is gone, and keeps a live writer's folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keras_reid.data.synthetic import _process_tag
+
+    code = ("import sys; from keras_reid.data.synthetic import synthesize; "
+            "synthesize(sys.argv[1], ids=60, cameras=6)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ds")])
+    leftover = tmp_path / f".ds.tmp-{_process_tag(proc.pid)}"
+    deadline = time.monotonic() + 120
+    while not (leftover / "bounding_box_train").is_dir() or not any((leftover / "bounding_box_train").iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "synthesis ended before the kill"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert leftover.is_dir()
+    live = tmp_path / f".ds.tmp-{_process_tag(os.getppid())}"    # a live process's folder
+    live.mkdir()
+    summary = synthesize(tmp_path / "ds", ids=4, cameras=2)
+    assert summary["leftovers_removed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", live.name])
+
+
 def test_bad_parameters_are_user_errors():
     for kwargs in ({"cameras": 10}, {"cameras": 1}, {"ids": 1}, {"size": "128by64"},
                    {"images_per_id_camera": 1}):

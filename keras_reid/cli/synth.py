@@ -55,6 +55,9 @@ def synth(out: str, ids: int, cameras: int, size: str, seed: int, images_per_id_
         total = sum(images.values())
         click.echo(f"wrote {total:,} images to {summary['root']} in {summary['seconds']:.1f} s "
                    f"({total / max(summary['seconds'], 1e-9):.0f} images/s)")
+        if summary.get("leftovers_removed"):
+            click.echo(f"removed {summary['leftovers_removed']} unfinished folder(s) a killed "
+                       "synthesis had left beside it")
     ident = summary["identities"]
     click.echo(f"  train    {images['train']:>7,} images  {ident['train']:>5} identities")
     click.echo(f"  query    {images['query']:>7,} images  {ident['test']:>5} identities")

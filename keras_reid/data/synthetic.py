@@ -24,10 +24,12 @@ The tree is written to a temporary folder next to OUT and renamed when complete.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -273,7 +275,10 @@ def write_tree(out: str | os.PathLike, params: dict, write, *, meta_name: str, w
     renamed to ``out``. If ``out`` holds the same ``params`` nothing is written (``skipped``);
     other parameters or other files raise DatasetError unless ``force``.
 
-    Returns ``{"root", "skipped", "seconds", "params", **counts}``."""
+    Unfinished folders that killed writers on this host left beside ``out`` are deleted first.
+
+    Returns ``{"root", "skipped", "seconds", "params", **counts}`` (and ``leftovers_removed``
+    when something was written)."""
     out = Path(os.path.expanduser(str(out))).absolute()
     existing = read_params(out, meta_name) if out.is_dir() else None
     if existing is not None and existing == params and not force:
@@ -294,7 +299,8 @@ def write_tree(out: str | os.PathLike, params: dict, write, *, meta_name: str, w
             raise DatasetError(f"{out} exists and is not empty; choose an empty or new folder "
                                "(or pass --force to replace its contents)")
     t0 = time.perf_counter()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    removed = remove_dead_leftovers(out)
+    tmp = out.parent / f".{out.name}.tmp-{_process_tag()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -306,7 +312,41 @@ def write_tree(out: str | os.PathLike, params: dict, write, *, meta_name: str, w
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"root": str(out), "skipped": False, "seconds": round(time.perf_counter() - t0, 3),
-            "params": params, **counts}
+            "params": params, "leftovers_removed": removed, **counts}
+
+
+def _process_tag(pid: int | None = None) -> str:
+    """``<host>-<pid>``: names the temporary folders of this process (the host, so that a
+    shared file system's leftovers are judged only by the machine that made them)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's live process
+        return True
+    return True
+
+
+def remove_dead_leftovers(out: Path) -> int:
+    """Delete the ``.<name>.tmp-<host>-<pid>`` / ``.old-`` folders beside ``out`` that a killed
+    synthesis on this host left (its pid no longer runs); a live writer's folder is kept.
+    Returns how many were removed."""
+    removed = 0
+    if not out.parent.is_dir():
+        return 0
+    host = _process_tag(0).rsplit("-", 1)[0]
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-{glob.escape(host)}-*"):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -318,7 +358,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished tree ``tmp`` to ``out``, replacing an old ``out`` (empty or forced)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = out.parent / f".{out.name}.old-{_process_tag()}"
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

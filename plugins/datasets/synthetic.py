@@ -46,6 +46,9 @@ def ensure_synthesised(root: Path, wanted: dict, found: dict | None, create: boo
             n = sum(images.values()) if isinstance(images, dict) else images
             click.echo(f"wrote the {what} to {root}" + (f": {n:,} images" if isinstance(n, int) else "")
                        + f" in {float(written.get('seconds') or 0):.0f} s")
+            if written.get("leftovers_removed"):
+                click.echo(f"removed {written['leftovers_removed']} unfinished folder(s) a killed "
+                           "synthesis had left beside it")
     elif found.get("version") != wanted.get("version"):
         raise DatasetError(
             f"{root} holds a {what} written by another keras-reid version (format "
