@@ -296,7 +296,8 @@ def train(cfg, ctx: StageContext) -> dict:
         # (clean images give other statistics and worse retrieval; see training/batchnorm.py)
         recalibrated = recalibrate_batchnorm(
             model, inp.dataset(cfg.epochs).repeat().take(cfg.bn_recalibration_batches))
-        ctx.echo(f"BatchNorm statistics re-estimated over {recalibrated} training batches")
+        if recalibrated:   # 0: the model has no BatchNorm layer, nothing to say
+            ctx.echo(f"BatchNorm statistics re-estimated over {recalibrated} training batches")
     trained = max(cfg.epochs - initial_epoch, 0) * steps * cfg.batch_size
     model_path = ctx.stage_dir / "model.keras"
     if ctx.is_chief:
