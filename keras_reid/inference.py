@@ -249,8 +249,8 @@ def locate_model(path_or_run: str | os.PathLike, model: str | None = None) -> Mo
     if len(names) == 1:
         return ModelLocation(where / names[0] / "model.keras", names[0])
     if names:
-        raise InputError(f"{where} is a run folder with the models {', '.join(names)}; name one, e.g. "
-                         f"{where / names[0]} (load_model(..., model={names[0]!r}))")
+        raise InputError(f"{where} is a run folder with the models {', '.join(names)}; name one: give "
+                         f"{where / names[0]} (or --model {names[0]}; in Python model={names[0]!r})")
     raise InputError(f"{where} holds no model.keras and no trained stages; give {example}")
 
 

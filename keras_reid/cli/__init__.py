@@ -72,7 +72,8 @@ def entry() -> None:
 
 
 def _register_commands() -> None:
-    from keras_reid.cli import data, evaluate, filter, models, plugins, report, run, synth  # noqa: F401
+    from keras_reid.cli import (data, evaluate, filter, inference, models, plugins,  # noqa: F401
+                                report, run, synth)
 
 
 _register_commands()

@@ -121,15 +121,86 @@ def _table(results: dict) -> list[str]:
             lines.append(f"{name:<10}" + "".join(f"{100 * e[c]:>8.2f}%" if c in e else f"{'-':>9}"
                                                  for c in cols)
                          + f"{e['num_valid_queries']:>9} / {total}")
+    if "chance" in results:   # a model on a dataset: what a random ranking of its gallery scores
+        e = results["chance"]
+        lines.append(click.style(f"{'chance':<10}" + "".join(
+            f"{100 * e[c]:>8.2f}%" if c in e else f"{'':>9}" for c in cols) + "   (a random ranking)",
+            dim=True))
     return lines
 
 
+def parse_dataset(spec: str) -> tuple[str | None, str]:
+    """``"market1501:data/Market"`` -> ``("market1501", "data/Market")``; a bare folder -> ``(None,
+    folder)`` (the layout is detected)."""
+    import re
+
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_-]*):(.+)$", spec)
+    return (m.group(1), m.group(2)) if m else (None, spec)
+
+
+def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, rerank: bool, k1: int,
+                   k2: int, lambda_value: float, max_rank: int, batch_size: int) -> dict:
+    """Test-only evaluation of a trained model on a dataset's query and gallery splits (Market
+    protocol; the evaluate stage's features and metrics). Returns ``evaluate_arrays``' result plus
+    ``chance``, ``model`` and ``dataset``."""
+    import numpy as np
+
+    from keras_reid.cli.inference import load_extractor
+    from keras_reid.data.detect import load_dataset
+    from keras_reid.data.pipeline import scan_images, skipped_message
+    from keras_reid.data.records import JUNK_PID
+    from keras_reid.errors import InputError
+    from keras_reid.inference import extract_features
+    from keras_reid.metrics import chance_level
+
+    type_, root = parse_dataset(dataset)
+    loaded = load_dataset(root, type_, options)
+    splits = loaded.splits
+    if splits.kind != "retrieval":
+        raise InputError(f"--dataset {dataset}: {loaded.type} is closed-set data (classes, not query and "
+                         "gallery); evaluate it with a recipe's evaluate stage")
+    sets = []
+    for split in ("query", "gallery"):
+        records = [r for r in splits[split] if r.pid != JUNK_PID]
+        good, bad = scan_images(records)
+        if bad:
+            click.secho(f"warning: {split}: {skipped_message(bad, len(records))}", fg="yellow", err=True)
+        if not good:
+            raise InputError(f"--dataset {dataset}: the {split} split has no readable images")
+        sets.append(good)
+    query, gallery = sets
+    extractor = load_extractor(model, stage)
+    click.echo(f"dataset: {loaded.type}{' (detected)' if loaded.detected else ''} at {splits.root or root}: "
+               f"{len(query)} queries x {len(gallery)} gallery images")
+    feats = [extract_features(extractor.model, recs, extractor.image_size, batch_size,
+                              extractor.preprocessing.flip) for recs in (query, gallery)]
+    arrays = {"qf": feats[0], "gf": feats[1],
+              "q_pids": np.array([r.pid for r in query]), "g_pids": np.array([r.pid for r in gallery]),
+              "q_camids": np.array([r.camid for r in query]), "g_camids": np.array([r.camid for r in gallery])}
+    results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
+    results["chance"] = chance_level(arrays["q_pids"], arrays["g_pids"], arrays["q_camids"], arrays["g_camids"])
+    results["model"] = str(extractor.path)
+    results["dataset"] = {"type": loaded.type, "root": str(splits.root or root)}
+    return results
+
+
 @main.command("evaluate")
+@click.argument("model", required=False)
+@click.option("--dataset", metavar="TYPE:ROOT",
+              help="with MODEL: the dataset whose query and gallery splits to rank, e.g. "
+                   "market1501:data/Market-1501-v15.09.15 (any registered dataset reader; a bare ROOT "
+                   "is detected)")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="with --dataset: a reader parameter (YAML-typed; repeatable), e.g. variant=labeled")
+@click.option("--model", "stage", metavar="NAME",
+              help="the train stage whose model to use when MODEL is a run folder")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="images per forward pass")
 @click.option("--distmat", "distmat_path", type=click.Path(exists=True, dir_okay=False),
               metavar="FILE.npz",
-              help="npz with distmat [q, g], q_pids, g_pids, q_camids, g_camids; for --rerank also "
-                   "q_q_dist and g_g_dist, or the features qf and gf (if qf/gf are present, every "
-                   "distance is computed from them)  [required]")
+              help="instead of MODEL: an npz with distmat [q, g], q_pids, g_pids, q_camids, g_camids; "
+                   "for --rerank also q_q_dist and g_g_dist, or the features qf and gf (if qf/gf are "
+                   "present, every distance is computed from them)")
 @click.option("--rerank", is_flag=True, help="also report k-reciprocal re-ranking (Zhong et al. 2017)")
 @click.option("--k1", type=click.IntRange(min=1), default=20, show_default=True, help="re-ranking k1")
 @click.option("--k2", type=click.IntRange(min=1), default=6, show_default=True, help="re-ranking k2")
@@ -140,25 +211,49 @@ def _table(results: dict) -> list[str]:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, writable=True), metavar="OUT",
               help="also write the metrics (incl. the CMC curve) as JSON to OUT")
 @handle_user_errors
-def evaluate(distmat_path: str, rerank: bool, k1: int, k2: int, lambda_value: float, max_rank: int,
-             json_out: str | None) -> None:
-    """Market-protocol CMC, mAP and mINP of a saved query x gallery distance matrix.
+def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], stage: str | None,
+             batch_size: int, distmat_path: str | None, rerank: bool, k1: int, k2: int,
+             lambda_value: float, max_rank: int, json_out: str | None) -> None:
+    """Market-protocol CMC, mAP and mINP of a trained MODEL on a dataset, or of a saved
+    query x gallery distance matrix (--distmat).
 
     Ranks the gallery by ascending distance (ties by gallery index), drops gallery images with the
-    query's pid and camera, skips queries without a true match, as torchreid does.
+    query's pid and camera, skips queries without a true match, as torchreid does. MODEL is a
+    .keras file or a trained stage's folder (e.g. runs/quickstart/baseline); its features are
+    the evaluate stage's (recorded image size, flip averaging, L2 normalisation), so a model
+    evaluated on its recipe's dataset gets the run's metrics.
 
     \b
-    Example:
+    Examples:
+      keras-reid evaluate runs/quickstart/augmented --dataset market1501:data/synthetic-quickstart --rerank
+      keras-reid evaluate model.keras --dataset ~/data/Market-1501-v15.09.15 --json metrics.json
       python -c "import numpy as np; np.savez('d.npz', distmat=D, q_pids=qp, g_pids=gp,
                  q_camids=qc, g_camids=gc)"
       keras-reid evaluate --distmat d.npz --rerank --json metrics.json
     """
-    if distmat_path is None:  # an option, not an argument: other sources (a run folder) may follow
-        raise click.UsageError("nothing to evaluate: give --distmat FILE.npz")
-    arrays = load_npz(distmat_path, rerank)
-    results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
+    from keras_reid.errors import InputError
+
+    if model is not None and distmat_path is not None:
+        raise InputError("give MODEL --dataset TYPE:ROOT or --distmat FILE.npz, not both")
+    if model is None and distmat_path is None:  # an argument error (exit code 2)
+        raise click.UsageError("nothing to evaluate: give MODEL --dataset TYPE:ROOT or --distmat FILE.npz")
+    if model is not None:
+        if not dataset:
+            raise InputError(f"evaluating {model} needs --dataset TYPE:ROOT, e.g. --dataset "
+                             "market1501:data/synthetic-quickstart")
+        from keras_reid.cli.data import _parse_options
+
+        results = evaluate_model(model, stage, dataset, _parse_options(options), rerank, k1, k2,
+                                 lambda_value, max_rank, batch_size)
+    else:
+        if dataset or options or stage:
+            raise InputError("--dataset, --option and --model go with MODEL, not with --distmat")
+        arrays = load_npz(distmat_path, rerank)
+        results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
     for line in _table(results):
         click.echo(line)
     if json_out:
-        Path(json_out).write_text(json.dumps(results, indent=2))
+        from keras_reid import io
+
+        io.write_json(json_out, results)
         click.echo(f"metrics written to {json_out}")

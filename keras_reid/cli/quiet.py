@@ -19,12 +19,14 @@ NOISE = re.compile(
     rb"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|[IWE]\d{4} [\d:.]+\s+\d+ (?:cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|"
     rb"cpu_feature_guard|cuda_dnn|cuda_fft|cuda_blas|port)\.cc:\d+\] .*"
-    rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.)"
+    rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)"
     rb"\r?\n$")
-"""Lines dropped: absl's pre-initialisation banner and TensorFlow's CUDA/CPU-feature start-up notes."""
+"""Lines dropped: absl's pre-initialisation banner, TensorFlow's CUDA/CPU-feature start-up notes
+and the TFLite interpreter's XNNPACK notice (``keras-reid export --format tflite``)."""
 
 _PREFIXES = (b"WARNING: All log messages", b"I0", b"W0", b"E0", b"I1", b"W1", b"E1",
-             b"To enable the following")
+             b"To enable the following", b"INFO: Created TensorFlow Lite")
 
 
 def _may_be_noise(partial: bytes) -> bool:

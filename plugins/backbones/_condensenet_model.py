@@ -301,11 +301,12 @@ class ChannelShuffle(keras.layers.Layer):
 
 
 # ---------------------------------------------------------------------- network
-def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
+def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | None, *,
                       stages: Sequence[int], growth: Sequence[int],
                       trained: keras.Model | None = None, name: str = "condensenet_reid") -> keras.Model:
     """The CondenseNet re-ID model for ``cfg`` (a ``CondenseNetConfig``). With ``trained`` (a model
-    this function built), returns its converted compact form with the trained weights."""
+    this function built), returns its converted compact form with the trained weights;
+    ``num_classes`` None (converting a features-only model) leaves out the classifier."""
     from keras_reid_plugins.backbones._head import global_pool
 
     g, factor = cfg.groups, cfg.condense_factor
@@ -348,7 +349,9 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
     else:
         features = embedding
     y = keras.layers.Dropout(cfg.dropout, name="dropout")(features) if cfg.dropout > 0 else features
-    if trained is None:
+    if num_classes is None:   # converting a features-only model: there is no classifier to keep
+        logits = None
+    elif trained is None:
         logits = CondensingDense(num_classes, keep=cfg.classifier_keep,
                                  condense_steps=cfg.condense_steps or 0, name="classifier")(y)
     else:
@@ -359,6 +362,8 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int, *,
         logits = dense(y)
         dense.set_weights([np.asarray(clf.kernel)[kept]])
     outputs = {"embedding": embedding, "features": features, "logits": logits}
+    if logits is None:
+        del outputs["logits"]
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         outputs = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)
                    for k, v in outputs.items()}
@@ -413,8 +418,18 @@ def condense_all(model: keras.Model, classifier: bool | None = None) -> int:
 
 def convert_model(cfg: Any, model: keras.Model, *, stages: Sequence[int],
                   growth: Sequence[int]) -> keras.Model:
-    """The compact inference model of a trained CondenseNet ``model`` (see the module docstring)."""
+    """The compact inference model of a trained CondenseNet ``model`` (see the module docstring).
+
+    ``model`` is what :func:`build_condensenet` built (outputs ``{"embedding", "features",
+    "logits"}``) or a one-output inference model cut from it (``train_reid``'s ``model.keras``:
+    the features; ``classifier.keras``: the logits); the converted model has the same outputs."""
     shape = tuple(model.inputs[0].shape[1:])
-    num_classes = int(model.get_layer("classifier").units)
-    return build_condensenet(cfg, shape, num_classes, stages=stages, growth=growth, trained=model,
-                             name=model.name)
+    names = {layer.name for layer in model.layers}
+    num_classes = int(model.get_layer("classifier").units) if "classifier" in names else None
+    converted = build_condensenet(cfg, shape, num_classes, stages=stages, growth=growth,
+                                  trained=model, name=model.name)
+    if isinstance(model.output, dict):
+        return converted
+    # one output: the logits when the classifier was kept for it, else the features
+    output = "logits" if num_classes is not None else "features"
+    return keras.Model(converted.inputs, converted.output[output], name=converted.name)

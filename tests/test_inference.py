@@ -1,0 +1,245 @@
+"""Using a trained model outside its run: ``keras_reid.load_model`` and the extract, search,
+evaluate MODEL and export commands, on one tiny run trained once for the module (a ``tiny``
+model and a CondenseNet on the synthetic dataset, evaluated by the pipeline's evaluate stage)."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from keras_reid import pipeline
+from keras_reid.cli import main
+from keras_reid.recipe import load_recipe
+
+RECIPE = """
+name: infer
+seed: 0
+strategy: {{type: one_device}}
+jit_compile: false
+datasets:
+  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
+stages:
+  train:
+    type: train_reid
+    dataset: synth
+    image_size: [32, 16]
+    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
+    batch_size: 8
+    instances_per_id: 2
+    epochs: 2
+    bn_recalibration_batches: 2
+    verbose: 0
+  condensed:
+    type: train_reid
+    dataset: synth
+    image_size: [32, 16]
+    backbone: {{type: condensenet, preset: small, condense_steps: 6}}
+    batch_size: 8
+    instances_per_id: 2
+    epochs: 2
+    bn_recalibration_batches: 2
+    verbose: 0
+  evaluate:
+    type: evaluate
+    dataset: synth
+    models: [train]
+    rerank: true
+    ranked_lists: 0
+    projector_samples: 0
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The trained run, the dataset root and the features the evaluate stage extracted
+    (``{path: feature}``, captured from the stage's own extraction calls)."""
+    from keras_reid.stages import _evaluate_impl
+
+    tmp = tmp_path_factory.mktemp("infer")
+    recipe = tmp / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp / "data"))
+    seen = {}
+    original = _evaluate_impl.extract_features
+
+    def spy(model, records, *args, **kwargs):
+        feats = original(model, records, *args, **kwargs)
+        seen.update({str(r.path): f for r, f in zip(records, feats)})
+        return feats
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_evaluate_impl, "extract_features", spy)
+        pipeline.run(load_recipe(recipe), tmp / "run", echo=lambda *_: None)
+    return {"dir": tmp / "run", "root": tmp / "data", "evaluated": seen}
+
+
+def test_train_reid_records_the_preprocessing_beside_the_model(run):
+    import keras_reid
+
+    record = json.loads((run["dir"] / "train" / "model.preprocessing.json").read_text())
+    assert record["image_size"] == [32, 16] and record["input_range"] == [0.0, 255.0]
+    assert record["flip"] is True and record["l2_normalise"] is True and record["feature_dim"] == 16
+    assert record["backbone"]["type"] == "tiny" and record["stage"] == "train"
+    extractor = keras_reid.load_model(run["dir"], model="train")
+    assert extractor.image_size == (32, 16) and extractor.feature_dim == 16
+    assert extractor.preprocessing.source.endswith("model.preprocessing.json")
+
+
+def test_extract_equals_the_evaluate_stage_features(run, tmp_path):
+    out = tmp_path / "feats.npz"
+    res = invoke("extract", run["dir"] / "train", run["root"] / "query",
+                 run["root"] / "bounding_box_test", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "features" in res.output
+    with np.load(out) as data:
+        feats = dict(zip([str(p) for p in data["paths"]], data["features"]))
+        pids, cams, paths = data["pids"], data["cameras"], [str(p) for p in data["paths"]]
+    evaluated = run["evaluated"]
+    assert len(evaluated) > 20 and set(evaluated) <= set(feats)
+    for path, f in evaluated.items():
+        np.testing.assert_allclose(feats[path], f, atol=1e-6)
+    name = Path(paths[0]).name            # e.g. 0007_c2s1_000012_01.jpg
+    assert (pids[0], cams[0]) == (int(name.split("_")[0]), int(name.split("_")[1][1]))
+
+
+def test_load_model_takes_a_file_a_stage_folder_or_a_run_and_arrays_or_paths(run):
+    import tensorflow as tf
+
+    import keras_reid
+
+    stage = run["dir"] / "train"
+    paths = sorted(str(p) for p in (run["root"] / "query").iterdir())[:5]
+    by_file = keras_reid.load_model(stage / "model.keras")(paths)
+    by_stage = keras_reid.load_model(stage)(paths, batch_size=2)
+    by_run = keras_reid.load_model(run["dir"], model="train")
+    np.testing.assert_allclose(by_stage, by_file, atol=1e-6)
+    # uint8 arrays at the files' own size (64x32) are resized as the files are
+    arrays = np.stack([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy() for p in paths])
+    assert arrays.shape[1:3] == (64, 32)
+    np.testing.assert_allclose(by_run(arrays), by_file, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(by_file, axis=1), 1.0, atol=1e-5)
+    assert by_file.shape == (5, 16) and by_file.dtype == np.float32
+
+
+def test_search_ranks_a_query_that_is_in_the_gallery_first(run, tmp_path):
+    gallery = run["root"] / "bounding_box_test"
+    query = sorted(p for p in gallery.iterdir() if not p.name.startswith("-1"))[3]
+    out = tmp_path / "ranked.html"
+    res = invoke("search", run["dir"] / "train", "--query", query, "--gallery", gallery, "--top", 4,
+                 "--out", out)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("query 1:"))
+    first = lines[head + 2].split()
+    assert first[0] == "1" and first[-1] == str(query) and float(first[1]) < 1e-3
+    assert first[4] == "yes"                                   # same person (Market-style names)
+    assert len([l for l in lines[head + 2:] if l.strip()[:1].isdigit()]) == 4
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 5 and "http" not in page
+    png = tmp_path / "ranked.png"
+    assert invoke("search", run["dir"] / "train", "--query", query, "--gallery", gallery,
+                  "--top", 3, "--out", png).exit_code == 0
+    import cv2
+
+    assert cv2.imread(str(png)) is not None
+
+
+def test_evaluate_on_a_keras_file_equals_the_pipeline_metrics(run, tmp_path):
+    out = tmp_path / "m.json"
+    res = invoke("evaluate", run["dir"] / "train" / "model.keras", "--dataset",
+                 f"market1501:{run['root']}", "--rerank", "--json", out)
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    want = json.loads((run["dir"] / "metrics.json").read_text())["models"]["train"]
+    for key in ("mAP", "mINP", "rank1", "rank5"):
+        assert got["plain"][key] == pytest.approx(want[key], abs=1e-6), key
+        assert got["rerank"][key] == pytest.approx(want["rerank"][key], abs=1e-6), key
+    assert got["plain"]["num_valid_queries"] == want["valid_queries"]
+    assert "chance" in res.output and got["chance"]["mAP"] > 0
+
+
+def _onnx_missing():
+    from keras_reid.export import missing_onnx_packages
+
+    return bool(missing_onnx_packages())
+
+
+@pytest.mark.parametrize("fmt,name", [
+    ("savedmodel", "exported"), ("tflite", "m.tflite"),
+    pytest.param("onnx", "m.onnx", marks=pytest.mark.skipif(_onnx_missing(), reason="pip install "
+                                                             "'keras-reid[onnx]'"))])
+def test_export_features_agree_with_keras(run, tmp_path, fmt, name):
+    import keras_reid
+    from keras_reid.export import run_exported
+
+    out = tmp_path / name
+    res = invoke("export", run["dir"] / "train", "--format", fmt, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "parity: max |exported - Keras| =" in res.output
+    # checked again here on real images, with the exported file's own runtime
+    extractor = keras_reid.load_model(run["dir"] / "train")
+    paths = sorted(str(p) for p in (run["root"] / "query").iterdir())[:6]
+    from keras_reid.export import sample_batch
+
+    images = sample_batch(extractor, paths)
+    got = run_exported(out, fmt, images)
+    np.testing.assert_allclose(got, extractor(paths), atol=1e-3)
+    record = out / "preprocessing.json" if fmt == "savedmodel" else Path(str(out) + ".preprocessing.json")
+    assert json.loads(record.read_text())["exported"]["format"] == fmt
+
+
+def test_condensenet_exports_its_compact_form(run, tmp_path):
+    import keras_reid
+    from keras_reid.export import export_model, run_exported
+
+    extractor = keras_reid.load_model(run["dir"] / "condensed")
+    result = export_model(extractor, tmp_path / "c", "savedmodel")
+    assert result.compact and "converted (compact) form" in result.compact
+    before, after = (int(s.replace(",", "")) for s in result.compact.split("form, ")[1]
+                     .split(" parameters")[0].split(" -> "))
+    assert after < before and result.max_abs_diff <= 1e-3
+    images = np.random.default_rng(1).uniform(0, 255, (4, 32, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_exported(tmp_path / "c", "savedmodel", images), extractor(images),
+                               atol=1e-4)
+
+
+def test_export_failing_its_parity_check_writes_nothing(run, tmp_path, monkeypatch):
+    from keras_reid import export
+
+    original = export.run_exported
+    monkeypatch.setattr(export, "run_exported", lambda *a: original(*a) + 0.01)
+    res = invoke("export", run["dir"] / "train", "--format", "savedmodel", "--out", tmp_path / "x")
+    assert res.exit_code == 1
+    assert "differ from the Keras model's by 0.01" in res.stderr and "nothing was written" in res.stderr
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_code_2(run, tmp_path, monkeypatch):
+    stage = run["dir"] / "train"
+    (tmp_path / "empty").mkdir()
+    loose = tmp_path / "loose.keras"
+    shutil.copy(stage / "model.keras", loose)     # no record beside it, not in a stage folder
+    cases = {
+        ("extract", tmp_path / "nowhere", run["root"] / "query", "--out", tmp_path / "f.npz"): "does not exist",
+        ("extract", stage, tmp_path / "empty", "--out", tmp_path / "f.npz"): "no images",
+        ("extract", loose, run["root"] / "query", "--out", tmp_path / "f.npz"): "no preprocessing record",
+        ("search", run["dir"], "--query", run["root"] / "query", "--gallery", run["root"] / "query"):
+            "name one",
+        ("export", stage, "--format", "pt", "--out", tmp_path / "m"): "unknown format",
+        ("evaluate", stage): "needs --dataset",
+    }
+    for args, words in cases.items():
+        res = invoke(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    from keras_reid import export
+
+    monkeypatch.setattr(export, "missing_onnx_packages", lambda: ["tf2onnx"])
+    res = invoke("export", stage, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert res.exit_code == 2 and "keras-reid[onnx]" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
