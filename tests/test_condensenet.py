@@ -132,8 +132,9 @@ def test_group_lasso_adds_a_model_loss():
     assert len(model.losses) > 0 and float(sum(np.asarray(v) for v in model.losses)) > 0
 
 
-@pytest.mark.parametrize("condensations", [2, 3])
-def test_converted_model_equals_trained_model(condensations):
+@pytest.mark.parametrize("condensations,layout", [
+    (2, None), (3, "split"), (3, ["dense", "grouped", "split"])])
+def test_converted_model_equals_trained_model(condensations, layout):
     import keras
 
     from keras_reid_plugins.backbones._condensenet_model import CondensingDense
@@ -153,19 +154,40 @@ def test_converted_model_equals_trained_model(condensations):
         bb.condense(model)
     clf = model.get_layer("classifier")
     assert float(clf.condensed) == (1 if condensations == 3 else 0)
-    converted = bb.convert(model)
+    converted = bb.convert(model, layout=layout)
     x = _images(3)
     a = model(x, training=False)
     b = converted(x, training=False)
     for key in ("embedding", "features", "logits"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-4, rtol=1e-4)
-    assert converted.count_params() < model.count_params()
-    gconv = converted.get_layer("block2_layer1_lgc_gconv")
+    if layout in ("split", "grouped"):  # compact everywhere (dense blocks store the zeros)
+        assert converted.count_params() < model.count_params()
+    names = {l.name for l in converted.layers}
+    block2 = "dense" if layout is None else layout if isinstance(layout, str) else layout[1]
     lgc = model.get_layer("block2_layer1_lgc")
     kept = lgc.in_channels - condensations * (lgc.in_channels // 4)
-    assert gconv.kernel.shape == (1, 1, kept, lgc.filters) and gconv.groups == 4
+    if block2 == "grouped":  # gather + grouped conv + shuffle
+        gconv = converted.get_layer("block2_layer1_lgc_gconv")
+        assert gconv.kernel.shape == (1, 1, kept, lgc.filters) and gconv.groups == 4
+    elif block2 == "split":  # compact weights: each group's kept inputs only
+        split = converted.get_layer("block2_layer1_lgc_split")
+        assert split.kernel.shape == (4, 1, 1, kept, lgc.filters // 4)
+        assert [len(i) for i in split.indices] == [kept] * 4
+    else:  # dense: gather, shuffle and BatchNorm folded into one plain conv
+        assert converted.get_layer("block2_layer1_lgc_dense").kernel.shape == (1, 1, lgc.in_channels,
+                                                                             lgc.filters)
+        assert "block2_layer1_bn2" not in names and "block2_layer1_lgc_gather" not in names
     if condensations == 3:
         assert converted.get_layer("classifier").kernel.shape[0] == clf.in_features // 2
+
+
+def test_converted_layout_rejected_with_the_choices():
+    bb = _backbone()
+    model = bb.build(SHAPE, 3)
+    with pytest.raises(ValueError, match="dense, split, grouped"):
+        bb.convert(model, layout="fast")
+    with pytest.raises(ValueError, match="one per dense block"):
+        bb.convert(model, layout=["dense", "split"])  # the small preset has 3 blocks
 
 
 def test_converted_model_saves_and_loads(tmp_path):
@@ -175,7 +197,7 @@ def test_converted_model_saves_and_loads(tmp_path):
     model = bb.build(SHAPE, 3)
     for _ in range(3):
         bb.condense(model)
-    converted = bb.convert(model)
+    converted = bb.convert(model, layout=["dense", "split", "grouped"])
     converted.save(tmp_path / "c.keras")
     again = load_model(str(tmp_path / "c.keras"))
     x = _images()

@@ -36,11 +36,29 @@ The classifier (:class:`CondensingDense`) is condensed the same way: at the last
 inputs with the largest L1 norm of their weight rows, so the converted model computes the same
 logits as the trained one.
 
-Convert (:func:`convert_model`): a new functional model in which every learned group conv is
-``ChannelGather`` (the kept inputs of group 0, then group 1, ...) + ``Conv2D(out, 1, groups=G)``
-+ ``ChannelShuffle(G)`` (back to the interleaved o mod G order), and the classifier is
-``ChannelGather`` + ``Dense``; every other layer keeps its weights. Outputs equal the trained
-model's in inference mode.
+Convert (:func:`convert_model`): a new functional model computing the trained model's outputs in
+inference mode, with one *layout* per dense block for its learned group convs and 3x3 group
+convs (:data:`LAYOUTS`):
+
+* ``dense``: the learned 1x1 conv as one plain ``Conv2D`` whose kernel is the masked kernel
+  (zeros where a group dropped an input: the index gather and the channel shuffle are folded into
+  the weights) with the following BatchNorm folded in (bias + ReLU), and the 3x3 group conv as
+  one plain ``Conv2D`` with a block-diagonal kernel: G times the multiply-adds of the compact
+  form, but single oneDNN convolutions with no gather, shuffle or XLA call.
+* ``split``: :class:`CondensedPointwise` (per group a gather of its kept inputs and a 1x1
+  conv, concatenated, one channel gather back to the o mod G order, the BatchNorm folded + ReLU)
+  and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
+  weights and multiply-adds.
+* ``grouped``: ``ChannelGather`` (the kept inputs of group 0, then group 1, ...) +
+  ``Conv2D(out, 1, groups=G)`` + ``ChannelShuffle(G)`` + BatchNorm, and the 3x3
+  ``Conv2D(groups=G)`` (Keras runs grouped convolutions on CPU through one XLA-compiled call per
+  layer): the first converted form, kept for comparison.
+
+The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BLOCKS` blocks
+(large feature maps, few channels: the per-op cost of gathers and XLA calls dominates) and
+``split`` after them (small maps, many channels: multiply-adds and weights dominate), chosen by
+measurement (``tools/bench_condensenet_layout.py``). The classifier is ``ChannelGather`` +
+``Dense``; every other layer keeps its weights.
 """
 from __future__ import annotations
 
@@ -300,10 +318,110 @@ class ChannelShuffle(keras.layers.Layer):
         return {**super().get_config(), "groups": self.groups}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CondensedPointwise(keras.layers.Layer):
+    """A condensed learned group conv (``split`` layout): ``activation(conv1x1 + bias)`` where
+    output channel o belongs to group o mod G and group g sees only input channels ``indices[g]``.
+
+    Computed as, per group, a gather of its inputs and a plain 1x1 convolution (compact kernel
+    [G, 1, 1, n, out / G], column j of group g = output j * G + g), the G results concatenated
+    and put back into the o mod G order by one channel gather. ``bias`` holds a folded BatchNorm.
+    """
+
+    def __init__(self, filters: int, indices: Sequence[Sequence[int]],
+                 activation: str | None = "relu", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.indices = [[int(i) for i in group] for group in indices]
+        self.groups = len(self.indices)
+        if not self.groups or self.filters % self.groups or len({len(g) for g in self.indices}) != 1:
+            raise ValueError(f"CondensedPointwise: {self.groups} groups of unequal size or filters "
+                             f"{self.filters} not divisible by them")
+        self.activation = keras.activations.get(activation)
+        per = self.filters // self.groups
+        # output o = j * G + g sits at position g * per + j of the concatenated groups
+        self._perm = np.array([(o % self.groups) * per + o // self.groups
+                               for o in range(self.filters)], np.int32)
+
+    def build(self, input_shape: Sequence[int]) -> None:
+        self.kernel = self.add_weight(name="kernel", shape=(self.groups, 1, 1, len(self.indices[0]),
+                                                            self.filters // self.groups),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs: Any) -> Any:
+        parts = [ops.conv(ops.take(inputs, np.asarray(idx, np.int32), axis=-1), self.kernel[g])
+                 for g, idx in enumerate(self.indices)]
+        x = ops.take(ops.concatenate(parts, axis=-1), self._perm, axis=-1)
+        return self.activation(x + self.bias)
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "indices": self.indices,
+                "activation": keras.activations.serialize(self.activation)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SplitGroupConv(keras.layers.Layer):
+    """A bias-free group convolution ('same' padding, stride 1) computed as G plain convolutions
+    on contiguous channel slices, concatenated (group g: the g-th slice of inputs and of outputs,
+    as ``Conv2D(groups=G)``). Kernel [G, kh, kw, in / G, filters / G]."""
+
+    def __init__(self, filters: int, kernel_size: int, groups: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.groups = int(filters), int(kernel_size), int(groups)
+
+    def build(self, input_shape: Sequence[int]) -> None:
+        cin = int(input_shape[-1])
+        if cin % self.groups or self.filters % self.groups:
+            raise ValueError(f"SplitGroupConv: channels {cin} -> {self.filters} not divisible by "
+                             f"groups {self.groups}")
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(self.groups, k, k, cin // self.groups,
+                                                            self.filters // self.groups),
+                                      initializer="he_normal")
+
+    def call(self, inputs: Any) -> Any:
+        size = inputs.shape[-1] // self.groups
+        return ops.concatenate([ops.conv(inputs[..., g * size:(g + 1) * size], self.kernel[g],
+                                         padding="same") for g in range(self.groups)], axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "groups": self.groups}
+
+
+#: layouts of the converted model's dense blocks (see the module docstring)
+LAYOUTS = ("dense", "split", "grouped")
+#: the default converted layout: ``dense`` for this many first blocks, ``split`` after them
+DEFAULT_DENSE_BLOCKS = 3
+
+
+def block_layouts(layout: str | Sequence[str] | None, blocks: int) -> list[str]:
+    """One layout per dense block: ``None`` = the default, a name = every block, or a list."""
+    if layout is None:
+        dense = min(DEFAULT_DENSE_BLOCKS, blocks)
+        chosen = ["dense"] * dense + ["split"] * (blocks - dense)
+    elif isinstance(layout, str):
+        chosen = [layout] * blocks
+    else:
+        chosen = list(layout)
+    if len(chosen) != blocks or any(v not in LAYOUTS for v in chosen):
+        raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)} or a list of {blocks} "
+                         f"of them (one per dense block), got {layout!r}")
+    return chosen
+
+
 # ---------------------------------------------------------------------- network
 def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | None, *,
                       stages: Sequence[int], growth: Sequence[int],
-                      trained: keras.Model | None = None, name: str = "condensenet_reid") -> keras.Model:
+                      trained: keras.Model | None = None, name: str = "condensenet_reid",
+                      layout: str | Sequence[str] | None = None) -> keras.Model:
     """The CondenseNet re-ID model for ``cfg`` (a ``CondenseNetConfig``). With ``trained`` (a model
     this function built), returns its converted compact form with the trained weights;
     ``num_classes`` None (converting a features-only model) leaves out the classifier."""
@@ -311,6 +429,7 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
 
     g, factor = cfg.groups, cfg.condense_factor
     src = {layer.name: layer for layer in trained.layers} if trained is not None else {}
+    layouts = block_layouts(layout, len(stages)) if trained is not None else []
 
     inputs = keras.Input(tuple(int(v) for v in input_shape), name="images")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
@@ -322,16 +441,19 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
             y = keras.layers.BatchNormalization(name=f"{p}_bn1")(x)
             y = keras.layers.ReLU(name=f"{p}_relu1")(y)
             lgc_name = f"{p}_lgc"
-            if trained is None:
-                y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=factor,
-                                     condense_steps=cfg.condense_steps or 0,
-                                     group_lasso=cfg.group_lasso, name=lgc_name)(y)
+            if trained is None or layouts[b] == "grouped":
+                if trained is None:
+                    y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=factor,
+                                         condense_steps=cfg.condense_steps or 0,
+                                         group_lasso=cfg.group_lasso, name=lgc_name)(y)
+                else:
+                    y = _condensed_conv(src[lgc_name], y, lgc_name)
+                y = keras.layers.BatchNormalization(name=f"{p}_bn2")(y)
+                y = keras.layers.ReLU(name=f"{p}_relu2")(y)
+                y = keras.layers.Conv2D(k, 3, padding="same", groups=g, use_bias=False,
+                                        name=f"{p}_conv2")(y)
             else:
-                y = _condensed_conv(src[lgc_name], y, lgc_name)
-            y = keras.layers.BatchNormalization(name=f"{p}_bn2")(y)
-            y = keras.layers.ReLU(name=f"{p}_relu2")(y)
-            y = keras.layers.Conv2D(k, 3, padding="same", groups=g, use_bias=False,
-                                          name=f"{p}_conv2")(y)
+                y = _converted_layer(src, p, y, layouts[b])
             x = keras.layers.Concatenate(name=f"{p}_concat")([x, y])
         if b < len(stages) - 1:
             x = keras.layers.AveragePooling2D(2, padding="same", name=f"transition{b + 1}_pool")(x)
@@ -396,6 +518,53 @@ def _condensed_conv(lgc: LearnedGroupConv, x: Any, name: str) -> Any:
     return ChannelShuffle(g, name=f"{name}_shuffle")(x)
 
 
+def _folded_bn(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) float64 of an inference-mode BatchNormalization: bn(z) = z * scale + shift."""
+    mean = np.asarray(bn.moving_mean, np.float64)
+    var = np.asarray(bn.moving_variance, np.float64)
+    gamma = np.asarray(bn.gamma, np.float64) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta, np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return scale, beta - mean * scale
+
+
+def _converted_layer(src: dict, p: str, x: Any, layout: str) -> Any:
+    """Learned group conv + BatchNorm + ReLU + 3x3 group conv of layer ``p`` of the trained model
+    (``src``: its layers by name) in the ``dense`` or ``split`` layout (module docstring)."""
+    lgc, conv2 = src[f"{p}_lgc"], src[f"{p}_conv2"]
+    scale, shift = _folded_bn(src[f"{p}_bn2"])
+    kernel = np.asarray(lgc.kernel, np.float64)[0, 0] * np.asarray(lgc.mask)  # [in, out]
+    kernel = (kernel * scale[None, :]).astype(np.float32)
+    bias = shift.astype(np.float32)
+    g, out = lgc.groups, lgc.filters
+    k3 = np.asarray(conv2.kernel)  # [kh, kw, out / G, k]
+    k = k3.shape[-1]
+    cin_g, cout_g = out // g, k // g
+    if layout == "dense":
+        pointwise = keras.layers.Conv2D(out, 1, activation="relu", name=f"{p}_lgc_dense")
+        x = pointwise(x)
+        pointwise.set_weights([kernel[None, None], bias])
+        full = np.zeros((*k3.shape[:2], out, k), k3.dtype)
+        for gi in range(g):
+            full[:, :, gi * cin_g:(gi + 1) * cin_g, gi * cout_g:(gi + 1) * cout_g] = \
+                k3[..., gi * cout_g:(gi + 1) * cout_g]
+        conv = keras.layers.Conv2D(k, k3.shape[0], padding="same", use_bias=False,
+                                   name=f"{p}_conv2_dense")
+        x = conv(x)
+        conv.set_weights([full])
+        return x
+    kept = lgc.kept_inputs()
+    per = out // g
+    pointwise = CondensedPointwise(out, kept, name=f"{p}_lgc_split")
+    x = pointwise(x)
+    compact = np.stack([kernel[np.ix_(kept[gi], np.arange(per) * g + gi)] for gi in range(g)])
+    pointwise.set_weights([compact[:, None, None], bias])
+    conv = SplitGroupConv(k, k3.shape[0], g, name=f"{p}_conv2_split")
+    x = conv(x)
+    conv.set_weights([np.stack([k3[..., gi * cout_g:(gi + 1) * cout_g] for gi in range(g)])])
+    return x
+
+
 def learned_layers(model: keras.Model) -> list:
     """The ``LearnedGroupConv`` and ``CondensingDense`` layers of ``model``."""
     return [l for l in model.layers if isinstance(l, (LearnedGroupConv, CondensingDense))]
@@ -417,7 +586,7 @@ def condense_all(model: keras.Model, classifier: bool | None = None) -> int:
 
 
 def convert_model(cfg: Any, model: keras.Model, *, stages: Sequence[int],
-                  growth: Sequence[int]) -> keras.Model:
+                  growth: Sequence[int], layout: str | Sequence[str] | None = None) -> keras.Model:
     """The compact inference model of a trained CondenseNet ``model`` (see the module docstring).
 
     ``model`` is what :func:`build_condensenet` built (outputs ``{"embedding", "features",
@@ -427,7 +596,7 @@ def convert_model(cfg: Any, model: keras.Model, *, stages: Sequence[int],
     names = {layer.name for layer in model.layers}
     num_classes = int(model.get_layer("classifier").units) if "classifier" in names else None
     converted = build_condensenet(cfg, shape, num_classes, stages=stages, growth=growth,
-                                  trained=model, name=model.name)
+                                  trained=model, name=model.name, layout=layout)
     if isinstance(model.output, dict):
         return converted
     # one output: the logits when the classifier was kept for it, else the features

@@ -18,9 +18,11 @@ network dense until :meth:`CondenseNetBackbone.condense` is called. See
 ``keras_reid_plugins.backbones._condensenet_model`` for the details (grouping: output channel
 o belongs to group o mod G).
 
-:meth:`CondenseNetBackbone.convert` returns the compact inference model (index gather + real
-grouped 1x1 conv + channel shuffle per learned layer, gathered classifier inputs) computing the
-same outputs. A process that loads a saved CondenseNet ``.keras`` file must import
+:meth:`CondenseNetBackbone.convert` returns the inference model computing the same outputs:
+the first three dense blocks as plain convolutions with the gathers, shuffles and BatchNorms
+folded into (block-sparse) weights, the later blocks compact (per-group gather + 1x1 conv, the
+3x3 group conv split per group), the classifier's inputs gathered; the layout was chosen by
+measurement (``tools/bench_condensenet_layout.py``). A process that loads a saved CondenseNet ``.keras`` file must import
 ``keras_reid_plugins.backbones._condensenet_model`` first (or use :func:`load_model`).
 """
 from __future__ import annotations
@@ -133,13 +135,16 @@ class CondenseNetBackbone:
         """Returns the saved model at ``path`` (CondenseNet layers registered first)."""
         return load_model(path)
 
-    def convert(self, model: Any) -> Any:
+    def convert(self, model: Any, layout: str | list[str] | None = None) -> Any:
         """Returns the compact inference ``keras.Model`` of ``model`` (built by :meth:`build`,
-        any number of condensations done) with the same outputs in inference mode."""
+        any number of condensations done) with the same outputs in inference mode. ``layout``:
+        how each dense block runs, ``dense`` / ``split`` / ``grouped`` or a list with one per
+        block (None: the measured default, dense for the first three blocks and split after
+        them; see ``_condensenet_model``)."""
         from keras_reid_plugins.backbones._condensenet_model import convert_model
 
         stages, growth = self.config.layout()
-        return convert_model(self.config, model, stages=stages, growth=growth)
+        return convert_model(self.config, model, stages=stages, growth=growth, layout=layout)
 
 
 def load_model(path: str) -> Any:
