@@ -206,12 +206,21 @@ def _results_single(data: RunData) -> str:
         rows.append(_metric_row("chance", chance, cols, "a random ranking of the gallery",
                                 variant="chance", klass="chance"))
     table = _table(["model"] + [label for _, label in cols] + ["trained on"], rows, klass="metrics")
-    out = [table, f"<p class='note'>{_e(MEANING)}</p>"]
+    out = [table, f"<p class='note'>{_e(_meaning(cols))}</p>"]
     compare = data.recipe.get("compare") or []
     if compare:
         comps = aggregate([data.metrics], [tuple(p) for p in compare])["comparisons"]
         out.append(_comparisons(comps, cols, single=True))
     return "".join(out)
+
+
+def _meaning(cols) -> str:
+    """What the table's metrics mean (retrieval or closed-set)."""
+    from keras_reid.run_summary import MEANING as CLOSING
+
+    if any(key == "prec1_all" for key, _ in cols):
+        return CLOSING["closed_set"]
+    return MEANING
 
 
 def _metric_row(model: str, values: dict, cols, trained: str = "", *, label: str | None = None,
@@ -337,8 +346,8 @@ def _training_section(data: RunData) -> str:
     blocks, curves = [], False
     for stage in data.of_type("train_reid", "train_generator"):
         scalars = tb_events.scalars(data.tensorboard(stage.name))
-        losses = _epoch_curves(scalars, ("loss",) if stage.type == "train_reid"
-                               else ("d_loss", "g_loss"))
+        losses, unit = _loss_curves(scalars, ("loss",) if stage.type == "train_reid"
+                                    else ("d_loss", "g_loss"))
         evals = {k.rsplit("/", 1)[-1]: v for k, v in scalars.items()
                  if "/eval/" in f"/{k}" and k.rsplit("/", 1)[-1] in ("mAP", "rank1")}
         if not evals and stage.summary.get("eval_history"):
@@ -354,8 +363,8 @@ def _training_section(data: RunData) -> str:
         fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 2.4), squeeze=False)
         ax = axes[0][0]
         for name, points in losses.items():
-            ax.plot(*zip(*points), label=name, lw=1.5)
-        ax.set_xlabel("epoch")
+            ax.plot(*zip(*points), label=name, lw=1.5, marker="o" if len(points) <= 5 else None, ms=3)
+        ax.set_xlabel(unit)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{stage.name}: training loss", fontsize=9)
         if losses:
@@ -385,14 +394,24 @@ def _training_section(data: RunData) -> str:
                "during training.") + "</p>")
 
 
-def _epoch_curves(scalars: dict, names: Iterable[str]) -> dict[str, list]:
-    out = {}
-    for name in names:
-        for tag in (f"reid/epoch/{name}", f"gan/epoch/{name}", f"epoch/{name}"):
-            if scalars.get(tag):
-                out[name] = scalars[tag]
-                break
-    return out
+def _loss_curves(scalars: dict, names: Iterable[str]) -> tuple[dict[str, list], str]:
+    """``({name: [(x, value)]}, "epoch" | "step")``: the epoch means of ``names``, or their step
+    values when there are fewer than 3 epochs and more steps were logged."""
+    def find(kind: str) -> dict[str, list]:
+        out = {}
+        for name in names:
+            old = "train_step" if kind == "step" else "epoch"   # tags before the reid/ and gan/ prefixes
+            for tag in (f"reid/{kind}/{name}", f"gan/{kind}/{name}", f"{old}/{name}"):
+                if scalars.get(tag):
+                    out[name] = scalars[tag]
+                    break
+        return out
+
+    epochs, steps = find("epoch"), find("step")
+    most = max((len(v) for v in epochs.values()), default=0)
+    if most < 3 and max((len(v) for v in steps.values()), default=0) > most:
+        return steps, "step"
+    return epochs, "epoch"
 
 
 # ---------------------------------------------------------------------------- pictures
@@ -481,15 +500,21 @@ def _ranked_section(data: RunData, queries: int, top: int) -> str:
 def _ranked_html(name: str, record: dict, queries: int, top: int, thumbs: _Thumbs) -> str:
     rows = []
     for q in record["queries"][:queries]:
-        cells = [_tile(thumbs.uri(q["path"]), "query", f"query<br>id {q['pid']} &middot; c{q['camid']}",
+        cells = [_tile(thumbs.uri(q["path"]), "query", f"query<br>{_who(q['pid'])} &middot; c{q['camid']}",
                        Path(q["path"]).name)]
         for rank, g in enumerate(q.get("top", [])[:top], 1):
             cells.append(_tile(thumbs.uri(g["path"]), "ok" if g.get("match") else "bad",
-                               f"{rank}. id {g['pid']} &middot; c{g['camid']}<br>d {g['distance']:.3f}",
+                               f"{rank}. {_who(g['pid'])} &middot; c{g['camid']}<br>d {g['distance']:.3f}",
                                Path(g["path"]).name))
         hits = sum(1 for g in q.get("top", [])[:top] if g.get("match"))
         rows.append(f"<div class='ranked' data-model='{_e(name)}' data-hits='{hits}'>{''.join(cells)}</div>")
     return f"<h3>{_e(name)}</h3>" + "".join(rows)
+
+
+def _who(pid: int) -> str:
+    """A gallery identity as shown: ``id 12``, or ``distractor`` (pid 0, Market-1501's people
+    outside the identity set)."""
+    return "distractor" if pid == 0 else f"id {pid}"
 
 
 def _tile(uri: str | None, klass: str, caption: str, title: str) -> str:
@@ -585,8 +610,8 @@ def _quality_tables(data: RunData) -> str:
     if ip_rows:
         html_parts.append("<h3>Identity preservation</h3>" + _table(
             ["model", "generated set", "rank-1", "mAP", "queries"], ip_rows)
-            + "<p class='note'>Each generated image as a query against the real test gallery: does "
-            "the model still find its person?</p>")
+            + "<p class='note'>Each generated image as a query against the real training images "
+            "(other cameras): does the model still find its person?</p>")
     return "".join(html_parts)
 
 
@@ -647,7 +672,7 @@ def _stage_line(s: StageInfo) -> str:
         final = x.get("final") or {}
         parts = [f"{x.get('num_images', 0):,} real images"]
         parts += [f"{n:,} generated ({g})" for g, n in (x.get("generated_images") or {}).items()]
-        parts.append(f"{x.get('epochs')} epochs")
+        parts.append(_plural(x.get("epochs"), "epoch"))
         if "loss" in final:
             parts.append(f"final loss {final['loss']:.3f}")
         if x.get("images_per_second"):
@@ -658,7 +683,7 @@ def _stage_line(s: StageInfo) -> str:
     if s.type == "train_generator":
         pairs = (x.get("pairs") or {}).get("pairs")
         parts = [f"{pairs:,} pairs" if isinstance(pairs, int) else "",
-                 f"{x.get('epochs')} epochs",
+                 _plural(x.get("epochs"), "epoch"),
                  f"{x.get('steps_per_second')} steps/s" if x.get("steps_per_second") else ""]
         return ", ".join(p for p in parts if p)
     if s.type == "augment":
@@ -814,7 +839,7 @@ def _results_repeated(agg: dict, runs: list[tuple[dict, RunData]]) -> str:
                              if isinstance(v, (int, float)) else "<td class='num'>&ndash;</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     out.append("<h3>Each repeat</h3>" + _table(head, rows, klass="metrics"))
-    out.append(f"<p class='note'>{_e(MEANING)}</p>")
+    out.append(f"<p class='note'>{_e(_meaning(cols))}</p>")
     return "".join(out)
 
 
@@ -837,6 +862,10 @@ def _stage_times(runs: list[tuple[dict, RunData]]) -> str:
 # ---------------------------------------------------------------------------- html
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _fmt_seconds(s: float) -> str:
