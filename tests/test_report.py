@@ -277,3 +277,57 @@ def test_writing_a_synthetic_dataset_prints_a_line(tmp_path, capsys):
                        lambda: {"images": {"train": 10, "query": 3}, "seconds": 4.2},
                        what="synthetic dataset", command="keras-reid data synth")
     assert f"wrote the synthetic dataset to {tmp_path / 'd'}: 13 images in 4 s" in capsys.readouterr().out
+
+
+def test_a_resumed_training_leaves_no_duplicate_points(run, tmp_path, monkeypatch):
+    """Killed in the middle of epoch 2 (after its first step scalars were written), resumed from
+    the epoch-1 checkpoint: every step and epoch appears once, as in the uninterrupted run."""
+    from keras_reid.training.callbacks import ScalarLogger
+
+    path, straight, _ = run
+    original = ScalarLogger.on_train_batch_end
+
+    def interrupt_in_epoch_2(self, batch, logs=None):
+        original(self, batch, logs)
+        if self._epoch == 1 and batch == 1:
+            self.writer.flush()
+            raise KeyboardInterrupt("simulated Ctrl-C in epoch 2")
+
+    monkeypatch.setattr(ScalarLogger, "on_train_batch_end", interrupt_in_epoch_2)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
+    cut = tb_events.scalars(resumed / "tensorboard" / "a")["reid/step/loss"]
+    monkeypatch.setattr(ScalarLogger, "on_train_batch_end", original)
+    out = pipeline.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
+    assert out["a"]["resumed_from_epoch"] == 1
+    again, before = (tb_events.scalars(d / "tensorboard" / "a") for d in (resumed, straight))
+    for tag in ("reid/step/loss", "reid/epoch/loss", "reid/eval/mAP"):
+        steps = [s for s, _ in again[tag]]
+        assert steps == [s for s, _ in before[tag]], tag
+        raw = [e.step for e in tb_events.read_events(resumed / "tensorboard" / "a") if e.HasField("summary")
+               and e.summary.value[0].tag == tag]
+        assert sorted(raw) == steps, f"{tag}: a step written twice"
+    assert cut[-1][0] > before["reid/epoch/loss"][0][0]   # the attempt had written past epoch 1
+    assert [h["epoch"] for h in out["a"]["eval_history"]] == [1, 2]
+
+
+def test_report_shows_face_filter_and_diversity_figures_where_the_run_has_them(tmp_path):
+    run = tmp_path / "run"
+    (run / "gan").mkdir(parents=True)
+    (run / "aug").mkdir()
+    (run / "recipe.resolved.yaml").write_text(
+        "name: faces\nstages:\n  gan: {type: train_generator}\n  aug: {type: augment}\n")
+    (run / "gan" / ".complete.json").write_text(json.dumps({"hash": "h1", "seconds": 3.0, "summary": {
+        "semantic_filter": {"filter": {"type": "face"}, "min_score": 0.5, "real_images": 400,
+                            "accepted": 227}}}))
+    (run / "aug" / ".complete.json").write_text(json.dumps({"hash": "h2", "seconds": 2.0, "summary": {
+        "generated": 100, "kept": 40, "accepted_fraction_by_filter": {"face": 0.4},
+        "measured_fraction": {"face": 0.35},
+        "sample_diversity": {"pixel_std": 36.8, "images": 100}}}))
+    page = (CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False), run / "report.html")[1].read_text()
+    text = " ".join(_parse(page).text)
+    assert "accepts 227 of 400 (56.8%)" in text
+    assert "keeps 40.0% of the generated images" in text and "35.0% of the generated images pass" in text
+    assert "per-pixel std 36.8 over 100 samples" in text
+    assert "No metrics yet" in text and "40 of 100 generated images kept" in text
