@@ -118,7 +118,10 @@ class GeneratorFactory(Protocol):
       ``build_optimizers()``, ``train_step(batch: dict) -> {name: scalar}`` (each replica's
       share of the global-batch value: ``step_logs_reduction = "sum"``; every loss term
       logged separately) and ``generate(batch: dict, noise: bool | None = None) -> float32
-      [B, H, W, 3] in [-1, 1]`` (``noise`` None = the config's choice). Saved as ``.keras``.
+      [B, H, W, 3] in [-1, 1]`` (``noise`` None = the config's choice). A generator with random
+      draws at generation should also take ``seeds`` (ints [B], one per image; augment passes
+      each file's seed) and draw each image's randomness from its seed alone (stateless ops), so
+      a file is the same whatever its batch, shard or process. Saved as ``.keras``.
     * ``optimizers(steps_per_epoch, epochs) -> {"d_optimizer": .., "g_optimizer": ..}``:
       called inside ``strategy.scope()``.
     * ``load(path) -> model``: the GAN saved at ``path`` (imports and registers its classes, so

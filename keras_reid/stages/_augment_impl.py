@@ -268,7 +268,7 @@ class Worker:
             target_files = [self.target_paths[np.random.default_rng(it["seed"]).integers(len(self.target_paths))]
                             for it in items]
             batch["target_mask"] = self._masks(target_files)
-        generated = to_uint8(gan.generate(batch, noise=self.noise))
+        generated = to_uint8(_generate(gan, batch, self.noise, [int(it["seed"]) for it in items]))
         scores = {}
         for spec, flt in zip(self.filter_specs, self.filters):
             scores[spec["type"]] = np.asarray(flt(generated), np.float32)
@@ -294,6 +294,17 @@ class Worker:
                          **({"pose_index": int(it["copy"])} if self.skeletons is not None else {}),
                          **self.provenance})
         return rows
+
+
+def _generate(gan, batch: dict, noise: bool | None, seeds: list[int]):
+    """``gan.generate(batch, noise=...)``, with each item's own seed when the generator takes
+    ``seeds`` (its random draws at generation, e.g. pix2pix's dropout noise, then depend on the
+    item only: not on the batch, the shard or what the process did before)."""
+    import inspect
+
+    if "seeds" in inspect.signature(gan.generate).parameters:
+        return gan.generate(batch, noise=noise, seeds=seeds)
+    return gan.generate(batch, noise=noise)
 
 
 def _item_dict(it: WorkItem, cam_a: int | None, cam_b: int | None) -> dict:

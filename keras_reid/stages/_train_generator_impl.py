@@ -192,7 +192,7 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
     ctx.echo(f"training {steps} steps/epoch x {cfg.epochs} epochs, global batch {batch} on "
              f"{replicas} replica(s), {h}x{w}")
     callbacks = [
-        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints),
+        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
         ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief),
         GeneratorSamples(tb_dir, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
                          name="generator/samples", is_chief=ctx.is_chief),

@@ -261,7 +261,7 @@ def train(cfg, ctx: StageContext) -> dict:
 
     tb = ctx.tensorboard_dir
     callbacks = [
-        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints),
+        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
         ScalarLogger(tb, every=cfg.log_every, is_chief=ctx.is_chief, prefix="reid"),
     ]
     if initial_epoch == 0:

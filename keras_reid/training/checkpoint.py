@@ -15,12 +15,19 @@ are synchronised on read, such as Keras metric state), but only the chief's file
 the others write to a temporary per-worker folder next to ``ckpt_dir`` that is deleted right
 after. Resuming needs ``ckpt_dir`` on storage every worker sees (the run folder); the workers
 check that they agree on the epoch to resume from.
+
+Test hook: with ``KERAS_REID_TEST_KILL_AT=<label>:<epoch>`` in the environment, the
+:class:`EpochCheckpoint` whose ``label`` (the stage name) matches SIGKILLs its own process
+right after the checkpoint of that epoch (1-based) is written; ``<label>:<epoch>:<step>`` kills
+it after that step (1-based) of that epoch, mid-epoch. The resume tests use it to kill a stage
+at chosen points without sleeps.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import keras
@@ -33,15 +40,46 @@ log = logging.getLogger("keras_reid")
 
 CHECKPOINT_PREFIX = "ckpt"
 
+KILL_ENV = "KERAS_REID_TEST_KILL_AT"
+"""Environment variable of the test hook (see the module docstring)."""
 
-def make_checkpoint(model: keras.Model) -> tuple[tf.train.Checkpoint, tf.Variable]:
-    """Return ``(checkpoint, epoch variable)`` over the model, its built optimizers and the epoch.
+
+def _kill_point(label: str | None) -> tuple[int, int | None] | None:
+    """``(epoch, step or None)`` at which ``KERAS_REID_TEST_KILL_AT`` asks to kill the process
+    training ``label``; None when it names another label or is unset."""
+    spec = os.environ.get(KILL_ENV, "")
+    parts = spec.split(":")
+    if label is None or len(parts) not in (2, 3) or parts[0] != label:
+        return None
+    return int(parts[1]), int(parts[2]) if len(parts) == 3 else None
+
+
+def _kill_self(where: str) -> None:
+    log.warning("%s: killing this process (%s test hook)", where, KILL_ENV)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rng_states(model: keras.Model) -> list:
+    """The state variables of every ``keras.random.SeedGenerator`` in ``model`` (dropout layers,
+    a GAN's noise generator, ...), in the model's variable order. ``tf.train.Checkpoint`` does
+    not track them by itself, and a resume that restarts them draws other dropout masks and noise
+    than the uninterrupted run."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def make_checkpoint(model: keras.Model, rng: bool = True) -> tuple[tf.train.Checkpoint, tf.Variable]:
+    """Return ``(checkpoint, epoch variable)`` over the model, its built optimizers, the epoch and
+    (``rng``) the states of the model's random generators.
 
     The optimizers are keyed by their attribute names (``optimizer``, ``d_optimizer``, ...).
     """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     objects = {name: opt for name, opt in model_optimizers(model, built_only=True).items()
-               if name not in ("model", "epoch")}
+               if name not in ("model", "epoch", "rng")}
+    states = rng_states(model) if rng else []
+    if states:
+        objects["rng"] = states
     return tf.train.Checkpoint(model=model, epoch=epoch, **objects), epoch
 
 
@@ -83,7 +121,12 @@ def restore_latest(model: keras.Model, ckpt_dir: str | os.PathLike,
     path = latest_checkpoint(ckpt_dir)
     epoch = 0
     if path is not None:
-        checkpoint, epoch_var = make_checkpoint(model)
+        with_rng = bool(rng_states(model)) and _has_rng(path)
+        if rng_states(model) and not with_rng:
+            log.warning("checkpoint %s was written before random-generator states were saved: the "
+                        "resumed run draws other dropout masks / noise than an uninterrupted one "
+                        "would (its results are not those of an uninterrupted run)", path)
+        checkpoint, epoch_var = make_checkpoint(model, rng=with_rng)
         status = None
         try:
             with strategy.scope():
@@ -96,8 +139,42 @@ def restore_latest(model: keras.Model, ckpt_dir: str | os.PathLike,
             raise UserError(f"checkpoint {path} does not match this model ({first[:300]}); delete "
                             f"{ckpt_dir} to train from scratch") from None
         epoch = int(epoch_var.numpy())
+        reason = inexact_resume_reason()
+        if reason:
+            log.warning("resumed from epoch %d of %s; %s", epoch, ckpt_dir, reason)
     _check_workers_agree(strategy, epoch, ckpt_dir)
     return epoch
+
+
+def inexact_resume_reason() -> str | None:
+    """Why a resumed run may not reproduce the uninterrupted run's numbers bit for bit here, or
+    None. On CPU the restored state (weights, optimizer slots, random-generator states, epoch;
+    data order is a function of seed and epoch) makes it exact; on a GPU cuDNN's convolution
+    gradients are not bit-reproducible unless TensorFlow's op determinism is on."""
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    deterministic = os.environ.get("TF_DETERMINISTIC_OPS", "").lower() in ("1", "true")
+    try:
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+        deterministic = deterministic or is_op_determinism_enabled()
+    except ImportError:  # pragma: no cover - another TensorFlow layout
+        pass
+    if deterministic:
+        return None
+    return ("the resumed run is not bit-identical to an uninterrupted one: a GPU is in use and "
+            "TensorFlow's op determinism is off (cuDNN's convolution gradients are not "
+            "reproducible); set TF_DETERMINISTIC_OPS=1 for exact resumes (slower)")
+
+
+def _has_rng(path: str) -> bool:
+    """Does the checkpoint at ``path`` hold random-generator states (written since they are)?"""
+    try:
+        names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return False
+    return any(name.startswith("rng/") for name in names)
 
 
 def _check_workers_agree(strategy: tf.distribute.Strategy, epoch: int, ckpt_dir) -> None:
@@ -118,13 +195,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model, optimizer state(s) and the epoch to ``ckpt_dir`` at the end of every epoch.
 
     Keeps the newest ``max_to_keep`` checkpoints. Use :func:`restore_latest` to resume.
-    Multi-worker aware (see the module docstring).
+    Multi-worker aware (see the module docstring). ``label`` (the stage name) is what the
+    ``KERAS_REID_TEST_KILL_AT`` test hook matches.
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike, max_to_keep: int = 3) -> None:
+    def __init__(self, ckpt_dir: str | os.PathLike, max_to_keep: int = 3,
+                 label: str | None = None) -> None:
         super().__init__()
         self.ckpt_dir = Path(ckpt_dir)
         self.max_to_keep = max(1, int(max_to_keep))
+        self._kill_at = _kill_point(label)
+        self._current_epoch = 0
         self._checkpoint: tf.train.Checkpoint | None = None
         self._epoch: tf.Variable | None = None
         self._manager: tf.train.CheckpointManager | None = None
@@ -146,6 +227,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._setup()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._kill_at is not None and self._kill_at == (self._current_epoch + 1, batch + 1):
+            _kill_self(f"epoch {self._current_epoch + 1}, step {batch + 1}")
+
     def on_epoch_end(self, epoch, logs=None):
         if self._manager is None:
             self._setup()
@@ -155,6 +243,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             shutil.rmtree(self._write_dir, ignore_errors=True)
         else:
             log.debug("saved checkpoint %s", path)
+        if self._kill_at is not None and self._kill_at == (epoch + 1, None):
+            _kill_self(f"after the checkpoint of epoch {epoch + 1}")
 
     @property
     def latest(self) -> str | None:

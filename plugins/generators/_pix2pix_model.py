@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -17,14 +18,35 @@ CHANNELS = {"model1": 3, "model2": 4, "model3": 5, "model4": 3, "variable": 5}
 class NoiseDropout(layers.Dropout):
     """Dropout that can also act outside training: while ``noise`` is True (set by
     ``Pix2PixGAN.generate`` for one call) it drops units in inference calls too. In training it
-    is ordinary dropout. ``noise`` is runtime state, not part of the config."""
+    is ordinary dropout. ``noise`` is runtime state, not part of the config.
+
+    While ``item_seeds`` (int64 [B], also set by ``generate``) is set, each example's mask is a
+    stateless draw keyed by its own seed and this layer's name: an image's noise then depends on
+    nothing else (not the batch it is in, the process, or the layer's random-generator state,
+    which a loaded ``.keras`` file starts afresh)."""
 
     def __init__(self, rate: float, **kwargs: Any) -> None:
         super().__init__(rate, **kwargs)
         self.noise = False
+        self.item_seeds = None
 
     def call(self, inputs, training=None):
+        if self.noise and self.item_seeds is not None and not training:
+            return self._seeded(inputs)
         return super().call(inputs, training=bool(training) or self.noise)
+
+    def _seeded(self, inputs):
+        import zlib
+
+        salt = tf.constant(zlib.crc32(self.name.encode()), tf.int64)
+        keep = 1.0 - self.rate
+
+        def mask(seed):
+            u = tf.random.stateless_uniform(tf.shape(inputs)[1:], seed=tf.stack([seed, salt]))
+            return tf.cast(u < keep, inputs.dtype)
+
+        masks = tf.map_fn(mask, tf.cast(self.item_seeds, tf.int64), fn_output_signature=inputs.dtype)
+        return inputs * masks / tf.cast(keep, inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_reid")
@@ -196,13 +218,16 @@ class Pix2PixGAN(GANModel):
         self.discriminator(self.discriminator_pair(batch, fake), training=training)
         return fake
 
-    def generate(self, batch: dict, noise: bool | None = None, batch_stats: bool | None = None):
+    def generate(self, batch: dict, noise: bool | None = None, batch_stats: bool | None = None,
+                 seeds=None):
         """Returns generated images float32 [B, H, W, 3] in [-1, 1] for ``batch`` (the keys in
         the factory's ``generation_needs``). Dropout is on iff ``noise`` (None = the
         ``dropout_at_generation`` setting). BatchNorm uses each image's own statistics iff
         ``batch_stats`` (None = the ``batch_stats_at_generation`` setting), else its running
         statistics; either way no statistic is updated and the result of an image does not
-        depend on the other images of the batch (except through dropout's random draws)."""
+        depend on the other images of the batch. ``seeds`` (ints [B], one per image): dropout's
+        masks are drawn from each image's seed, so with noise an image depends on its seed only;
+        without them they come from the layers' random generators (process history)."""
         noise = self.dropout_at_generation if noise is None else bool(noise)
         batch_stats = self.batch_stats_at_generation if batch_stats is None else bool(batch_stats)
         batch = {k: tf.convert_to_tensor(v, tf.float32) for k, v in batch.items()}
@@ -212,8 +237,10 @@ class Pix2PixGAN(GANModel):
             raise ValueError("this generator has no BatchNorm layers that can use per-image "
                              "statistics (norm: instance, or saved by an older version); generate "
                              "with batch_stats=False")
+        item_seeds = None if seeds is None else tf.constant(np.asarray(seeds, np.int64))
         for layer in noisy:
             layer.noise = noise
+            layer.item_seeds = item_seeds
         for layer in norms:
             layer.per_image = batch_stats
         try:
@@ -221,6 +248,7 @@ class Pix2PixGAN(GANModel):
         finally:
             for layer in noisy:
                 layer.noise = False
+                layer.item_seeds = None
             for layer in norms:
                 layer.per_image = False
 
