@@ -49,7 +49,7 @@ class ExportResult:
     max_abs_diff: float
     sample_images: int
     compact: str | None
-    """How the backbone was converted for export (e.g. 'condensenet: 1.2M -> 0.4M parameters'),
+    """How the backbone was converted for export (its ``convert()``, with the parameter counts),
     None when it was exported as trained."""
 
 
@@ -88,8 +88,8 @@ def compact_model(extractor: FeatureExtractor, registry=None):
         return extractor.model, None
     compact = convert(extractor.model)
     before, after = extractor.model.count_params(), compact.count_params()
-    return compact, (f"{spec.get('type')}: exported in its converted (compact) form, "
-                     f"{before:,} -> {after:,} parameters")
+    return compact, (f"{spec.get('type')}: exported in its converted inference form "
+                     f"(backbone convert(); {before:,} parameters trained, {after:,} exported)")
 
 
 def sample_batch(extractor: FeatureExtractor, images: list[str] | None = None, n: int = 8,

@@ -1,6 +1,7 @@
 """Using a trained model outside its run: ``keras_reid.load_model`` and the extract, search,
 evaluate MODEL and export commands, on one tiny run trained once for the module (a ``tiny``
-model and a CondenseNet on the synthetic dataset, evaluated by the pipeline's evaluate stage)."""
+model on the synthetic dataset, evaluated by the pipeline's evaluate stage), and a condensed,
+untrained CondenseNet saved the way train_reid saves one."""
 import json
 import shutil
 from pathlib import Path
@@ -26,16 +27,6 @@ stages:
     dataset: synth
     image_size: [32, 16]
     backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 2
-    verbose: 0
-  condensed:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: condensenet, preset: small, condense_steps: 6}}
     batch_size: 8
     instances_per_id: 2
     epochs: 2
@@ -193,16 +184,39 @@ def test_export_features_agree_with_keras(run, tmp_path, fmt, name):
     assert json.loads(record.read_text())["exported"]["format"] == fmt
 
 
-def test_condensenet_exports_its_compact_form(run, tmp_path):
+@pytest.fixture(scope="module")
+def condensed(tmp_path_factory):
+    """A CondenseNet (preset small) condensed C - 1 times, saved as train_reid saves a model:
+    the features-only model.keras and its preprocessing record."""
+    from keras_reid.inference import Preprocessing, write_preprocessing
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.reid_model import ReIDModel
+
+    spec = {"type": "condensenet", "preset": "small"}
+    backbone = REGISTRY.create("backbone", spec)
+    net = backbone.build((32, 16, 3), 6)
+    for _ in range(backbone.config.condense_factor - 1):
+        backbone.condense(net)
+    path = tmp_path_factory.mktemp("condensed") / "model.keras"
+    ReIDModel(net).export_inference_model(path)
+    write_preprocessing(path, Preprocessing(image_size=(32, 16), backbone=spec))
+    return path
+
+
+def test_condensenet_exports_its_compact_form(condensed, tmp_path):
     import keras_reid
     from keras_reid.export import export_model, run_exported
 
-    extractor = keras_reid.load_model(run["dir"] / "condensed")
+    extractor = keras_reid.load_model(condensed)
     result = export_model(extractor, tmp_path / "c", "savedmodel")
-    assert result.compact and "converted (compact) form" in result.compact
-    before, after = (int(s.replace(",", "")) for s in result.compact.split("form, ")[1]
-                     .split(" parameters")[0].split(" -> "))
-    assert after < before and result.max_abs_diff <= 1e-3
+    assert result.compact and "converted inference form" in result.compact and result.max_abs_diff <= 1e-3
+    # what was exported is the converted form: no masked learned group convs are left
+    from keras_reid.export import compact_model
+    from keras_reid_plugins.backbones._condensenet_model import LearnedGroupConv
+
+    compact, _ = compact_model(extractor)
+    assert any(isinstance(layer, LearnedGroupConv) for layer in extractor.model.layers)
+    assert not any(isinstance(layer, LearnedGroupConv) for layer in compact.layers)
     images = np.random.default_rng(1).uniform(0, 255, (4, 32, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(run_exported(tmp_path / "c", "savedmodel", images), extractor(images),
                                atol=1e-4)
@@ -224,12 +238,17 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(run, tmp_path, monkeypa
     (tmp_path / "empty").mkdir()
     loose = tmp_path / "loose.keras"
     shutil.copy(stage / "model.keras", loose)     # no record beside it, not in a stage folder
+    for name in ("a", "b"):                          # a run folder with two models
+        shutil.copytree(stage, tmp_path / "two" / name, ignore=shutil.ignore_patterns("checkpoints"))
     cases = {
         ("extract", tmp_path / "nowhere", run["root"] / "query", "--out", tmp_path / "f.npz"): "does not exist",
         ("extract", stage, tmp_path / "empty", "--out", tmp_path / "f.npz"): "no images",
         ("extract", loose, run["root"] / "query", "--out", tmp_path / "f.npz"): "no preprocessing record",
-        ("search", run["dir"], "--query", run["root"] / "query", "--gallery", run["root"] / "query"):
+        ("search", tmp_path / "two", "--query", run["root"] / "query", "--gallery", run["root"] / "query"):
             "name one",
+        ("extract", run["dir"], run["root"] / "query", "--model", "nosuch", "--out", tmp_path / "f.npz"):
+            "no trained model 'nosuch'",
+        ("evaluate", stage, "--dataset", f"market1501:{tmp_path / 'nowhere'}"): "does not exist",
         ("export", stage, "--format", "pt", "--out", tmp_path / "m"): "unknown format",
         ("evaluate", stage): "needs --dataset",
     }

@@ -154,6 +154,13 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     from keras_reid.metrics import chance_level
 
     type_, root = parse_dataset(dataset)
+    if not Path(root).expanduser().is_dir():
+        raise InputError(f"--dataset {dataset}: the folder {root} does not exist; give TYPE:ROOT with the "
+                         "folder that holds the dataset, e.g. market1501:data/Market-1501-v15.09.15")
+    if type_ == "synthetic" and not options:
+        # the synthetic reader writes a dataset (and refuses one made with other parameters); one
+        # that exists is read by the Market-1501 reader, like the synthetic reader does itself
+        type_ = "market1501"
     loaded = load_dataset(root, type_, options)
     splits = loaded.splits
     if splits.kind != "retrieval":
@@ -170,7 +177,7 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
         sets.append(good)
     query, gallery = sets
     extractor = load_extractor(model, stage)
-    click.echo(f"dataset: {loaded.type}{' (detected)' if loaded.detected else ''} at {splits.root or root}: "
+    click.echo(f"dataset: {loaded.type}{' (detected)' if loaded.detected else ''} at {root}: "
                f"{len(query)} queries x {len(gallery)} gallery images")
     feats = [extract_features(extractor.model, recs, extractor.image_size, batch_size,
                               extractor.preprocessing.flip) for recs in (query, gallery)]
