@@ -302,6 +302,9 @@ def train(cfg, ctx: StageContext) -> dict:
     model_path = ctx.stage_dir / "model.keras"
     if ctx.is_chief:
         model.export_inference_model(model_path)
+        write_preprocessing(model_path, Preprocessing(
+            image_size=(h, w), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
+            backbone=dict(cfg.backbone), stage=ctx.stage_name))
         io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in mapping.items()})
         if closed:
             model.export_inference_model(ctx.stage_dir / "classifier.keras", output="logits")
@@ -311,9 +314,6 @@ def train(cfg, ctx: StageContext) -> dict:
         "image_size": [h, w],
         "num_classes": num_classes,
         "num_images": len(good) if cfg.real else 0,
-        write_preprocessing(model_path, Preprocessing(
-            image_size=(h, w), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
-            backbone=dict(cfg.backbone), stage=ctx.stage_name))
         "generated_images": {g.name: len(g.records) for g in generated},
         "skipped_images": len(bad),
         "epochs": cfg.epochs,
