@@ -119,6 +119,28 @@ def num_workers(strategy: Any = None) -> int:
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
+def barrier(strategy: Any) -> None:
+    """Return when every worker of a multi-worker ``strategy`` has called it (an all-reduce of
+    one number); at once for any other strategy. A worker that died makes the others raise a
+    ``tf.errors.OpError`` here (TensorFlow's peer health checks) instead of waiting for ever."""
+    if num_workers(strategy) <= 1:
+        return
+    import tensorflow as tf
+
+    if id(strategy) not in _BARRIERS:    # traced once per strategy
+
+        @tf.function
+        def _all_reduce():
+            value = strategy.run(lambda: tf.constant(1.0))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+        _BARRIERS[id(strategy)] = _all_reduce
+    _BARRIERS[id(strategy)]()
+
+
+_BARRIERS: dict[int, Any] = {}
+
+
 # ---------------------------------------------------------------------------- internals
 
 

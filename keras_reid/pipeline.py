@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import shutil
 import textwrap
 import time
@@ -142,29 +143,70 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
     non-chief workers of a multi-worker run share the folder and do not take the lock.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
-    owns = shard is None and runlock.is_chief_process(recipe.model.strategy.type)
-    with runlock.hold(run_dir) if owns else contextlib.nullcontext():
-        return _run(recipe, run_dir, registry=registry, echo=echo, only=only, shard=shard)
+    shared: dict = {"datasets": {}, "strategy": {}}
+    if recipe.model.strategy.type != "multi_worker":
+        owns = shard is None
+        with runlock.hold(run_dir) if owns else contextlib.nullcontext():
+            return _run(recipe, run_dir, registry=registry, echo=echo, only=only, shard=shard,
+                        shared=shared)
+    # multi-worker: the strategy first, before any other TensorFlow op (collectives are
+    # configured when the runtime starts); the chief owns the folder, the others write nothing
+    import tensorflow as tf
+
+    from keras_reid.distribute import is_chief, make_strategy, worker_index
+
+    strategy = shared["strategy"]["strategy"] = make_strategy(recipe.model.strategy)
+    chief = is_chief(strategy)
+    if not chief:
+        worker, plain_echo = worker_index(strategy), echo
+        echo = lambda line: plain_echo(f"worker {worker}: {line}")   # noqa: E731
+    try:
+        with runlock.hold(run_dir) if chief and shard is None else contextlib.nullcontext():
+            return _run(recipe, run_dir, registry=registry, echo=echo, only=only, shard=shard,
+                        shared=shared)
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.InternalError,
+            tf.errors.DeadlineExceededError, tf.errors.AbortedError) as exc:
+        text = " ".join(str(getattr(exc, "message", exc)).split())
+        reason = ("a worker stopped sending heartbeats" if "unhealthy" in text or "aborted" in text
+                  else re.sub(r"\{\{[^}]*\}\}\s*", "", text)[:120])
+        raise UserError(f"the multi-worker run lost a worker ({type(exc).__name__}: {reason}); "
+                        "start every worker again with the same command: it resumes from the "
+                        "last checkpoint") from None
 
 
 def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[str], None],
-         only: list[str] | None, shard: tuple[int, int] | None) -> dict:
+         only: list[str] | None, shard: tuple[int, int] | None, shared: dict) -> dict:
+    from keras_reid.distribute import barrier, is_chief
+
+    strategy = shared["strategy"].get("strategy")     # set here for multi-worker runs only
+    chief = strategy is None or is_chief(strategy)
+
+    def sync() -> None:   # multi-worker: wait for every worker (at once otherwise)
+        if strategy is not None:
+            barrier(strategy)
+
     steps = plan(recipe, run_dir)
     if only:
         check_only(recipe, steps, only)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
-    tb_events.write_text(run_dir / "tensorboard" / "recipe", "recipe/resolved",
-                         textwrap.indent(recipe.to_yaml(), "    "))   # TensorBoard's Text tab
-    shared: dict = {"datasets": {}, "strategy": {}}
     results: dict = {}
-    write_metrics(recipe, run_dir, registry, steps)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
+        tb_events.write_text(run_dir / "tensorboard" / "recipe", "recipe/resolved",
+                             textwrap.indent(recipe.to_yaml(), "    "))   # TensorBoard's Text tab
+        write_metrics(recipe, run_dir, registry, steps)
     echo(click.style(f"run '{recipe.name}' -> {run_dir}", bold=True))
-    _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
+    if chief:      # the chief writes missing synthetic data; the others read it afterwards
+        _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
+        sync()
+    else:
+        sync()
+        _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
     for i, name in enumerate([s.name for s in steps], 1):
         if only and name not in only:
             continue
         step = next(s for s in plan(recipe, run_dir) if s.name == name)  # upstream may just have run
+        sync()     # every worker has planned the stage before the chief touches its folder
         head = f"[{i}/{len(steps)}] {step.name} ({step.type})"
         stage_dir = run_dir / step.name
         if step.status == "done":
@@ -172,23 +214,33 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
             echo(f"{head}: done before with the same config and inputs, skipped")
             results[step.name] = marker.get("summary", {})
             continue
-        if step.status == "run" and stage_dir.exists() and any(stage_dir.iterdir()):
+        if chief and step.status == "run" and stage_dir.exists() and any(stage_dir.iterdir()):
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             aside = run_dir / f"{step.name}.stale-{stamp}"
             shutil.move(str(stage_dir), str(aside))
             if (run_dir / "tensorboard" / step.name).is_dir():   # its curves go with it
                 shutil.move(str(run_dir / "tensorboard" / step.name), str(aside / "tensorboard"))
             echo(f"{head}: {step.why or 'config changed'}; previous outputs moved to {aside.name}/")
-        if step.status == "resume":
+        entry = registry.get("stage", step.type)
+        takes_part = chief or getattr(entry.obj, "distributed", False)
+        if not takes_part:
+            echo(f"{head}: the chief runs it; waiting")
+        elif step.status == "resume":
             echo(f"{head}: resuming an interrupted run")
         else:
             echo(f"{head}: starting")
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
-                                                  "inputs": step.inputs,
-                                                  "config": recipe.data["stages"][step.name]})
+        if chief:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
+                                                      "inputs": step.inputs,
+                                                      "config": recipe.data["stages"][step.name]})
+        sync()     # the chief has set the stage's folder up (stale outputs moved aside)
+        if not takes_part:
+            sync()  # until the chief has finished it and written its marker
+            results[step.name] = (io.read_json(stage_dir / COMPLETE_MARKER) or {}).get("summary", {})
+            continue
         context = _context(recipe, step.name, run_dir, registry, echo, shared, shard)
-        stage = registry.get("stage", step.type).create(recipe.stage_configs[step.name])
+        stage = entry.create(recipe.stage_configs[step.name])
         t0 = time.time()
         try:
             summary = stage.run(context) or {}
@@ -197,7 +249,7 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
             results["_incomplete"] = {"stage": step.name, "reason": str(exc)}
             return results
         elapsed = time.time() - t0
-        if context.is_chief:
+        if chief:
             io.write_json(stage_dir / COMPLETE_MARKER, {
                 "hash": step.hash, "stage": step.name, "type": step.type,
                 "completion_id": uuid.uuid4().hex, "inputs": step.inputs,
@@ -205,6 +257,7 @@ def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[s
                 "seconds": round(elapsed, 2), "summary": summary, "pid": os.getpid(),
             })
             write_metrics(recipe, run_dir, registry)
+        sync()      # the chief's marker is written: the waiting workers go on together
         echo(f"{head}: finished in {_fmt_seconds(elapsed)}")
         results[step.name] = summary
     return results

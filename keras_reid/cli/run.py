@@ -85,8 +85,12 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
         click.echo(click.style(f"stopped after stage '{results['_incomplete']['stage']}' (shard "
                                f"{shard} done); the run folder is {target}", fg="yellow", bold=True))
         return
+    from keras_reid import runlock
     from keras_reid.run_summary import closing_lines
 
+    if not runlock.is_chief_process(rec.model.strategy.type):
+        click.echo(f"done: this worker's part of the run; the chief wrote the results to {target}")
+        return
     metrics = target / "metrics.json"
     click.echo(click.style(f"done: {target}", fg="green", bold=True))
     for line in closing_lines(rec, target, results):

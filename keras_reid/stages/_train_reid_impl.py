@@ -239,6 +239,11 @@ def train(cfg, ctx: StageContext) -> dict:
             if note:
                 ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
+        if cfg.sync_batchnorm and replicas > 1:   # global-batch statistics, as on one device
+            from keras_reid.training.batchnorm import batchnorm_layers
+
+            for layer in batchnorm_layers(net):
+                layer.synchronized = True
         loss = ctx.registry.create("loss", cfg.loss)
         smoothing = getattr(getattr(loss, "config", None), "label_smoothing", 0.0)
         if smoothing and cfg.real and any(g.labels == "lsro" for g in cfg.generated):

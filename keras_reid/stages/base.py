@@ -177,7 +177,13 @@ class Stage:
     without the seed, so the repeats of ``keras-reid run --seeds`` share one run of it.
     Evaluating stages define ``reported_models(config) -> list[str]``: the model names they
     write to metrics.json (what a recipe's ``compare:`` may name).
+
+    ``distributed``: the stage trains under the recipe's strategy, so every worker of a
+    multi-worker run takes part in it (``train_reid``, ``train_generator``); any other stage
+    runs on the chief alone while the other workers wait for it.
     """
+
+    distributed: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

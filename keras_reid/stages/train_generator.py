@@ -72,6 +72,8 @@ class TrainGenerator(Stage):
     """Train an image-to-image generator (e.g. pix2pix Model 4) on paired examples; checkpoints
     every epoch and resumes; samples to TensorBoard; saves ``generator.keras``."""
 
+    distributed = True   # every worker of a multi-worker run trains it
+
     @classmethod
     def check_config(cls, config: TrainGeneratorConfig, recipe) -> tuple | None:
         factory = generator_factory(config.generator)

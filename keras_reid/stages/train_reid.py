@@ -70,6 +70,11 @@ class TrainReIDConfig(BaseModel):
         "train only the layers the backbone adds (head, classifier), its pretrained trunk frozen "
         "(BatchNorm there in inference mode); then everything. 0 = off")
     augment: list[TransformSpec] = Field(default_factory=_default_augment)
+    sync_batchnorm: bool = Field(
+        True, description="with more than one replica (mirrored, multi_worker), BatchNorm layers "
+        "normalise with the statistics of the whole global batch, as one device does, so the "
+        "model does not depend on how the batch is split; false: each replica uses its own part "
+        "(one all-reduce less per BatchNorm layer and step)")
     bn_recalibration_batches: int = Field(
         50, ge=0, description="after training, re-estimate BatchNorm statistics over this many "
         "training batches (precise BN; 0 = off)")
@@ -110,6 +115,8 @@ def _trunk_problem(backbone: dict) -> str | None:
 @register("stage", "train_reid", config=TrainReIDConfig)
 class TrainReID(Stage):
     """Train a re-ID backbone with a re-ID loss; checkpoints every epoch and resumes."""
+
+    distributed = True   # every worker of a multi-worker run trains it
 
     @classmethod
     def check_config(cls, config: TrainReIDConfig, recipe) -> tuple | None:
