@@ -74,7 +74,10 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     if dry_run:
         check_dataset_roots(rec)
         click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
-        for step in pipeline.plan(rec, target):
+        steps = pipeline.plan(rec, target)
+        if only:   # what the run would refuse (a stage read that is not done), said now
+            pipeline.check_only(rec, steps, list(only))
+        for step in steps:
             if only and step.name not in only:
                 continue
             what = {"done": "skip (done, same config)", "resume": "resume", "run": "run"}[step.status]
