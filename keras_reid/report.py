@@ -788,7 +788,7 @@ def _repeated_page(parent: Path, queries: int, top: int) -> str:
             f"{_e(', '.join(map(str, desc.get('seeds') or [])))}"
             + (" &middot; swept: " + _e("; ".join(f"{k} = {', '.join(map(str, v))}" for k, v in sweep.items()))
                if sweep else "") + "</p>")
-    first_note = (f"<p class='note'>Pictures from the first repeat, <code>{_e(first.label)}</code>; "
+    first_note = (f"<p class='note'>Pictures and figures from the first repeat, <code>{_e(first.label)}</code>; "
                   "its own report: <code>keras-reid report " + _e(first.folder) + "</code>.</p>")
     sections = [("top", "", head),
                 ("results", "Results", _results_repeated(agg, runs)),
