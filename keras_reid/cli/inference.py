@@ -11,10 +11,6 @@ import click
 
 from keras_reid.cli import handle_user_errors, main
 
-MODEL_HELP = ("MODEL: a .keras file or a trained stage's folder (e.g. runs/quickstart/baseline); "
-              "a run folder with --model NAME")
-
-
 def model_options(func):
     """``--model NAME`` and ``--batch-size``: shared by the commands that load a model."""
     func = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
