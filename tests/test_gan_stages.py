@@ -201,6 +201,31 @@ def test_ray_engine_on_a_local_instance_gives_the_same_files(trained, tmp_path):
     assert _files(on_ray) == _files(single)
 
 
+@pytest.mark.slow
+def test_ray_actor_killed_mid_shard_is_retried_file_for_file(trained, tmp_path, monkeypatch):
+    """An actor process SIGKILLed on its second batch (after writing the first) is restarted by
+    Ray Data and the batch retried: the same files as one process, each listed once."""
+    pytest.importorskip("ray", reason="the test extra installs ray")
+    from keras_reid.stages import _augment_impl
+
+    rec, single = _run_copy(trained, tmp_path, "single")
+    pipeline.run(rec, single, only=["augment"], echo=lambda *_: None)
+    rec_ray, on_ray = _run_copy(trained, tmp_path, "ray", engine="ray")
+    (on_ray / "recipe.resolved.yaml").unlink()
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(_augment_impl.KILL_ENV, f"{marker}:2")
+    out = pipeline.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
+    assert marker.exists(), "no actor was killed: the hook did not reach the Ray workers"
+    assert out["augment"]["engine"] == "ray"
+    leftovers = list((on_ray / "augment").rglob(".tmp-*"))
+    for tmp in leftovers:       # what a kill mid-write leaves; the next run would remove it
+        tmp.unlink()
+    assert _files(on_ray) == _files(single)
+    names = [json.loads(l)["file"] for p in (on_ray / "augment").glob("manifest*.jsonl")
+             for l in p.read_text().splitlines()]
+    assert len(names) == len(set(names))
+
+
 def test_model4_without_masker_is_rejected_at_validation(tmp_path):
     with pytest.raises(RecipeError, match=r"stages\.gan\.masker.*needs person masks.*mediapipe_selfie"):
         _recipe(tmp_path, tmp_path / "data", masker="null")

@@ -29,6 +29,10 @@ from keras_reid.progress import progbar
 from keras_reid.stages.base import StageContext, StageIncomplete
 
 DATA_DIR = "data"
+KILL_ENV = "KERAS_REID_TEST_KILL_AUGMENT"
+"""Test hook: ``<marker file>:<n>`` SIGKILLs the process on its n-th :meth:`Worker.process` call
+unless the marker file exists (it is created first, so a restarted worker goes on): the Ray
+tests kill an actor in the middle of its shard without sleeps."""
 TRAIN_FOLDER = "bounding_box_train"
 _BOX = re.compile(r"_(\d{2})$")
 
@@ -175,6 +179,16 @@ def _repair(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ generation
+def _maybe_kill(spec: str, call: int) -> None:
+    """The :data:`KILL_ENV` test hook."""
+    import signal
+
+    marker, _, n = spec.rpartition(":")
+    if call == int(n) and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Worker:
     """Loads the generator, its masker and the filters once; turns work items into files and
     manifest rows (used in this process and, with Ray, inside each actor)."""
@@ -228,6 +242,9 @@ class Worker:
     def process(self, items: list[dict]) -> list[dict]:
         """Generate, filter and write the images of ``items``; returns their manifest rows (the
         items of each identity go to its own generator when there is one per identity)."""
+        self._calls = getattr(self, "_calls", 0) + 1
+        if os.environ.get(KILL_ENV):
+            _maybe_kill(os.environ[KILL_ENV], self._calls)
         rows = []
         key_of = (lambda it: "") if "" in self.generators else (lambda it: str(int(it["pid"])))
         for key in dict.fromkeys(key_of(it) for it in items):
