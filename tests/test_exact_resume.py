@@ -175,3 +175,32 @@ def test_pix2pix_noise_comes_from_each_images_seed():
     other = np.asarray(gan.generate({"source": x}, noise=True, seeds=[21, 22, 23, 24]))
     quiet = np.asarray(gan.generate({"source": x}, noise=False, seeds=seeds))
     assert not np.allclose(other, together) and not np.allclose(quiet, together)
+
+
+def test_a_checkpoint_restores_the_models_random_generator_states(tmp_path):
+    """tf.train.Checkpoint does not track keras.random.SeedGenerator states by itself: restored,
+    the next dropout masks are the ones the saved model would have drawn."""
+    import keras
+
+    from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest, rng_states
+
+    def model():
+        m = keras.Sequential([keras.Input((64,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+        m.compile(optimizer="adam")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    x = np.ones((4, 64), np.float32)
+    saved = model()
+    for _ in range(3):
+        saved.layers[0](x, training=True)                      # the generator moves on
+    callback = EpochCheckpoint(tmp_path / "ckpt")
+    callback.set_model(saved)
+    callback.on_train_begin()
+    callback.on_epoch_end(0)
+    resumed = model()
+    assert not np.array_equal(np.asarray(rng_states(resumed)[0]), np.asarray(rng_states(saved)[0]))
+    assert restore_latest(resumed, tmp_path / "ckpt") == 1
+    assert np.array_equal(np.asarray(rng_states(resumed)[0]), np.asarray(rng_states(saved)[0]))
+    assert np.array_equal(np.asarray(resumed.layers[0](x, training=True)),
+                          np.asarray(saved.layers[0](x, training=True)))
