@@ -248,19 +248,22 @@ def link_shared_stages(recipe: Recipe, run_dir: str | Path, donors: Iterable[str
                        registry: Registry = REGISTRY,
                        echo: Callable[[str], None] = click.echo) -> list[str]:
     """Give ``run_dir`` a hard-linked copy of every stage that another repeat (a folder in
-    ``donors``) completed with the same hash, when ``run_dir`` has nothing of that stage yet;
+    ``donors``) completed with the same hash from the same inputs (the completion ids of the
+    stages it read, as ``run_dir`` has them), when ``run_dir`` has nothing of that stage yet;
     the copy's marker records ``shared_from`` and its TensorBoard logs come along. Models an
     evaluating stage reported are carried into ``run_dir/metrics.json``. Returns the names of
     the stages linked."""
     run_dir = Path(run_dir)
     donors = [Path(d) for d in donors if Path(d).resolve() != run_dir.resolve()]
     linked = []
-    for step in pipeline.plan(recipe, run_dir):
+    for name in recipe.model.stages:
+        # planned again after each link: a linked stage's completion id is what later ones read
+        step = next(s for s in pipeline.plan(recipe, run_dir) if s.name == name)
         dst = run_dir / step.name
         if step.status == "done" or (dst.exists() and any(dst.iterdir())):
             continue
         donor = next((d for d in donors
-                      if (io.read_json(d / step.name / COMPLETE_MARKER) or {}).get("hash") == step.hash),
+                      if _same_output(io.read_json(d / step.name / COMPLETE_MARKER) or {}, step)),
                      None)
         if donor is None:
             continue
@@ -276,6 +279,14 @@ def link_shared_stages(recipe: Recipe, run_dir: str | Path, donors: Iterable[str
              f"shared (hard-linked) from there")
         linked.append(step.name)
     return linked
+
+
+def _same_output(marker: dict, step: pipeline.StagePlan) -> bool:
+    """Is the completion ``marker`` (another repeat's) what ``step`` would produce here: the same
+    hash, and the same inputs (a marker written before inputs were recorded: the hash alone)?"""
+    if marker.get("hash") != step.hash:
+        return False
+    return "inputs" not in marker or (step.inputs is not None and marker["inputs"] == step.inputs)
 
 
 def _carry_metrics(recipe: Recipe, stage: str, donor: Path, run_dir: Path, registry: Registry) -> None:

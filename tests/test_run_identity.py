@@ -171,3 +171,39 @@ def test_a_folder_completed_before_completion_ids_is_read_and_reused(tmp_path, r
     io.write_json(run / "augmented" / COMPLETE_MARKER, marker)
     _run(tmp_path, reg)
     assert CALLS == ["evaluate"]
+
+
+def test_repeats_share_a_stage_only_with_the_inputs_it_was_made_from(tmp_path, reg):
+    """The repeat runner hard-links stages another repeat completed with the same hash: the
+    linked copies keep their completion ids, so what reads them stays done; a donor's stage made
+    from another completion of its input is not linked (it would be stale at once)."""
+    from keras_reid import repeats
+
+    class SeedFree(Train):
+        @classmethod
+        def uses_seed(cls, config):
+            return False
+
+    class SeedFreeEval(Eval):
+        @classmethod
+        def uses_seed(cls, config):
+            return False
+
+    reg.register("stage", "train_sf", config=TrainCfg)(SeedFree)
+    reg.register("stage", "eval_sf", config=EvalCfg)(SeedFreeEval)
+    p = tmp_path / "r.yaml"
+    p.write_text("name: t\nstages:\n  y: {type: train_sf}\n  x: {type: eval_sf, models: [y]}\n")
+    donor = tmp_path / "seed-0"
+    pipeline.run(load_recipe(p, ["seed=0"], registry=reg), donor, registry=reg, echo=lambda s: None)
+    rec = load_recipe(p, ["seed=1"], registry=reg)
+    assert rec.stage_hash("x") == load_recipe(p, ["seed=0"], registry=reg).stage_hash("x")
+    fresh = tmp_path / "seed-1"
+    assert repeats.link_shared_stages(rec, fresh, [donor], registry=reg, echo=lambda s: None) == ["y", "x"]
+    CALLS.clear()
+    pipeline.run(rec, fresh, registry=reg, echo=lambda s: None)
+    assert CALLS == []
+    own = tmp_path / "seed-2"           # y made here: the donor's x read another y
+    pipeline.run(load_recipe(p, ["seed=2"], registry=reg), own, registry=reg, echo=lambda s: None,
+                 only=["y"])
+    assert repeats.link_shared_stages(load_recipe(p, ["seed=2"], registry=reg), own, [donor],
+                                      registry=reg, echo=lambda s: None) == []
