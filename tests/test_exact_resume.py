@@ -204,3 +204,28 @@ def test_a_checkpoint_restores_the_models_random_generator_states(tmp_path):
     assert np.array_equal(np.asarray(rng_states(resumed)[0]), np.asarray(rng_states(saved)[0]))
     assert np.array_equal(np.asarray(resumed.layers[0](x, training=True)),
                           np.asarray(saved.layers[0](x, training=True)))
+
+
+def test_a_checkpoint_without_random_generator_states_resumes_and_says_it_is_not_exact(tmp_path, caplog):
+    """A checkpoint written before RNG states were saved still restores (weights, optimizer,
+    epoch), with a warning that the resumed run is not the uninterrupted one."""
+    import keras
+    import tensorflow as tf
+
+    from keras_reid.training.checkpoint import make_checkpoint, restore_latest
+
+    def model():
+        m = keras.Sequential([keras.Input((8,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+        m.compile(optimizer="adam")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    old = model()
+    checkpoint, epoch = make_checkpoint(old, rng=False)
+    epoch.assign(2)
+    tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=1, checkpoint_name="ckpt").save(2)
+    resumed = model()
+    with caplog.at_level("WARNING", logger="keras_reid"):
+        assert restore_latest(resumed, tmp_path) == 2
+    assert "before random-generator states were saved" in caplog.text
+    assert all(np.array_equal(a, b) for a, b in zip(old.get_weights(), resumed.get_weights()))
