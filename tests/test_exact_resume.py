@@ -138,6 +138,7 @@ def test_killed_gan_and_reid_training_resume_to_the_uninterrupted_result(clean, 
     assert resumed["models"] == clean_metrics["models"] and resumed["chance"] == clean_metrics["chance"]
 
 
+@pytest.mark.slow
 def test_augment_only_reruns_with_noise_write_the_same_files(clean, tmp_path):
     """Augment alone, twice, in this process (which trained and evaluated the clean run before, so
     its random generators are elsewhere; the generator's .keras file restarts its dropout
