@@ -200,3 +200,95 @@ def test_fixed_pid_outside_the_classes_stops_before_any_stage(lima, tmp_path):
     with pytest.raises(DatasetError, match=r"fixed_pid 9 is not a class .*classes: 0, 1, 2, 3"):
         pipeline.run(load_recipe(f), run_dir, echo=lambda *_: None)
     assert not (run_dir / "g" / ".complete.json").exists()
+
+
+PROBE_RECIPE = """
+name: probe
+seed: 0
+strategy: {{type: one_device}}
+jit_compile: false
+datasets:
+  lima: {{type: synthetic_closed_set, root: {root}, ids: 3, sessions: 3, size: 64x32, seed: 2,
+          images_per_session: 6, unknown_per_session: 6, test_session: 3}}
+stages:
+  g:
+    type: train_generator
+    dataset: lima
+    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16}}
+    image_size: [32, 16]
+    semantic_filter: {{type: shape_probe}}
+    filter_resolution: {resolution}
+    semantic_control: true
+    batch_size: 4
+    epochs: 1
+    steps_per_epoch: 1
+    verbose: 0
+  r:
+    type: train_reid
+    dataset: lima
+    image_size: [32, 16]
+    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
+    loss: {{type: softmax}}
+    sampler: random
+    batch_size: 4
+    epochs: 1
+    bn_recalibration_batches: 0
+    verbose: 0
+    real_filter: {{type: shape_probe}}
+"""
+
+
+def _probe_score(image) -> float:
+    """The probe filter's score of one image: its mean's integer part is odd (about half)."""
+    return float(int(image.mean()) % 2)
+
+
+@pytest.fixture
+def shape_probe():
+    """A semantic filter ``shape_probe`` that records the shapes it is given and scores images by
+    :func:`_probe_score`; unregistered afterwards."""
+    seen: list[tuple] = []
+
+    class ShapeProbe:
+        def __init__(self, config=None):
+            pass
+
+        def __call__(self, images):
+            images = np.asarray(images)
+            seen.extend(tuple(im.shape) for im in images)
+            return np.array([_probe_score(im) for im in images], np.float32)
+
+    REGISTRY.register("filter", "shape_probe")(ShapeProbe)
+    try:
+        yield seen
+    finally:
+        REGISTRY.unregister("filter", "shape_probe")
+
+
+def test_filters_score_real_images_at_native_size(lima, tmp_path, shape_probe):
+    """filter_resolution: native gives the generator's semantic filter each real image at its stored
+    size (64x32 here), not resized to the generator's 32x16; train_reid's real_filter (LIMA's 'FR')
+    likewise, and trains on exactly the images it accepts, over the classes of the whole split."""
+    from keras_reid.data.images import read_image
+
+    f = tmp_path / "r.yaml"
+    f.write_text(PROBE_RECIPE.format(root=lima, resolution="native"))
+    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)
+    n_train = 2 * (3 * 6 + 6)
+    assert shape_probe[:n_train] == [(64, 32, 3)] * n_train          # g: native size
+    assert shape_probe[n_train:] == [(64, 32, 3)] * n_train          # r: native size
+    train = [r for r in REGISTRY.create("dataset", {"type": "closed_set", "root": str(lima),
+                                                     "test_session": 3}).load()["train"]]
+    wanted = sum(_probe_score(read_image(r.path, None)) for r in train)
+    assert 0 < wanted < n_train
+    g = out["g"]["semantic_filter"]
+    assert (g["resolution"], g["accepted"]) == ("native", wanted)
+    assert out["g"]["pairs"]["pairs"] == wanted                       # semantic control
+    r = out["r"]
+    assert r["real_filter"]["accepted"] == r["num_images"] == wanted
+    assert r["num_classes"] == 4                                      # classes 0..3 all kept
+    # the generator's default: the images as it trains on them (resized)
+    shape_probe.clear()
+    f.write_text(PROBE_RECIPE.format(root=lima, resolution="image_size"))
+    pipeline.run(load_recipe(f), tmp_path / "run2", echo=lambda *_: None, only=["g"])
+    assert shape_probe[:n_train] == [(32, 16, 3)] * n_train

@@ -70,16 +70,26 @@ def cached_array(cache_dir: Path, prefix: str, spec: dict, paths: Sequence[str],
 
 
 def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str],
-                  images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, bool]:
+                  images: np.ndarray | None, batch: int = 64) -> tuple[np.ndarray, bool]:
     """Return ``(scores float32 [N], from_cache)`` of a semantic filter over ``images`` (uint8
-    [N, H, W, 3] of ``paths``), stored as ``scores-<hash>.json`` in ``cache_dir``."""
-    path = _cache_path(cache_dir, "scores", spec, paths, images.shape[1:3], ".json")
+    [N, H, W, 3] of ``paths``), stored as ``scores-<hash>.json`` in ``cache_dir``.
+
+    ``images`` None: every image is read from its file and scored at its native size, one at a
+    time (crops of different sizes; a face filter then sees all the pixels the camera gave)."""
+    from keras_reid.data.images import read_image
+
+    size = list(images.shape[1:3]) if images is not None else ["native"]
+    path = _cache_path(cache_dir, "scores", spec, paths, size, ".json")
     cached = io.read_json(path)
     if cached is not None and len(cached) == len(paths):
         return np.asarray(cached, np.float32), True
-    scores = np.zeros(len(images), np.float32)
-    for start in range(0, len(images), batch):
-        scores[start:start + batch] = np.asarray(scorer(images[start:start + batch]), np.float32)
+    scores = np.zeros(len(paths), np.float32)
+    if images is None:
+        for i, p in enumerate(paths):
+            scores[i] = float(np.asarray(scorer(read_image(p, None)[None]), np.float32)[0])
+    else:
+        for start in range(0, len(images), batch):
+            scores[start:start + batch] = np.asarray(scorer(images[start:start + batch]), np.float32)
     io.write_json(path, [round(float(v), 5) for v in scores])
     return scores, False
 

@@ -63,12 +63,16 @@ def train(cfg, ctx: StageContext) -> dict:
     scorer = None
     if cfg.semantic_filter is not None:
         scorer = ctx.registry.create("filter", cfg.semantic_filter)
-        scores, cached = cached_scores(ctx.stage_dir, cfg.semantic_filter, scorer, paths, images)
+        native = cfg.filter_resolution == "native"
+        scores, cached = cached_scores(ctx.stage_dir, cfg.semantic_filter, scorer, paths,
+                                       None if native else images)
         accepted = scores >= cfg.min_score
         semantic = {"filter": cfg.semantic_filter, "min_score": cfg.min_score, "cached": cached,
+                    "resolution": cfg.filter_resolution,
                     "real_images": len(paths), "accepted": int(accepted.sum())}
         ctx.echo(f"semantic filter '{cfg.semantic_filter['type']}': accepts {int(accepted.sum()):,} of "
-                 f"{len(paths):,} real images{' (cached)' if cached else ''}")
+                 f"{len(paths):,} real images ({'at their native sizes' if native else f'at {h}x{w}'})"
+                 f"{' (cached)' if cached else ''}")
         if cfg.semantic_control:
             if not accepted.any():
                 raise DatasetError(

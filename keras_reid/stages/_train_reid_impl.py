@@ -148,6 +148,32 @@ def train_phases(run_loop, trunk: list, freeze_epochs: int, initial_epoch: int, 
     return history
 
 
+def _filter_real(cfg, ctx: StageContext, records: list[Record], labels: np.ndarray):
+    """The real training images ``cfg.real_filter`` accepts, each scored at its native size (cached
+    in the stage folder). Returns ``(records, labels, summary)``; the labels keep the class indices
+    of the whole split. Raises DatasetError when the filter accepts none."""
+    from keras_reid.data.masks import cached_scores
+
+    spec = cfg.real_filter
+    with ctx.registry.using("filter", spec) as scorer:
+        scores, cached = cached_scores(ctx.stage_dir, spec, scorer, [str(r.path) for r in records], None)
+    keep = scores >= cfg.real_min_score
+    if not keep.any():
+        raise DatasetError(f"stage '{ctx.stage_name}': the real_filter '{spec['type']}' accepted none of "
+                           f"the {len(records):,} real training images (real_min_score "
+                           f"{cfg.real_min_score}); lower real_min_score or the filter's threshold, or "
+                           "remove real_filter")
+    pids = {r.pid for r in records}
+    kept = [r for r, k in zip(records, keep) if k]
+    emptied = sorted(pids - {r.pid for r in kept})
+    ctx.echo(f"real_filter '{spec['type']}': keeps {int(keep.sum()):,} of {len(records):,} real images "
+             f"(scored at their native sizes{', cached' if cached else ''})"
+             + (f"; no image left of classes {emptied}" if emptied else ""))
+    summary = {"filter": spec, "min_score": cfg.real_min_score, "real_images": len(records),
+               "accepted": int(keep.sum()), "emptied_classes": emptied}
+    return kept, np.asarray(labels)[keep], summary
+
+
 def train(cfg, ctx: StageContext) -> dict:
     """Train the model the stage config describes; returns the stage summary."""
     import keras
@@ -179,6 +205,9 @@ def train(cfg, ctx: StageContext) -> dict:
     labels, mapping = relabel(good)
     mapping = dict(mapping)
     real_classes = len(mapping)
+    real_filter = None
+    if cfg.real_filter is not None:
+        good, labels, real_filter = _filter_real(cfg, ctx, good, labels)
     generated = [load_generated(g, ctx, mapping) for g in cfg.generated]
     num_classes = len(mapping)
     keras.utils.set_random_seed(ctx.seed)
@@ -328,6 +357,8 @@ def train(cfg, ctx: StageContext) -> dict:
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
         "final": final,
     }
+    if real_filter is not None:
+        summary["real_filter"] = real_filter
     if curve is not None:
         summary["eval_history"] = curve.history or []
     if closed:

@@ -34,6 +34,11 @@ class TrainGeneratorConfig(BaseModel):
     semantic_control: bool = Field(False, description="train on real images the semantic filter "
                                    "accepts only (paper: D sees a real image only if F(x) = 1)")
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="filter score that counts as accepted")
+    filter_resolution: Literal["image_size", "native"] = Field(
+        "image_size", description="the size at which the semantic filter scores the real images: "
+        "image_size = as the generator sees them (resized); native = each image as stored, "
+        "whatever its size (a face takes more pixels in a large crop than after resizing to "
+        "128x64; LIMA's paper runs its face detector on the original crops)")
     image_size: ImageSize = Field((128, 64), description="height, width the generator works at")
     targets_per_source: int = Field(10, gt=0, description="random_target pairing: camera-B images per "
                                     "camera-A image (thesis Model 4: 10)")

@@ -84,6 +84,13 @@ class TrainReIDConfig(BaseModel):
                                           "drawn from the generated sets (null: one pool, sampled alike)")
     real: bool = Field(True, description="train on the split's real images too; false: on the "
                        "generated sets only, over the real identities' classes (PN-GAN's model B)")
+    real_filter: dict | None = component(
+        "filter", None, description="a semantic filter (e.g. face) that chooses the real training "
+        "images: only those it scores at least real_min_score train (LIMA Table 1 row 5, 'FR'). "
+        "Scored once per image at its native size (cached in the stage folder); the classes stay "
+        "those of the whole split, so a class the filter empties is still predicted, never learnt")
+    real_min_score: float = Field(0.5, ge=0.0, le=1.0, description="real_filter score that keeps "
+                                  "a real image")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0, description="steps between TensorBoard step scalars")
     eval_every: int | None = Field(
@@ -130,6 +137,9 @@ class TrainReID(Stage):
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")
+        if config.real_filter is not None and not config.real:
+            return (("real_filter",), "chooses real images, but real is false; remove real_filter "
+                    "or set real: true")
         if not config.real:
             if not config.generated:
                 return (("real",), "false leaves nothing to train on; add generated: "
