@@ -119,12 +119,12 @@ def check_only(recipe: Recipe, steps: list[StagePlan], only: list[str]) -> None:
         missing = [n for n in recipe.upstream(name) if n not in only and status[n].status != "done"]
         first = direct[0]
         step = status[first]
-        why = ("interrupted run has not finished" if step.status == "resume" else
-               "has not completed" if not step.why else
-               "config changed since it ran" if step.why == "config changed" else
-               "inputs changed since it ran")
+        why = ("whose interrupted run has not finished" if step.status == "resume" else
+               "which has not completed" if not step.why else
+               "whose config changed since it ran" if step.why == "config changed" else
+               "whose inputs changed since it ran")
         flags = " ".join(f"--stage {n}" for n in recipe.model.stages if n in missing or n in only)
-        raise RecipeError(f"stage '{name}' reads stage '{first}', whose {why}: its outputs are not "
+        raise RecipeError(f"stage '{name}' reads stage '{first}', {why}: its outputs are not "
                           f"those of this recipe; run it first: keras-reid run "
                           f"{recipe.source or '<recipe>'} {flags} (with the same --set options), "
                           "or run without --stage")

@@ -7,6 +7,7 @@ pose_index, and the .complete.json marker that ``ctx.output_of`` reads), so no g
 """
 import json
 import shutil
+import uuid
 
 import cv2
 import numpy as np
@@ -180,7 +181,16 @@ def _pid_image(pid):
     return img
 
 
-def _write_view(run_dir, name, images, train, skip=()):
+def _mark_done(rec, run_dir, name, summary):
+    """A completion marker for ``name`` with the identity the run expects (the hash and the
+    completion ids of the stages it reads), as if the stage had run."""
+    step = next(s for s in pipeline.plan(rec, run_dir) if s.name == name)
+    io.write_json(run_dir / name / COMPLETE_MARKER, {
+        "hash": step.hash, "stage": name, "type": step.type, "completion_id": uuid.uuid4().hex,
+        "inputs": step.inputs, "summary": summary})
+
+
+def _write_view(rec, run_dir, name, images, train, skip=()):
     """An augment stage's output: for image i (not in ``skip``) pose 0 = its identity's picture,
     pose 1 = noise; plus a dropped row and a version of a training image (both to be ignored)."""
     folder = run_dir / name / "data" / "bounding_box_train"
@@ -202,8 +212,10 @@ def _write_view(run_dir, name, images, train, skip=()):
     add("dropped.jpg", _pid_image(0), images[0].path, 1, kept=False)
     add("train_source.jpg", _pid_image(0), train[0].path, 0)
     (run_dir / name / "manifest-0-of-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    io.write_json(run_dir / name / COMPLETE_MARKER, {"hash": "test", "stage": name, "type": "augment",
-                                                     "summary": {"data": f"{name}/data"}})
+    if not (run_dir / "gan" / COMPLETE_MARKER).exists():   # the generator the view came from
+        (run_dir / "gan").mkdir(parents=True, exist_ok=True)
+        _mark_done(rec, run_dir, "gan", {})
+    _mark_done(rec, run_dir, name, {"data": f"{name}/data"})
     return rows
 
 
@@ -229,7 +241,7 @@ def test_fused_evaluation_reports_A_B_and_fused(tmp_path, roots, trained, spy):
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
     skip = {0, len(query) + 1}  # the first query and the second gallery image have no version
-    _write_view(run_dir, "pn_test", query + gallery, train, skip=skip)
+    _write_view(rec, run_dir, "pn_test", query + gallery, train, skip=skip)
     lines = []
     out = pipeline.run(rec, run_dir, echo=lines.append, only=["evaluate"])
 
@@ -263,7 +275,7 @@ def test_one_pose_uses_only_pose_0(tmp_path, roots, trained, spy):
                   "stages.evaluate.fusion.method=mean")
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
-    rows = _write_view(run_dir, "pn_test", query + gallery, train)
+    rows = _write_view(rec, run_dir, "pn_test", query + gallery, train)
     out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     assert set(out) == {"A", "fused", "B_normalised"}
     pose0 = {r["file"] for r in rows if r["kept"] and r["pose_index"] == 0 and r["file"].startswith("v")}
@@ -313,7 +325,7 @@ def test_normalise_fused_false_ranks_the_fused_vectors_unnormalised(tmp_path, ro
                   "stages.evaluate.models=[A]")
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
-    _write_view(run_dir, "pn_test", query + gallery, train)
+    _write_view(rec, run_dir, "pn_test", query + gallery, train)
     out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     assert out["fused"]["fusion"]["normalise_fused"] is False
     assert len(ranked) == 2  # fused and B_normalised
@@ -326,7 +338,7 @@ def test_models_of_different_sizes_fuse_by_concat_only(tmp_path, roots, trained,
     rec = _recipe(tmp_path, roots, *over)
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
-    _write_view(run_dir, "pn_test", query + gallery, train)
+    _write_view(rec, run_dir, "pn_test", query + gallery, train)
     with pytest.raises(UserError, match="fusion.method max needs vectors of one size, but 'A' gives 16 "
                                         "and 'C' 8; use method: concat"):
         pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
@@ -383,15 +395,15 @@ def test_views_that_hold_no_version_of_the_test_images_fail_clearly(tmp_path, ro
     rec = _recipe(tmp_path, roots)
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
-    with pytest.raises(UserError, match="needs the output of stage 'pn_test', which has not completed"):
+    with pytest.raises(UserError, match="reads stage 'pn_test', which has not completed"):
         pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
-    _write_view(run_dir, "pn_test", train[:3], train)  # versions of training images only
+    _write_view(rec, run_dir, "pn_test", train[:3], train)  # versions of training images only
     with pytest.raises(UserError, match="none of the 7 kept images .* run those augment stages over the "
                                         "query and gallery"):
         pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
     rec = _recipe(tmp_path, roots, "stages.evaluate.fusion.poses=[0,5]")
     shutil.rmtree(run_dir / "pn_test")
-    _write_view(run_dir, "pn_test", query + gallery, train)
+    _write_view(rec, run_dir, "pn_test", query + gallery, train)
     with pytest.raises(UserError, match=r"pose 5 of fusion.poses occurs in no manifest row; poses "
                                         r"present: \[0, 1\]"):
         pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
