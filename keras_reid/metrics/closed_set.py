@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["closed_set_metrics", "average_precision"]
+__all__ = ["closed_set_metrics", "average_precision", "top_k_accuracy"]
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -22,6 +22,20 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     hits = positive[order]
     ranks = np.flatnonzero(hits) + 1
     return float(np.mean(np.arange(1, npos + 1) / ranks))
+
+
+def top_k_accuracy(scores, labels, k: int) -> float:
+    """Fraction of rows of ``scores`` [N, C] whose label is among the ``k`` highest-scoring
+    classes (ties broken by class index, as argmax does: a class ties a higher one only if it
+    comes first). ``k = 1`` is prec@1. NaN for N = 0."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    if not len(labels):
+        return float("nan")
+    own = scores[np.arange(len(labels)), labels][:, None]
+    cols = np.arange(scores.shape[1])[None, :]
+    ahead = (scores > own) | ((scores == own) & (cols < labels[:, None]))
+    return float(np.mean(ahead.sum(axis=1) < k))
 
 
 def closed_set_metrics(scores, labels, unknown_class: int | None = 0) -> dict:

@@ -14,7 +14,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-__all__ = ["evaluate_retrieval", "pairwise_distance", "fuse_features"]
+__all__ = ["evaluate_retrieval", "single_shot_cmc", "pairwise_distance", "fuse_features"]
 
 FUSION_METHODS = ("max", "mean", "concat")
 
@@ -116,6 +116,57 @@ def evaluate_retrieval(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
     cmc = np.cumsum(first_hits[:max_rank]) / valid
     return {"cmc": cmc.astype(np.float64), "mAP": ap_sum / valid, "mINP": inp_sum / valid,
             "num_valid_queries": valid, "num_invalid_queries": len(q_pids) - valid}
+
+
+def single_shot_cmc(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
+                    repeats: int = 10, seed: int = 0) -> dict:
+    """Single-shot CMC (CUHK03/CUHK01 classic protocol, torchreid's ``eval_cuhk03``).
+
+    For each query the gallery items the Market protocol keeps (not the query's pid in the
+    query's camera) are grouped by pid; each of ``repeats`` draws keeps one random item per pid,
+    and the query's CMC of that draw is 1 from the rank of its sampled true match on (ranks by
+    ascending distance, ties broken by gallery index). A query's CMC is the mean over its draws;
+    the result is the mean over valid queries (those with a true match). The draws come from
+    ``numpy.random.default_rng(seed)``, so the result is reproducible.
+
+    Returns ``{"cmc": float64 [max_rank], "num_valid_queries", "num_invalid_queries",
+    "repeats"}``; raises ValueError when no query is valid.
+    """
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids).ravel(), np.asarray(g_pids).ravel()
+    q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
+    if distmat.shape != (len(q_pids), len(g_pids)):
+        raise ValueError(f"distmat has shape {distmat.shape}, expected ({len(q_pids)}, {len(g_pids)})")
+    if repeats < 1 or max_rank < 1:
+        raise ValueError("repeats and max_rank must be >= 1")
+    rng = np.random.default_rng(seed)
+    _, g_codes = np.unique(g_pids, return_inverse=True)
+    hist = np.zeros(max_rank + 1, np.int64)   # ranks of the sampled match over all draws
+    valid = 0
+    for i, matches, junk in _valid_queries(q_pids, g_pids, q_camids, g_camids):
+        keep = np.ones(len(g_pids), bool)
+        keep[junk] = False
+        kept = np.flatnonzero(keep)
+        codes = g_codes[kept]
+        row = distmat[i, kept]
+        match_code = g_codes[matches[0]]
+        for _ in range(repeats):
+            # one item per pid: the one with the largest random key within its pid
+            order = np.lexsort((rng.random(len(kept)), codes))
+            last = np.r_[codes[order][1:] != codes[order][:-1], True]
+            pick = order[last]                       # positions in ``kept``, one per pid
+            d = row[pick]
+            m = pick[codes[pick] == match_code][0]
+            dm = row[m]
+            before = np.count_nonzero((d < dm) | ((d == dm) & (kept[pick] < kept[m])))
+            hist[min(int(before), max_rank)] += 1
+        valid += 1
+    if valid == 0:
+        raise ValueError("no query has a true match in the gallery (same pid on another camera): "
+                         "check the pids and camera ids")
+    cmc = np.cumsum(hist[:max_rank]) / (valid * repeats)
+    return {"cmc": cmc.astype(np.float64), "num_valid_queries": valid, "num_invalid_queries": len(q_pids) - valid,
+            "repeats": repeats}
 
 
 def chance_level(q_pids, g_pids, q_camids, g_camids) -> dict:

@@ -12,9 +12,7 @@ from keras_reid.stages.base import StageContext
 
 def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
-    import keras
-
-    from keras_reid.data.pipeline import eval_dataset, scan_images
+    from keras_reid.data.pipeline import scan_images
     from keras_reid.metrics import closed_set_metrics
 
     splits = ctx.dataset(cfg.dataset)
@@ -33,12 +31,7 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
         labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
         pid_of = {int(v): int(k) for k, v in labels_map.items()}
         num = len(pid_of)
-        scores = []
-        for images in eval_dataset(test, image_size=tuple(out["image_size"]), batch_size=cfg.batch_size):
-            if isinstance(images, (tuple, list)):
-                images = images[0]
-            scores.append(np.asarray(keras.ops.softmax(clf(images, training=False)), np.float32))
-        s = np.concatenate(scores, 0)
+        s = class_scores(clf, test, out["image_size"], cfg.batch_size)
         pids = sorted(pid_of.values())
         # columns ordered by class id (pid), classes unseen in training get score 0
         col = {pid: i for i, pid in enumerate(pids)}
@@ -59,6 +52,52 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
             ctx.echo(f"{name}: prec@1 ALL {100 * e['prec1_all']:.2f}%  p-ID {100 * e['prec1_pid']:.2f}%  "
                      f"mAP ALL {100 * e['mAP_all']:.2f}%  p-ID {100 * e['mAP_pid']:.2f}%")
     return {"models": results}
+
+
+def class_scores(classifier, records: list, image_size, batch_size: int) -> np.ndarray:
+    """Softmax class scores float32 [N, C] of ``records`` under ``classifier`` (a logits model)."""
+    import keras
+
+    from keras_reid.data.pipeline import eval_dataset
+
+    scores = []
+    for images in eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size):
+        if isinstance(images, (tuple, list)):
+            images = images[0]
+        scores.append(np.asarray(keras.ops.softmax(classifier(images, training=False)), np.float32))
+    return np.concatenate(scores, 0) if scores else np.zeros((0, 0), np.float32)
+
+
+def classify_holdout(ctx: StageContext, cfg, stage: str) -> dict:
+    """Classification of the training images train stage ``stage`` withheld
+    (``holdout_per_class``): prec@1, prec@5 (share of images whose identity is among the 5
+    highest-scoring classes) and mAP (mean over classes of the AP of the class's score column
+    over the withheld images; classes without a withheld image skipped), as the semantic-selective
+    DCGAN paper reports for DukeMTMC-reID. Columns beyond the real identities (an 'unknown' class
+    of generated images) compete like any class."""
+    from keras_reid.data.pipeline import scan_images
+    from keras_reid.data.records import Record
+    from keras_reid.metrics import closed_set_metrics
+    from keras_reid.metrics.closed_set import top_k_accuracy
+
+    out = ctx.output_of(stage)
+    hold = io.read_json(ctx.run_dir / out["holdout"]["file"])
+    path = ctx.run_dir / out.get("classifier", "")
+    if hold is None or not out.get("classifier") or not path.exists():
+        raise UserError(f"stage '{stage}' withheld training images but its classifier or "
+                        f"{out['holdout']['file']} is missing; re-run that stage (delete "
+                        f"{ctx.stage_dir_of(stage)}/.complete.json)")
+    records, bad = scan_images([Record(p, int(pid), int(cam)) for p, pid, cam in hold["records"]])
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} withheld images that could not be decoded")
+    labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")   # pid -> class index
+    col = {int(k): int(v) for k, v in labels_map.items()}
+    s = class_scores(load_saved(ctx, stage, path), records, out["image_size"], cfg.batch_size)
+    y = np.array([col[r.pid] for r in records], np.int64)
+    res = closed_set_metrics(s, y, unknown_class=None)
+    return {"prec1": float(res["prec1_all"]), "prec5": top_k_accuracy(s, y, 5),
+            "mAP": float(res["mAP_all"]), "images": len(records),
+            "classes": len({int(v) for v in y}), "fraction": float(hold["fraction"])}
 
 
 def _write_closed_set_tensorboard(ctx: StageContext, name: str, entry: dict, confusion: np.ndarray,

@@ -54,7 +54,7 @@ def load_saved(ctx: StageContext, stage: str, path):
 def evaluate(cfg, ctx: StageContext) -> dict:
     """Evaluate every model the config names (and the fused PN-GAN result when ``fusion`` is
     set); writes metrics.json and TensorBoard; returns a summary."""
-    from keras_reid.stages._evaluate_closed_set import evaluate_closed_set
+    from keras_reid.stages._evaluate_closed_set import classify_holdout, evaluate_closed_set
     from keras_reid.stages._evaluate_fusion import evaluate_fusion, prepare_fusion
     from keras_reid.stages._evaluate_generated import (identity_preservation_of, image_quality,
                                                        print_quality)
@@ -69,6 +69,7 @@ def evaluate(cfg, ctx: StageContext) -> dict:
     gallery = usable_records(ctx, cfg.gallery_split, cfg)
     features = RealFeatures(ctx, cfg, query, gallery,
                              keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
+    pooled = multi_query_set(ctx, cfg, query) if cfg.multi_query else None
     # fusion inputs are checked before anything is embedded: a bad view fails in seconds
     versions = prepare_fusion(ctx, cfg, features, query + gallery) if cfg.fusion else None
     results: dict[str, dict] = {}
@@ -79,6 +80,10 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
         qf, gf = features.get(stage, loaded)
         entry, res, dist = score(qf, gf, query, gallery, cfg)
+        if pooled is not None:
+            entry["multi_query"] = multi_query_entry(model, size, cfg, qf, gf, query, gallery, pooled)
+        if out.get("holdout"):
+            entry["classification"] = classify_holdout(ctx, cfg, stage)
         for stage_name in cfg.generated:
             entry.setdefault("identity_preservation", {})[stage_name] = identity_preservation_of(
                 ctx, cfg, stage_name, model, size)
@@ -151,18 +156,98 @@ def score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Rec
            cfg) -> tuple[dict, dict, np.ndarray]:
     """Rank the gallery for every query; returns ``(metrics.json entry, evaluate_retrieval
     result, distance matrix)`` (the entry has a ``rerank`` part when the config asks for it)."""
-    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank_features
+    from keras_reid.metrics import pairwise_distance, rerank_features
 
-    q_pids = np.array([r.pid for r in query]); g_pids = np.array([r.pid for r in gallery])
-    q_cams = np.array([r.camid for r in query]); g_cams = np.array([r.camid for r in gallery])
+    ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
+           np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
     dist = pairwise_distance(qf, gf, metric=cfg.metric)
-    res = evaluate_retrieval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
+    res = _retrieval(dist, ids, cfg)
     entry = metrics_entry(res)
     if cfg.rerank:
         rr = rerank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value)
-        entry["rerank"] = metrics_entry(evaluate_retrieval(rr, q_pids, g_pids, q_cams, g_cams,
-                                                    max_rank=cfg.max_rank))
+        entry["rerank"] = metrics_entry(_retrieval(rr, ids, cfg))
     return entry, res, dist
+
+
+SINGLE_SHOT_SEED = 0
+"""Seed of the single-shot draws: the same draws for every model of a stage (and every repeat),
+so differences between models are not differences between draws."""
+
+
+def _retrieval(dist: np.ndarray, ids: tuple, cfg) -> dict:
+    """``evaluate_retrieval`` of ``dist``; with ``cfg.single_shot`` its CMC is the single-shot CMC
+    (mAP and mINP stay those of the whole gallery) and the result says so (``cmc_protocol``)."""
+    from keras_reid.metrics import evaluate_retrieval
+    from keras_reid.metrics.retrieval import single_shot_cmc
+
+    res = evaluate_retrieval(dist, *ids, max_rank=cfg.max_rank)
+    if getattr(cfg, "single_shot", False):
+        ss = single_shot_cmc(dist, *ids, max_rank=cfg.max_rank, repeats=cfg.single_shot_repeats,
+                             seed=SINGLE_SHOT_SEED)
+        res = {**res, "cmc": ss["cmc"], "cmc_protocol": "single_shot",
+               "single_shot_repeats": ss["repeats"]}
+    return res
+
+
+def multi_query_set(ctx: StageContext, cfg, query: list[Record]) -> tuple[list[Record], np.ndarray, np.ndarray]:
+    """The images ``multi_query`` pools: ``(records, query index, record index)``: every image of
+    split ``cfg.multi_query_split`` showing a query's person in the query's camera, paired with
+    that query (the query's own file, which Market's gt_bbox/ also holds, is not counted twice).
+    Raises DatasetError when the dataset has no such split."""
+    splits = ctx.dataset(cfg.dataset)
+    if cfg.multi_query_split not in splits:
+        raise DatasetError(
+            f"stage '{ctx.stage_name}': multi_query pools images of split '{cfg.multi_query_split}', "
+            f"which dataset '{cfg.dataset}' does not have (splits: {', '.join(splits.splits)}); "
+            "extract Market-1501's gt_bbox/ beside query/, or set multi_query_split or multi_query: null")
+    from keras_reid.data.pipeline import scan_images
+
+    wanted = {(q.pid, q.camid) for q in query}
+    records, bad = scan_images([r for r in splits[cfg.multi_query_split] if (r.pid, r.camid) in wanted])
+    if bad:
+        ctx.echo(f"warning: skipped {len(bad)} {cfg.multi_query_split} images that could not be "
+                 f"decoded (first: {bad[0]})")
+    q_idx, m_idx = multi_query_pairs(query, records)
+    ctx.echo(f"multi-query ({cfg.multi_query}): {len(set(m_idx.tolist()))} images of split "
+             f"'{cfg.multi_query_split}' pooled into {len(set(q_idx.tolist()))} of {len(query)} queries")
+    return records, q_idx, m_idx
+
+
+def multi_query_pairs(query: list[Record], records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """``(query indices, record indices)``: every pair of a query and a record with the query's pid
+    and camera, except a record whose file name is the query's own (Market's gt_bbox/ holds the
+    query images too; the query counts once)."""
+    import os
+
+    by_key: dict[tuple[int, int], list[int]] = {}
+    for i, q in enumerate(query):
+        by_key.setdefault((q.pid, q.camid), []).append(i)
+    q_idx, m_idx = [], []
+    for j, r in enumerate(records):
+        for i in by_key.get((r.pid, r.camid), ()):
+            if os.path.basename(r.path) != os.path.basename(query[i].path):
+                q_idx.append(i); m_idx.append(j)
+    return np.asarray(q_idx, np.int64), np.asarray(m_idx, np.int64)
+
+
+def multi_query_entry(model, size, cfg, qf: np.ndarray, gf: np.ndarray, query: list[Record],
+                      gallery: list[Record], pooled: tuple) -> dict:
+    """Metrics of the multi-query protocol: each query's L2-normalised feature pooled (mean or
+    max) with those of its ``pooled`` images and L2-normalised again, then ranked against the
+    gallery like a single query (Market protocol; single-shot CMC if the stage asks for it)."""
+    from keras_reid.metrics import pairwise_distance
+    from keras_reid.metrics.retrieval import fuse_features
+
+    records, q_idx, m_idx = pooled
+    mf = (extract_features(model, records, size, cfg.batch_size, cfg.flip) if records
+          else np.zeros((0, qf.shape[1]), np.float32))
+    fused = fuse_features(qf, mf[m_idx], q_idx, n=len(query), method=cfg.multi_query)
+    ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
+           np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
+    entry = metrics_entry(_retrieval(pairwise_distance(fused, gf, metric=cfg.metric), ids, cfg))
+    entry["pooling"] = cfg.multi_query
+    entry["pooled_images"] = int(len(m_idx))
+    return entry
 
 
 def publish(ctx: StageContext, cfg, name: str, res: dict, dist: np.ndarray, query: list[Record],
@@ -218,6 +303,8 @@ def metrics_entry(res: dict) -> dict:
             e[f"rank{r}"] = float(cmc[r - 1])
     e["valid_queries"] = int(res["num_valid_queries"])
     e["invalid_queries"] = int(res["num_invalid_queries"])
+    if res.get("cmc_protocol"):
+        e["cmc_protocol"] = res["cmc_protocol"]
     return e
 
 
@@ -227,13 +314,23 @@ def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -
     width = max([len("model"), len(label)] + [len(n) + 9 for n in results])
     ctx.echo(click.style(f"{'model':<{width}}" + "".join(f"{c:>9}" for c in cols), bold=True))
     for name, e in results.items():
-        rows = [(name, e)] + ([(name + " +rerank", e["rerank"])] if "rerank" in e else [])
+        rows = [(name, e)] + ([(name + " +rerank", e["rerank"])] if "rerank" in e else []) + (
+            [(name + " multi-query", e["multi_query"])] if "multi_query" in e else [])
         for row, values in rows:
             ctx.echo(f"{row:<{width}}" + "".join(
                 f"{100 * values[c]:>8.2f}%" if c in values else f"{'-':>9}" for c in cols))
     if chance:
         ctx.echo(click.style(f"{label:<{width}}" + "".join(
             f"{100 * chance[c]:>8.2f}%" if c in chance else f"{'':>9}" for c in cols), dim=True))
+    if any(e.get("cmc_protocol") == "single_shot" for e in results.values()):
+        ctx.echo("rank-k: single-shot CMC (one random gallery image per identity and query, "
+                 "averaged over draws); mAP and mINP over the whole gallery")
+    for name, e in results.items():
+        c = e.get("classification")
+        if c:
+            ctx.echo(f"{name}: classification of the {c['images']} withheld training images "
+                     f"({c['classes']} classes): prec@1 {100 * c['prec1']:.2f}%  prec@5 "
+                     f"{100 * c['prec5']:.2f}%  mAP {100 * c['mAP']:.2f}%")
 
 
 def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,

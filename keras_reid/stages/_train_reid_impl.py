@@ -24,6 +24,30 @@ def select_records(records: list[Record], cameras: list[int] | None, closed_set:
     return out
 
 
+def withhold_per_class(records: list[Record], fraction: float, seed: int
+                       ) -> tuple[list[Record], list[Record]]:
+    """Split ``records`` into ``(kept, withheld)``: of each pid's n images, ``floor(fraction * n +
+    0.5)`` (at most n - 1, so every class keeps a training image) drawn at random with ``seed``
+    are withheld; both lists keep the input order."""
+    by_pid: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_pid.setdefault(r.pid, []).append(i)
+    rng = np.random.default_rng(seed)
+    out: set[int] = set()
+    for pid in sorted(by_pid):
+        idx = by_pid[pid]
+        k = min(int(np.floor(fraction * len(idx) + 0.5)), len(idx) - 1)
+        if k > 0:
+            out.update(idx[j] for j in rng.permutation(len(idx))[:k])
+    return ([r for i, r in enumerate(records) if i not in out],
+            [r for i, r in enumerate(records) if i in out])
+
+
+HOLDOUT_FILE = "holdout.json"
+"""``<train stage>/holdout.json``: the training images ``holdout_per_class`` withheld (path, pid,
+camera), which the evaluate stage classifies."""
+
+
 UNKNOWN_CLASS_PID = -100
 """Key of the extra class of a generated set with ``labels: unknown`` in ``labels.json``."""
 
@@ -202,6 +226,11 @@ def train(cfg, ctx: StageContext) -> dict:
     if not good:
         raise DatasetError(f"stage '{ctx.stage_name}': none of the {len(records)} images of split "
                            f"'{cfg.split}' could be decoded; check the dataset files")
+    withheld: list[Record] = []
+    if cfg.holdout_per_class:
+        good, withheld = withhold_per_class(good, cfg.holdout_per_class, ctx.seed)
+        ctx.echo(f"withheld {len(withheld)} of {len(good) + len(withheld)} training images "
+                 f"({cfg.holdout_per_class:.0%} of each identity) for the classification test")
     labels, mapping = relabel(good)
     mapping = dict(mapping)
     real_classes = len(mapping)
@@ -340,8 +369,12 @@ def train(cfg, ctx: StageContext) -> dict:
             image_size=(h, w), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
             backbone=dict(cfg.backbone), stage=ctx.stage_name))
         io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in mapping.items()})
-        if closed:
+        if closed or withheld:
             model.export_inference_model(ctx.stage_dir / "classifier.keras", output="logits")
+        if withheld:
+            io.write_json(ctx.stage_dir / HOLDOUT_FILE, {
+                "fraction": cfg.holdout_per_class, "seed": ctx.seed,
+                "records": [[r.path, r.pid, r.camid] for r in withheld]})
     final = {k: float(v[-1]) for k, v in (history or {}).items() if v}
     summary = {
         "model": str(model_path.relative_to(ctx.run_dir)),
@@ -361,7 +394,10 @@ def train(cfg, ctx: StageContext) -> dict:
         summary["real_filter"] = real_filter
     if curve is not None:
         summary["eval_history"] = curve.history or []
-    if closed:
+    if closed or withheld:
         summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
+    if withheld:
+        summary["holdout"] = {"fraction": cfg.holdout_per_class, "images": len(withheld),
+                              "file": str((ctx.stage_dir / HOLDOUT_FILE).relative_to(ctx.run_dir))}
     return summary
 

@@ -65,6 +65,16 @@ class EvaluateConfig(BaseModel):
     k2: int = Field(6, gt=0)
     lambda_value: float = Field(0.3, ge=0.0, le=1.0)
     max_rank: int = Field(50, gt=0)
+    single_shot: bool = Field(False, description="single-shot CMC (CUHK03/CUHK01 classic protocol): "
+                              "per query, one random gallery image of each identity, averaged over "
+                              "single_shot_repeats draws (seeded); mAP and mINP stay on the whole gallery")
+    single_shot_repeats: int = Field(10, gt=0, description="draws of the single-shot CMC")
+    multi_query: Literal["mean", "max"] | None = Field(
+        None, description="also report Market-1501 multi-query: each query's feature pooled "
+        "(mean or max) with those of every multi_query_split image of its person in its camera, "
+        "then ranked like a single query; null = off")
+    multi_query_split: str = Field("gt_bbox", description="the split multi_query pools from "
+                                   "(Market-1501's gt_bbox/, the hand-drawn boxes)")
     batch_size: int = Field(64, gt=0)
     ranked_lists: int = Field(8, ge=0, description="queries drawn as ranked lists in TensorBoard")
     projector_samples: int = Field(300, ge=0, description="gallery images exported to the embedding projector")

@@ -56,6 +56,11 @@ class TrainReIDConfig(BaseModel):
     dataset: str = ref("datasets", description="name of a dataset under datasets:")
     split: str = "train"
     cameras: list[int] | None = Field(None, description="train only on images of these cameras")
+    holdout_per_class: float | None = Field(
+        None, gt=0.0, lt=1.0, description="withhold this fraction of every identity's training "
+        "images (rounded; at least one image of each stays for training; seeded) as a "
+        "classification test set: the evaluate stage reports prec@1, prec@5 and mAP of the "
+        "classifier on them (the semantic-selective DCGAN paper's Duke columns: 0.15); null = off")
     image_size: ImageSize = Field((256, 128), description="input height, width")
     backbone: dict = component("backbone", {"type": "resnet50"})
     loss: dict = component("loss", {"type": "softmax_triplet"})

@@ -10,10 +10,15 @@ from keras_reid.data.records import DatasetSplits
 from keras_reid.registry import register
 
 from ._layout import (existing_root, folder_names_match, locate, read_split_folders, regex_parser,
-                      require_layout)
+                      require_layout, scan_folder)
 
 MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 """Split -> folder of the Market-1501 layout (DukeMTMC-reID and CUHK03-NP use it too)."""
+
+MULTI_QUERY_FOLDER = "gt_bbox"
+"""Market-1501's hand-drawn boxes of the test identities (25,259 images, the query images among
+them): read as split ``gt_bbox`` when present; multi-query evaluation pools, for each query, the
+images of this split that show its person in its camera (``evaluate`` ``multi_query``)."""
 
 MARKET_LAYOUT = ("the Market-1501 layout: bounding_box_train/, query/, bounding_box_test/")
 
@@ -29,7 +34,8 @@ frame), or None for a name that is not a Market-1501 image (``Thumbs.db``)."""
 
 def read_market_layout(root: str | os.PathLike, name: str = "market1501", *,
                        include_junk: bool = False) -> DatasetSplits:
-    """Read a Market-1501 tree; returns splits ``train``, ``query``, ``gallery``.
+    """Read a Market-1501 tree; returns splits ``train``, ``query``, ``gallery`` (and ``gt_bbox``
+    when the tree has a ``gt_bbox/`` folder with images: the multi-query set).
 
     Junk boxes (pid -1) are dropped unless ``include_junk``; distractors (pid 0) stay
     (in the gallery they are negatives); files whose names do not match
@@ -39,8 +45,14 @@ def read_market_layout(root: str | os.PathLike, name: str = "market1501", *,
     """
     base = existing_root(root, name, MARKET_LAYOUT)
     base = require_layout(base, list(MARKET_FOLDERS.values()), name, MARKET_LAYOUT)
-    return read_split_folders(base, MARKET_FOLDERS, parse_market_name, name=name,
-                              expected="0002_c1s1_000451_03.jpg", include_junk=include_junk)
+    splits = read_split_folders(base, MARKET_FOLDERS, parse_market_name, name=name,
+                                expected="0002_c1s1_000451_03.jpg", include_junk=include_junk)
+    if (base / MULTI_QUERY_FOLDER).is_dir():   # Market-1501's multi-query set, when extracted
+        records, _, ignored = scan_folder(base / MULTI_QUERY_FOLDER, parse_market_name)
+        if records:
+            splits.splits[MULTI_QUERY_FOLDER] = records
+            splits.num_ignored += ignored
+    return splits
 
 
 class MarketConfig(BaseModel):
