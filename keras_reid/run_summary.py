@@ -80,4 +80,9 @@ def closing_lines(recipe: Recipe, run_dir: str | Path, summaries: dict) -> list[
     if not report:
         lines.append(f"      keras-reid report {run_dir}   (one HTML page: metrics, CMC curves, "
                      "ranked lists, GAN samples, provenance)")
+    reid = [s["model"] for s in summaries.values() if isinstance(s, dict)
+            and str(s.get("model", "")).endswith("/model.keras")]
+    if reid:   # the last re-ID model trained: rank the user's own images with it
+        lines.append(f"      keras-reid search {run_dir / Path(reid[-1]).parent} --query IMAGE "
+                     "--gallery FOLDER   (rank your own images; also extract, evaluate, export)")
     return lines

@@ -46,6 +46,8 @@ def test_closing_lines_table_chance_meaning_models_and_next_steps(tmp_path):
     assert "rank-1:" in text and "mAP:" in text
     assert str(run / "baseline" / "model.keras") in text
     assert f"tensorboard --logdir {run / 'tensorboard'}" in text
+    assert f"keras-reid report {run}" in text
+    assert f"keras-reid search {run / 'augmented'} --query IMAGE --gallery FOLDER" in text
 
 
 def test_closing_lines_without_metrics_still_say_where_to_look(tmp_path):
