@@ -51,6 +51,8 @@ class _Neighbours:
     pair_key: Callable                  # (rows, cols) -> float32 R[rows, cols]
     qg_block: Callable                  # (start, stop) -> float32 R[start:stop, q:]
     num_query: int
+    out: np.ndarray | None = None       # float32 [q, g] buffer for the result: qg_block(s, e)
+                                        # may read rows s:e of it, which the core then overwrites
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 2
     order = np.argsort(g_cols, kind="stable")
     g_rows, g_cols, g_vals = g_rows[order], g_cols[order], g_vals[order]
     colptr = np.concatenate(([0], np.cumsum(np.bincount(g_cols, minlength=n))))
-    out = np.empty((q, g), np.float32)
+    out = nb.out if nb.out is not None else np.empty((q, g), np.float32)
     lam = np.float32(lambda_value)
     for s in range(0, q, chunk):
         e = min(q, s + chunk)
@@ -289,10 +291,12 @@ class _Pool:
         return tuple(np.concatenate(x) for x in zip(*self.parts))
 
 
-def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> tuple[_Neighbours, np.ndarray]:
+def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> _Neighbours:
     """Neighbour lists from features [N, D] (float32) via tiled float32 products + float64 refinement.
 
-    Also returns the float32 squared distances of the q x g block (for the lambda term).
+    The float32 squared distances of the q x g block (for the lambda term) are kept in the
+    result's ``out`` buffer, which the core overwrites with the re-ranked distances (one q x g
+    array instead of two).
     """
     n, dim = f.shape
     k = min(k, n)
@@ -423,7 +427,7 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> tuple[_Neig
     def qg_block(s, e):
         return np.maximum(d2qg[s:e], 0) / colmax[s:e, None]
 
-    return _Neighbours(nbr, nkey, pair_key, qg_block, q), d2qg
+    return _Neighbours(nbr, nkey, pair_key, qg_block, q, out=d2qg)
 
 
 def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
@@ -436,14 +440,14 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     (upper triangle only); neighbour candidates near a float32 tie are recomputed in float64, so
     the neighbour lists (hence the k-reciprocal sets) are those of float64 distances. Features
     are used as float32 (float64 input is rounded to float32 first). Memory: three float32
-    copies of the features (one plus two augmented ones for the product), the q x g output, one
-    q x g float32 buffer, and O((q + g) * k1) for the neighbour lists and V; about 1 GB at
-    Market size (3,368 x 15,913, 2,048-d).
+    copies of the features (one plus two augmented ones for the product), the q x g output (which
+    holds the float32 q x g distances until it is overwritten), and O((q + g) * k1) for the
+    neighbour lists and V.
     """
     qf, gf = np.asarray(qf), np.asarray(gf)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be [q, D] and [g, D] with the same D, got {qf.shape} and {gf.shape}")
     _check_params(k1, k2, lambda_value)
     f = np.ascontiguousarray(np.concatenate([qf, gf]).astype(np.float32, copy=False))
-    nb, _ = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk)
+    nb = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk)
     return _core(nb, k1, k2, lambda_value)
