@@ -36,6 +36,7 @@ Keras, batch 1). resnet50 has weights None and last stride 1 (the re-ID default)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -104,7 +105,8 @@ def tflite_blob(model) -> bytes:
     options)."""
     import tensorflow as tf
 
-    with warnings.catch_warnings():
+    # the converter prints its saved-artifact signature to stdout: keep --json's stdout clean
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
