@@ -201,6 +201,10 @@ def _results_single(data: RunData) -> str:
         if isinstance(m.get("rerank"), dict):
             rows.append(_metric_row(name, m["rerank"], cols, "k-reciprocal re-ranking of the row "
                                     "above", label=f"{name} + re-ranking", variant="rerank"))
+        if isinstance(m.get("multi_query"), dict):
+            rows.append(_metric_row(name, m["multi_query"], cols, "multi-query: each query pooled "
+                                    f"({m['multi_query'].get('pooling')}) with its person's images in "
+                                    "its camera", label=f"{name} multi-query", variant="multi_query"))
     chance = data.metrics.get("chance")
     if isinstance(chance, dict):
         rows.append(_metric_row("chance", chance, cols, "a random ranking of the gallery",

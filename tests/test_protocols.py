@@ -373,3 +373,42 @@ def test_synthetic_lsro_recipe_runs_with_holdout_multi_query_and_single_shot(tmp
         assert mq["mAP"] == pytest.approx(np.mean(aps), abs=1e-4)
         assert metrics[stage]["cmc_protocol"] == mq["cmc_protocol"] == "single_shot"
         assert 0.0 <= metrics[stage]["rank1"] <= 1.0
+    # the report shows the multi-query rows
+    import re
+
+    from click.testing import CliRunner
+
+    from keras_reid.cli import main
+
+    assert CliRunner().invoke(main, ["report", str(run)]).exit_code == 0
+    page = (run / "report.html").read_text()
+    for stage in ("r", "r_g"):
+        got = re.search(rf"data-model='{stage}' data-metric='mAP' data-variant='multi_query' "
+                        r"data-value='([^']+)'", page)
+        assert got and float(got.group(1)) == metrics[stage]["multi_query"]["mAP"]
+
+
+def test_multi_query_without_its_split_fails_before_training_and_holdout_needs_real(tmp_path):
+    from keras_reid import pipeline
+    from keras_reid.errors import RecipeError
+    from keras_reid.recipe import load_recipe
+
+    market = tmp_path / "market"
+    for name in ("bounding_box_train/0002_c1s1_000451_03.jpg", "bounding_box_train/0002_c2s1_000551_01.jpg",
+                 "query/0003_c1s2_000101_00.jpg", "bounding_box_test/0003_c2s1_000301_01.jpg"):
+        (market / name).parent.mkdir(parents=True, exist_ok=True)
+        (market / name).write_bytes(b"")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: mq
+datasets: {{m: {{type: market1501, root: '{market}'}}}}
+stages:
+  r: {{type: train_reid, dataset: m, epochs: 1, backbone: {{type: tiny}}, holdout_per_class: 0.15}}
+  evaluate: {{type: evaluate, dataset: m, models: [r], multi_query: max}}
+""")
+    with pytest.raises(DatasetError, match=r"split 'gt_bbox', which dataset 'm' does not have "
+                                           r"\(splits: train, query, gallery\); extract Market-1501's gt_bbox/"):
+        pipeline.run(load_recipe(recipe), tmp_path / "run", echo=lambda *_: None)
+    assert not (tmp_path / "run" / "r" / "model.keras").exists()
+    with pytest.raises(RecipeError, match="holdout_per_class: withholds real training images, but real is false"):
+        load_recipe(recipe, ["stages.r.real=false", "stages.r.generated=[{dataset: m}]"])

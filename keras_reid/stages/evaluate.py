@@ -147,6 +147,22 @@ class Evaluate(Stage):
                     f"name in this stage; choose another, e.g. {fusion.normalised}_normalised")
         return None
 
+    @classmethod
+    def preflight(cls, config: EvaluateConfig, context: StageContext) -> None:
+        """Before any stage runs: multi_query's split exists (else the error would come after
+        the training)."""
+        from keras_reid.errors import DatasetError
+
+        if config.multi_query is None:
+            return
+        splits = context.dataset(config.dataset)
+        if splits.kind == "retrieval" and config.multi_query_split not in splits:
+            raise DatasetError(
+                f"stage '{context.stage_name}': multi_query pools images of split "
+                f"'{config.multi_query_split}', which dataset '{config.dataset}' does not have "
+                f"(splits: {', '.join(splits.splits)}); extract Market-1501's gt_bbox/ beside "
+                "query/, or set multi_query_split, or multi_query: null")
+
     def run(self, context: StageContext) -> dict:
         from keras_reid.stages import _evaluate_impl
 

@@ -142,6 +142,9 @@ class TrainReID(Stage):
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")
+        if config.holdout_per_class is not None and not config.real:
+            return (("holdout_per_class",), "withholds real training images, but real is false; "
+                    "remove holdout_per_class or set real: true")
         if config.real_filter is not None and not config.real:
             return (("real_filter",), "chooses real images, but real is false; remove real_filter "
                     "or set real: true")
