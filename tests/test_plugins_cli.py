@@ -52,3 +52,17 @@ def test_every_builtin_description_is_a_whole_first_paragraph():
         d = entry.description
         assert d and not d.startswith("The registered component"), (entry.kind, entry.name, d)
         assert d.rstrip().endswith((".", ")")), (entry.kind, entry.name, d)
+
+
+def test_bad_component_parameters_on_the_command_line_are_one_line_exit_2(tmp_path):
+    """`keras-reid filter face --set threshold=abc` raised pydantic's traceback."""
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    res = invoke("filter", "face", str(image), "--set", "threshold=abc", "--set", "crop=middle")
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "threshold: got 'abc'" in lines[0] and "crop: got 'middle'" in lines[0]
+    assert "keras-reid plugins KIND NAME" in lines[0]

@@ -10,6 +10,7 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 
 from keras_reid import __version__
 from keras_reid.errors import UserError
@@ -31,6 +32,9 @@ def handle_user_errors(func):
         except RegistryError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except ValidationError as exc:   # component parameters given on the command line
+            click.secho(f"error: {_parameter_errors(exc)}", fg="red", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.secho("interrupted; run the same command again to resume (finished stages are "
                         "kept, an interrupted one restarts from its last checkpoint)", fg="yellow", err=True)
@@ -45,6 +49,18 @@ def handle_user_errors(func):
             sys.exit(1)
 
     return wrapper
+
+
+def _parameter_errors(exc: ValidationError) -> str:
+    """One line for pydantic's report on a component's parameters, e.g. ``threshold: got 'abc',
+    expected a number (face filter parameters; see keras-reid plugins filter face)``."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err.get("loc", ())) or "(parameters)"
+        got = f"got {err['input']!r}, " if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{key}: {got}{err.get('msg', 'invalid').lower()}")
+    return f"invalid {exc.title}: " + "; ".join(parts) + " (the parameters each component takes: " \
+        "keras-reid plugins KIND NAME)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
