@@ -123,3 +123,95 @@ def test_market_model4_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
     for model in ("baseline", "augmented"):
         assert 0.0 <= metrics["models"][model]["mAP"] <= 1.0
     assert np.isfinite(metrics["models"]["augmented"]["rank1"])
+
+
+# Thesis Tables 8-12: recipes/market_model4_c5c6.yaml, market_model4_c6_to_c3.yaml,
+# market_model4_c3_to_c2.yaml (base: market_model4.yaml) and market_all_cameras.yaml (Table 10)
+TABLE_RECIPES = {  # recipe: {re-ID stage: (cameras, generated augment stages)}
+    "market_model4_c5c6": {"baseline": ([5, 6], []), "augmented": ([5, 6], ["augment"])},
+    "market_model4_c6_to_c3": {"baseline": ([6], []), "augmented": ([6], ["augment"]),
+                               "baseline_c3c6": ([3, 6], []), "c3c6_g3": ([3, 6], ["augment"])},
+    "market_model4_c3_to_c2": {"baseline": ([3], []), "augmented": ([3], ["augment"]),
+                               "baseline_c2c3": ([2, 3], []), "c2c3_g2": ([2, 3], ["augment"])},
+    "market_all_cameras": {"baseline": (None, []), "all_g3_g5_m1": (None, ["g3_m1", "g5_m1"]),
+                           "all_g6_m3": (None, ["g6_m3"]), "all_g2_g3_m4": (None, ["g2_m4", "g3_m4"])},
+}
+TABLE_GANS = {  # recipe: {gan stage: (recipe whose gan it repeats, source, target, augment stage, images)}
+    "market_model4_c5c6": {"gan": ("market_model4", 5, 6, "augment", "all")},
+    "market_model4_c6_to_c3": {"gan": ("market_model4", 6, 3, "augment", "all")},
+    "market_model4_c3_to_c2": {"gan": ("market_model4", 3, 2, "augment", "all")},
+    "market_all_cameras": {"gan_m1_g3": ("market_model1", 6, 3, "g3_m1", "test"),
+                           "gan_m1_g5": ("market_model1", 6, 5, "g5_m1", "test"),
+                           "gan_m3_g6": ("market_model3", 5, 6, "g6_m3", "test"),
+                           "gan_m4_g2": ("market_model4", 3, 2, "g2_m4", "all"),
+                           "gan_m4_g3": ("market_model4", 6, 3, "g3_m4", "all")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_RECIPES))
+def test_thesis_table_recipes_repeat_the_thesis_settings_on_their_cameras(name):
+    """Every re-ID stage is market_model1's protocol on the table's cameras and generated sets;
+    every GAN is its model's recipe's GAN on the table's camera pair; evaluation without flip."""
+    rec = _load(name)
+
+    def reid(r, stage):
+        return {k: v for k, v in r.stage_configs[stage].model_dump().items() if k not in ("cameras", "generated")}
+
+    protocol = reid(_load("market_model1"), "baseline_c5")
+    for stage, (cameras, generated) in TABLE_RECIPES[name].items():
+        assert reid(rec, stage) == protocol, stage
+        cfg = rec.stage_configs[stage]
+        assert cfg.cameras == cameras
+        assert [(g.stage, g.labels) for g in cfg.generated] == [(g, "keep") for g in generated]
+    for stage, (source, src, dst, aug, images) in TABLE_GANS[name].items():
+        def gan(r, s):
+            return {k: v for k, v in r.stage_configs[s].model_dump().items()
+                    if k not in ("source_camera", "target_camera")}
+        assert gan(rec, stage) == gan(_load(source), "gan"), stage
+        cfg = rec.stage_configs[stage]
+        assert (cfg.source_camera, cfg.target_camera) == (src, dst)
+        assert (rec.stage_configs[aug].generator, rec.stage_configs[aug].images) == (stage, images)
+    evaluated = set()
+    for s, spec in rec.model.stages.items():
+        if spec.type == "evaluate":
+            assert rec.stage_configs[s].flip is False
+            evaluated |= set(rec.stage_configs[s].models)
+    assert evaluated == set(TABLE_RECIPES[name])
+    header = (ROOT / "recipes" / f"{name}.yaml").read_text().split("\nname:")[0]
+    assert "docs/papers.md" in header and "Remaining differences" in header and "(paper)" in header
+
+
+def test_model4_camera_transfer_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
+    """market_model4_c6_to_c3.yaml (Tables 11 and 9), shrunk with --set only as the Model 4 test
+    above: its base's stages on the new cameras and the two stages it adds after them train and
+    are evaluated by both evaluate stages."""
+    from keras_reid.data.synthetic import synthesize
+
+    data = tmp_path / "data"
+    synthesize(data / "Market-1501-v15.09.15", ids=12, cameras=6, size=(64, 32), seed=0,
+               images_per_id_camera=2, distractors=4, junk=2)
+    overrides = [
+        "stages.gan.masker={type: synthetic}", "stages.gan.image_size=[32,16]",
+        "stages.gan.generator.filters=4", "stages.gan.generator.max_filters=8",
+        "stages.gan.targets_per_source=2", "stages.gan.batch_size=4", "stages.gan.epochs=1",
+        "stages.gan.steps_per_epoch=1", "stages.gan.sample_every=2", "stages.gan.verbose=0",
+        "stages.augment.batch_size=8",
+    ]
+    for ev in ("evaluate", "evaluate_c3c6"):
+        overrides += [f"stages.{ev}.ranked_lists=0", f"stages.{ev}.projector_samples=0"]
+    overrides += ["stages.evaluate.quality_images=8"]
+    for stage in ("baseline", "augmented", "baseline_c3c6", "c3c6_g3"):
+        overrides += [f"stages.{stage}.image_size=[32,16]",
+                      f"stages.{stage}.backbone={{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}",
+                      f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=4",
+                      f"stages.{stage}.verbose=0"]
+    rec = _load("market_model4_c6_to_c3", overrides, data=str(data))
+    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    gan = json.loads((tmp_path / "run" / "gan" / ".complete.json").read_text())["summary"]
+    assert (gan["source_camera"], gan["target_camera"]) == (6, 3)
+    aug = results["augment"]
+    assert aug["generated"] == aug["source_images"] > 0
+    assert results["c3c6_g3"]["generated_images"] == {"augment": aug["kept"]}
+    assert results["augmented"]["num_images"] < results["baseline_c3c6"]["num_images"]   # c6 < c3c6
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
+    assert {"baseline", "augmented", "baseline_c3c6", "c3c6_g3"} <= set(metrics)
