@@ -226,3 +226,82 @@ def test_models_trained_in_mixed_precision_load_and_give_float32_features(traine
         features = model(images, training=False)
         assert _dtype(features) == "float32" and np.isfinite(np.asarray(features)).all()
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+# ------------------------------------------------------------------------------ float16 on 2 replicas
+
+
+def _mirrored():
+    from keras_reid.distribute import make_strategy
+
+    strategy = make_strategy({"type": "mirrored"})
+    assert strategy.num_replicas_in_sync == 2, "tests/conftest.py must configure 2 logical CPUs"
+    return strategy
+
+
+def _replica_batches(batch, per_replica):
+    """A dataset_fn giving replica 0 the first half of ``batch`` and replica 1 the second, twice."""
+    import tensorflow as tf
+
+    def fn(ctx, epoch):
+        split = {k: np.stack([v[:per_replica], v[per_replica:]]) for k, v in batch.items()} \
+            if isinstance(batch, dict) else tuple(np.stack([v[:per_replica], v[per_replica:]]) for v in batch)
+        return tf.data.Dataset.from_tensor_slices(split).repeat()
+
+    return fn
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """Keras' LossScaleOptimizer decides from replica 0's gradients alone; an overflow on replica
+    1 made the weights NaN before keras_reid.training.precision.agree_on_finite."""
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.loop import train
+    from keras_reid.training.reid_model import ReIDModel
+
+    strategy = _mirrored()
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, 32, 16, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 2)
+    with precision_policy("mixed_float16"):
+        with strategy.scope():
+            net = REGISTRY.create("backbone", {"type": "tiny", "width": 4, "blocks": 2,
+                                               "embedding_dim": 8, "batch_norm": False}).build((32, 16, 3), 4)
+            model = ReIDModel(net, REGISTRY.create("loss", {"type": "softmax", "label_smoothing": 0.0}))
+            model.compile(keras.optimizers.SGD(1e-3))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        fine = train(model, _replica_batches((images, labels), 4), strategy=strategy, epochs=1,
+                     steps_per_epoch=2, verbose=0)
+        assert math.isfinite(fine["loss"][0]) and int(model.optimizer.iterations.numpy()) == 2
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        images[4:] *= 1e6  # replica 1's images overflow float16; replica 0's are fine
+        train(model, _replica_batches((images, labels), 4), strategy=strategy, epochs=1,
+              steps_per_epoch=2, verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert int(model.optimizer.iterations.numpy()) == 2  # both steps skipped
+    assert float(model.optimizer.dynamic_scale.numpy()) == scale / 4  # halved for each
+
+
+def test_float16_gan_overflow_on_one_replica_skips_the_step_on_every_replica():
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.loop import model_optimizers, train
+
+    strategy = _mirrored()
+    rng = np.random.default_rng(0)
+    batch = {k: rng.uniform(-1, 1, (4, 32, 16, 3)).astype(np.float32) for k in ("source", "target")}
+    batch.update({k: (rng.uniform(0, 1, (4, 32, 16, 1)) > 0.5).astype(np.float32)
+                  for k in ("source_mask", "target_mask")})
+    factory = REGISTRY.create("generator", {"type": "pix2pix", "variant": "model4", "filters": 4,
+                                            "max_filters": 8, "norm": "instance", "dropout": 0.0})
+    with precision_policy("mixed_float16"):
+        with strategy.scope():
+            gan = factory.build((32, 16))
+            gan.compile(**factory.optimizers(steps_per_epoch=2, epochs=1))
+        batch["source"][2:] *= 1e6
+        batch["target"][2:] *= 1e6
+        train(gan, _replica_batches(batch, 2), strategy=strategy, epochs=1, steps_per_epoch=2,
+              verbose=0)
+    optimizers = model_optimizers(gan, built_only=True)
+    assert {type(o).__name__ for o in optimizers.values()} == {"LossScaleOptimizer"}
+    assert all(np.isfinite(w).all() for w in gan.get_weights())
+    assert [int(o.iterations.numpy()) for o in optimizers.values()] == [0, 0]
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_reid.training.precision import agree_on_finite
+
 
 def gan_initializer(seed: int | None = None) -> keras.initializers.Initializer:
     """Returns a new N(0, 0.02) initializer (DCGAN/pix2pix weights).
@@ -129,11 +131,13 @@ class GANModel(keras.Model):
         """Differentiate the scalar ``loss`` recorded on ``tape`` and apply the gradients with
         ``optimizer``; returns None. Under a ``LossScaleOptimizer`` the backward pass starts from
         the loss scale instead of 1 (the gradient of ``scale * loss``, computed after the tape
-        closed) and ``apply`` unscales and skips non-finite steps."""
+        closed) and ``apply`` unscales and skips non-finite steps (on every replica when any replica's
+        gradients are not finite, see ``keras_reid.training.precision.agree_on_finite``)."""
         variables = list(variables)
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             seed = optimizer.scale_loss(tf.ones_like(loss))
             grads = tape.gradient(loss, variables, output_gradients=tf.cast(seed, loss.dtype))
+            grads = agree_on_finite(grads)  # every replica skips an overflowing step
         else:
             grads = tape.gradient(loss, variables)
         optimizer.apply(grads, variables)

@@ -49,3 +49,29 @@ def precision_policy(name: str) -> Iterator[str]:
         yield name
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def agree_on_finite(grads: list) -> list:
+    """Returns ``grads``, every one made NaN on every replica when any replica's gradients are
+    not finite (call it in a replica context, before ``LossScaleOptimizer.apply``).
+
+    Keras' ``LossScaleOptimizer`` decides under ``MirroredStrategy`` whether to apply or skip a
+    step from the FIRST replica's gradients alone (it assumes they were all-reduced already,
+    which Keras 3 only does later, inside the inner optimizer's ``apply``). A float16 overflow on
+    another replica then reaches the weights through the all-reduce and makes them NaN (measured
+    here: tiny re-ID model, 2 CPU replicas). With this every replica sees the same verdict, so the
+    step is skipped and the loss scale lowered, as on one device. One scalar all-reduce per step;
+    with one replica the gradients are returned unchanged.
+    """
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return grads
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(bad > 0.0, float("nan"), 0.0)
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]

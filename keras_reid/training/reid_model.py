@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_reid import layers as _layers  # noqa: F401  (registers custom layers for loading)
 from keras_reid.training import l2_optimizers as _l2_optimizers  # noqa: F401  (registers AdamL2, SGDL2)
 from keras_reid.training import schedules as _schedules  # noqa: F401  (registers ReIDSchedule)
+from keras_reid.training.precision import agree_on_finite
 
 
 def loss_spec(loss: Any) -> dict | None:
@@ -142,6 +143,8 @@ class ReIDModel(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = agree_on_finite(grads)  # every replica skips an overflowing step
         self.optimizer.apply(grads, variables)
         self._update_trackers(logs)
         return logs
