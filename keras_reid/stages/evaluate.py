@@ -149,19 +149,40 @@ class Evaluate(Stage):
 
     @classmethod
     def preflight(cls, config: EvaluateConfig, context: StageContext) -> None:
-        """Before any stage runs: multi_query's split exists (else the error would come after
-        the training)."""
+        """Before any stage runs (else the error would come after the training): some query
+        person appears in the gallery from another camera, and multi_query's split exists."""
         from keras_reid.errors import DatasetError
 
+        splits = context.dataset(config.dataset)
+        if splits.kind == "retrieval" and config.query_split in splits and config.gallery_split in splits:
+            cls._check_query_gallery(splits, config, context.stage_name)
         if config.multi_query is None:
             return
-        splits = context.dataset(config.dataset)
         if splits.kind == "retrieval" and config.multi_query_split not in splits:
             raise DatasetError(
                 f"stage '{context.stage_name}': multi_query pools images of split "
                 f"'{config.multi_query_split}', which dataset '{config.dataset}' does not have "
                 f"(splits: {', '.join(splits.splits)}); extract Market-1501's gt_bbox/ beside "
                 "query/, or set multi_query_split, or multi_query: null")
+
+    @staticmethod
+    def _check_query_gallery(splits, config: EvaluateConfig, stage: str) -> None:
+        """DatasetError when no query person appears in the gallery from another camera: every
+        query would be dropped by the protocol and the stage would fail after the training."""
+        from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID
+        from keras_reid.errors import DatasetError
+
+        people = [r for r in splits[config.query_split] if r.pid not in (DISTRACTOR_PID, JUNK_PID)]
+        gallery: dict[int, set[int]] = {}
+        for r in splits[config.gallery_split]:
+            gallery.setdefault(r.pid, set()).add(r.camid)
+        if people and not any(gallery.get(r.pid, set()) - {r.camid} for r in people):
+            shared = len({r.pid for r in people} & set(gallery))
+            raise DatasetError(
+                f"stage '{stage}': none of the {len({r.pid for r in people})} query people of dataset "
+                f"'{config.dataset}' appears in split '{config.gallery_split}' from another camera "
+                f"({shared} appear at all), so no query could be ranked; check that query and "
+                "gallery come from the same dataset (the root, query_split, gallery_split)")
 
     def run(self, context: StageContext) -> dict:
         from keras_reid.stages import _evaluate_impl

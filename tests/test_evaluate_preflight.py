@@ -1,0 +1,56 @@
+"""The evaluate stage's preflight: a gallery that holds none of the query people (from another
+camera) fails before any stage trains, not after."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from keras_reid import pipeline
+from keras_reid.errors import DatasetError
+from keras_reid.recipe import load_recipe
+
+RECIPE = """
+name: pf
+strategy: {{type: one_device}}
+datasets:
+  market: {{type: market1501, root: "{root}"}}
+stages:
+  train: {{type: train_reid, dataset: market, image_size: [32, 16], backbone: {{type: tiny}},
+          loss: {{type: softmax}}, sampler: random, batch_size: 4, epochs: 1}}
+  evaluate: {{type: evaluate, dataset: market, models: [train]}}
+"""
+
+
+def _market(root: Path, query: list[str], gallery: list[str]) -> Path:
+    files = {"bounding_box_train": [f"{p:04d}_c{c}s1_000{i}01_00.jpg" for p in (1, 2)
+                                    for c in (1, 2) for i in (1, 2)],
+             "query": query, "bounding_box_test": gallery}
+    for folder, names in files.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            cv2.imwrite(str(root / folder / name), np.full((64, 32, 3), 128, np.uint8))
+    return root
+
+
+def _run(tmp_path, root):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(root=root))
+    return pipeline.run(load_recipe(path), tmp_path / "run", echo=lambda s: None)
+
+
+def test_gallery_without_the_query_people_fails_before_training(tmp_path):
+    # person 3 is in the gallery only from the query's own camera; person 5 only in the query
+    root = _market(tmp_path / "m", ["0003_c1s1_000101_00.jpg", "0005_c2s1_000101_00.jpg"],
+                   ["0003_c1s1_000201_00.jpg", "0004_c2s1_000101_00.jpg"])
+    with pytest.raises(DatasetError, match=r"none of the 2 query people of dataset 'market' appears "
+                                           r"in split 'gallery' from another camera \(1 appear at all\)"):
+        _run(tmp_path, root)
+    assert not (tmp_path / "run" / "train").exists()
+
+
+def test_one_query_person_in_the_gallery_from_another_camera_is_enough(tmp_path):
+    root = _market(tmp_path / "m", ["0003_c1s1_000101_00.jpg", "0005_c2s1_000101_00.jpg"],
+                   ["0003_c2s1_000201_00.jpg", "0004_c2s1_000101_00.jpg"])
+    out = _run(tmp_path, root)
+    assert out["evaluate"]["models"]["train"]["valid_queries"] == 1
