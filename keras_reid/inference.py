@@ -49,30 +49,32 @@ _FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # the forward pass and feature extraction (shared with the evaluate stage)
 
 
-def forward(model, flip: bool, spec):
+def forward(model, flip: bool, spec, normalise: bool = True):
     """The compiled ``images -> L2-normalised features`` of ``model`` for images of ``spec``
-    (any batch size): traced once per model, flip and image shape, however many splits and
-    pose-normalised sets it embeds."""
+    (any batch size): traced once per model, flip, normalisation and image shape, however many
+    splits and pose-normalised sets it embeds. ``normalise=False``: the raw features (the mean
+    of image and mirror with ``flip``), as torchreid's test ranks them by default."""
     import tensorflow as tf
 
     per_model = _FORWARD.setdefault(model, {})
-    key = (bool(flip), tuple(spec.shape[1:]), spec.dtype.name)
+    key = (bool(flip), bool(normalise), tuple(spec.shape[1:]), spec.dtype.name)
     if key not in per_model:
         @tf.function(input_signature=[spec])
         def run(images):
-            f = model(images, training=False)
+            f = tf.cast(model(images, training=False), tf.float32)
             if flip:
-                f = f + model(tf.reverse(images, axis=[2]), training=False)
-            return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=1, epsilon=1e-12)
+                f = (f + tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)) / 2.0
+            return tf.math.l2_normalize(f, axis=1, epsilon=1e-12) if normalise else f
 
         per_model[key] = run
     return per_model[key]
 
 
 def extract_features(model, records, image_size, batch_size: int, flip: bool,
-                     desc: str = "features", verbose: int = 1) -> np.ndarray:
-    """L2-normalised float32 features [N, D] of ``records`` (anything with a ``path``; mean of
-    image and mirror if ``flip``), read with ``keras_reid.data.pipeline.eval_dataset``.
+                     desc: str = "features", verbose: int = 1, normalise: bool = True) -> np.ndarray:
+    """L2-normalised (``normalise``, the default; else raw) float32 features [N, D] of
+    ``records`` (anything with a ``path``; mean of image and mirror if ``flip``), read with
+    ``keras_reid.data.pipeline.eval_dataset``.
 
     The forward pass runs as one compiled ``tf.function`` per model and image size, whatever
     the batch size (eager calls of a ResNet50 are several times slower on CPU). ``verbose``:
@@ -90,7 +92,7 @@ def extract_features(model, records, image_size, batch_size: int, flip: bool,
         if isinstance(images, (tuple, list)):
             images = images[0]
         spec = tf.TensorSpec([None, *images.shape[1:]], images.dtype)
-        feats.append(forward(model, flip, spec)(images).numpy())
+        feats.append(forward(model, flip, spec, normalise)(images).numpy())
         if bar is not None:
             bar.add(int(images.shape[0]))
     return np.concatenate(feats, 0) if feats else np.zeros((0, 1), np.float32)

@@ -135,14 +135,15 @@ class RealFeatures:
         return loaded
 
     def get(self, stage: str, loaded: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """L2-normalised ``(query features, gallery features)`` of ``stage``'s model (``loaded``:
+        """``(query features, gallery features)`` of ``stage``'s model, L2-normalised unless the
+        stage says ``normalise: false`` (``loaded``:
         its ``model(stage)`` result when the caller has it)."""
         if stage in self._features:
             return self._features[stage]
         model, out = loaded or self.model(stage)
         size, cfg = out["image_size"], self.cfg
-        qf = extract_features(model, self.query, size, cfg.batch_size, cfg.flip)
-        gf = extract_features(model, self.gallery, size, cfg.batch_size, cfg.flip)
+        qf = extract_features(model, self.query, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
+        gf = extract_features(model, self.gallery, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
         if stage in self.keep:
             self._features[stage] = (qf, gf)
         return qf, gf

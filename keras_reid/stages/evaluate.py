@@ -59,6 +59,9 @@ class EvaluateConfig(BaseModel):
     gallery_split: str = "gallery"
     test_split: str = Field("test", description="closed-set data: the split to classify")
     flip: bool = Field(True, description="average the features of the image and its mirror image")
+    normalise: bool = Field(True, description="L2-normalise each model's features before ranking; "
+                            "false ranks the raw features (torchreid's test default, which the "
+                            "thesis used); PN-GAN fusion and multi_query always use unit vectors")
     metric: Literal["euclidean", "cosine"] = "euclidean"
     rerank: bool = False
     k1: int = Field(20, gt=0)
@@ -114,6 +117,9 @@ class Evaluate(Stage):
             if stage_type != "augment":
                 return (("generated", i), f"stage '{name}' is a {stage_type} stage, expected an "
                         "augment stage")
+        if not config.normalise and config.multi_query is not None:
+            return (("normalise",), "multi_query pools unit vectors; keep normalise: true or set "
+                    "multi_query: null")
         for key in config.names:
             if key not in config.models:
                 return (("names", key), f"'{key}' is not one of the evaluated models {config.models}")
