@@ -197,9 +197,9 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
              f"{replicas} replica(s), {h}x{w}")
     callbacks = [
         EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
-        ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief),
+        ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief, prefix="gan"),
         GeneratorSamples(tb_dir, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
-                         name="generator/samples", is_chief=ctx.is_chief),
+                         name="gan/samples", is_chief=ctx.is_chief),
     ]
 
     def dataset_fn(input_context, epoch):
