@@ -237,7 +237,9 @@ def test_model4_train_step_feeds_the_discriminator_whole_generated_images(monkey
     person = _person({k: tf.constant(v) for k, v in b.items()}).numpy()[..., 0] > 0
     real, fake = seen[0].numpy(), seen[1].numpy()
     np.testing.assert_array_equal(real[..., 3:], b["target"])
-    assert np.abs(fake[..., 3:][person]).min() > 0  # the generated person is there (tanh, not 0)
+    # the generated person is there: masking would zero every person pixel; an untrained
+    # generator leaves a few exact zeros (tanh of a pixel whose inputs are all dead ReLUs)
+    assert np.mean(fake[..., 3:][person] == 0.0) < 0.05
     np.testing.assert_array_equal(fake[..., :3][person], 0.0)  # the condition's persons are not
 
 
