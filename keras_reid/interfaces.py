@@ -70,7 +70,14 @@ class Backbone(Protocol):
     schedules that live in the model (CondenseNet's condensation); the string is logged.
     It may offer ``trunk_layers(model) -> list[keras.layers.Layer]``: the layers of the model it
     built that form its (pretrained) trunk, which ``train_reid``'s ``freeze_backbone_epochs``
-    freezes while the layers the head adds train alone."""
+    freezes while the layers the head adds train alone.
+    It may offer a deploy form, ``convert(model) -> keras.Model``: given a model it built (or the
+    one-output inference model ``train_reid`` cuts from it), a model for inference with the same
+    outputs in inference mode (within ``keras_reid.deploy.TOLERANCE``), e.g. CondenseNet's compact
+    converted model. ``train_reid`` then saves it as ``model_converted.keras`` (option
+    ``convert``), the ``evaluate`` stage ranks it next to the trained model and reports both
+    forms' size and latency, and ``keras-reid export`` exports it; its ``load(path)`` must load
+    both forms."""
 
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Return a keras.Model mapping float32 images [B, H, W, 3] in [0, 255] to
@@ -100,6 +107,8 @@ float32 [B, H, W, 1] in [0, 1] (1 = person); ``target_pose`` float32 [B, H, W, 3
 in [-1, 1]; ``noise`` float32 [B, z_dim] (unconditional generators such as DCGAN generate from
 it; their model has a ``z_dim``). ``source`` is in every training batch; the others only if the
 generator ``needs`` them."""
+MASK_KEYS = ("source_mask", "target_mask")
+"""The keys of :data:`GENERATOR_KEYS` that need a masker."""
 
 
 @runtime_checkable
@@ -140,3 +149,12 @@ class GeneratorFactory(Protocol):
 
     def load(self, path: str) -> Any:
         """Return the GAN saved at ``path``."""
+
+
+def generator_factory(spec: dict, registry: Any = None) -> GeneratorFactory:
+    """The registered generator component for ``spec`` (cheap: no TensorFlow). ``registry``
+    defaults to the process registry (imported here: the registry loads plugins, which import
+    this module)."""
+    from keras_reid.registry import REGISTRY
+
+    return (registry or REGISTRY).create("generator", spec)

@@ -61,7 +61,7 @@ def test_precomputed_masks_in_both_layouts(tmp_path):
 
 @pytest.mark.usefixtures("selfie_model")
 def test_mediapipe_selfie_segments_synthetic_people_and_not_an_empty_wall(synth):
-    from keras_reid.data.gan_input import load_images
+    from keras_reid.data.images import load_images
 
     _, paths = synth
     truth = REGISTRY.create("masker", {"type": "synthetic"}).masks_for(paths, (128, 64)) > 0.5

@@ -108,7 +108,7 @@ def test_face_filter_finds_front_faces_not_backs_at_128x64(tmp_path):
     root = tmp_path / "d"
     synthesize_closed_set(root, ids=2, sessions=2, size=(128, 64), images_per_session=12,
                           unknown_per_session=0, seed=0)
-    from keras_reid.data.gan_input import load_images
+    from keras_reid.data.images import load_images
 
     rows = _rows(root)
     face = REGISTRY.create("filter", {"type": "face", "crop": "auto"})  # the synthetic setting

@@ -38,7 +38,7 @@ def bench(generator: str, variant: str, size: tuple[int, int], batch: int, filte
     import cv2
     import tensorflow as tf
 
-    from keras_reid.data.gan_input import to_uint8
+    from keras_reid.data.images import to_uint8
     from keras_reid.registry import REGISTRY
     from keras_reid.training.loop import build_optimizers
 

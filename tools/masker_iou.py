@@ -29,7 +29,7 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def measure(root: Path, size: tuple[int, int], pad: bool, fill: str = "edge") -> dict:
     """Returns the IoU figures (mean, median, share above 0.5) of mediapipe_selfie on the
     training images of the synthetic dataset at ``root``, read at ``size``."""
-    from keras_reid.data.gan_input import load_images
+    from keras_reid.data.images import load_images
     from keras_reid_plugins.maskers.files import SyntheticMasker
     from keras_reid_plugins.maskers.mediapipe_selfie import SelfieMasker, SelfieMaskerConfig
 

@@ -13,7 +13,6 @@ float32 in [-1, 1], masks float32 in [0, 1].
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -21,44 +20,13 @@ import tensorflow as tf
 
 from keras_reid.data.gan_pairs import GANPairs
 from keras_reid.data.samplers import epoch_rng
-from keras_reid.data.images import read_image
+from keras_reid.data.images import to_unit
+from keras_reid.data.poses import skeleton_images
 from keras_reid.errors import DatasetError, UserError
-from keras_reid.progress import progbar
+from keras_reid.interfaces import MASK_KEYS
 
 IMAGE_KEYS = ("source", "target")
-MASK_KEYS = ("source_mask", "target_mask")
 POSE_KEYS = ("target_pose",)
-
-
-def load_images(paths: Sequence[str], size: tuple[int, int], workers: int = 4,
-                progress: bool = False) -> np.ndarray:
-    """Return uint8 [N, H, W, 3] RGB images of ``paths`` resized to ``size`` (threads decode)."""
-    h, w = size
-    out = np.zeros((len(paths), h, w, 3), np.uint8)
-    bar = None
-    if progress and len(paths) > 200:
-        bar = progbar(len(paths), unit_name="image")
-
-    def one(i: int) -> None:
-        out[i] = read_image(paths[i], size)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for k, _ in enumerate(pool.map(one, range(len(paths)))):
-            if bar is not None and (k + 1) % 100 == 0:
-                bar.update(k + 1)
-    if bar is not None:
-        bar.update(len(paths), finalize=True)
-    return out
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """uint8 images -> float32 in [-1, 1]."""
-    return images.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """float images in [-1, 1] -> uint8 (rounded, clipped)."""
-    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class GANInput:
@@ -89,7 +57,6 @@ class GANInput:
             if poses is None or len(poses) != len(pairs.records):
                 raise UserError("the generator needs target poses but no pose estimator gave any; "
                                 "add pose: {type: mediapipe_pose} (or synthetic / precomputed)")
-            from keras_reid.data.poses import skeleton_images
 
             size = images.shape[1:3]
             self.skeletons = (skeleton_images(poses, size), skeleton_images(poses, size, flipped=True))

@@ -3,14 +3,14 @@ semantic filter scores, each cached in the stage folder under a key of the compo
 the image paths and the size."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.array_cache import cache_path, cached_array
+from keras_reid.data.images import load_images, read_image
 from keras_reid.progress import progbar
 
 
@@ -23,8 +23,6 @@ def masks_for(masker: Any, paths: Sequence[str], size: tuple[int, int], *, batch
     given, uint8 [N, H, W, 3] aligned with ``paths``, so they are not decoded again) in batches
     of ``batch``.
     """
-    from keras_reid.data.gan_input import load_images
-
     h, w = size
     out = np.zeros((len(paths), h, w, 1), np.uint8)
     bar = None
@@ -53,22 +51,6 @@ def cached_masks(cache_dir: Path, spec: dict, masker: Any, paths: Sequence[str],
                         lambda: masks_for(masker, paths, size, **kwargs))
 
 
-def cached_array(cache_dir: Path, prefix: str, spec: dict, paths: Sequence[str], size, shape: tuple,
-                 compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """``(array, from_cache)``: ``<prefix>-<hash>.npy`` in ``cache_dir`` (keyed by the component
-    spec, the paths and the size) when it holds an array of ``shape``, else ``compute()``
-    stored there atomically."""
-    path = _cache_path(cache_dir, prefix, spec, paths, size, ".npy")
-    if path.exists():
-        arr = np.load(path)
-        if arr.shape == tuple(shape):
-            return arr, True
-    arr = compute()
-    with io.atomic_path(path) as tmp:
-        np.save(tmp, arr)
-    return arr, False
-
-
 def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str],
                   images: np.ndarray | None, batch: int = 64) -> tuple[np.ndarray, bool]:
     """Return ``(scores float32 [N], from_cache)`` of a semantic filter over ``images`` (uint8
@@ -76,10 +58,8 @@ def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str]
 
     ``images`` None: every image is read from its file and scored at its native size, one at a
     time (crops of different sizes; a face filter then sees all the pixels the camera gave)."""
-    from keras_reid.data.images import read_image
-
     size = list(images.shape[1:3]) if images is not None else ["native"]
-    path = _cache_path(cache_dir, "scores", spec, paths, size, ".json")
+    path = cache_path(cache_dir, "scores", spec, paths, size, ".json")
     cached = io.read_json(path)
     if cached is not None and len(cached) == len(paths):
         return np.asarray(cached, np.float32), True
@@ -92,10 +72,3 @@ def cached_scores(cache_dir: Path, spec: dict, scorer: Any, paths: Sequence[str]
             scores[start:start + batch] = np.asarray(scorer(images[start:start + batch]), np.float32)
     io.write_json(path, [round(float(v), 5) for v in scores])
     return scores, False
-
-
-def _cache_path(cache_dir: Path, prefix: str, spec: dict, paths: Sequence[str], size, suffix: str) -> Path:
-    """``<cache_dir>/<prefix>-<hash><suffix>``, the hash over the spec, the paths and the size."""
-    key = hashlib.sha256(json.dumps([spec, list(map(str, paths)), list(size)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{prefix}-{key}{suffix}"

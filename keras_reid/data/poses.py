@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from keras_reid.data.masks import cached_array
+from keras_reid.data.array_cache import cached_array
+from keras_reid.keypoints import flip_keypoints, render_skeleton
 
 
 def keypoints_for(estimator: Any, paths: Sequence[str], size: tuple[int, int], *,
@@ -49,8 +50,6 @@ def skeleton_images(keypoints: np.ndarray, size: tuple[int, int], *, flipped: bo
     """uint8 skeleton images [N, H, W, 3] of ``keypoints`` [N, 18, 2+] (OpenPose colours);
     ``flipped`` renders the horizontally mirrored poses (left and right swapped, so a mirrored
     image gets a correctly coloured skeleton rather than a mirrored drawing)."""
-    from keras_reid.keypoints import flip_keypoints, render_skeleton
-
     h, w = size
     out = np.zeros((len(keypoints), h, w, 3), np.uint8)
     for i, kp in enumerate(np.asarray(keypoints, np.float32)):

@@ -260,7 +260,7 @@ class Worker:
         with ``source_path``); returns their manifest rows."""
         import cv2
 
-        from keras_reid.data.gan_input import load_images, to_uint8, to_unit
+        from keras_reid.data.images import load_images, to_uint8, to_unit
 
         paths = [it["source_path"] for it in items]
         if "noise" in self.needs:  # z from each item's own seed: the same file whatever the batch

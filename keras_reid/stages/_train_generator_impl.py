@@ -8,7 +8,7 @@ import numpy as np
 from keras_reid import io
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.stages.base import StageContext
-from keras_reid.stages.train_generator import MASK_KEYS, generator_factory
+from keras_reid.interfaces import MASK_KEYS, generator_factory
 
 GENERATOR_FILE = "generator.keras"
 
@@ -17,7 +17,7 @@ def train(cfg, ctx: StageContext) -> dict:
     """Pair, mask, train and save the generator the stage config describes; returns the summary."""
     import keras
 
-    from keras_reid.data.gan_input import load_images
+    from keras_reid.data.images import load_images
     from keras_reid.data.gan_pairs import make_pairs
     from keras_reid.data.masks import cached_masks, cached_scores
     from keras_reid.data.pipeline import scan_images

@@ -95,7 +95,7 @@ class Augment(Stage):
             return (("generator",), f"stage '{config.generator}' is a {stage_type} stage, expected "
                     "a train_generator stage")
         gen_cfg = recipe.stage_configs[config.generator]
-        from keras_reid.stages.train_generator import generator_factory
+        from keras_reid.interfaces import generator_factory
 
         gen_needs = generator_factory(gen_cfg.generator).generation_needs
         unconditional = "noise" in gen_needs

@@ -5,12 +5,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.interfaces import MASK_KEYS, generator_factory
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
 from keras_reid.stages.base import ImageSize, Stage, StageContext
 from keras_reid.training.precision import Precision, precision_policy
-
-MASK_KEYS = ("source_mask", "target_mask")
 
 
 class TrainGeneratorConfig(BaseModel):
@@ -62,14 +61,6 @@ class TrainGeneratorConfig(BaseModel):
     precision: Precision | None = Field(
         None, description="dtype policy of this stage: float32, mixed_float16 (with loss scaling) or "
         "mixed_bfloat16; null = the recipe's precision")
-
-
-
-def generator_factory(spec: dict, registry=None):
-    """The registered generator component for ``spec`` (cheap: no TensorFlow)."""
-    from keras_reid.registry import REGISTRY
-
-    return (registry or REGISTRY).create("generator", spec)
 
 
 @register("stage", "train_generator", config=TrainGeneratorConfig)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import layers
 
 from keras_reid.training.gan import GANModel, gan_initializer
-from keras_reid_plugins.generators.dcgan import start_shape
+from keras_reid_plugins.generators._shapes import start_shape
 
 
 def build_generator(image_size: tuple[int, int], cfg: dict) -> keras.Model:

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from keras_reid.training.gan import GANModel, LinearDecay, gan_initializer  # noqa: F401
-from keras_reid_plugins.generators.pix2pix import unet_depth
+from keras_reid_plugins.generators._shapes import unet_depth
 
 CHANNELS = {"model1": 3, "model2": 4, "model3": 5, "model4": 3, "variable": 5}
 

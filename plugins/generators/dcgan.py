@@ -46,6 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.registry import register
+from keras_reid_plugins.generators._shapes import start_shape
 
 
 class DCGANConfig(BaseModel):
@@ -73,21 +74,6 @@ class DCGANConfig(BaseModel):
                                    "real images is 1 - this (Salimans et al. 2016: 0.1)")
     d_lr: float | None = Field(None, gt=0.0, description="D's learning rate (default: lr; TTUR "
                                "uses a different one for D and G)")
-
-
-def start_shape(image_size: tuple[int, int]) -> tuple[int, int, int]:
-    """Returns ``(h0, w0, k)``: the generator's first feature map and its number of doublings,
-    halving until the larger side is 8 (8x8 for 128x128 as in the reference, 8x4 for 128x64
-    and 256x128). Raises ValueError if the size does not allow it."""
-    h, w = (int(v) for v in image_size)
-    k = 0
-    while max(h, w) // 2 ** k > 8 and h % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0:
-        k += 1
-    if k < 2 or max(h, w) // 2 ** k != 8:
-        raise ValueError(f"image size {h}x{w} does not fit a DCGAN; use sides whose larger one is "
-                         "8 x a power of two, both divisible by the same power (e.g. 64x32, "
-                         "128x64, 256x128, 128x128)")
-    return h // 2 ** k, w // 2 ** k, k
 
 
 @register("generator", "dcgan", config=DCGANConfig)

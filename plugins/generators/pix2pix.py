@@ -50,6 +50,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keras_reid.registry import register
+from keras_reid_plugins.generators._shapes import unet_depth
 
 VARIANTS = ("model1", "model2", "model3", "model4", "variable")
 
@@ -109,28 +110,6 @@ class Pix2PixConfig(BaseModel):
         if self.d_image_mask != "none" and self.variant != "model4":
             raise ValueError(f"d_image_mask applies to variant model4 only, got variant {self.variant}")
         return self
-
-
-def unet_depth(image_size: tuple[int, int], depth: int | None = None) -> int:
-    """Returns the number of U-Net levels (stride-2 halvings) for ``image_size`` (height, width).
-
-    ``depth`` None: halve while both sides stay whole numbers, until the smaller side is 1 (at
-    most 8 levels): 256x128 -> 7 (innermost 2x1), 128x64 -> 6, 64x32 -> 5, 32x16 -> 4 (2x1
-    innermost each time); 96x48 -> 4 (6x3). A given ``depth`` is checked. Raises ValueError
-    when the sides are not divisible by ``2**depth`` or allow fewer than 3 levels.
-    """
-    h, w = (int(v) for v in image_size)
-    if depth is None:
-        depth = 0
-        while depth < 8 and h % 2 ** (depth + 1) == 0 and w % 2 ** (depth + 1) == 0:
-            depth += 1
-    if depth < 3:
-        raise ValueError(f"image size {h}x{w} allows only {depth} U-Net levels; use sides divisible "
-                         "by 8 or more (e.g. 64x32, 128x64, 256x128)")
-    if h % 2 ** depth or w % 2 ** depth:
-        raise ValueError(f"image size {h}x{w} is not divisible by 2**{depth}; use sides divisible by "
-                         f"{2 ** depth} or a smaller depth")
-    return depth
 
 
 @register("generator", "pix2pix", config=Pix2PixConfig)

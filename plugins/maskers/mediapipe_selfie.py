@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.data.images import load_images
 from keras_reid.mediapipe_tasks import TasksComponent
 from keras_reid.registry import register
 
@@ -99,6 +100,4 @@ class SelfieMasker(TasksComponent):
     def masks_for(self, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
         """Returns float32 masks [N, H, W, 1] of the images at ``paths``, read as RGB and resized
         to ``size`` (height, width) before segmenting."""
-        from keras_reid.data.gan_input import load_images
-
         return self(load_images(list(paths), size))
