@@ -298,10 +298,9 @@ def train(cfg, ctx: StageContext) -> dict:
                 ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
         if cfg.sync_batchnorm and replicas > 1:   # global-batch statistics, as on one device
-            from keras_reid.training.batchnorm import batchnorm_layers
+            from keras_reid.training.batchnorm import synchronise_batchnorm
 
-            for layer in batchnorm_layers(net):
-                layer.synchronized = True
+            synchronise_batchnorm(net)  # two-pass moments (Keras' synchronized=True cancels)
         loss = ctx.registry.create("loss", cfg.loss)
         smoothing = getattr(getattr(loss, "config", None), "label_smoothing", 0.0)
         if smoothing and cfg.real and any(g.labels == "lsro" for g in cfg.generated):

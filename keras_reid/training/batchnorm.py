@@ -58,3 +58,23 @@ def recalibrate_batchnorm(model: keras.Layer, batches: Iterable, momentum: float
         for layer, m in zip(layers, saved):
             layer.momentum = m
     return used
+
+
+def synchronise_batchnorm(model: keras.Layer) -> int:
+    """Make every trainable BatchNormalization layer of ``model`` normalise with the statistics
+    of the whole global batch across replicas, computed in two passes
+    (:class:`keras_reid.layers.SyncBatchNormalization`; Keras' own ``synchronized=True`` uses
+    the one-pass ``E[x^2] - E[x]^2``, which cancels in float32 for large-mean channels).
+
+    Built layers are converted in place (their class becomes the subclass, which only changes
+    how the training moments are computed; weights and configuration stay), so it works on any
+    backbone, functional or subclassed. Returns the number of layers converted.
+    """
+    from keras_reid.layers import SyncBatchNormalization
+
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        if not isinstance(layer, SyncBatchNormalization):
+            object.__setattr__(layer, "__class__", SyncBatchNormalization)
+        layer.synchronized = True
+    return len(layers)
