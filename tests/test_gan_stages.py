@@ -145,9 +145,9 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
     rec, clean = _run_copy(trained, tmp_path, "clean")
     pipeline.run(rec, clean, only=["augment"], echo=lambda *_: None)
     rec, run_dir = _run_copy(trained, tmp_path, "killed")
-    from keras_reid.stages import _augment_impl
+    from keras_reid.stages import _augment_worker
 
-    real = _augment_impl.Worker.process
+    real = _augment_worker.Worker.process
     calls = {"n": 0}
 
     def dying(self, items):
@@ -156,7 +156,7 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
             raise KeyboardInterrupt("killed")
         return real(self, items)
 
-    monkeypatch.setattr(_augment_impl.Worker, "process", dying)
+    monkeypatch.setattr(_augment_worker.Worker, "process", dying)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     manifest = run_dir / "augment" / "manifest-0-of-1.jsonl"
@@ -165,7 +165,7 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
     with open(manifest, "a") as fh:  # a line cut short by the kill
         fh.write('{"file": "0001_c2s1_')
     (run_dir / "augment" / "data" / "bounding_box_train" / ".tmp-x.jpg-abc.jpg").write_bytes(b"\xff")
-    monkeypatch.setattr(_augment_impl.Worker, "process", real)
+    monkeypatch.setattr(_augment_worker.Worker, "process", real)
     assert pipeline.plan(rec, run_dir)[1].status == "resume"
     pipeline.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     lines = manifest.read_text().splitlines()
@@ -206,14 +206,14 @@ def test_ray_actor_killed_mid_shard_is_retried_file_for_file(trained, tmp_path, 
     """An actor process SIGKILLed on its second batch (after writing the first) is restarted by
     Ray Data and the batch retried: the same files as one process, each listed once."""
     pytest.importorskip("ray", reason="the test extra installs ray")
-    from keras_reid.stages import _augment_impl
+    from keras_reid.stages import _augment_worker
 
     rec, single = _run_copy(trained, tmp_path, "single")
     pipeline.run(rec, single, only=["augment"], echo=lambda *_: None)
     rec_ray, on_ray = _run_copy(trained, tmp_path, "ray", engine="ray")
     (on_ray / "recipe.resolved.yaml").unlink()
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(_augment_impl.KILL_ENV, f"{marker}:2")
+    monkeypatch.setenv(_augment_worker.KILL_ENV, f"{marker}:2")
     out = pipeline.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
     assert marker.exists(), "no actor was killed: the hook did not reach the Ray workers"
     assert out["augment"]["engine"] == "ray"

@@ -10,30 +10,24 @@ the next run regenerates (same name, same pixels) and overwrites.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data import generated
 from keras_reid.data.pairs import camera_pair_split
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record, subset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.models import sha256_file
 from keras_reid.progress import progbar
+from keras_reid.stages._augment_worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete
 
-DATA_DIR = "data"
-KILL_ENV = "KERAS_REID_TEST_KILL_AUGMENT"
-"""Test hook: ``<marker file>:<n>`` SIGKILLs the process on its n-th :meth:`Worker.process` call
-unless the marker file exists (it is created first, so a restarted worker goes on): the Ray
-tests kill an actor in the middle of its shard without sleeps."""
-TRAIN_FOLDER = "bounding_box_train"
 _BOX = re.compile(r"_(\d{2})$")
 
 
@@ -135,195 +129,6 @@ def work_items(sources: list[Record], cam_a: int | None, cam_b: int | None, copi
     return items
 
 
-# ------------------------------------------------------------------------------ manifest
-def manifest_files(stage_dir: Path) -> list[Path]:
-    """The manifest parts of an augment stage folder."""
-    return sorted(Path(stage_dir).glob("manifest-*.jsonl"))
-
-
-def read_manifest(stage_dir: str | os.PathLike, *, kept_only: bool = False) -> list[dict]:
-    """All manifest lines of an augment stage folder (parts merged, one entry per file name);
-    a trailing partial line left by a killed process is ignored."""
-    rows: dict[str, dict] = {}
-    for path in manifest_files(Path(stage_dir)):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["file"]] = row
-    out = list(rows.values())
-    return [r for r in out if r["kept"]] if kept_only else out
-
-
-def generated_records(stage_dir: str | os.PathLike) -> list[Record]:
-    """Records of the kept images of an augment stage (identity, target camera, source sequence)."""
-    stage_dir = Path(stage_dir)
-    out = []
-    for row in sorted(read_manifest(stage_dir, kept_only=True), key=lambda r: r["file"]):
-        out.append(Record(path=str(stage_dir / DATA_DIR / TRAIN_FOLDER / row["file"]), pid=int(row["pid"]),
-                          camid=int(row["camera"]), sequence=int(row.get("sequence", 1)),
-                          frame=int(row.get("frame", 0))))
-    return out
-
-
-def _repair(path: Path) -> None:
-    """Drop a trailing partial line (a process killed mid-write)."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-
-
-# ------------------------------------------------------------------------------ generation
-def _maybe_kill(spec: str, call: int) -> None:
-    """The :data:`KILL_ENV` test hook."""
-    import signal
-
-    marker, _, n = spec.rpartition(":")
-    if call == int(n) and not os.path.exists(marker):
-        Path(marker).touch()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Worker:
-    """Loads the generator, its masker and the filters once; turns work items into files and
-    manifest rows (used in this process and, with Ray, inside each actor)."""
-
-    def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
-                 measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
-                 jpeg_quality: int, provenance: dict, canonical: list | None = None) -> None:
-        from keras_reid.registry import REGISTRY
-
-        self.factory = REGISTRY.create("generator", gen_summary["generator"])
-        # {"": one generator} or {pid: its identity's generator}: {"path", "checkpoint",
-        # "checkpoint_sha256"} each, loaded when first needed
-        self.generators = generators
-        self.gans: dict = {}
-        self.size = tuple(gen_summary["image_size"])
-        self.needs = set(gen_summary.get("generation_needs", ["source"]))
-        self.masker = REGISTRY.create("masker", gen_summary["masker"]) \
-            if self.needs & {"source_mask", "target_mask"} else None
-        self.filter_specs = filters
-        self.filters = [REGISTRY.create("filter", f) for f in filters]
-        self.measure_specs = list(measure or [])
-        self.measures = [REGISTRY.create("filter", f) for f in self.measure_specs]
-        self.min_score = float(min_score)
-        self.noise = noise
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.target_paths = target_paths
-        self.jpeg_quality = int(jpeg_quality)
-        self.provenance = provenance
-        self.skeletons = None
-        if "target_pose" in self.needs:  # one skeleton image per canonical pose, at the generator's size
-            from keras_reid.data.poses import skeleton_images
-            from keras_reid.keypoints import scale_keypoints
-
-            kps = [scale_keypoints(np.asarray(p["keypoints"], np.float32), tuple(p["size"]), self.size)
-                   for p in canonical or []]
-            self.skeletons = skeleton_images(np.stack(kps), self.size) if kps else None
-
-    def close(self) -> None:
-        """Release native resources (MediaPipe Tasks objects)."""
-        for obj in [self.masker, *self.filters, *self.measures]:
-            close = getattr(obj, "close", None)
-            if callable(close):
-                close()
-
-    def _masks(self, paths: list[str], images: np.ndarray | None = None) -> np.ndarray:
-        from keras_reid.data.masks import masks_for
-
-        return masks_for(self.masker, paths, self.size, images=images).astype(np.float32) / 255.0
-
-    def process(self, items: list[dict]) -> list[dict]:
-        """Generate, filter and write the images of ``items``; returns their manifest rows (the
-        items of each identity go to its own generator when there is one per identity)."""
-        self._calls = getattr(self, "_calls", 0) + 1
-        if os.environ.get(KILL_ENV):
-            _maybe_kill(os.environ[KILL_ENV], self._calls)
-        rows = []
-        key_of = (lambda it: "") if "" in self.generators else (lambda it: str(int(it["pid"])))
-        for key in dict.fromkeys(key_of(it) for it in items):
-            if key not in self.gans:
-                self.gans[key] = self.factory.load(self.generators[key]["path"])
-            group = [it for it in items if key_of(it) == key]
-            checkpoint = {k: v for k, v in self.generators[key].items() if k != "path"}
-            rows += [{**r, **checkpoint} for r in self._process(group, self.gans[key])]
-        return rows
-
-    def _process(self, items: list[dict], gan) -> list[dict]:
-        """Generate, filter and write the images of ``items`` (dicts of :class:`WorkItem` fields
-        with ``source_path``); returns their manifest rows."""
-        import cv2
-
-        from keras_reid.data.images import load_images, to_uint8, to_unit
-
-        paths = [it["source_path"] for it in items]
-        if "noise" in self.needs:  # z from each item's own seed: the same file whatever the batch
-            z_dim = int(gan.z_dim)
-            batch: dict[str, Any] = {"noise": np.stack([
-                np.random.default_rng(it["seed"]).uniform(-1, 1, z_dim) for it in items]).astype(np.float32)}
-            src = None
-        else:
-            src = load_images(paths, self.size)
-            batch = {"source": to_unit(src)}
-        if "source_mask" in self.needs:
-            batch["source_mask"] = self._masks(paths, src)
-        if "target_pose" in self.needs:
-            if self.skeletons is None:
-                raise UserError("the generator needs target poses; give the augment stage poses: "
-                                "<a canonical_poses stage>")
-            batch["target_pose"] = to_unit(self.skeletons[[int(it["copy"]) for it in items]])
-        target_files = [None] * len(items)
-        if "target_mask" in self.needs:
-            if not self.target_paths:
-                raise DatasetError("the generator needs target masks but the target camera has no images")
-            target_files = [self.target_paths[np.random.default_rng(it["seed"]).integers(len(self.target_paths))]
-                            for it in items]
-            batch["target_mask"] = self._masks(target_files)
-        generated = to_uint8(_generate(gan, batch, self.noise, [int(it["seed"]) for it in items]))
-        scores = {}
-        for spec, flt in zip(self.filter_specs, self.filters):
-            scores[spec["type"]] = np.asarray(flt(generated), np.float32)
-        measured = {spec["type"]: np.asarray(flt(generated), np.float32)
-                    for spec, flt in zip(self.measure_specs, self.measures)}
-        rows = []
-        for j, it in enumerate(items):
-            item_scores = {k: round(float(v[j]), 4) for k, v in scores.items()}
-            kept = all(v >= self.min_score for v in item_scores.values())
-            if kept:
-                ok, data = cv2.imencode(".jpg", generated[j][..., ::-1],
-                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-                if not ok:  # pragma: no cover - OpenCV failure
-                    raise UserError(f"could not encode {it['name']} as JPEG")
-                with io.atomic_path(self.out_dir / it["name"]) as tmp:
-                    tmp.write_bytes(data.tobytes())
-            rows.append({"file": it["name"], "kept": kept, "scores": item_scores,
-                         "measured": {k: round(float(v[j]), 4) for k, v in measured.items()},
-                         "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
-                         "source_camera": it["source_camera"], "sequence": it["sequence"],
-                         "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
-                         "target_mask_of": target_files[j],
-                         **({"pose_index": int(it["copy"])} if self.skeletons is not None else {}),
-                         **self.provenance})
-        return rows
-
-
-def _generate(gan, batch: dict, noise: bool | None, seeds: list[int]):
-    """``gan.generate(batch, noise=...)``, with each item's own seed when the generator takes
-    ``seeds`` (its random draws at generation, e.g. pix2pix's dropout noise, then depend on the
-    item only: not on the batch, the shard or what the process did before)."""
-    import inspect
-
-    if "seeds" in inspect.signature(gan.generate).parameters:
-        return gan.generate(batch, noise=noise, seeds=seeds)
-    return gan.generate(batch, noise=noise)
-
-
 def _item_dict(it: WorkItem, cam_a: int | None, cam_b: int | None) -> dict:
     return {"name": it.name, "source_path": str(it.source.path), "pid": it.source.pid,
             "camera": it.source.camid if cam_b is None else cam_b,
@@ -350,11 +155,11 @@ def augment(cfg, ctx: StageContext) -> dict:
         raise UserError("--shard splits the local engine's work; with engine: ray the stage runs every "
                         "shard on the cluster itself: drop --shard")
     stage_dir = ctx.stage_dir
-    out_dir = stage_dir / DATA_DIR / TRAIN_FOLDER
+    out_dir = generated.images_dir(stage_dir)
     if out_dir.is_dir():  # temporary files of a killed run: never complete, never listed
         for leftover in out_dir.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
-    done = {row["file"] for row in read_manifest(stage_dir)}
+    done = {row["file"] for row in generated.read_manifest(stage_dir)}
     mine = items[shard_i::shard_n]
     todo = [it for it in mine if it.name not in done]
     provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
@@ -383,13 +188,13 @@ def augment(cfg, ctx: StageContext) -> dict:
             from keras_reid.stages import _augment_ray
 
             rows_iter = _augment_ray.run(dicts, worker_kwargs, cfg)
-            manifest = stage_dir / "manifest-ray.jsonl"
+            manifest = generated.manifest_part(stage_dir, ray=True)
         else:
             rows_iter = _local(dicts, worker_kwargs, cfg.batch_size)
-            manifest = stage_dir / f"manifest-{shard_i}-of-{shard_n}.jsonl"
+            manifest = generated.manifest_part(stage_dir, (shard_i, shard_n))
         _write_rows(manifest, rows_iter, len(dicts), ctx)
     seconds = time.time() - t0
-    rows = read_manifest(stage_dir)
+    rows = generated.read_manifest(stage_dir)
     finished = {r["file"] for r in rows}
     missing = [it for it in items if it.name not in finished]
     if missing:
@@ -412,7 +217,7 @@ def augment(cfg, ctx: StageContext) -> dict:
         ctx.echo(f"{name}: {frac:.1%} of the generated images score at least {cfg.min_score}")
     diversity = _sample_diversity(kept, stage_dir, ctx) if cfg.samples is not None else None
     summary = {
-        "data": str((stage_dir / DATA_DIR).relative_to(ctx.run_dir)),
+        "data": str((stage_dir / generated.DATA_DIR).relative_to(ctx.run_dir)),
         "generator_stage": cfg.generator,
         "source_camera": cam_a, "target_camera": cam_b, "images_from": cfg.images,
         "source_images": len(sources), "generated": len(rows), "kept": len(kept),
@@ -445,8 +250,7 @@ def _sample_diversity(kept: list[dict], stage_dir: Path, ctx: StageContext) -> d
     rows = subset(sorted(kept, key=lambda r: r["file"]), DIVERSITY_IMAGES, seed=0)
     if len(rows) < 2:
         return None
-    folder = stage_dir / DATA_DIR / TRAIN_FOLDER
-    images = np.stack([read_image(str(folder / r["file"]), None) for r in rows])
+    images = np.stack([read_image(str(generated.image_path(stage_dir, r)), None) for r in rows])
     out = {"pixel_std": round(pixel_diversity(images), 2), "images": len(rows)}
     by_generator: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
@@ -470,15 +274,13 @@ def _local(items: list[dict], worker_kwargs: dict, batch_size: int) -> Iterable[
 
 def _write_rows(manifest: Path, batches: Iterable[list[dict]], total: int, ctx: StageContext) -> None:
     """Append manifest rows as batches arrive (flushed and synced per batch), with a progress bar."""
-    _repair(manifest)
+    generated.repair(manifest)
     bar = progbar(total, unit_name="image", stateful_metrics={"images/s", "kept"})
     n = kept = 0
     t0 = time.time()
     with open(manifest, "a", encoding="utf-8") as fh:
         for rows in batches:
-            fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
+            generated.append_rows(fh, rows)
             n += len(rows)
             kept += sum(r["kept"] for r in rows)
             bar.update(n, [("images/s", n / max(time.time() - t0, 1e-9)), ("kept", kept)])
@@ -494,10 +296,10 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     from keras_reid.training.callbacks import image_grid, label_rows
 
     rows = sorted(kept, key=lambda r: r["file"])[:n]
-    first = read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / rows[0]["file"]), (128, 64))
+    first = read_image(str(generated.image_path(stage_dir, rows[0])), (128, 64))
     size = first.shape[:2]
     src = [read_image(r["source"], size) for r in rows if r["source"]]  # none for noise samples
-    gen = [read_image(str(stage_dir / DATA_DIR / TRAIN_FOLDER / r["file"]), size) for r in rows]
+    gen = [read_image(str(generated.image_path(stage_dir, r)), size) for r in rows]
     grid = label_rows(image_grid(np.stack(src + gen), cols=len(rows)),
                       (["source"] if src else []) + ["generated"])
     clear_events(ctx.tensorboard_dir)

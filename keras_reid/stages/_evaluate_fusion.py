@@ -28,7 +28,7 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
     Raises UserError when a view has not completed, when no row belongs to any of the images,
     or when a requested pose occurs in no row."""
     from keras_reid.data.pipeline import scan_images
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER, read_manifest
+    from keras_reid.data import generated
 
     fusion = cfg.fusion
     index: dict[str, list[int]] = {}
@@ -40,8 +40,7 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
     poses_present: set[int] = set()
     for view in fusion.views:
         ctx.output_of(view)  # clear error when the augment stage has not completed
-        folder = ctx.stage_dir_of(view) / DATA_DIR / TRAIN_FOLDER
-        for row in sorted(read_manifest(ctx.stage_dir_of(view), kept_only=True), key=lambda r: r["file"]):
+        for row in generated.kept_rows(ctx.stage_dir_of(view)):
             rows_seen += 1
             owners = index.get(_source_key(row["source"])) if row.get("source") else None
             if owners is None:
@@ -56,7 +55,7 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
                 poses_present.add(int(pose))
                 if int(pose) not in fusion.poses:
                     continue
-            found += [(i, -1 if pose is None else int(pose), row["file"], str(folder / row["file"]))
+            found += [(i, -1 if pose is None else int(pose), row["file"], str(generated.image_path(ctx.stage_dir_of(view), row)))
                       for i in owners]
     if other == rows_seen:
         raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "

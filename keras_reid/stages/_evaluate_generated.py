@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_reid.data import generated
 from keras_reid.data.records import Record, subset
 from keras_reid.inference import extract_features
 from keras_reid.stages._evaluate_impl import usable_records
@@ -12,10 +13,8 @@ from keras_reid.stages.base import StageContext
 
 def _generated_subset(ctx: StageContext, cfg, stage_name: str) -> list[dict]:
     """The kept manifest rows of an augment stage (a deterministic subset of quality_images)."""
-    from keras_reid.stages._augment_impl import read_manifest
-
     ctx.output_of(stage_name)  # clear error when the augment stage has not completed
-    rows = sorted(read_manifest(ctx.stage_dir_of(stage_name), kept_only=True), key=lambda r: r["file"])
+    rows = generated.kept_rows(ctx.stage_dir_of(stage_name))
     return subset(rows, cfg.quality_images, ctx.seed)
 
 
@@ -25,7 +24,6 @@ def identity_preservation_of(ctx: StageContext, cfg, stage_name: str, model, siz
     Each query keeps its source camera as its camera id, so every real image of its identity in
     that camera (the source image included) is left out, as for a real cross-camera query."""
     from keras_reid.metrics.quality import identity_preservation
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER
 
     rows = _generated_subset(ctx, cfg, stage_name)
     if not rows or not rows[0]["source"]:
@@ -35,8 +33,8 @@ def identity_preservation_of(ctx: StageContext, cfg, stage_name: str, model, siz
     gen_cfg = ctx.recipe.stage_configs[aug_cfg.generator]
     dataset = aug_cfg.dataset or gen_cfg.dataset
     gallery = usable_records(ctx, aug_cfg.split, cfg, dataset=dataset)
-    gdir = ctx.stage_dir_of(stage_name) / DATA_DIR / TRAIN_FOLDER
-    queries = [Record(str(gdir / r["file"]), int(r["pid"]), int(r["source_camera"])) for r in rows]
+    gdir = ctx.stage_dir_of(stage_name)
+    queries = [Record(str(generated.image_path(gdir, r)), int(r["pid"]), int(r["source_camera"])) for r in rows]
     ctx.echo(f"identity preservation of '{stage_name}': {len(queries)} generated queries x "
              f"{len(gallery)} real '{aug_cfg.split}' images")
     qf = extract_features(model, queries, size, cfg.batch_size, cfg.flip)
@@ -60,10 +58,8 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     aug_cfg = ctx.recipe.stage_configs[stage_name]
     gen_out = ctx.output_of(aug_cfg.generator)
     size = tuple(gen_out["image_size"])
-    from keras_reid.stages._augment_impl import DATA_DIR, TRAIN_FOLDER
-
-    gdir = ctx.stage_dir_of(stage_name) / DATA_DIR / TRAIN_FOLDER
-    generated = np.stack([read_image(str(gdir / r["file"]), size) for r in rows])
+    gdir = ctx.stage_dir_of(stage_name)
+    images = np.stack([read_image(str(generated.image_path(gdir, r)), size) for r in rows])
     sources = np.stack([read_image(r["source"], size) for r in rows])
     masks = None
     if gen_out.get("masker"):
@@ -72,7 +68,7 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
         with ctx.registry.using("masker", gen_out["masker"]) as masker:
             masks = masks_for(masker, [r["source"] for r in rows], size, images=sources) > 127
     out = {"images": len(rows)}
-    vs_source = ssim(generated, sources, masks=masks)
+    vs_source = ssim(images, sources, masks=masks)
     out["ssim_vs_source"] = float(vs_source["ssim"])
     if vs_source.get("masked_ssim") is not None:
         out["person_ssim_vs_source"] = float(vs_source["masked_ssim"])
@@ -89,7 +85,7 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     if paired:
         idx = [i for i, _ in paired]
         tgt = np.stack([read_image(p, size) for _, p in paired])
-        out["ssim_vs_target"] = float(ssim(generated[idx], tgt)["ssim"])
+        out["ssim_vs_target"] = float(ssim(images[idx], tgt)["ssim"])
         out["ssim_source_vs_target"] = float(ssim(sources[idx], tgt)["ssim"])
     return out
 
