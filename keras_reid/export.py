@@ -78,7 +78,7 @@ def compact_model(extractor: FeatureExtractor, registry=None):
     """``(model, note)``: the backbone's compact inference form of the extractor's model when its
     backbone component has ``convert(model)``, else ``(the model, None)``."""
     spec = extractor.preprocessing.backbone
-    if not spec:
+    if not spec or extractor.preprocessing.converted:   # none, or already the deploy form
         return extractor.model, None
     from keras_reid.registry import REGISTRY
 

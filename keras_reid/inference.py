@@ -132,17 +132,22 @@ class Preprocessing:
     feature_dim: int | None = None
     backbone: dict | None = None
     stage: str | None = None
+    converted: bool = False
+    """The model is its backbone's deploy form (``model_converted.keras``), not to be converted again."""
     source: str = field(default="record", compare=False)
     """Where it was read: the record file, or the stage folder of a model trained before it."""
 
     def to_json(self) -> dict:
         from keras_reid import __version__
 
-        return {"version": RECORD_VERSION, "image_size": list(self.image_size),
-                "channels": self.channels, "input_range": list(self.input_range),
-                "resize": self.resize, "flip": self.flip, "l2_normalise": self.l2_normalise,
-                "feature_dim": self.feature_dim, "backbone": self.backbone, "stage": self.stage,
-                "keras_reid": __version__}
+        out = {"version": RECORD_VERSION, "image_size": list(self.image_size),
+               "channels": self.channels, "input_range": list(self.input_range),
+               "resize": self.resize, "flip": self.flip, "l2_normalise": self.l2_normalise,
+               "feature_dim": self.feature_dim, "backbone": self.backbone, "stage": self.stage,
+               "keras_reid": __version__}
+        if self.converted:   # absent otherwise: records of trained models stay as they were
+            out["converted"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> "Preprocessing":
@@ -156,7 +161,8 @@ class Preprocessing:
                        l2_normalise=bool(data.get("l2_normalise", True)), input_range=(lo, hi),
                        resize=str(data.get("resize", RESIZE)),
                        feature_dim=data.get("feature_dim"), backbone=data.get("backbone"),
-                       stage=data.get("stage"), source=where)
+                       stage=data.get("stage"), converted=bool(data.get("converted", False)),
+                       source=where)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where} is not a keras-reid preprocessing record ({exc}); delete it "
                              "and load the model from its stage folder, or retrain the stage") from None

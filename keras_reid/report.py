@@ -210,12 +210,54 @@ def _results_single(data: RunData) -> str:
         rows.append(_metric_row("chance", chance, cols, "a random ranking of the gallery",
                                 variant="chance", klass="chance"))
     table = _table(["model"] + [label for _, label in cols] + ["trained on"], rows, klass="metrics")
-    out = [table, f"<p class='note'>{_e(_meaning(cols))}</p>"]
+    out = [table, f"<p class='note'>{_e(_meaning(cols))}</p>", _deploy_table(models)]
     compare = data.recipe.get("compare") or []
     if compare:
         comps = aggregate([data.metrics], [tuple(p) for p in compare])["comparisons"]
         out.append(_comparisons(comps, cols, single=True))
     return "".join(out)
+
+
+def _deploy_table(models: dict) -> str:
+    """Size and latency of the models that have a ``deploy`` entry (a model and its deploy form,
+    e.g. the converted CondenseNet); empty when none has."""
+    rows = []
+    for name, m in models.items():
+        d = m.get("deploy") if isinstance(m, dict) else None
+        if not isinstance(d, dict):
+            continue
+        base = (models.get(m.get("converted_from")) or {}).get("deploy") or {}
+
+        def cell(key: str, text) -> str:
+            v = d.get(key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                return "<td class='num'>&ndash;</td>"
+            std = d.get(f"{key}_std")
+            extra = f" &plusmn; {_e(text(std))}" if isinstance(std, (int, float)) and std else ""
+            return (f"<td class='num' data-model='{_e(name)}' data-metric='{_e(key)}' "
+                    f"data-value='{v!r}'>{_e(text(v))}{extra}</td>")
+        notes = []
+        if isinstance(base.get("ms_per_image"), (int, float)) and d.get("ms_per_image"):
+            notes.append(f"{base['ms_per_image'] / d['ms_per_image']:.2f}x as fast")
+        if isinstance(base.get("params"), (int, float)) and base["params"] and \
+                isinstance(d.get("params"), (int, float)):
+            notes.append(f"{d['params'] / base['params']:.2f}x the parameters")
+        if m.get("converted_from"):
+            notes.insert(0, f"deploy form of {m['converted_from']}")
+        rows.append(f"<tr><th>{_e(name)}</th>" + cell("params", lambda v: f"{v:,.0f}")
+                    + cell("bytes", lambda v: f"{v / 1e6:.2f} MB")
+                    + cell("ms_per_image", lambda v: f"{v:.2f}")
+                    + f"<td class='desc'>{_e(', '.join(notes))}</td></tr>")
+    if not rows:
+        return ""
+    runs = next((m["deploy"].get("runs") for m in models.values() if isinstance(m, dict)
+                 and isinstance(m.get("deploy"), dict) and m["deploy"].get("runs")), None)
+    note = ("Parameters, file size on disk and milliseconds per image at batch 1 (one forward "
+            "pass as a compiled graph" + (f", median of {runs:.0f} calls" if runs else "")
+            + ", models timed in turn on the machine that evaluated them).")
+    return ("<h3>Size and latency</h3>" + _table(["model", "parameters", "on disk", "ms/image", ""],
+                                                 rows, klass="metrics")
+            + f"<p class='note'>{_e(note)}</p>")
 
 
 def _meaning(cols) -> str:
@@ -721,7 +763,7 @@ def _model_files(data: RunData) -> list[tuple[str, Path]]:
     out = []
     for s in data.stages:
         x = s.summary
-        names = [x.get(k) for k in ("model", "classifier")]
+        names = [x.get(k) for k in ("model", "classifier")] + [(x.get("converted") or {}).get("model")]
         names += list((x.get("generators") or {}).values())[:20]
         for rel in names:
             if isinstance(rel, str) and rel.endswith(".keras"):
@@ -824,7 +866,8 @@ def _results_repeated(agg: dict, runs: list[tuple[dict, RunData]]) -> str:
         rows.append(_metric_row("chance", chance, cols, "a random ranking of the gallery",
                                 variant="chance", klass="chance"))
     out = ["<p class='note'>Mean &plusmn; sample standard deviation over the repeats.</p>",
-           _table(["model"] + [label for _, label in cols] + [""], rows, klass="metrics")]
+           _table(["model"] + [label for _, label in cols] + [""], rows, klass="metrics"),
+           _deploy_table(models)]
     comps = agg.get("comparisons") or {}
     if comps:
         out.append(_comparisons(comps, cols, single=False))

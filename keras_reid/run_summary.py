@@ -66,8 +66,12 @@ def closing_lines(recipe: Recipe, run_dir: str | Path, summaries: dict) -> list[
                 f"{100 * chance[k]:>8.2f}%" if isinstance(chance.get(k), (int, float)) else f"{'':>9}"
                 for k, _ in columns) + "   a random ranking of the gallery")
         lines.append(MEANING["closed_set" if closed else "retrieval"])
-    saved = [str(run_dir / s["model"]) for s in summaries.values()
-             if isinstance(s, dict) and isinstance(s.get("model"), str) and s["model"].endswith(".keras")]
+        from keras_reid.deploy import deploy_lines
+
+        lines += deploy_lines(models)   # a model and its deploy form (e.g. converted CondenseNet)
+    saved = [str(run_dir / m) for s in summaries.values() if isinstance(s, dict)
+             for m in (s.get("model"), (s.get("converted") or {}).get("model"))
+             if isinstance(m, str) and m.endswith(".keras")]
     if saved:
         lines.append("models: " + ", ".join(saved))
     lines.append(f"run folder: {run_dir} (recipe.resolved.yaml, metrics.json, one folder per stage)")

@@ -31,26 +31,41 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
         labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
         pid_of = {int(v): int(k) for k, v in labels_map.items()}
         num = len(pid_of)
-        s = class_scores(clf, test, out["image_size"], cfg.batch_size)
         pids = sorted(pid_of.values())
         # columns ordered by class id (pid), classes unseen in training get score 0
         col = {pid: i for i, pid in enumerate(pids)}
         y = np.array([col.get(r.pid, -1) for r in test])
         known = y >= 0
-        res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
-        entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
-        entry["num_test_images"] = int(known.sum())
-        entry["num_classes"] = num
-        results[name] = entry
-        io.write_json(ctx.stage_dir / f"confusion_{name}.json",
-                      {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
-        if ctx.is_chief:
-            _write_closed_set_tensorboard(ctx, name, entry, np.asarray(res["confusion"]), pids)
+
+        def score_model(model, model_name):
+            s = class_scores(model, test, out["image_size"], cfg.batch_size)
+            res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
+            entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
+            entry["num_test_images"] = int(known.sum())
+            entry["num_classes"] = num
+            io.write_json(ctx.stage_dir / f"confusion_{model_name}.json",
+                          {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
+            if ctx.is_chief:
+                _write_closed_set_tensorboard(ctx, model_name, entry, np.asarray(res["confusion"]), pids)
+            return entry
+
+        results[name] = score_model(clf, name)
+        if cfg.converted and (out.get("converted") or {}).get("classifier"):   # the deploy form
+            from keras_reid.deploy import converted_name
+            from keras_reid.stages._evaluate_deploy import closed_set_converted
+
+            results.update(closed_set_converted(
+                ctx, cfg, stage, name, out, clf, results[name],
+                lambda model: score_model(model, converted_name(name)), test))
     if ctx.is_chief:
+        from keras_reid.deploy import deploy_lines
+
         ctx.record_metrics(results)
         for name, e in results.items():
             ctx.echo(f"{name}: prec@1 ALL {100 * e['prec1_all']:.2f}%  p-ID {100 * e['prec1_pid']:.2f}%  "
                      f"mAP ALL {100 * e['mAP_all']:.2f}%  p-ID {100 * e['mAP_pid']:.2f}%")
+        for line in deploy_lines(results):
+            ctx.echo(line)
     return {"models": results}
 
 

@@ -90,6 +90,11 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         results[name] = entry
         if ctx.is_chief:
             publish(ctx, cfg, name, res, dist, query, gallery, gf, size, entry)
+        if cfg.converted and out.get("converted"):   # the backbone's deploy form, beside it
+            from keras_reid.stages._evaluate_deploy import evaluate_converted
+
+            results.update(evaluate_converted(ctx, cfg, stage, name, loaded, (qf, gf), entry, query,
+                                              gallery, pooled))
     if cfg.fusion is not None:
         results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions))
     features.release()
@@ -326,6 +331,10 @@ def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -
     if any(e.get("cmc_protocol") == "single_shot" for e in results.values()):
         ctx.echo("rank-k: single-shot CMC (one random gallery image per identity and query, "
                  "averaged over draws); mAP and mINP over the whole gallery")
+    from keras_reid.deploy import deploy_lines
+
+    for line in deploy_lines(results):
+        ctx.echo(line)
     for name, e in results.items():
         c = e.get("classification")
         if c:

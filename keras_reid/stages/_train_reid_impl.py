@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedIm
     """Read one generated set and label it by its policy; identities the real images do not
     have get new classes (appended to ``mapping``, in place) unless the policy is lsro."""
     from keras_reid.data.pipeline import scan_images
-    from keras_reid.data.generated import generated_records
+    from keras_reid.stages._augment_impl import generated_records
 
     if g.stage is not None:
         ctx.output_of(g.stage)  # raises a clear error if the augment stage has not completed
@@ -196,6 +197,53 @@ def _filter_real(cfg, ctx: StageContext, records: list[Record], labels: np.ndarr
     summary = {"filter": spec, "min_score": cfg.real_min_score, "real_images": len(records),
                "accepted": int(keep.sum()), "emptied_classes": emptied}
     return kept, np.asarray(labels)[keep], summary
+
+
+def write_converted(cfg, ctx: StageContext, backbone, model, records: list[Record],
+                    classifier: bool) -> dict | None:
+    """The backbone's deploy form (its ``convert``) of the trained ``model``'s inference model
+    (and of its classifier, ``classifier``: closed-set data or withheld images), each checked on
+    up to 16 training images to give the trained model's outputs (``keras_reid.deploy.
+    check_parity``, again after reloading the saved file) and saved as ``model_converted.keras``
+    (``classifier_converted.keras``) with its preprocessing record. Returns the summary part
+    ``{"model", "classifier"?, "max_abs_diff", "params", "params_trained", "parity_images"}``,
+    None when the backbone has no deploy form. Raises ConversionError when outputs differ."""
+    from keras_reid.data.pipeline import eval_dataset
+    from keras_reid.deploy import CONVERTED_FILE, check_parity, converter
+    from keras_reid.inference import Preprocessing, load_keras_model, write_preprocessing
+
+    convert = converter(backbone)
+    if convert is None:
+        return None
+    h, w = cfg.image_size
+    images = np.asarray(next(iter(eval_dataset(records[:16], image_size=(h, w), batch_size=16))),
+                        np.float32)
+    kind = cfg.backbone.get("type")
+    out: dict = {}
+    diffs = []
+    for output, file in (("features", CONVERTED_FILE),) + ((("logits", "classifier_converted.keras"),)
+                                                            if classifier else ()):
+        trained = model.inference_model(output)
+        what = f"stage '{ctx.stage_name}' ({kind}, {output})"
+        compact = convert(trained)
+        check_parity(trained, compact, images, what)
+        path = ctx.stage_dir / file
+        with io.atomic_path(path, suffix=".keras") as tmp:
+            compact.save(tmp)
+            diffs.append(check_parity(trained, load_keras_model(tmp, dict(cfg.backbone), ctx.registry),
+                                      images, what + ", saved and loaded again"))
+        write_preprocessing(path, Preprocessing(
+            image_size=(h, w), feature_dim=int(compact.outputs[0].shape[-1]),
+            backbone=dict(cfg.backbone), stage=ctx.stage_name, converted=True))
+        out["model" if output == "features" else "classifier"] = str(path.relative_to(ctx.run_dir))
+        if output == "features":
+            out["params"], out["params_trained"] = int(compact.count_params()), int(trained.count_params())
+    out.update(max_abs_diff=max(diffs), parity_images=int(len(images)))
+    files = ", ".join(Path(out[k]).name for k in ("model", "classifier") if k in out)
+    ctx.echo(f"converted to the deploy form of {kind}: {files} "
+             f"({out['params']:,} parameters, trained form {out['params_trained']:,}; largest output "
+             f"difference {out['max_abs_diff']:.2g} on {len(images)} training images)")
+    return out
 
 
 def train(cfg, ctx: StageContext) -> dict:
@@ -374,6 +422,9 @@ def train(cfg, ctx: StageContext) -> dict:
             io.write_json(ctx.stage_dir / HOLDOUT_FILE, {
                 "fraction": cfg.holdout_per_class, "seed": ctx.seed,
                 "records": [[r.path, r.pid, r.camid] for r in withheld]})
+    converted = None
+    if ctx.is_chief and cfg.convert is not False:
+        converted = write_converted(cfg, ctx, backbone, model, good, classifier=bool(closed or withheld))
     final = {k: float(v[-1]) for k, v in (history or {}).items() if v}
     summary = {
         "model": str(model_path.relative_to(ctx.run_dir)),
@@ -389,6 +440,8 @@ def train(cfg, ctx: StageContext) -> dict:
         "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
         "final": final,
     }
+    if converted is not None:
+        summary["converted"] = converted
     if real_filter is not None:
         summary["real_filter"] = real_filter
     if curve is not None:

@@ -78,6 +78,13 @@ class EvaluateConfig(BaseModel):
         "then ranked like a single query; null = off")
     multi_query_split: str = Field("gt_bbox", description="the split multi_query pools from "
                                    "(Market-1501's gt_bbox/, the hand-drawn boxes)")
+    converted: bool = Field(True, description="also rank the deploy form of each model whose "
+                            "train stage saved one (train_reid convert: CondenseNet's converted "
+                            "model) as '<name> (converted)', and report both forms' parameters, "
+                            "bytes on disk and latency")
+    latency_runs: int = Field(11, ge=0, description="timed calls (batch 1, after 3 untimed ones) "
+                              "per model for the latency of a model and its deploy form; the "
+                              "median is reported (0 = no timing)")
     batch_size: int = Field(64, gt=0)
     ranked_lists: int = Field(8, ge=0, description="queries drawn as ranked lists in TensorBoard")
     projector_samples: int = Field(300, ge=0, description="gallery images exported to the embedding projector")

@@ -102,11 +102,28 @@ class TrainReIDConfig(BaseModel):
         None, gt=0, description="every N epochs (and after the last) rank the dataset's query and "
         "gallery splits with the model in training: mAP/rank-k as curves in TensorBoard "
         "(reid/eval/...) and eval_history in the summary; null = off")
+    convert: bool | None = Field(
+        None, description="after training, convert the model to its backbone's deploy form (the "
+        "backbone's convert(): CondenseNet's compact inference model), check that it gives the same "
+        "features (within 1e-4) and save it as model_converted.keras; the evaluate stage ranks it "
+        "next to the trained model and measures both (size, latency). null: whenever the backbone "
+        "has a deploy form; true: required; false: off")
     verbose: int = Field(1, ge=0, le=2)
     precision: Precision | None = Field(
         None, description="dtype policy of this stage: float32, mixed_float16 (with loss scaling) or "
         "mixed_bfloat16; null = the recipe's precision")
 
+
+
+def _has_deploy_form(backbone: dict) -> bool | None:
+    """Whether the backbone component offers a deploy form (``convert``); None when unknown."""
+    from keras_reid.deploy import converter
+    from keras_reid.registry import REGISTRY
+
+    try:
+        return converter(REGISTRY.get("backbone", backbone.get("type")).obj) is not None
+    except Exception:  # noqa: BLE001 - an unknown backbone is reported by the backbone's own check
+        return None
 
 
 def _trunk_problem(backbone: dict) -> str | None:
@@ -139,6 +156,9 @@ class TrainReID(Stage):
             problem = _trunk_problem(config.backbone)
             if problem:
                 return (("freeze_backbone_epochs",), problem)
+        if config.convert and _has_deploy_form(config.backbone) is False:
+            return (("convert",), f"backbone '{config.backbone.get('type')}' has no deploy form "
+                    "(no convert method); remove convert or use a backbone that has one (condensenet)")
         if config.sampler == "pk" and config.batch_size % config.instances_per_id:
             return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
                     f"instances_per_id ({config.instances_per_id}) for the PK sampler")

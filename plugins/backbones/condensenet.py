@@ -22,7 +22,9 @@ o belongs to group o mod G).
 the first three dense blocks as plain convolutions with the gathers, shuffles and BatchNorms
 folded into (block-sparse) weights, the later blocks compact (per-group gather + 1x1 conv, the
 3x3 group conv split per group), the classifier's inputs gathered; the layout was chosen by
-measurement (``tools/bench_condensenet_layout.py``). A process that loads a saved CondenseNet ``.keras`` file must import
+measurement (``tools/bench_condensenet_layout.py``). It is the backbone's deploy form
+(``keras_reid.deploy``): ``train_reid`` saves it as ``model_converted.keras`` after training and
+``evaluate`` reports it beside the trained model, with both forms' size and latency. A process that loads a saved CondenseNet ``.keras`` file must import
 ``keras_reid_plugins.backbones._condensenet_model`` first (or use :func:`load_model`).
 """
 from __future__ import annotations
