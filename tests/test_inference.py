@@ -154,6 +154,67 @@ def test_evaluate_on_a_keras_file_equals_the_pipeline_metrics(run, tmp_path):
     assert "chance" in res.output and got["chance"]["mAP"] > 0
 
 
+def test_evaluate_model_single_shot_and_multi_query(run, tmp_path):
+    """--single-shot: the CMC of the evaluate stage's 10 seeded single-shot draws, mAP unchanged;
+    --multi-query max: each query's feature pooled by hand with its person's gt_bbox/ images
+    in its camera. Without a gt_bbox/ split, or with --distmat, --multi-query is one line, exit 2."""
+    import keras_reid
+    from keras_reid.metrics import evaluate_retrieval, pairwise_distance
+    from keras_reid.metrics.retrieval import single_shot_cmc
+    from keras_reid_plugins.datasets.market import read_market_layout
+
+    root = tmp_path / "market"
+    shutil.copytree(run["root"], root)
+    plain = read_market_layout(root)
+    keys = {(q.pid, q.camid) for q in plain["query"]}
+    (root / "gt_bbox").mkdir()
+    for r in plain["query"] + [g for g in plain["gallery"] if (g.pid, g.camid) in keys]:
+        shutil.copy(r.path, root / "gt_bbox" / Path(r.path).name)
+    splits = read_market_layout(root)
+    query, gallery, gt = splits["query"], splits["gallery"], splits["gt_bbox"]
+    out = tmp_path / "m.json"
+    stage = run["dir"] / "train"
+    res = invoke("evaluate", stage, "--dataset", f"market1501:{root}", "--single-shot",
+                 "--multi-query", "max", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert "multi-query" in res.output and "single-shot CMC" in res.output
+    got = json.loads(out.read_text())
+    want = json.loads((run["dir"] / "metrics.json").read_text())["models"]["train"]
+    assert got["plain"]["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
+    extract = keras_reid.load_model(stage)
+    qf, gf, mf = (extract([r.path for r in recs]) for recs in (query, gallery, gt))
+    ids = ([q.pid for q in query], [g.pid for g in gallery], [q.camid for q in query],
+           [g.camid for g in gallery])
+    ss = single_shot_cmc(pairwise_distance(qf, gf), *ids, max_rank=50, repeats=10, seed=0)
+    assert got["plain"]["cmc_protocol"] == "single_shot" and got["plain"]["single_shot_repeats"] == 10
+    np.testing.assert_allclose(got["plain"]["cmc"], ss["cmc"], atol=1e-9)
+    pooled = []
+    for i, q in enumerate(query):
+        same = [j for j, m in enumerate(gt) if (m.pid, m.camid) == (q.pid, q.camid)
+                and Path(m.path).name != Path(q.path).name]
+        v = np.max(np.vstack([qf[i:i + 1], mf[same]]), axis=0)
+        pooled.append(v / np.linalg.norm(v))
+    d = pairwise_distance(np.array(pooled, np.float32), gf)
+    mq = got["multi_query"]
+    assert mq["pooling"] == "max" and mq["pooled_images"] == sum(
+        1 for q in query for m in gt if (m.pid, m.camid) == (q.pid, q.camid)
+        and Path(m.path).name != Path(q.path).name) > 0
+    assert mq["mAP"] == pytest.approx(evaluate_retrieval(d, *ids, max_rank=50)["mAP"], abs=1e-5)
+    np.testing.assert_allclose(mq["cmc"], single_shot_cmc(d, *ids, max_rank=50, repeats=10, seed=0)["cmc"],
+                               atol=1e-9)
+    for args, words in (
+            (("evaluate", stage, "--dataset", f"market1501:{run['root']}", "--multi-query", "mean"),
+             "pools the images of split 'gt_bbox', which market1501 at"),
+            (("evaluate", "--distmat", tmp_path / "d.npz", "--multi-query", "max"), "a distance matrix does not have"),
+            (("evaluate", stage, "--dataset", f"market1501:{root}", "--multi-query", "median"), "'median' is not one of")):
+        if "--distmat" in args:
+            np.savez(tmp_path / "d.npz", distmat=np.zeros((1, 1)), q_pids=[1], g_pids=[1], q_camids=[1], g_camids=[2])
+        res = invoke(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert words in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 or "Usage" in res.stderr, res.stderr
+
+
 def _onnx_missing():
     from keras_reid.export import missing_onnx_packages
 

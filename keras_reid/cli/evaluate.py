@@ -72,27 +72,47 @@ def check_arrays(path: str, arrays: dict) -> None:
                         f"{arrays['qf'].shape[1]} and {arrays['gf'].shape[1]}")
 
 
+SINGLE_SHOT_REPEATS = 10
+"""Draws of ``--single-shot`` (torchreid's ``eval_cuhk03`` and the evaluate stage's default)."""
+
+
+def retrieval(dist, ids, max_rank: int, single_shot: bool = False) -> dict:
+    """``evaluate_retrieval`` of ``dist`` summarised (:func:`summarise`); with ``single_shot`` the
+    CMC is the single-shot CMC of :data:`SINGLE_SHOT_REPEATS` draws seeded as the evaluate stage
+    seeds them (mAP and mINP stay those of the whole gallery)."""
+    from keras_reid.metrics import evaluate_retrieval
+    from keras_reid.metrics.retrieval import single_shot_cmc
+    from keras_reid.stages._evaluate_impl import SINGLE_SHOT_SEED
+
+    res = evaluate_retrieval(dist, *ids, max_rank=max_rank)
+    if single_shot:
+        ss = single_shot_cmc(dist, *ids, max_rank=max_rank, repeats=SINGLE_SHOT_REPEATS,
+                             seed=SINGLE_SHOT_SEED)
+        res = {**res, "cmc": ss["cmc"], "cmc_protocol": "single_shot", "single_shot_repeats": ss["repeats"]}
+    return summarise(res)
+
+
 def evaluate_arrays(arrays: dict, rerank: bool, k1: int, k2: int, lambda_value: float,
-                    max_rank: int) -> dict:
-    """Metrics of the arrays (``load_npz``): ``{"plain": {...}, "rerank": {...}?}`` as JSON-ready dicts.
+                    max_rank: int, single_shot: bool = False) -> dict:
+    """Metrics of the arrays (``load_npz``): ``{"plain": {...}, "rerank": {...}?}`` as JSON-ready dicts
+    (single-shot CMC with ``single_shot``).
 
     With features (qf, gf) present, every distance is computed from them (Euclidean).
     """
-    from keras_reid.metrics import evaluate_retrieval, pairwise_distance, rerank as rerank_dist, \
-        rerank_features
+    from keras_reid.metrics import pairwise_distance, rerank as rerank_dist, rerank_features
 
     ids = [arrays[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
     features = "qf" in arrays and "gf" in arrays
     dist = pairwise_distance(arrays["qf"], arrays["gf"]) if features else arrays["distmat"]
     try:
-        out = {"plain": summarise(evaluate_retrieval(dist, *ids, max_rank=max_rank))}
+        out = {"plain": retrieval(dist, ids, max_rank, single_shot)}
         if rerank:
             if features:
                 rr = rerank_features(arrays["qf"], arrays["gf"], k1=k1, k2=k2, lambda_value=lambda_value)
             else:
                 rr = rerank_dist(arrays["distmat"], arrays["q_q_dist"], arrays["g_g_dist"], k1=k1, k2=k2,
                                  lambda_value=lambda_value)
-            out["rerank"] = summarise(evaluate_retrieval(rr, *ids, max_rank=max_rank))
+            out["rerank"] = retrieval(rr, ids, max_rank, single_shot)
             out["rerank"]["params"] = {"k1": k1, "k2": k2, "lambda": lambda_value}
     except ValueError as exc:
         raise UserError(f"cannot evaluate: {exc}") from exc
@@ -101,31 +121,43 @@ def evaluate_arrays(arrays: dict, rerank: bool, k1: int, k2: int, lambda_value: 
 
 
 def summarise(res: dict) -> dict:
-    """JSON-ready metrics: mAP, mINP, rank-k for k in 1/5/10/20, the CMC curve, query counts."""
+    """JSON-ready metrics: mAP, mINP, rank-k for k in 1/5/10/20, the CMC curve, query counts
+    (and ``cmc_protocol``/``single_shot_repeats`` for a single-shot CMC)."""
     cmc = [float(x) for x in res["cmc"]]
     out = {"mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
     out.update({f"rank{r}": cmc[r - 1] for r in RANKS if r <= len(cmc)})
     out.update({"num_valid_queries": int(res["num_valid_queries"]),
                 "num_invalid_queries": int(res["num_invalid_queries"]), "cmc": cmc})
+    if res.get("cmc_protocol"):
+        out["cmc_protocol"] = res["cmc_protocol"]
+        out["single_shot_repeats"] = int(res["single_shot_repeats"])
     return out
 
 
 def _table(results: dict) -> list[str]:
     cols = ["mAP", "mINP"] + [f"rank{r}" for r in RANKS]
-    head = f"{'':<10}" + "".join(f"{c:>9}" for c in cols) + f"{'valid queries':>16}"
+    head = f"{'':<12}" + "".join(f"{c:>9}" for c in cols) + f"{'valid queries':>16}"
     lines = [click.style(head, bold=True)]
-    for name in ("plain", "rerank"):
+    for name in ("plain", "rerank", "multi_query"):
         if name in results:
             e = results[name]
             total = e["num_valid_queries"] + e["num_invalid_queries"]
-            lines.append(f"{name:<10}" + "".join(f"{100 * e[c]:>8.2f}%" if c in e else f"{'-':>9}"
-                                                 for c in cols)
+            label = "multi-query" if name == "multi_query" else name
+            lines.append(f"{label:<12}" + "".join(f"{100 * e[c]:>8.2f}%" if c in e else f"{'-':>9}"
+                                                  for c in cols)
                          + f"{e['num_valid_queries']:>9} / {total}")
     if "chance" in results:   # a model on a dataset: what a random ranking of its gallery scores
         e = results["chance"]
-        lines.append(click.style(f"{'chance':<10}" + "".join(
+        lines.append(click.style(f"{'chance':<12}" + "".join(
             f"{100 * e[c]:>8.2f}%" if c in e else f"{'':>9}" for c in cols) + "   (a random ranking)",
             dim=True))
+    if "multi_query" in results:
+        m = results["multi_query"]
+        lines.append(f"multi-query: each query's feature pooled ({m['pooling']}) with those of the "
+                     f"{m['pooled_images']} '{MULTI_QUERY_SPLIT}' images of its person in its camera")
+    if results.get("plain", {}).get("cmc_protocol") == "single_shot":
+        lines.append(f"rank-k: single-shot CMC (one random gallery image per identity and query, "
+                     f"averaged over {SINGLE_SHOT_REPEATS} seeded draws); mAP and mINP over the whole gallery")
     return lines
 
 
@@ -138,11 +170,60 @@ def parse_dataset(spec: str) -> tuple[str | None, str]:
     return (m.group(1), m.group(2)) if m else (None, spec)
 
 
+MULTI_QUERY_SPLIT = "gt_bbox"
+"""The split ``--multi-query`` pools from (Market-1501's hand-drawn boxes, gt_bbox/)."""
+
+
+def check_multi_query_split(splits, where: str) -> None:
+    """InputError (one line, exit code 2) when the dataset ``splits`` (read from ``where``) has no
+    :data:`MULTI_QUERY_SPLIT` for ``--multi-query`` to pool from."""
+    from keras_reid.errors import InputError
+
+    if MULTI_QUERY_SPLIT not in splits:
+        raise InputError(f"--multi-query pools the images of split '{MULTI_QUERY_SPLIT}', which {where} "
+                         f"does not have (splits: {', '.join(splits.splits)}); extract Market-1501's "
+                         "gt_bbox/ beside query/, or drop --multi-query")
+
+
+def multi_query_results(extractor, query: list, query_features, gallery_features, ids, splits,
+                        where: str, pooling: str, max_rank: int, batch_size: int,
+                        single_shot: bool) -> dict:
+    """Market-1501 multi-query metrics, as the evaluate stage computes them: each query's
+    feature pooled (``pooling``: mean or max) with those of the :data:`MULTI_QUERY_SPLIT` images
+    of its person in its camera (the query's own file counted once), L2-normalised, ranked like
+    a single query. Raises InputError when the dataset has no such split."""
+    import numpy as np
+
+    from keras_reid.data.pipeline import scan_images, skipped_message
+    from keras_reid.inference import extract_features
+    from keras_reid.metrics import pairwise_distance
+    from keras_reid.metrics.retrieval import fuse_features
+    from keras_reid.stages._evaluate_impl import multi_query_pairs
+
+    check_multi_query_split(splits, where)
+    wanted = {(q.pid, q.camid) for q in query}
+    records, bad = scan_images([r for r in splits[MULTI_QUERY_SPLIT] if (r.pid, r.camid) in wanted])
+    if bad:
+        click.secho(f"warning: {MULTI_QUERY_SPLIT}: {skipped_message(bad, len(records) + len(bad))}",
+                    fg="yellow", err=True)
+    q_idx, m_idx = multi_query_pairs(query, records)
+    mf = (extract_features(extractor.model, records, extractor.image_size, batch_size,
+                           extractor.preprocessing.flip) if records
+          else np.zeros((0, query_features.shape[1]), np.float32))
+    pooled = fuse_features(query_features, mf[m_idx], q_idx, n=len(query), method=pooling)
+    out = retrieval(pairwise_distance(pooled, gallery_features), ids, max_rank, single_shot)
+    out["pooling"] = pooling
+    out["pooled_images"] = int(len(m_idx))
+    return out
+
+
 def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, rerank: bool, k1: int,
-                   k2: int, lambda_value: float, max_rank: int, batch_size: int) -> dict:
+                   k2: int, lambda_value: float, max_rank: int, batch_size: int,
+                   single_shot: bool = False, multi_query: str | None = None) -> dict:
     """Test-only evaluation of a trained model on a dataset's query and gallery splits (Market
-    protocol; the evaluate stage's features and metrics). Returns ``evaluate_arrays``' result plus
-    ``chance``, ``model`` and ``dataset``."""
+    protocol; the evaluate stage's features and metrics; single-shot CMC with ``single_shot``,
+    Market-1501 multi-query with ``multi_query`` mean|max). Returns ``evaluate_arrays``' result
+    plus ``multi_query`` (when asked), ``chance``, ``model`` and ``dataset``."""
     import numpy as np
 
     from keras_reid.cli.inference import load_extractor
@@ -166,6 +247,9 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     if splits.kind != "retrieval":
         raise InputError(f"--dataset {dataset}: {loaded.type} is closed-set data (classes, not query and "
                          "gallery); evaluate it with a recipe's evaluate stage")
+    where = f"{loaded.type} at {root}"
+    if multi_query:   # before any image is embedded
+        check_multi_query_split(splits, where)
     sets = []
     for split in ("query", "gallery"):
         records = [r for r in splits[split] if r.pid != JUNK_PID]
@@ -184,7 +268,15 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     arrays = {"qf": feats[0], "gf": feats[1],
               "q_pids": np.array([r.pid for r in query]), "g_pids": np.array([r.pid for r in gallery]),
               "q_camids": np.array([r.camid for r in query]), "g_camids": np.array([r.camid for r in gallery])}
-    results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
+    results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank, single_shot)
+    if multi_query:
+        ids = [arrays[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
+        try:
+            results["multi_query"] = multi_query_results(extractor, query, feats[0], feats[1], ids,
+                                                         splits, where, multi_query, max_rank,
+                                                         batch_size, single_shot)
+        except ValueError as exc:
+            raise UserError(f"cannot evaluate multi-query: {exc}") from exc
     results["chance"] = chance_level(arrays["q_pids"], arrays["g_pids"], arrays["q_camids"], arrays["g_camids"])
     results["model"] = str(extractor.path)
     results["dataset"] = {"type": loaded.type, "root": str(splits.root or root)}
@@ -215,12 +307,20 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
               help="re-ranking weight of the original distance")
 @click.option("--max-rank", type=click.IntRange(min=1), default=50, show_default=True,
               help="length of the CMC curve")
+@click.option("--single-shot", is_flag=True,
+              help="rank-k as single-shot CMC (CUHK03/CUHK01 classic protocol): per query one random "
+                   f"gallery image of each identity, averaged over {SINGLE_SHOT_REPEATS} seeded draws "
+                   "(the evaluate stage's); mAP and mINP stay on the whole gallery")
+@click.option("--multi-query", type=click.Choice(["mean", "max"]), default=None,
+              help="with MODEL: also report Market-1501 multi-query, each query's feature pooled (mean "
+                   "or max) with those of the gt_bbox/ images of its person in its camera")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, writable=True), metavar="OUT",
               help="also write the metrics (incl. the CMC curve) as JSON to OUT")
 @handle_user_errors
 def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], stage: str | None,
              batch_size: int, distmat_path: str | None, rerank: bool, k1: int, k2: int,
-             lambda_value: float, max_rank: int, json_out: str | None) -> None:
+             lambda_value: float, max_rank: int, single_shot: bool, multi_query: str | None,
+             json_out: str | None) -> None:
     """Market-protocol CMC, mAP and mINP of a trained MODEL on a dataset, or of a saved
     query x gallery distance matrix (--distmat).
 
@@ -234,6 +334,8 @@ def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], s
     Examples:
       keras-reid evaluate runs/quickstart/augmented --dataset market1501:data/synthetic-quickstart --rerank
       keras-reid evaluate model.keras --dataset ~/data/Market-1501-v15.09.15 --json metrics.json
+      keras-reid evaluate model.keras --dataset market1501:~/data/Market-1501-v15.09.15 --multi-query max
+      keras-reid evaluate model.keras --dataset cuhk03:~/data/cuhk03 -o split=0 --single-shot
       python -c "import numpy as np; np.savez('d.npz', distmat=D, q_pids=qp, g_pids=gp,
                  q_camids=qc, g_camids=gc)"
       keras-reid evaluate --distmat d.npz --rerank --json metrics.json
@@ -251,12 +353,16 @@ def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], s
         from keras_reid.cli.data import _parse_options
 
         results = evaluate_model(model, stage, dataset, _parse_options(options), rerank, k1, k2,
-                                 lambda_value, max_rank, batch_size)
+                                 lambda_value, max_rank, batch_size, single_shot, multi_query)
     else:
         if dataset or options or stage:
             raise InputError("--dataset, --option and --model go with MODEL, not with --distmat")
+        if multi_query:
+            raise InputError("--multi-query pools the features of each query person's gt_bbox images, "
+                             "which a distance matrix does not have; give MODEL --dataset TYPE:ROOT "
+                             "or drop --multi-query")
         arrays = load_npz(distmat_path, rerank)
-        results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank)
+        results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank, single_shot)
     for line in _table(results):
         click.echo(line)
     if json_out:
