@@ -71,7 +71,7 @@ def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedIm
     """Read one generated set and label it by its policy; identities the real images do not
     have get new classes (appended to ``mapping``, in place) unless the policy is lsro."""
     from keras_reid.data.pipeline import scan_images
-    from keras_reid.stages._augment_impl import generated_records
+    from keras_reid.data.generated import generated_records
 
     if g.stage is not None:
         ctx.output_of(g.stage)  # raises a clear error if the augment stage has not completed
