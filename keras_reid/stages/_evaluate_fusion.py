@@ -95,8 +95,14 @@ def prepare_fusion(ctx: StageContext, cfg, features: RealFeatures,
 
 
 def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[Record],
-                     gallery: list[Record], versions: tuple[list[Record], np.ndarray]) -> dict[str, dict]:
-    """The fused entry (and, with ``normalised_name``, model B alone on the fused versions)."""
+                     gallery: list[Record], versions: tuple[list[Record], np.ndarray],
+                     pooled: tuple | None = None) -> dict[str, dict]:
+    """The fused entry (and, with ``normalised_name``, model B alone on the fused versions).
+
+    With ``pooled`` (``multi_query_set``'s ``(records, query index, record index)``; ``versions``
+    then covers query + gallery + those records, in that order) each entry also gets
+    ``multi_query``: the multi-query images are fused like the query and gallery images (A on the
+    image + B on its versions, or B alone) and each query's fused vector is pooled with theirs."""
     from keras_reid.metrics.retrieval import fuse_features
 
     fusion = cfg.fusion
@@ -108,6 +114,12 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
              f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
     vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
     _check_sizes(ctx, fusion, real.shape[1], vf.shape[1])
+    mq = None
+    if pooled is not None:   # the multi-query images' versions come after the query/gallery's
+        mine = owners < len(images)
+        mq = _MultiQueryVectors(ctx, cfg, features, pooled, vf[~mine], owners[~mine] - len(images))
+        vf, owners = vf[mine], owners[mine]
+        records = [r for r, m in zip(records, mine) if m]
     have = np.bincount(owners, minlength=len(images)) > 0
     without = int((~have).sum())
     info = {"images_without_versions": without, "versions": int(len(records)),
@@ -121,6 +133,8 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
     fused = fuse_features(real, vf, owners, len(images), fusion.method, normalise=fusion.normalise_fused)
     out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
                                     size, info)
+    if mq is not None:
+        out[fusion.name]["multi_query"] = mq.entry(fused[:nq], fused[nq:], query, gallery, real=True)
     if fusion.normalised_name:
         # images without versions fall back to model B on the real image
         fallback = np.flatnonzero(~have)
@@ -135,10 +149,75 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
                   "fusion": {**info["fusion"], "real": None}}
         out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
                                                    query, gallery, out_b["image_size"], info_b)
+        if mq is not None:
+            out[fusion.normalised_name]["multi_query"] = mq.entry(only[:nq], only[nq:], query, gallery,
+                                                                  real=False)
     if without:
         ctx.echo(f"fusion: {without} of {len(images)} query/gallery images have no pose-normalised "
                  "version; they use the vectors they have")
     return out
+
+
+class _MultiQueryVectors:
+    """Market-1501 multi-query on fused vectors: the multi-query images (``pooled``) fused as the
+    query and gallery images are, then pooled into each query's fused vector."""
+
+    def __init__(self, ctx: StageContext, cfg, features: RealFeatures, pooled: tuple,
+                 vf: np.ndarray, owners: np.ndarray) -> None:
+        self.ctx, self.cfg, self.features = ctx, cfg, features
+        self.records, self.q_idx, self.m_idx = pooled
+        self.vf, self.owners = vf, owners
+
+    def _real(self, stage: str) -> np.ndarray:
+        """L2-normalised features of the multi-query images under ``stage``'s model."""
+        model, out = self.features.model(stage)
+        return extract_features(model, self.records, out["image_size"], self.cfg.batch_size, self.cfg.flip)
+
+    def vectors(self, real: bool) -> np.ndarray:
+        """The fused vector of every multi-query image: A on it + B on its versions (``real``),
+        else B on its versions, or on the image itself where it has none."""
+        from keras_reid.metrics.retrieval import fuse_features
+
+        fusion, n = self.cfg.fusion, len(self.records)
+        if n == 0:
+            return np.zeros((0, self.vf.shape[1] if self.vf.size else 1), np.float32)
+        if real:
+            return fuse_features(self._real(fusion.real), self.vf, self.owners, n, fusion.method,
+                                 normalise=fusion.normalise_fused)
+        without = np.flatnonzero(np.bincount(self.owners, minlength=n) == 0)
+        vb, owners = self.vf, self.owners
+        if without.size:
+            vb = np.concatenate([vb, self._real(fusion.normalised)[without]], 0)
+            owners = np.concatenate([owners, without])
+        return fuse_features(None, vb, owners, n, fusion.method, normalise=fusion.normalise_fused)
+
+    def entry(self, qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Record],
+              real: bool) -> dict:
+        """Metrics of each query's fused vector pooled (``multi_query``: mean or max) with those
+        of its multi-query images, ranked against the fused gallery vectors. Unit vectors
+        (``normalise_fused``) are pooled and normalised again, as for one model; raw fused
+        vectors are pooled as they are, so they stay on the gallery vectors' scale."""
+        from keras_reid.metrics import pairwise_distance
+        from keras_reid.metrics.retrieval import fuse_features
+        from keras_reid.stages._evaluate_impl import _retrieval, metrics_entry
+
+        method, extra = self.cfg.multi_query, self.vectors(real)[self.m_idx]
+        if self.cfg.fusion.normalise_fused:
+            pooled = fuse_features(qf, extra, self.q_idx, n=len(query), method=method)
+        else:
+            pooled = qf.astype(np.float64, copy=True)
+            if method == "max":
+                np.maximum.at(pooled, self.q_idx, extra)
+            else:
+                np.add.at(pooled, self.q_idx, extra)
+                pooled /= (1 + np.bincount(self.q_idx, minlength=len(query)))[:, None]
+            pooled = pooled.astype(np.float32)
+        ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
+               np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
+        out = metrics_entry(_retrieval(pairwise_distance(pooled, gf, metric=self.cfg.metric), ids, self.cfg))
+        out["pooling"] = method
+        out["pooled_images"] = int(len(self.m_idx))
+        return out
 
 
 def _embedding_size(model) -> int | None:

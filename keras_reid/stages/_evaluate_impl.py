@@ -71,7 +71,8 @@ def evaluate(cfg, ctx: StageContext) -> dict:
                              keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
     pooled = multi_query_set(ctx, cfg, query) if cfg.multi_query else None
     # fusion inputs are checked before anything is embedded: a bad view fails in seconds
-    versions = prepare_fusion(ctx, cfg, features, query + gallery) if cfg.fusion else None
+    versions = (prepare_fusion(ctx, cfg, features, query + gallery + (pooled[0] if pooled else []))
+                if cfg.fusion else None)
     results: dict[str, dict] = {}
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
@@ -96,7 +97,7 @@ def evaluate(cfg, ctx: StageContext) -> dict:
             results.update(evaluate_converted(ctx, cfg, stage, name, loaded, (qf, gf), entry, query,
                                               gallery, pooled))
     if cfg.fusion is not None:
-        results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions))
+        results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions, pooled))
     features.release()
     quality = {stage_name: image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
     chance = chance_of(query, gallery)
