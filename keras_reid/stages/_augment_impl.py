@@ -136,65 +136,119 @@ def _item_dict(it: WorkItem, cam_a: int | None, cam_b: int | None) -> dict:
             "copy": it.copy, "seed": it.seed, "index": it.index}
 
 
+@dataclass
+class _Plan:
+    """What an augment run generates: the sources, the cameras (None = each source's own), the
+    full work list, and for pose generators the canonical poses and their summary."""
+
+    sources: list[Record]
+    cam_a: int | None
+    cam_b: int | None
+    items: list[WorkItem]
+    copies: int | list[int]
+    canonical: list | None = None
+    pose_summary: dict | None = None
+
+
 def augment(cfg, ctx: StageContext) -> dict:
     """Run the augment stage (this process's shard, or every item on Ray); returns the summary."""
     gen_out = ctx.output_of(cfg.generator)
+    files = _generator_files(cfg, ctx, gen_out)
+    plan = _plan(cfg, ctx, gen_out)
+    shard_i, shard_n = ctx.shard or (0, 1)
+    if cfg.engine == "ray" and ctx.shard:
+        raise UserError("--shard splits the local engine's work; with engine: ray the stage runs every "
+                        "shard on the cluster itself: drop --shard")
+    out_dir = generated.images_dir(ctx.stage_dir)
+    _remove_leftovers(out_dir)
+    done = {row["file"] for row in generated.read_manifest(ctx.stage_dir)}
+    mine = plan.items[shard_i::shard_n]
+    todo = [it for it in mine if it.name not in done]
+    _echo_plan(cfg, ctx, plan, done=len(mine) - len(todo), todo=len(todo))
+    t0 = time.time()
+    if todo:
+        worker_kwargs = _worker_kwargs(cfg, ctx, gen_out, files, plan, out_dir)
+        _generate_items(cfg, ctx, [_item_dict(it, plan.cam_a, plan.cam_b) for it in todo], worker_kwargs)
+    seconds = time.time() - t0
+    rows = _all_rows(ctx, plan.items, shard_n)
+    summary = _summarise(cfg, ctx, plan, rows, out_dir)
+    summary["images_per_second"] = round(len(todo) / seconds, 2) if todo and seconds > 0 else None
+    return summary
+
+
+def _generator_files(cfg, ctx: StageContext, gen_out: dict) -> dict[str, str]:
+    """``{"": file}`` (one generator) or ``{pid: file}`` (one per identity), relative to the run
+    folder; raises UserError naming the stage to re-run when one is missing."""
     files = {"": gen_out["model"]} if gen_out.get("model") else dict(gen_out.get("generators") or {})
     for rel in files.values():
         if not (ctx.run_dir / rel).exists():
             raise UserError(f"generator file {ctx.run_dir / rel} of stage '{cfg.generator}' is missing; "
                             f"re-run that stage (delete {ctx.stage_dir_of(cfg.generator)}/.complete.json)")
+    return files
+
+
+def _plan(cfg, ctx: StageContext, gen_out: dict) -> _Plan:
+    """The sources and the full, ordered work list (the same in every process)."""
     sources, cam_a, cam_b = source_records(cfg, ctx, gen_out)
     canonical, pose_summary = None, None
     copies: int | list[int] = cfg.copies
     if cfg.poses is not None:
         sources, canonical, copies, pose_summary = _pose_sources(cfg, ctx, sources, gen_out)
     items = work_items(sources, cam_a, cam_b, copies, ctx.seed)
-    shard_i, shard_n = ctx.shard or (0, 1)
-    if cfg.engine == "ray" and ctx.shard:
-        raise UserError("--shard splits the local engine's work; with engine: ray the stage runs every "
-                        "shard on the cluster itself: drop --shard")
-    stage_dir = ctx.stage_dir
-    out_dir = generated.images_dir(stage_dir)
-    if out_dir.is_dir():  # temporary files of a killed run: never complete, never listed
+    return _Plan(sources, cam_a, cam_b, items, copies, canonical, pose_summary)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary files of a killed run: never complete, never listed."""
+    if out_dir.is_dir():
         for leftover in out_dir.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
-    done = {row["file"] for row in generated.read_manifest(stage_dir)}
-    mine = items[shard_i::shard_n]
-    todo = [it for it in mine if it.name not in done]
-    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
-                  "recipe_seed": ctx.seed}
+
+
+def _echo_plan(cfg, ctx: StageContext, plan: _Plan, *, done: int, todo: int) -> None:
+    shard_i, shard_n = ctx.shard or (0, 1)
+    part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
+    what = ("from noise" if cfg.samples is not None else
+            f"from {len(plan.sources):,} images of split '{cfg.split}' in {len(plan.copies)} canonical poses"
+            if plan.canonical is not None else
+            f"from {len(plan.sources):,} camera-{plan.cam_a} images ({cfg.images}) into camera "
+            f"{plan.cam_b}'s style")
+    ctx.echo(f"{part}{len(plan.items):,} images to generate {what}; {done:,} done before, {todo:,} to do"
+             + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}" if cfg.filters else ""))
+
+
+def _worker_kwargs(cfg, ctx: StageContext, gen_out: dict, files: dict[str, str], plan: _Plan,
+                   out_dir: Path) -> dict:
+    """The :class:`Worker`'s arguments (plain values: a Ray actor gets them pickled)."""
     generators = {key: {"path": str(ctx.run_dir / rel), "checkpoint": rel,
                         "checkpoint_sha256": sha256_file(ctx.run_dir / rel)[:16]}
                   for key, rel in files.items()}
     needs = set(gen_out.get("generation_needs", ["source"]))
-    targets = [str(r.path) for r in target_pool(cfg, ctx, cam_b)] if "target_mask" in needs else []
-    worker_kwargs = dict(generators=generators, gen_summary=gen_out, filters=cfg.filters, measure=cfg.measure,
-                         min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir),
-                         target_paths=targets, jpeg_quality=cfg.jpeg_quality, provenance=provenance,
-                         canonical=canonical)
-    part = f"shard {shard_i}/{shard_n}: " if shard_n > 1 else ""
-    what = ("from noise" if cfg.samples is not None else
-            f"from {len(sources):,} images of split '{cfg.split}' in {len(copies)} canonical poses"
-            if canonical is not None else
-            f"from {len(sources):,} camera-{cam_a} images ({cfg.images}) into camera {cam_b}'s style")
-    ctx.echo(f"{part}{len(items):,} images to generate {what}; {len(mine) - len(todo):,} done before, "
-             f"{len(todo):,} to do" + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}"
-                                       if cfg.filters else ""))
-    t0 = time.time()
-    if todo:
-        dicts = [_item_dict(it, cam_a, cam_b) for it in todo]
-        if cfg.engine == "ray":
-            from keras_reid.stages import _augment_ray
+    targets = [str(r.path) for r in target_pool(cfg, ctx, plan.cam_b)] if "target_mask" in needs else []
+    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+                  "recipe_seed": ctx.seed}
+    return dict(generators=generators, gen_summary=gen_out, filters=cfg.filters, measure=cfg.measure,
+                min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir), target_paths=targets,
+                jpeg_quality=cfg.jpeg_quality, provenance=provenance, canonical=plan.canonical)
 
-            rows_iter = _augment_ray.run(dicts, worker_kwargs, cfg)
-            manifest = generated.manifest_part(stage_dir, ray=True)
-        else:
-            rows_iter = _local(dicts, worker_kwargs, cfg.batch_size)
-            manifest = generated.manifest_part(stage_dir, (shard_i, shard_n))
-        _write_rows(manifest, rows_iter, len(dicts), ctx)
-    seconds = time.time() - t0
-    rows = generated.read_manifest(stage_dir)
+
+def _generate_items(cfg, ctx: StageContext, items: list[dict], worker_kwargs: dict) -> None:
+    """Generate ``items`` here or on Ray and append their rows to this process's manifest part."""
+    if cfg.engine == "ray":
+        from keras_reid.stages import _augment_ray  # deferred: imports Ray
+
+        rows_iter = _augment_ray.run(items, worker_kwargs, cfg)
+        manifest = generated.manifest_part(ctx.stage_dir, ray=True)
+    else:
+        rows_iter = _local(items, worker_kwargs, cfg.batch_size)
+        manifest = generated.manifest_part(ctx.stage_dir, ctx.shard)
+    _write_rows(manifest, rows_iter, len(items), ctx)
+
+
+def _all_rows(ctx: StageContext, items: list[WorkItem], shard_n: int) -> list[generated.ManifestRow]:
+    """The rows of every item of the work list; raises StageIncomplete while other shards'
+    items are missing."""
+    rows = generated.read_manifest(ctx.stage_dir)
     finished = {r["file"] for r in rows}
     missing = [it for it in items if it.name not in finished]
     if missing:
@@ -203,7 +257,11 @@ def augment(cfg, ctx: StageContext) -> dict:
             f"{len(missing):,} remain: run them (--shard j/{shard_n}) over this run folder, or run "
             "again without --shard to do them here")
     wanted = {it.name for it in items}
-    rows = [r for r in rows if r["file"] in wanted]
+    return [r for r in rows if r["file"] in wanted]
+
+
+def _summarise(cfg, ctx: StageContext, plan: _Plan, rows: list[generated.ManifestRow], out_dir: Path) -> dict:
+    """Counts per filter, measured fractions, sample diversity and the TensorBoard picture."""
     kept = [r for r in rows if r["kept"]]
     per_filter = {f["type"]: sum(1 for r in rows if r["scores"].get(f["type"], 1.0) < cfg.min_score)
                   for f in cfg.filters}
@@ -215,25 +273,25 @@ def augment(cfg, ctx: StageContext) -> dict:
                 if cfg.filters else "") + f" -> {out_dir}")
     for name, frac in measured.items():
         ctx.echo(f"{name}: {frac:.1%} of the generated images score at least {cfg.min_score}")
-    diversity = _sample_diversity(kept, stage_dir, ctx) if cfg.samples is not None else None
+    diversity = _sample_diversity(kept, ctx.stage_dir, ctx) if cfg.samples is not None else None
     summary = {
-        "data": str((stage_dir / generated.DATA_DIR).relative_to(ctx.run_dir)),
+        "data": str((ctx.stage_dir / generated.DATA_DIR).relative_to(ctx.run_dir)),
         "generator_stage": cfg.generator,
-        "source_camera": cam_a, "target_camera": cam_b, "images_from": cfg.images,
-        "source_images": len(sources), "generated": len(rows), "kept": len(kept),
+        "source_camera": plan.cam_a, "target_camera": plan.cam_b, "images_from": cfg.images,
+        "source_images": len(plan.sources), "generated": len(rows), "kept": len(kept),
         "dropped": len(rows) - len(kept), "dropped_by_filter": per_filter,
         "accepted_fraction_by_filter": accepted,
         "measured_fraction": measured,
         "identities": len({r["pid"] for r in kept}),
-        "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None,
+        "images_per_second": None,
         "engine": cfg.engine,
     }
-    if pose_summary is not None:
-        summary["poses"] = pose_summary
+    if plan.pose_summary is not None:
+        summary["poses"] = plan.pose_summary
     if diversity is not None:
         summary["sample_diversity"] = diversity
     if kept and ctx.is_chief:
-        _log_samples(ctx, kept, stage_dir)
+        _log_samples(ctx, kept, ctx.stage_dir)
     return summary
 
 
