@@ -95,13 +95,13 @@ def mean_keypoints(kp: np.ndarray) -> np.ndarray:
 def run(cfg, ctx: StageContext) -> dict:
     import cv2
 
-    from keras_reid.data.pipeline import scan_images
     from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
     from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
 
     h, w = cfg.image_size
     seed = ctx.seed if cfg.seed is None else cfg.seed
-    records, _ = scan_images([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID])
+    records = ctx.decodable([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID],
+                            f"images of split '{cfg.split}'")
     records = subset(records, cfg.max_poses, seed)
     paths = [str(r.path) for r in records]
     t0 = time.time()

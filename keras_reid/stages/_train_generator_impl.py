@@ -2,32 +2,76 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.gan_pairs import make_pairs
+from keras_reid.data.images import load_images
+from keras_reid.data.masks import cached_masks, cached_scores
 from keras_reid.errors import DatasetError, UserError
-from keras_reid.stages.base import StageContext
 from keras_reid.interfaces import MASK_KEYS, generator_factory
+from keras_reid.stages.base import StageContext
 
 GENERATOR_FILE = "generator.keras"
+
+
+@dataclass
+class _Data:
+    """What the generator trains on: the pairs, the decoded images (uint8, at the stage's size)
+    and what the generator needs beside them."""
+
+    pairs: Any
+    images: np.ndarray
+    masks: np.ndarray | None = None
+    mask_info: dict | None = None
+    poses: np.ndarray | None = None
+    pose_info: dict | None = None
+    extras: dict = field(default_factory=dict)
+    semantic_info: dict | None = None
 
 
 def train(cfg, ctx: StageContext) -> dict:
     """Pair, mask, train and save the generator the stage config describes; returns the summary."""
     import keras
 
-    from keras_reid.data.images import load_images
-    from keras_reid.data.gan_pairs import make_pairs
-    from keras_reid.data.masks import cached_masks, cached_scores
-    from keras_reid.data.pipeline import scan_images
-
     factory = generator_factory(cfg.generator, ctx.registry)
+    t0 = time.time()
+    data = _pairs_and_images(cfg, ctx, factory)
+    if set(factory.needs) & set(MASK_KEYS):
+        data.masks, data.mask_info = _masks(cfg, ctx, data)
+    if "target_pose" in set(factory.needs):
+        data.pairs, data.poses, data.pose_info = _poses(cfg, ctx, data.pairs, _paths(data), data.images)
+    scorer = ctx.registry.create("filter", cfg.semantic_filter) if cfg.semantic_filter is not None else None
+    try:
+        if scorer is not None:
+            _apply_semantic_filter(cfg, ctx, data, scorer)
+        load_seconds = time.time() - t0
+        keras.utils.set_random_seed(ctx.seed)
+        init_weights = _init_weights(cfg, ctx, factory)
+        if cfg.per_identity:
+            generators, fit = _fit_per_identity(cfg, ctx, factory, data, scorer, init_weights)
+        else:
+            generators = None
+            fit = _fit(cfg, ctx, factory, data.pairs, data.images, data.masks, data.extras, scorer,
+                       init_weights, ctx.stage_dir / "checkpoints", ctx.stage_dir / GENERATOR_FILE,
+                       ctx.tensorboard_dir, poses=data.poses)
+    finally:
+        if scorer is not None and callable(getattr(scorer, "close", None)):
+            scorer.close()
+    return _summary(cfg, ctx, factory, data, generators, fit, load_seconds)
+
+
+def _paths(data: _Data) -> list[str]:
+    return [str(r.path) for r in data.pairs.records]
+
+
+def _pairs_and_images(cfg, ctx: StageContext, factory) -> _Data:
+    """The decodable images of the split, paired as the generator needs, decoded at its size."""
     splits = ctx.dataset(cfg.dataset)
-    records, bad = scan_images(splits[cfg.split])
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} images of split '{cfg.split}' that could not be decoded "
-                 f"(first: {bad[0]})")
+    records = ctx.decodable(splits[cfg.split], f"images of split '{cfg.split}'")
     pairs = make_pairs(factory.pairing, records, source_camera=cfg.source_camera,
                        target_camera=cfg.target_camera, targets_per_source=cfg.targets_per_source,
                        max_pairs_per_identity=cfg.max_pairs_per_identity, seed=ctx.seed,
@@ -38,106 +82,105 @@ def train(cfg, ctx: StageContext) -> dict:
             if cfg.source_camera is not None else "")
     ctx.echo(f"generator '{cfg.generator['type']}': {cams}{info['pairs']:,} {factory.pairing} pairs over "
              f"{info['images']:,} images")
-    h, w = cfg.image_size
-    paths = [str(r.path) for r in pairs.records]
-    t0 = time.time()
-    images = load_images(paths, (h, w), progress=cfg.verbose > 0)
-    masks = None
-    mask_source = None
-    if set(factory.needs) & set(MASK_KEYS):
-        with ctx.registry.using("masker", cfg.masker) as masker:
-            masks, cached = cached_masks(ctx.stage_dir, cfg.masker, masker, paths, (h, w),
-                                         images=images, progress=cfg.verbose > 0)
-        coverage = float((masks > 127).mean())
-        mask_source = {"masker": cfg.masker, "cached": cached, "person_fraction": round(coverage, 4)}
-        ctx.echo(f"person masks ({cfg.masker['type']}{', from cache' if cached else ''}): "
-                 f"{100 * coverage:.1f}% of pixels are person")
-        if coverage == 0.0:
-            raise DatasetError(f"the masker '{cfg.masker['type']}' found no person pixels in "
-                               f"{len(paths)} images; check the masker and its threshold")
-    poses, pose_info = None, None
-    if "target_pose" in set(factory.needs):
-        pairs, poses, pose_info = _poses(cfg, ctx, pairs, paths, images)
-    extras: dict = {}
-    semantic = None
-    scorer = None
-    if cfg.semantic_filter is not None:
-        scorer = ctx.registry.create("filter", cfg.semantic_filter)
-        native = cfg.filter_resolution == "native"
-        scores, cached = cached_scores(ctx.stage_dir, cfg.semantic_filter, scorer, paths,
-                                       None if native else images)
-        accepted = scores >= cfg.min_score
-        semantic = {"filter": cfg.semantic_filter, "min_score": cfg.min_score, "cached": cached,
-                    "resolution": cfg.filter_resolution,
-                    "real_images": len(paths), "accepted": int(accepted.sum())}
-        ctx.echo(f"semantic filter '{cfg.semantic_filter['type']}': accepts {int(accepted.sum()):,} of "
-                 f"{len(paths):,} real images ({'at their native sizes' if native else f'at {h}x{w}'})"
-                 f"{' (cached)' if cached else ''}")
-        if cfg.semantic_control:
-            if not accepted.any():
-                raise DatasetError(
-                    f"the semantic filter '{cfg.semantic_filter['type']}' accepted none of the "
-                    f"{len(paths):,} real images (min_score {cfg.min_score}); lower min_score or the "
-                    "filter's threshold, or turn semantic_control off")
-            pairs = pairs.keep_sources(accepted)
-            info = pairs.summary()
-            ctx.echo(f"semantic control: the generator trains on the {int(accepted.sum()):,} accepted "
-                     f"images ({info['pairs']:,} pairs)")
-        extras["real_no_face"] = (~accepted).astype(np.float32)
-    load_seconds = time.time() - t0
+    images = load_images([str(r.path) for r in pairs.records], tuple(cfg.image_size),
+                         progress=cfg.verbose > 0)
+    return _Data(pairs, images)
 
-    keras.utils.set_random_seed(ctx.seed)
-    init_weights = _init_weights(cfg, ctx, factory)
-    try:
-        if not cfg.per_identity:
-            fit = _fit(cfg, ctx, factory, pairs, images, masks, extras, scorer, init_weights,
-                       ctx.stage_dir / "checkpoints", ctx.stage_dir / GENERATOR_FILE, ctx.tensorboard_dir,
-                       poses=poses)
-            generators = None
-        else:
-            generators, fit = {}, {}
-            pids = sorted({r.pid for r in pairs.records})
-            if cfg.identities == "people":
-                wanted = [p for p in pids if p != 0]
-                missing = []
-            else:
-                wanted = [p for p in pids if cfg.identities is None or p in set(cfg.identities)]
-                missing = sorted(set(cfg.identities or []) - set(pids))
-            if missing:
-                raise DatasetError(f"identities {missing} have no training images in split "
-                                   f"'{cfg.split}' of dataset '{cfg.dataset}'")
-            pid_of = np.array([r.pid for r in pairs.records])
-            for n, pid in enumerate(wanted, 1):
-                sub = pairs.keep_sources(pid_of == pid)
-                out = ctx.stage_dir / "generators" / f"{pid:04d}.keras"
-                generators[str(pid)] = str(out.relative_to(ctx.run_dir))
-                if out.exists():
-                    ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: done before")
-                    continue
-                ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: {len(sub)} images")
-                keras.utils.set_random_seed(ctx.seed + pid)
-                fit[str(pid)] = _fit(cfg, ctx, factory, sub, images, masks, extras, scorer, init_weights,
-                                     ctx.stage_dir / "checkpoints" / f"{pid:04d}", out,
-                                     ctx.tensorboard_dir / f"identity_{pid:04d}")
-    finally:
-        if scorer is not None and callable(getattr(scorer, "close", None)):
-            scorer.close()
+
+def _masks(cfg, ctx: StageContext, data: _Data) -> tuple[np.ndarray, dict]:
+    """Person masks of every image (computed once, cached in the stage folder)."""
+    paths = _paths(data)
+    with ctx.registry.using("masker", cfg.masker) as masker:
+        masks, cached = cached_masks(ctx.stage_dir, cfg.masker, masker, paths, tuple(cfg.image_size),
+                                     images=data.images, progress=cfg.verbose > 0)
+    coverage = float((masks > 127).mean())
+    ctx.echo(f"person masks ({cfg.masker['type']}{', from cache' if cached else ''}): "
+             f"{100 * coverage:.1f}% of pixels are person")
+    if coverage == 0.0:
+        raise DatasetError(f"the masker '{cfg.masker['type']}' found no person pixels in "
+                           f"{len(paths)} images; check the masker and its threshold")
+    return masks, {"masker": cfg.masker, "cached": cached, "person_fraction": round(coverage, 4)}
+
+
+def _apply_semantic_filter(cfg, ctx: StageContext, data: _Data, scorer) -> None:
+    """Score the real images with the semantic filter (cached): with ``semantic_control`` the
+    generator trains on the accepted ones only; ``real_no_face`` (1 = rejected) is passed to
+    the training batches either way (guided losses read it)."""
+    h, w = cfg.image_size
+    paths = _paths(data)
+    native = cfg.filter_resolution == "native"
+    scores, cached = cached_scores(ctx.stage_dir, cfg.semantic_filter, scorer, paths,
+                                   None if native else data.images)
+    accepted = scores >= cfg.min_score
+    data.semantic_info = {"filter": cfg.semantic_filter, "min_score": cfg.min_score, "cached": cached,
+                          "resolution": cfg.filter_resolution,
+                          "real_images": len(paths), "accepted": int(accepted.sum())}
+    ctx.echo(f"semantic filter '{cfg.semantic_filter['type']}': accepts {int(accepted.sum()):,} of "
+             f"{len(paths):,} real images ({'at their native sizes' if native else f'at {h}x{w}'})"
+             f"{' (cached)' if cached else ''}")
+    if cfg.semantic_control:
+        if not accepted.any():
+            raise DatasetError(
+                f"the semantic filter '{cfg.semantic_filter['type']}' accepted none of the "
+                f"{len(paths):,} real images (min_score {cfg.min_score}); lower min_score or the "
+                "filter's threshold, or turn semantic_control off")
+        data.pairs = data.pairs.keep_sources(accepted)
+        ctx.echo(f"semantic control: the generator trains on the {int(accepted.sum()):,} accepted "
+                 f"images ({data.pairs.summary()['pairs']:,} pairs)")
+    data.extras["real_no_face"] = (~accepted).astype(np.float32)
+
+
+def _fit_per_identity(cfg, ctx: StageContext, factory, data: _Data, scorer,
+                      init_weights) -> tuple[dict[str, str], dict[str, dict]]:
+    """One generator per wanted identity (``generators/<pid>.keras``; a finished one is kept).
+    Returns ``({pid: file relative to the run folder}, {pid: training figures})``."""
+    import keras
+
+    pids = sorted({r.pid for r in data.pairs.records})
+    if cfg.identities == "people":
+        wanted, missing = [p for p in pids if p != 0], []
+    else:
+        wanted = [p for p in pids if cfg.identities is None or p in set(cfg.identities)]
+        missing = sorted(set(cfg.identities or []) - set(pids))
+    if missing:
+        raise DatasetError(f"identities {missing} have no training images in split "
+                           f"'{cfg.split}' of dataset '{cfg.dataset}'")
+    generators, fit = {}, {}
+    pid_of = np.array([r.pid for r in data.pairs.records])
+    for n, pid in enumerate(wanted, 1):
+        sub = data.pairs.keep_sources(pid_of == pid)
+        out = ctx.stage_dir / "generators" / f"{pid:04d}.keras"
+        generators[str(pid)] = str(out.relative_to(ctx.run_dir))
+        if out.exists():
+            ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: done before")
+            continue
+        ctx.echo(f"[{n}/{len(wanted)}] identity {pid}: {len(sub)} images")
+        keras.utils.set_random_seed(ctx.seed + pid)
+        fit[str(pid)] = _fit(cfg, ctx, factory, sub, data.images, data.masks, data.extras, scorer,
+                             init_weights, ctx.stage_dir / "checkpoints" / f"{pid:04d}", out,
+                             ctx.tensorboard_dir / f"identity_{pid:04d}")
+    return generators, fit
+
+
+def _summary(cfg, ctx: StageContext, factory, data: _Data, generators: dict | None, fit: dict,
+             load_seconds: float) -> dict:
+    """The stage summary (what augment and the report read)."""
     single = str((ctx.stage_dir / GENERATOR_FILE).relative_to(ctx.run_dir))
     summary = {
         "model": single if generators is None else None,
         "generator": cfg.generator,
         "pairing": factory.pairing,
         "generation_needs": sorted(factory.generation_needs),
-        "image_size": [h, w],
+        "image_size": list(cfg.image_size),
         "source_camera": cfg.source_camera,
         "target_camera": cfg.target_camera,
         "dataset": cfg.dataset,
         "split": cfg.split,
         "masker": cfg.masker,
-        "pairs": info,
-        "masks": mask_source,
-        "semantic_filter": semantic,
-        "poses": pose_info,
+        "pairs": data.pairs.summary(),
+        "masks": data.mask_info,
+        "semantic_filter": data.semantic_info,
+        "poses": data.pose_info,
         "epochs": cfg.epochs,
         "init_from": cfg.init_from,
         "load_seconds": round(load_seconds, 2),
@@ -221,7 +264,6 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
             "final": {k: float(v[-1]) for k, v in (history or {}).items() if v}}
 
 
-
 def _sample_examples(data, gan, n: int, seed: int) -> dict:
     """Fixed examples for the sample grid; unconditional generators also get fixed noise."""
     examples = {k: v for k, v in data.fixed_examples(n, seed=seed).items() if np.ndim(v) == 4}
@@ -230,7 +272,6 @@ def _sample_examples(data, gan, n: int, seed: int) -> dict:
         examples["noise"] = np.random.default_rng(seed).uniform(
             -1, 1, (len(examples["source"]), int(z_dim))).astype(np.float32)
     return examples
-
 
 
 def _poses(cfg, ctx: StageContext, pairs, paths: list[str], images: np.ndarray):

@@ -114,6 +114,23 @@ class StageContext:
 
         return is_chief(self.strategy)
 
+    def decodable(self, records, what: str = "images") -> list:
+        """The ``records`` whose image files exist and decode (``scan_images``); a warning line
+        counts the others (``skipped 3 of 120 <what> that could not be decoded (first: PATH)``).
+        Raises DatasetError when none is left."""
+        # deferred: the scanner decodes with TensorFlow, which validation must not import
+        from keras_reid.data.pipeline import scan_images, skipped_message
+        from keras_reid.errors import DatasetError
+
+        records = list(records)
+        good, bad = scan_images(records)
+        if bad:
+            self.echo(f"warning: {skipped_message(bad, len(records), what)}")
+        if not good:
+            raise DatasetError(f"stage '{self.stage_name}': none of the {len(records)} {what} could be "
+                               "decoded; check the dataset root and the files")
+        return good
+
     def stage_dir_of(self, stage: str) -> Path:
         """Output folder of an earlier stage."""
         return self.run_dir / stage
