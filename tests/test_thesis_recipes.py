@@ -1,6 +1,7 @@
-"""The background-transfer thesis recipes (recipes/market_model1..4.yaml) carry the thesis's own
-settings (docs/papers.md), validate, and market_model4.yaml runs end to end on tiny synthetic
-data in the Market-1501 layout."""
+"""The background-transfer thesis recipes (recipes/market_model1..4.yaml and the Tables 8-12
+recipes) carry the thesis's own settings (docs/papers.md), validate, and market_model4.yaml,
+market_model4_c6_to_c3.yaml, market_model4_c5c6.yaml and market_all_cameras.yaml run end to end
+on tiny synthetic data in the Market-1501 layout."""
 import json
 import re
 from pathlib import Path
@@ -215,3 +216,73 @@ def test_model4_camera_transfer_recipe_runs_end_to_end_on_tiny_synthetic_data(tm
     assert results["augmented"]["num_images"] < results["baseline_c3c6"]["num_images"]   # c6 < c3c6
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
     assert {"baseline", "augmented", "baseline_c3c6", "c3c6_g3"} <= set(metrics)
+
+
+@pytest.fixture(scope="module")
+def thesis_market(tmp_path_factory):
+    """One tiny synthetic Market-1501 folder (6 cameras) for the Table 8 and 10 runs below
+    (``$KERAS_REID_DATA``: the folder holding Market-1501-v15.09.15; read only)."""
+    from keras_reid.data.synthetic import synthesize
+
+    data = tmp_path_factory.mktemp("thesis_market")
+    synthesize(data / "Market-1501-v15.09.15", ids=12, cameras=6, size=(64, 32), seed=0,
+               images_per_id_camera=2, distractors=4, junk=2)
+    return data
+
+
+def _tiny(gans=(), augments=(), reid=(), evaluate="evaluate"):
+    """--set overrides shrinking the named stages as the Model 4 test does: narrow pix2pix at
+    32x16 with exact masks and one step, the tiny backbone for one epoch, no pictures."""
+    out = []
+    for g in gans:
+        out += [f"stages.{g}.masker={{type: synthetic}}", f"stages.{g}.image_size=[32,16]",
+                f"stages.{g}.generator.filters=4", f"stages.{g}.generator.max_filters=8",
+                f"stages.{g}.batch_size=4", f"stages.{g}.epochs=1", f"stages.{g}.steps_per_epoch=1",
+                f"stages.{g}.sample_every=2", f"stages.{g}.verbose=0"]
+    out += [f"stages.{a}.batch_size=8" for a in augments]
+    for stage in reid:
+        out += [f"stages.{stage}.image_size=[32,16]",
+                f"stages.{stage}.backbone={{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}",
+                f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=4", f"stages.{stage}.verbose=0"]
+    return out + [f"stages.{evaluate}.ranked_lists=0", f"stages.{evaluate}.projector_samples=0",
+                  f"stages.{evaluate}.quality_images=8"]
+
+
+def test_model4_c5c6_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path, thesis_market):
+    """market_model4_c5c6.yaml (Table 8), shrunk with --set only: Model 4 learns camera 6 from
+    camera 5, and both re-ID models train on cameras 5 and 6 (the augmented one + G6)."""
+    overrides = _tiny(["gan"], ["augment"], ["baseline", "augmented"]) + ["stages.gan.targets_per_source=2"]
+    rec = _load("market_model4_c5c6", overrides, data=str(thesis_market))
+    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    gan = results["gan"]
+    assert (gan["source_camera"], gan["target_camera"]) == (5, 6)
+    aug = results["augment"]
+    assert aug["generated"] == aug["source_images"] > 0
+    assert results["augmented"]["generated_images"] == {"augment": aug["kept"]}
+    assert results["augmented"]["num_images"] == results["baseline"]["num_images"] > 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
+    assert set(metrics) == {"baseline", "augmented"}
+    assert all(0.0 <= m["mAP"] <= 1.0 for m in metrics.values())
+
+
+@pytest.mark.slow
+def test_all_cameras_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path, thesis_market):
+    """market_all_cameras.yaml (Table 10), shrunk with --set only: the five GANs of Models 1, 3
+    and 4 on their camera pairs, their kept sets, and c_all with and without them (five GAN
+    trainings: the slowest recipe test, 4.4 min at load 7-8 on the shared 2-core CPU, each GAN's
+    first step tracing for 25-45 s of it)."""
+    gans = TABLE_GANS["market_all_cameras"]
+    overrides = _tiny(list(gans), [g[3] for g in gans.values()], list(TABLE_RECIPES["market_all_cameras"]))
+    overrides += [f"stages.{g}.targets_per_source=2" for g in ("gan_m4_g2", "gan_m4_g3")]
+    rec = _load("market_all_cameras", overrides, data=str(thesis_market))
+    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    for stage, (_, src, dst, aug, _) in gans.items():
+        assert (results[stage]["source_camera"], results[stage]["target_camera"]) == (src, dst), stage
+        assert results[aug]["generated"] == results[aug]["source_images"], aug
+    for stage, (_, generated) in TABLE_RECIPES["market_all_cameras"].items():
+        assert results[stage]["generated_images"] == {a: results[a]["kept"] for a in generated}, stage
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["models"]) == set(TABLE_RECIPES["market_all_cameras"])
+    assert all(0.0 <= m["mAP"] <= 1.0 for m in metrics["models"].values())
+    quality = metrics["stages"]["evaluate"]["generated_quality"]
+    assert set(quality) == {g[3] for g in gans.values()}
