@@ -9,11 +9,32 @@ Use them in your plugin package's tests::
         testing.check_entry(REGISTRY.get("backbone", "tinynet"))
 
 Each check raises ``AssertionError`` with a message saying which part of the contract
-(see ``keras_reid.interfaces``) was broken.
+(see ``keras_reid.interfaces``) was broken. Beyond the interface checks, ``check_generator_saving``
+/ ``check_backbone_saving`` (save, load in a fresh process, same outputs) and
+``check_generator_replicas`` / ``check_backbone_replicas`` (two replicas train like one device)
+are the behaviour every training stage relies on; call them with a configuration of your plugin.
+
+End-to-end tests build recipes from dicts and share synthetic datasets::
+
+    # conftest.py of your plugin's tests
+    pytest_plugins = ["keras_reid.pytest_plugin"]   # the synthetic_data fixture, 2 logical CPUs
+
+    def test_my_backbone_in_a_recipe(tmp_path, synthetic_data):
+        data = synthetic_data(ids=8, cameras=2, size=(32, 16))
+        recipe = testing.build_recipe(
+            tmp_path, datasets={"d": data.spec},
+            stages={"train": {"type": "train_reid", "dataset": "d", "image_size": [32, 16],
+                              "backbone": {"type": "tinynet"}, "epochs": 1}})
+        pipeline.run(recipe, tmp_path / "run")
 """
 from __future__ import annotations
 
-from typing import Any
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -187,3 +208,364 @@ def check_pose(estimator: Any, paths: list[str], size: tuple[int, int] = (64, 32
     else:
         check_image_scorer(estimator, "pose")
         valid(np.asarray(estimator(images)), 2, size, "__call__")
+
+
+# ---------------------------------------------------------------------------- recipes from dicts
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists (what YAML can write)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_data(*, stages: dict, datasets: dict | None = None, name: str = "test", seed: int = 0,
+                **top: Any) -> dict:
+    """A recipe as a dict: ``name``, ``seed``, one-device strategy and no XLA unless ``top`` sets
+    them (``strategy=``, ``jit_compile=``, ``precision=``, ``compare=``, ...), then ``datasets``
+    and ``stages`` (each ``{name: {"type": ..., ...}}``). Paths may be ``Path`` objects."""
+    data = {"name": name, "seed": seed, "strategy": {"type": "one_device"}, "jit_compile": False}
+    data.update(top)
+    data["datasets"] = datasets or {}
+    data["stages"] = stages
+    return _plain(data)
+
+
+def write_recipe(path: str | os.PathLike, **recipe: Any) -> Path:
+    """Write ``recipe_data(**recipe)`` as YAML to ``path`` (a folder: ``<path>/recipe.yaml``)
+    atomically; returns the file (for ``keras-reid run <file>`` in a subprocess)."""
+    import yaml
+
+    from keras_reid.io import write_text
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "recipe.yaml"
+    write_text(path, yaml.safe_dump(recipe_data(**recipe), sort_keys=False))
+    return path
+
+
+def build_recipe(path: str | os.PathLike, *, overrides: Iterable[str] = (), **recipe: Any):
+    """Write the recipe (see ``write_recipe``) and load it as ``keras-reid run`` does: overrides
+    (``"stages.train.epochs=1"``), interpolation, validation. Returns the validated
+    ``keras_reid.recipe.Recipe`` (its file is ``recipe.source``); a bad recipe raises
+    ``RecipeError`` as the CLI would report it."""
+    from keras_reid.recipe import load_recipe
+
+    return load_recipe(write_recipe(path, **recipe), list(overrides))
+
+
+# ---------------------------------------------------------------------------- synthetic data
+#: the small synthetic re-ID set most end-to-end tests train on (seconds to write)
+SYNTHETIC_DEFAULTS = {"ids": 12, "cameras": 3, "size": (64, 32), "seed": 1, "images_per_id_camera": 2}
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """A synthetic dataset written at ``root`` with ``params``; ``spec`` is its recipe entry."""
+
+    root: Path
+    params: dict
+
+    @property
+    def spec(self) -> dict:
+        """``{"type": "synthetic", "root": ..., **params}`` for a recipe's ``datasets``."""
+        size = self.params["size"]
+        return {"type": "synthetic", "root": str(self.root),
+                **dict(self.params, size=f"{size[0]}x{size[1]}")}
+
+
+def synthetic_data(folder: str | os.PathLike, **params: Any) -> SyntheticData:
+    """The synthetic dataset with ``params`` (``SYNTHETIC_DEFAULTS`` for those not given) in a
+    folder of ``folder`` named after the parameters, written on first use only: tests that ask
+    for the same parameters share one copy. Treat it as read-only (copy it to change files)."""
+    from keras_reid.data.synthetic import parse_size, synthesize
+
+    p = dict(SYNTHETIC_DEFAULTS, **params)
+    p["size"] = tuple(parse_size(p["size"]))
+    name = "synth-" + "-".join(f"{k}{p[k][0]}x{p[k][1]}" if k == "size" else f"{k}{p[k]}"
+                               for k in sorted(p))
+    root = Path(folder) / name
+    synthesize(root, **p)  # skipped when root holds it already
+    return SyntheticData(root, p)
+
+
+# ---------------------------------------------------------------------------- devices
+def use_logical_cpus(n: int = 2) -> None:
+    """Split the CPU into ``n`` logical devices (``/cpu:0`` .. ``/cpu:{n-1}``) for the replica
+    checks; call it before TensorFlow runs its first op (a no-op afterwards)."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:  # the runtime is initialised: keep what it has
+        pass
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a local cluster's TF_CONFIG)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(argv: list[str], logs: str | os.PathLike, *, n: int = 2, env=None,
+                timeout: float = 420.0) -> list[tuple[int, str]]:
+    """Run ``argv`` as ``n`` local workers of one ``MultiWorkerMirroredStrategy`` cluster on
+    loopback (each with its ``TF_CONFIG``; output to ``<logs>/worker<i>.log``), wait for all
+    (killing those left after ``timeout`` s) and return ``[(exit code, output)]`` per worker.
+    ``env(index)`` may return extra variables for a worker (a value None removes one)."""
+    import json
+
+    logs = Path(logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(n)]}
+    procs, files = [], []
+    try:
+        for index in range(n):
+            environ = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                             "task": {"type": "worker", "index": index}}))
+            for key, value in ((env(index) if env else None) or {}).items():
+                if value is None:
+                    environ.pop(key, None)
+                else:
+                    environ[key] = value
+            files.append(open(logs / f"worker{index}.log", "w"))
+            procs.append(subprocess.Popen(list(argv), env=environ, stdout=files[-1], stderr=subprocess.STDOUT))
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for f in files:
+            f.close()
+    return [(c, (logs / f"worker{i}.log").read_text()) for i, c in enumerate(codes)]
+
+
+def _two_replicas(devices: tuple[str, str]):
+    import tensorflow as tf
+
+    available = {d.name.split("device:")[-1].lower() for d in tf.config.list_logical_devices()}
+    missing = [d for d in devices if d.lstrip("/").lower() not in available]
+    assert not missing, (f"the replica check needs the devices {list(devices)} (missing {missing}): "
+                         "call keras_reid.testing.use_logical_cpus(2) before TensorFlow starts, or "
+                         "load the pytest plugin keras_reid.pytest_plugin")
+    return (tf.distribute.OneDeviceStrategy(devices[0]),
+            tf.distribute.MirroredStrategy(list(devices),
+                                           cross_device_ops=tf.distribute.ReductionToOneDevice()))
+
+
+def _train_twice(build, batch, global_batch: int, steps: int, devices) -> list:
+    """Train ``build(strategy)`` for ``steps`` steps on the same global batches on one device and
+    on two replicas; returns ``[(history, weights), ...]`` for both."""
+    import keras
+    import tensorflow as tf
+
+    from keras_reid.training.loop import train
+
+    runs = []
+    for strategy in _two_replicas(devices):
+        keras.utils.set_random_seed(0)
+        model = build(strategy)
+
+        def ds(ctx, epoch):
+            per = ctx.get_per_replica_batch_size(global_batch)
+            d = tf.data.Dataset.from_tensor_slices(batch).shard(ctx.num_input_pipelines,
+                                                                ctx.input_pipeline_id)
+            return d.batch(per).repeat(steps)
+
+        hist = train(model, ds, strategy=strategy, epochs=1, steps_per_epoch=steps, verbose=0)
+        runs.append((hist, [np.asarray(w) for w in model.weights]))
+    return runs
+
+
+def _same_training(runs: list, what: str, rel: float, atol: float) -> dict:
+    (one, w_one), (two, w_two) = runs
+    assert set(one) == set(two), f"{what}: the logs differ: {sorted(one)} vs {sorted(two)}"
+    for key in one:
+        assert np.isclose(one[key][0], two[key][0], rtol=rel, atol=0), (
+            f"{what}: '{key}' is {one[key][0]} on one device and {two[key][0]} on two replicas")
+    assert len(w_one) == len(w_two), f"{what}: the two models have different weights"
+    for i, (a, b) in enumerate(zip(w_one, w_two)):
+        assert np.allclose(a, b, rtol=0, atol=atol), (
+            f"{what}: weight {i} differs by {np.abs(a - b).max():.2g} after training on one device "
+            "and on two replicas (does a layer depend on how the batch is split, e.g. unsynchronised "
+            "batch norm or dropout?)")
+    return one
+
+
+def check_generator_replicas(factory: Any, batch: dict | None = None, image_size: tuple[int, int] = (32, 16),
+                             *, steps: int = 2, rel: float = 1e-4, atol: float = 1e-5,
+                             devices: tuple[str, str] = ("/cpu:0", "/cpu:1")) -> dict:
+    """Two replicas train like one device: the GAN of ``factory`` (a configuration where nothing
+    depends on how a batch is split: no batch norm, no dropout) trained for ``steps`` steps on the
+    same global batch (``batch``: a dict of arrays, default random examples of its ``needs``) under
+    ``MirroredStrategy`` over two devices logs the same epoch means (relative ``rel``) and ends with
+    the same generator and discriminator weights (``atol``) as on one device. Returns the history."""
+    batch = batch if batch is not None else _generator_batch(sorted(factory.needs), image_size, n=4)
+    n = len(next(iter(batch.values())))
+
+    def build(strategy):
+        with strategy.scope():
+            gan = factory.build(tuple(image_size))
+            gan.compile(**factory.optimizers(steps_per_epoch=10, epochs=1))
+        return gan
+
+    return _same_training(_train_twice(build, batch, n, steps, devices), "generator", rel, atol)
+
+
+def check_backbone_replicas(backbone: Any, input_shape=(32, 16, 3), num_classes: int = 3, *,
+                            steps: int = 2, rel: float = 1e-4, atol: float = 1e-5,
+                            devices: tuple[str, str] = ("/cpu:0", "/cpu:1")) -> dict:
+    """Two replicas train like one device: the backbone in a ``ReIDModel`` (softmax loss, SGD, its
+    batch norms synchronised as train_reid does with ``sync_batchnorm``) trained for ``steps``
+    steps on the same global batch of 8 on one device and on two replicas logs the same loss
+    and ends with the same weights. Returns the history."""
+    import keras
+
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.batchnorm import batchnorm_layers
+    from keras_reid.training.reid_model import ReIDModel
+
+    rng = np.random.default_rng(0)
+    batch = (rng.uniform(0, 255, (8, *input_shape)).astype("float32"),
+             (np.arange(8) // 2 % num_classes).astype("int64"))
+
+    def build(strategy):
+        with strategy.scope():
+            net = backbone.build(tuple(input_shape), num_classes)
+            if strategy.num_replicas_in_sync > 1:
+                for layer in batchnorm_layers(net):
+                    layer.synchronized = True
+            model = ReIDModel(net, REGISTRY.create("loss", {"type": "softmax"}))
+            model.compile(keras.optimizers.SGD(0.01))
+            model(np.zeros((1, *input_shape), np.float32), training=False)
+        return model
+
+    return _same_training(_train_twice(build, batch, 8, steps, devices), "backbone", rel, atol)
+
+
+# ---------------------------------------------------------------------------- saving
+_FRESH_GENERATOR = """\
+import importlib, json, sys
+import numpy as np
+spec, module = json.loads(sys.argv[1]), sys.argv[2]
+importlib.import_module(module)
+print(json.dumps(sorted(m for m in ("keras", "tensorflow") if m in sys.modules)))
+from keras_reid.registry import REGISTRY
+REGISTRY.load()
+b = dict(np.load(sys.argv[4]))
+np.save(sys.argv[5], np.asarray(REGISTRY.create("generator", spec).load(sys.argv[3]).generate(b)))
+"""
+
+_FRESH_BACKBONE = """\
+import json, sys
+import numpy as np
+from keras_reid.inference import load_keras_model
+out = load_keras_model(sys.argv[2], backbone=json.loads(sys.argv[1]))(np.load(sys.argv[3]), training=False)
+np.savez(sys.argv[4], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+def _fresh_process(code: str, *args: str) -> str:
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"loading in a fresh process failed:\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def check_generator_saving(spec: dict, folder: str | os.PathLike, batch: dict | None = None,
+                           image_size: tuple[int, int] = (32, 16), *, steps: int = 2,
+                           atol: float = 0.0, lazy_tensorflow: bool = True) -> tuple[Any, Any]:
+    """Save, load in a fresh process, same outputs: the GAN of the registry ``spec`` trained for
+    ``steps`` steps and saved to ``<folder>/g.keras`` loads with ``factory.load`` (what the augment
+    stage and its Ray workers use) here and in a fresh Python process, and both generate exactly
+    what the trained GAN generates (within ``atol``; 0: bit for bit); ``keras.saving.load_model`` (how train_generator resumes) gives
+    back both optimizers with their step counts, learning rates and state. With
+    ``lazy_tensorflow`` importing the plugin's module in the fresh process loads neither Keras nor
+    TensorFlow. Returns ``(trained GAN, GAN loaded by factory.load)`` for plugin-specific checks."""
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from keras_reid.registry import REGISTRY
+    from keras_reid.training.loop import train
+
+    factory = REGISTRY.create("generator", spec)
+    batch = batch if batch is not None else _generator_batch(sorted(factory.needs), image_size, n=4)
+    gan = factory.build(tuple(image_size))
+    gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=2))
+    train(gan, lambda ctx, epoch: tf.data.Dataset.from_tensors(batch).repeat(steps),
+          strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=steps, verbose=0)
+    folder = Path(folder)
+    path = folder / "g.keras"
+    gan.save(path)
+    gen = {k: v for k, v in batch.items() if k in set(factory.generation_needs) | {"source"}}
+    if "noise" in factory.generation_needs:
+        gen["noise"] = _generator_batch(["noise"], image_size, n=len(gen["source"]),
+                                        z_dim=int(getattr(gan, "z_dim", 0)))["noise"]
+    expected = np.asarray(gan.generate(gen))
+
+    again = factory.load(str(path))
+    np.testing.assert_allclose(np.asarray(again.generate(gen)), expected, rtol=0, atol=atol,
+                               err_msg="factory.load(path).generate differs from the saved GAN's")
+    resumed = keras.saving.load_model(path)
+    for name in ("d_optimizer", "g_optimizer"):
+        old, new = getattr(gan, name), getattr(resumed, name)
+        assert int(new.iterations.numpy()) == int(old.iterations.numpy()) == steps, (
+            f"{name}: {int(new.iterations.numpy())} steps after loading, {steps} trained")
+        assert np.isclose(float(new.learning_rate), float(old.learning_rate)), f"{name}: learning rate"
+        for a, c in zip(old.variables, new.variables):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-7,
+                                       err_msg=f"{name}'s state differs after loading")
+
+    np.savez(folder / "in.npz", **gen)
+    out = _fresh_process(_FRESH_GENERATOR, json.dumps(spec), type(factory).__module__, str(path),
+                         str(folder / "in.npz"), str(folder / "out.npy"))
+    if lazy_tensorflow:
+        heavy = json.loads(out.strip().splitlines()[0])
+        assert heavy == [], (f"importing {type(factory).__module__} loads {heavy}: import them inside "
+                             "build()/load() so that reading recipes stays light")
+    np.testing.assert_allclose(np.load(folder / "out.npy"), expected, rtol=0, atol=atol,
+                               err_msg="a fresh process generates other images from the saved GAN")
+    return gan, again
+
+
+def check_backbone_saving(spec: Any, folder: str | os.PathLike, input_shape=(32, 16, 3),
+                          num_classes: int = 3, *, atol: float = 1e-5) -> None:
+    """Save, load in a fresh process, same outputs: the backbone of the registry ``spec`` (or a
+    backbone object, then loaded by Keras alone) built,
+    saved to ``<folder>/model.keras`` and loaded in a fresh Python process as the evaluate stage
+    loads a trained model (``keras_reid.inference.load_keras_model``: the backbone's ``load`` if
+    it has one, else Keras with keras-reid's layers registered) gives the same embedding, features
+    and logits in inference mode."""
+    import json
+
+    from keras_reid.registry import REGISTRY
+
+    backbone = REGISTRY.create("backbone", spec) if isinstance(spec, dict) else spec
+    model = backbone.build(tuple(input_shape), num_classes)
+    x = np.random.default_rng(1).uniform(0, 255, (2, *input_shape)).astype("float32")
+    expected = {k: np.asarray(v) for k, v in model(x, training=False).items()}
+    folder = Path(folder)
+    model.save(folder / "model.keras")
+    np.save(folder / "x.npy", x)
+    _fresh_process(_FRESH_BACKBONE, json.dumps(spec if isinstance(spec, dict) else None), str(folder / "model.keras"), str(folder / "x.npy"),
+                   str(folder / "out.npz"))
+    got = np.load(folder / "out.npz")
+    for key, value in expected.items():
+        assert key in got, f"the reloaded backbone has no '{key}' output"
+        np.testing.assert_allclose(got[key], value, atol=atol, err_msg=(
+            f"'{key}' differs after saving and loading in a fresh process"))

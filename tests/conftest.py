@@ -1,25 +1,15 @@
 """Shared pytest setup.
 
-Two logical CPU devices are configured at import time, before any TensorFlow op runs, so tests
-can use ``tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])``. Keep this block first.
+``keras_reid.pytest_plugin`` (the fixtures third-party plugin tests load too) configures two
+logical CPU devices at import time, before any TensorFlow op runs, so tests can use
+``tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])``, and gives the session-scoped
+``synthetic_data`` fixture. No TensorFlow op may run in this file before it loads.
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pytest
 
-import tensorflow as tf  # noqa: E402
-
-if not globals().get("_LOGICAL_CPUS_CONFIGURED"):
-    _cpus = tf.config.list_physical_devices("CPU")
-    try:
-        tf.config.set_logical_device_configuration(
-            _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-    except RuntimeError:  # the runtime was already initialised (e.g. conftest imported twice)
-        pass
-    _LOGICAL_CPUS_CONFIGURED = True
-
-
-import pytest  # noqa: E402
+pytest_plugins = ["keras_reid.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
