@@ -9,11 +9,13 @@ prints images/s, the last step's loss and whether every loss was finite (re-ID o
 replicas with global-batch BatchNorm statistics, ``train_reid``'s default). Then it checks that
 ``mirrored`` and ``one_device`` agree: per precision and model, both train the same steps from
 the same initial weights on the same global batches (plain SGD, softmax loss, dropout off,
-BatchNorm statistics synchronised across replicas with Keras' ``synchronized=True``, since
-per-replica statistics legitimately differ from the global batch's). The per-step losses and
-the weight updates must agree within 1e-3 in float32, and in mixed precision within twice that
-precision's own error (its one_device run against the float32 one: float16/bfloat16 runs that
-sum in another order differ by about that much; a wrong gradient reduction differs by 100%).
+BatchNorm statistics synchronised across replicas as ``train_reid`` does, since per-replica
+statistics legitimately differ from the global batch's). The per-step losses and the weight
+updates must agree within twice float32's own noise floor (one_device again from the initial
+weights moved by 1e-7, i.e. at rounding level), at least 1e-3, and in mixed precision within
+twice that precision's own error (its one_device run against the float32 one: float16/bfloat16
+runs that sum in another order differ by about that much); a wrong gradient reduction (e.g.
+per-replica means) differs by 50-100%.
 
 On GPUs it runs at 256x128 (ResNet50 as the recipes use it, pix2pix Model 4 at full width).
 Without a GPU it runs the same at tiny sizes (64x32, batch 4 per replica, pix2pix 8-32 filters)
@@ -26,13 +28,15 @@ are listed as skipped.
 
 Exit code 0 when every loss is finite and every agreement check passes, 1 otherwise.
 
-Known (measured on the 2-core CPU at 64x32): ResNet50's float32 agreement fails there, by 3% of
-the weight update after one step and 130% after three, while pix2pix (also synchronised
-BatchNorm) and the ``tiny`` backbone agree to 5e-6. It is not the distribution: on ONE device,
-switching Keras' BatchNorm from its synchronised moments (E[x^2] - E[x]^2, one pass) to
-``tf.nn.moments`` moves the first update by the same 3%. An untrained ResNet50 at a 4x2 final
-map has channels whose mean dwarfs their spread, so the one-pass variance cancels and any change
-of summation order shows; expect a GPU run at 256x128 to be far better conditioned.
+Known (measured on the 2-core CPU at 64x32): an untrained ResNet50 there is ill-conditioned.
+On ONE device, moving its weights by 1e-7 (relative) changes the first gradient by 2.1% (and by
+3.8% at 1e-6), so ``mirrored`` (convolutions on half batches, sums in another order) cannot be
+closer than that. With a fixed 1e-3 tolerance its float32 check failed: with Keras' one-pass
+synchronised BatchNorm by 3% of the update after one step and 130% after three (chaotic), and
+with the two-pass one ``train_reid`` now uses by the same 130% after three (losses 3.2% apart at
+step 3; ``--sync-bn keras`` selects Keras' for comparison). Hence the measured floor, and one
+agreement step on CPU. pix2pix and the ``tiny`` backbone agree to
+5e-6. Expect a GPU run at 256x128 to be far better conditioned.
 """
 from __future__ import annotations
 
@@ -96,15 +100,12 @@ def build_reid(strategy, size: dict, *, agree: bool):
     from keras_reid.registry import REGISTRY
     from keras_reid.training.reid_model import ReIDModel
 
-    from keras_reid.training.batchnorm import batchnorm_layers
-
     h, w = size["image_size"]
     with strategy.scope():
         net = REGISTRY.create("backbone", {"type": "resnet50", "weights": None}).build(
             (h, w, 3), size["classes"])
         if strategy.num_replicas_in_sync > 1:  # train_reid's default sync_batchnorm: true
-            for layer in batchnorm_layers(net):
-                layer.synchronized = True
+            synchronise(net)
         loss = {"type": "softmax", "label_smoothing": 0.1} if agree else {"type": "softmax_triplet"}
         model = ReIDModel(net, REGISTRY.create("loss", loss))
         model.compile(keras.optimizers.SGD(0.01) if agree else keras.optimizers.Adam(3.5e-4))
@@ -129,6 +130,21 @@ def build_pix2pix(strategy, size: dict, *, agree: bool):
         else:
             gan.compile(**factory.optimizers(steps_per_epoch=100, epochs=1))
     return gan
+
+
+SYNC_BN = "two_pass"  # --sync-bn
+
+
+def synchronise(model) -> None:
+    """Global-batch BatchNorm statistics on every replica, as ``train_reid`` does
+    (``--sync-bn keras``: Keras' own one-pass ``synchronized=True`` instead, for comparison)."""
+    from keras_reid.training.batchnorm import batchnorm_layers, synchronise_batchnorm
+
+    if SYNC_BN == "keras":
+        for layer in batchnorm_layers(model):
+            layer.synchronized = True
+    else:
+        synchronise_batchnorm(model)
 
 
 def global_batches(kind: str, size: dict, replicas: int, n: int, seed: int = 0) -> list:
@@ -248,7 +264,6 @@ def _agree_run(model_kind: str, strategy_kind: str, precision: str, size: dict, 
     "replicas"}``."""
     import keras
 
-    from keras_reid.training.batchnorm import batchnorm_layers
     from keras_reid.training.loop import model_optimizers, train
     from keras_reid.training.precision import precision_policy
 
@@ -256,8 +271,7 @@ def _agree_run(model_kind: str, strategy_kind: str, precision: str, size: dict, 
     keras.utils.set_random_seed(0)
     with precision_policy(precision):
         model = (build_reid if model_kind == "reid" else build_pix2pix)(strategy, size, agree=True)
-        for layer in batchnorm_layers(model):
-            layer.synchronized = True  # global-batch statistics on every replica
+        synchronise(model)  # global-batch statistics on every replica
         if initial is None:
             initial = [np.asarray(w) for w in model.get_weights()]
         else:
@@ -281,16 +295,30 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
 
 
+def _perturbed(weights: list, scale: float = 1e-7, seed: int = 7) -> list:
+    """``weights`` with every float value moved by a relative ``scale`` (float32 rounding level)."""
+    rng = np.random.default_rng(seed)
+    return [(w * (1 + scale * rng.standard_normal(w.shape))).astype(w.dtype)
+            if np.issubdtype(w.dtype, np.floating) else w for w in weights]
+
+
 def agreement(model_kind: str, precisions: list[str], size: dict, steps: int) -> list[dict]:
     """Per precision, train ``steps`` identical steps under one_device and mirrored from the same
     initial weights on the same global batches; returns one row per precision.
 
-    The weight updates must agree within ``max(1e-3, 2 x the precision's own error)``, where the
-    precision's own error is how far its one_device update is from the float32 one_device update
-    (the same run in float32): two runs in float16/bfloat16 that sum in different orders differ
-    by about that much, a wrong gradient reduction (e.g. per-replica means) by 100%. The per-step
+    Float32's own noise floor is measured first: one_device from the initial weights moved by
+    1e-7 (relative; float32 rounding level). Two replicas add only rounding-level differences
+    (convolutions on half batches, sums in another order), so they can differ by that much and
+    no more; an ill-conditioned model (an untrained ResNet50 at 64x32: 2% after one step) has a
+    large floor, a wrong gradient reduction (e.g. per-replica means) differs by 50-100% anyway.
+    The weight updates must agree within ``max(1e-3, 2 x floor, 2 x the precision's own error)``,
+    where the precision's own error is how far its one_device update is from the float32 one
+    (float16/bfloat16 runs that sum in different orders differ by about that much). The per-step
     losses must agree alike."""
     ref = _agree_run(model_kind, "one_device", "float32", size, steps, None)
+    noise = _agree_run(model_kind, "one_device", "float32", size, steps, _perturbed(ref["initial"]))
+    floor_update = _rel(noise["update"], ref["update"])
+    floor_loss = float(np.max(np.abs(noise["losses"] - ref["losses"]) / np.abs(ref["losses"])))
     rows = []
     for precision in precisions:
         one = ref if precision == "float32" else _agree_run(model_kind, "one_device", precision, size,
@@ -300,7 +328,8 @@ def agreement(model_kind: str, precisions: list[str], size: dict, steps: int) ->
         own_loss = float(np.max(np.abs(one["losses"] - ref["losses"]) / np.abs(ref["losses"])))
         update_diff = _rel(mir["update"], one["update"])
         loss_diff = float(np.max(np.abs(mir["losses"] - one["losses"]) / np.abs(one["losses"])))
-        tol_update, tol_loss = max(1e-3, 2 * own_update), max(1e-3, 2 * own_loss)
+        tol_update = max(1e-3, 2 * floor_update, 2 * own_update)
+        tol_loss = max(1e-3, 2 * floor_loss, 2 * own_loss)
         finite = bool(np.isfinite(one["losses"]).all() and np.isfinite(mir["losses"]).all())
         rows.append({
             "model": "resnet50 re-ID" if model_kind == "reid" else "pix2pix model4",
@@ -308,6 +337,7 @@ def agreement(model_kind: str, precisions: list[str], size: dict, steps: int) ->
             "losses_one_device": [round(float(v), 5) for v in one["losses"]],
             "losses_mirrored": [round(float(v), 5) for v in mir["losses"]],
             "rel_loss_diff": loss_diff, "rel_weight_update_diff": update_diff,
+            "float32_floor_loss": floor_loss, "float32_floor_update": floor_update,
             "precision_error_loss": own_loss, "precision_error_update": own_update,
             "tolerance_loss": tol_loss, "tolerance_update": tol_update,
             "loss_scales": {"one_device": one["loss_scales"], "mirrored": mir["loss_scales"]}
@@ -333,7 +363,7 @@ def _table(report: dict) -> str:
                      f" [{', '.join(r['optimizers'])}]{flag}")
     lines += ["", "mirrored vs one_device (same steps, same global batches):"]
     for a in report["agreement"]:
-        lines.append(f"  {a['model']:16} {a['precision']:15} losses {a['rel_loss_diff']:.1e} "
+        lines.append(f"  {a['model']:16} {a['precision']:15} {a['steps']} step(s): losses {a['rel_loss_diff']:.1e} "
                      f"(tolerance {a['tolerance_loss']:.1e}), weight updates "
                      f"{a['rel_weight_update_diff']:.1e} (tolerance {a['tolerance_update']:.1e}): "
                      f"{'ok' if a['ok'] else 'DISAGREE'}")
@@ -347,7 +377,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (tracing, XLA compile)")
-    ap.add_argument("--agree-steps", type=int, default=3, help="steps of the agreement check")
+    ap.add_argument("--agree-steps", type=int, help="steps of the agreement check (default 3 on GPUs; "
+                    "1 on CPU: an untrained ResNet50 at 64x32 is chaotic, rounding-level changes of its weights move "
+                    "its first gradient by 2%%)")
     ap.add_argument("--models", default="reid,pix2pix")
     ap.add_argument("--strategies", default="one_device,mirrored")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -356,7 +388,13 @@ def main(argv=None) -> int:
     ap.add_argument("--reid-batch", type=int, help="per-replica batch of re-ID (GPU 32, CPU 4)")
     ap.add_argument("--gan-batch", type=int, help="per-replica batch of pix2pix (GPU 16, CPU 4)")
     ap.add_argument("--no-agreement", action="store_true", help="skip the mirrored/one_device check")
+    ap.add_argument("--agreement-only", action="store_true", help="only the mirrored/one_device check")
+    ap.add_argument("--sync-bn", choices=("two_pass", "keras"), default="two_pass",
+                    help="synchronised BatchNorm: train_reid's two-pass moments (default) or Keras' "
+                    "one-pass synchronized=True")
     args = ap.parse_args(argv)
+    global SYNC_BN
+    SYNC_BN = args.sync_bn
 
     devices = configure_devices()
     models = [m for m in args.models.split(",") if m]
@@ -379,16 +417,18 @@ def main(argv=None) -> int:
                           "cpu_logical": len(tf.config.list_logical_devices("CPU")),
                           "tensorflow": tf.__version__},
               "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()},
-              "steps": args.steps, "warmup": args.warmup, "settings": [], "agreement": []}
+              "steps": args.steps, "warmup": args.warmup, "sync_bn": args.sync_bn, "settings": [],
+              "agreement": []}
     for model in models:
-        for strategy in strategies:
+        for strategy in ([] if args.agreement_only else strategies):
             for precision in precisions:
                 for xla in xlas:
                     row = timed_run(model, strategy, precision, xla, size, args.steps, args.warmup)
                     report["settings"].append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)  # progress
         if not args.no_agreement and "mirrored" in strategies:
-            for row in agreement(model, precisions, size, args.agree_steps):
+            agree_steps = args.agree_steps or (3 if devices["gpus"] else 1)
+            for row in agreement(model, precisions, size, agree_steps):
                 report["agreement"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress
     report["ok"] = (all(r.get("finite", True) for r in report["settings"])
