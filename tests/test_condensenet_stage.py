@@ -1,91 +1,56 @@
-"""A CondenseNet trained by train_reid is evaluated by a fresh process (its layers load)."""
-import json
+"""CondenseNet in train_reid and evaluate: the condensation schedule filled in from the run length
+(one device, two replicas, XLA), a fresh process evaluating the trained model (its layers load),
+and the deploy form (converted model) evaluated beside it, for retrieval and closed-set data.
 
-import numpy as np
-import pytest
+One retrieval run (train + evaluate) is shared by the tests that read it."""
+import json
+import shutil
 import subprocess
 import sys
 
-from keras_reid import pipeline
-from keras_reid.recipe import load_recipe
+import numpy as np
+import pytest
 
-RECIPE = """
-name: condense
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  train:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: condensenet, preset: small, condense_steps: 6}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 2
-    verbose: 0
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [train]
-    ranked_lists: 0
-    projector_samples: 0
-"""
+from keras_reid import pipeline, testing
+
+REID = {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+        "backbone": {"type": "condensenet", "preset": "small"}, "batch_size": 8, "instances_per_id": 2,
+        "epochs": 2, "bn_recalibration_batches": 2, "verbose": 0}
+EVALUATE = {"type": "evaluate", "dataset": "synth", "models": ["r"], "latency_runs": 5, "ranked_lists": 2,
+            "projector_samples": 0}
 
 
-def test_condensenet_model_trains_and_a_new_process_evaluates_it(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(root=tmp_path / "data"))
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, synthetic_data):
+    """``(recipe, run folder, stage summaries, printed lines)`` of one CondenseNet run (no
+    condense_steps: the schedule spans the run) on one device, evaluated with its deploy form."""
+    tmp = tmp_path_factory.mktemp("condense")
+    recipe = testing.build_recipe(tmp / "r.yaml", name="condense_deploy", stages={"r": REID, "evaluate": EVALUATE},
+                                  datasets={"synth": synthetic_data().spec})
+    lines = []
+    out = pipeline.run(recipe, tmp / "run", echo=lines.append)
+    return recipe, tmp / "run", out, lines
+
+
+def test_condensenet_model_trains_and_a_new_process_evaluates_it(deployed, tmp_path):
+    recipe, trained, _, _ = deployed
     run_dir = tmp_path / "run"
-    pipeline.run(load_recipe(recipe), run_dir, only=["train"], echo=lambda *_: None)
-    res = subprocess.run([sys.executable, "-m", "keras_reid.cli", "run", str(recipe), "--run-dir",
+    shutil.copytree(trained / "r", run_dir / "r")
+    res = subprocess.run([sys.executable, "-m", "keras_reid.cli", "run", recipe.source, "--run-dir",
                           str(run_dir), "--stage", "evaluate"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["models"]["train"]["mAP"] <= 1.0
+    assert 0.0 <= metrics["models"]["r"]["mAP"] <= 1.0
 
 
-AUTO = """
-name: condense_auto
-seed: 0
-strategy: {strategy}
-jit_compile: {jit}
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  train:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: condensenet, preset: small}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 0
-    verbose: 0
-"""
-
-
-@pytest.mark.parametrize("strategy,jit", [("{type: one_device}", "false"),
-                                          ("{type: mirrored, devices: ['/cpu:0', '/cpu:1']}", "false"),
-                                          ("{type: one_device}", "true")])
-def test_train_reid_fills_in_the_condensation_schedule_and_it_runs(tmp_path, strategy, jit):
-    """Without condense_steps the schedule spans the run: every learned layer ends condensed
-    C-1 = 3 times and keeps 1/C of its inputs per group, on one device, on two replicas
-    (the step counter must advance once per global step, not once per replica) and with the
-    train step compiled by XLA (the condensation runs inside the compiled step)."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(AUTO.format(root=tmp_path / "data", strategy=strategy, jit=jit))
-    lines = []
-    out = pipeline.run(load_recipe(recipe), tmp_path / "run", echo=lines.append)["train"]
+def _assert_condensed(lines, path):
+    """Every learned layer of the model at ``path`` condensed C-1 = 3 times, keeping 1/C of its
+    inputs per group, and the stage said so."""
     assert any("condensation(s) over the first" in str(x) for x in lines), lines
     from keras_reid_plugins.backbones.condensenet import load_model
     from keras_reid_plugins.backbones._condensenet_model import LearnedGroupConv, learned_layers
 
-    model = load_model(str(tmp_path / "run" / out["model"]))
+    model = load_model(str(path))
     convs = [l for l in learned_layers(model) if isinstance(l, LearnedGroupConv)]
     assert convs
     for layer in convs:
@@ -95,35 +60,27 @@ def test_train_reid_fills_in_the_condensation_schedule_and_it_runs(tmp_path, str
         assert abs(kept - 0.25) < 0.05, (layer.name, kept)
 
 
-DEPLOY = """
-name: condense_deploy
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  r:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: condensenet, preset: small}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 2
-    verbose: 0
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [r]
-    latency_runs: 5
-    ranked_lists: 2
-    projector_samples: 0
-"""
+def test_train_reid_fills_in_the_condensation_schedule_and_it_runs(deployed):
+    """Without condense_steps the schedule spans the run (here: one device, no XLA)."""
+    _, run_dir, out, lines = deployed
+    _assert_condensed(lines, run_dir / out["r"]["model"])
 
 
-def test_condensenet_is_converted_after_training_and_evaluated_beside_the_trained_model(tmp_path):
+@pytest.mark.parametrize("strategy,jit", [({"type": "mirrored", "devices": ["/cpu:0", "/cpu:1"]}, False),
+                                          ({"type": "one_device"}, True)])
+def test_the_condensation_schedule_runs_on_two_replicas_and_under_xla(tmp_path, synthetic_data, strategy, jit):
+    """The same on two replicas (the step counter must advance once per global step, not once
+    per replica) and with the train step compiled by XLA (the condensation runs inside the
+    compiled step)."""
+    recipe = testing.build_recipe(tmp_path, name="condense_auto", strategy=strategy, jit_compile=jit,
+                                  datasets={"synth": synthetic_data().spec},
+                                  stages={"r": dict(REID, bn_recalibration_batches=0)})
+    lines = []
+    out = pipeline.run(recipe, tmp_path / "run", echo=lines.append)["r"]
+    _assert_condensed(lines, tmp_path / "run" / out["model"])
+
+
+def test_condensenet_is_converted_after_training_and_evaluated_beside_the_trained_model(deployed):
     """train_reid saves the deploy form (model_converted.keras, same features within 1e-4);
     evaluate ranks it as 'r (converted)' with the same metrics and
     reports both forms' parameters, bytes on disk and latency; the closing lines, the printed
@@ -133,12 +90,7 @@ def test_condensenet_is_converted_after_training_and_evaluated_beside_the_traine
     from keras_reid.inference import load_model, read_preprocessing
     from keras_reid.report import build_report
 
-    recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(DEPLOY.format(root=tmp_path / "data"))
-    run_dir = tmp_path / "run"
-    lines = []
-    recipe = load_recipe(recipe_path)
-    out = pipeline.run(recipe, run_dir, echo=lines.append)
+    recipe, run_dir, out, lines = deployed
     conv = out["r"]["converted"]
     path = run_dir / conv["model"]
     assert path.name == "model_converted.keras" and path.is_file()
@@ -193,47 +145,29 @@ def test_conversion_parity_is_checked_and_convert_needs_a_deploy_form(tmp_path):
     b.set_weights(w)
     with pytest.raises(ConversionError, match=r"^stage 'r': the converted model's outputs differ .* convert: false"):
         check_parity(a, b, x, "stage 'r'")
-    recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(DEPLOY.format(root=tmp_path / "data").replace(
-        "backbone: {type: condensenet, preset: small}",
-        "backbone: {type: tiny, width: 8, blocks: 2}\n    convert: true"))
     with pytest.raises(RecipeError, match=r"stages\.r\.convert: backbone 'tiny' has no deploy form"):
-        load_recipe(recipe_path)
-
-
-CLOSED = """
-name: condense_closed
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  lima: {{type: synthetic_closed_set, root: {root}, ids: 3, sessions: 3, size: 64x32, seed: 2,
-          images_per_session: 6, unknown_per_session: 6, test_session: 3}}
-stages:
-  r:
-    type: train_reid
-    dataset: lima
-    image_size: [32, 16]
-    backbone: {{type: condensenet, preset: small}}
-    loss: {{type: softmax}}
-    sampler: random
-    batch_size: 8
-    epochs: 2
-    bn_recalibration_batches: 0
-    verbose: 0
-  evaluate: {{type: evaluate, dataset: lima, models: [r], latency_runs: 3}}
-"""
+        testing.build_recipe(tmp_path, name="condense_deploy", datasets={"synth": testing.SyntheticData(
+            tmp_path / "data", testing.SYNTHETIC_DEFAULTS).spec}, stages={
+            "r": dict(REID, backbone={"type": "tiny", "width": 8, "blocks": 2}, convert=True), "evaluate": EVALUATE})
 
 
 def test_closed_set_condensenet_deploys_its_converted_classifier(tmp_path):
     """On closed-set (LIMA-style) data the deployed model is the classifier: train_reid converts
     it too (classifier_converted.keras) and evaluate reports 'r (converted)' with the same
     prec@1/mAP columns, both classifiers' size and latency."""
-    recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(CLOSED.format(root=tmp_path / "lima"))
+    recipe = testing.build_recipe(
+        tmp_path, name="condense_closed",
+        datasets={"lima": {"type": "synthetic_closed_set", "root": tmp_path / "lima", "ids": 3, "sessions": 3,
+                           "size": "64x32", "seed": 2, "images_per_session": 6, "unknown_per_session": 6,
+                           "test_session": 3}},
+        stages={"r": {"type": "train_reid", "dataset": "lima", "image_size": [32, 16],
+                      "backbone": {"type": "condensenet", "preset": "small"}, "loss": {"type": "softmax"},
+                      "sampler": "random", "batch_size": 8, "epochs": 2, "bn_recalibration_batches": 0,
+                      "verbose": 0},
+                "evaluate": {"type": "evaluate", "dataset": "lima", "models": ["r"], "latency_runs": 3}})
     run_dir = tmp_path / "run"
     lines = []
-    out = pipeline.run(load_recipe(recipe_path), run_dir, echo=lines.append)
+    out = pipeline.run(recipe, run_dir, echo=lines.append)
     conv = out["r"]["converted"]
     assert (run_dir / conv["classifier"]).name == "classifier_converted.keras"
     assert (run_dir / conv["model"]).is_file() and conv["max_abs_diff"] <= 1e-4

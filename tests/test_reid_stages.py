@@ -10,63 +10,39 @@ import shutil
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.errors import DatasetError, UserError
-from keras_reid.recipe import load_recipe
 
-RECIPE = """
-name: stages
-seed: 3
-strategy: {{type: {strategy}}}
-jit_compile: false
-datasets:
-  synth:
-    type: synthetic
-    root: {root}
-    ids: 12
-    cameras: 3
-    size: 64x32
-    seed: 1
-    images_per_id_camera: 3
-stages:
-  train:
-    type: train_reid
-    dataset: synth
-    image_size: [64, 32]
-    backbone: {{type: tiny, width: 8, blocks: 3, embedding_dim: 32}}
-    loss: {{type: softmax_triplet}}
-    optimizer: {{type: adam, lr: 0.001}}
-    schedule: {{type: cosine, warmup_epochs: 1}}
-    batch_size: 12
-    instances_per_id: 2
-    epochs: 3
-    log_every: 1
-    verbose: 0
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [train]
-    flip: true
-    ranked_lists: 3
-    projector_samples: 20
-"""
+STAGES = {
+    "train": {"type": "train_reid", "dataset": "synth", "image_size": [64, 32],
+              "backbone": {"type": "tiny", "width": 8, "blocks": 3, "embedding_dim": 32},
+              "loss": {"type": "softmax_triplet"}, "optimizer": {"type": "adam", "lr": 0.001},
+              "schedule": {"type": "cosine", "warmup_epochs": 1}, "batch_size": 12,
+              "instances_per_id": 2, "epochs": 3, "log_every": 1, "verbose": 0},
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["train"], "flip": True,
+                 "ranked_lists": 3, "projector_samples": 20},
+}
+DATA = {"images_per_id_camera": 3}  # ids 12, cameras 3, 64x32, seed 1 (testing.SYNTHETIC_DEFAULTS)
 
 
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    """The dataset once per module (the dataset plugin writes it on first use)."""
-    root = tmp_path_factory.mktemp("synth") / "data"
-    rec = _recipe(tmp_path_factory.mktemp("r"), root)
-    from keras_reid.registry import REGISTRY
-
-    REGISTRY.create("dataset", rec.model.datasets["synth"].model_dump()).load()
-    return root
+def synth_root(synthetic_data):
+    """The dataset, shared with every test module asking for the same parameters."""
+    return synthetic_data(**DATA).root
 
 
 def _recipe(tmp_path, root, *overrides, strategy="one_device"):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.format(root=root, strategy=strategy))
-    return load_recipe(path, list(overrides))
+    dataset = testing.SyntheticData(root, dict(testing.SYNTHETIC_DEFAULTS, **DATA)).spec
+    return testing.build_recipe(tmp_path, name="stages", seed=3, strategy={"type": strategy},
+                                datasets={"synth": dataset}, stages=STAGES, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    """The recipe run once (train 3 epochs, evaluate): (output, run folder)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    run_dir = tmp / "run"
+    return pipeline.run(_recipe(tmp, synth_root), run_dir, echo=lambda s: None), run_dir
 
 
 def _copy(root, tmp_path):
@@ -93,9 +69,8 @@ def probe(synth_root):
     return next(iter(eval_dataset(recs, image_size=(64, 32), batch_size=8)))
 
 
-def test_train_and_evaluate_write_model_metrics_and_tensorboard(tmp_path, synth_root):
-    run_dir = tmp_path / "run"
-    out = pipeline.run(_recipe(tmp_path, synth_root), run_dir, echo=lambda s: None)
+def test_train_and_evaluate_write_model_metrics_and_tensorboard(trained):
+    out, run_dir = trained
     train = out["train"]
     assert train["epochs"] == 3 and train["resumed_from_epoch"] == 0 and train["skipped_images"] == 0
     assert train["num_classes"] == 6 and train["final"]["loss"] > 0
@@ -124,10 +99,9 @@ def _tags(logdir):
     return tags
 
 
-def test_interrupted_training_resumes_to_the_same_final_weights(tmp_path, synth_root, probe,
+def test_interrupted_training_resumes_to_the_same_final_weights(tmp_path, synth_root, probe, trained,
                                                                  monkeypatch):
-    straight = tmp_path / "straight"
-    pipeline.run(_recipe(tmp_path, synth_root), straight, echo=lambda s: None, only=["train"])
+    straight = trained[1]  # the same recipe trained without interruption
 
     from keras_reid.training import checkpoint
 
@@ -182,13 +156,8 @@ def test_missing_dataset_folder_fails_before_any_stage_runs(tmp_path):
 
     from keras_reid.cli import main
 
-    path = tmp_path / "recipe.yaml"
-    text = RECIPE.format(root=tmp_path / "nowhere", strategy="one_device")
-    text = text.replace("type: synthetic\n    root", "type: market1501\n    root")
-    text = "\n".join(l for l in text.splitlines()
-                     if not l.strip().startswith(("ids:", "cameras:", "size:", "seed: 1",
-                                                  "images_per_id_camera")))
-    path.write_text(text)
+    path = testing.write_recipe(tmp_path, name="stages", seed=3, stages=STAGES,
+                                datasets={"synth": {"type": "market1501", "root": tmp_path / "nowhere"}})
     result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "nowhere" in result.output and "Traceback" not in result.output
@@ -210,24 +179,13 @@ def test_closed_set_train_and_evaluate(tmp_path, synth_root):
         dst = root / f"s{cam}" / str(cls)
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(img, dst / img.name)
-    path = tmp_path / "closed.yaml"
-    path.write_text(f"""
-name: closed
-datasets:
-  lima: {{type: closed_set, root: {root}, test_session: 3}}
-stages:
-  train:
-    type: train_reid
-    dataset: lima
-    image_size: [64, 32]
-    backbone: {{type: tiny, width: 8, blocks: 3, embedding_dim: 32}}
-    batch_size: 12
-    instances_per_id: 2
-    epochs: 2
-    verbose: 0
-  evaluate: {{type: evaluate, dataset: lima, models: [train]}}
-""")
-    rec = load_recipe(path)
+    rec = testing.build_recipe(
+        tmp_path / "closed.yaml", name="closed",
+        datasets={"lima": {"type": "closed_set", "root": root, "test_session": 3}},
+        stages={"train": {"type": "train_reid", "dataset": "lima", "image_size": [64, 32],
+                          "backbone": {"type": "tiny", "width": 8, "blocks": 3, "embedding_dim": 32},
+                          "batch_size": 12, "instances_per_id": 2, "epochs": 2, "verbose": 0},
+                "evaluate": {"type": "evaluate", "dataset": "lima", "models": ["train"]}})
     run_dir = tmp_path / "run"
     out = pipeline.run(rec, run_dir, echo=lambda s: None)
     assert (run_dir / "train" / "classifier.keras").is_file()
