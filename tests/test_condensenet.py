@@ -221,3 +221,27 @@ def test_training_steps_condense_and_convert():
     converted = bb.convert(net)
     np.testing.assert_allclose(np.asarray(net(x, training=False)["logits"]),
                                np.asarray(converted(x, training=False)["logits"]), atol=1e-4)
+
+
+def test_converted_model_keeps_the_weights_of_synchronised_batchnorm_layers():
+    """train_reid's sync_batchnorm (more than one replica) turns the trained BatchNormalization
+    layers into SyncBatchNormalization; the converted model still carries their statistics
+    (before, the layers of another class were skipped and the converted model kept fresh BN
+    weights: outputs off by 0.09 after a 2-replica run)."""
+    import keras
+
+    from keras_reid.training.batchnorm import synchronise_batchnorm
+
+    bb = _backbone()
+    model = bb.build(SHAPE, 3)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") if i in (0, 3)
+                               else rng.normal(0, 0.2, w.shape).astype("float32")
+                               for i, w in enumerate(layer.get_weights())])
+    assert synchronise_batchnorm(model) > 0
+    converted = bb.convert(model)
+    x = _images(2)
+    np.testing.assert_allclose(np.asarray(model(x, training=False)["features"]),
+                               np.asarray(converted(x, training=False)["features"]), atol=1e-4)

@@ -492,7 +492,9 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
     model = keras.Model(inputs, outputs, name=name if trained is None else f"{name}_converted")
     for layer in model.layers:  # converted form: every unchanged layer keeps its trained weights
         old = src.get(layer.name)
-        if old is not None and type(old) is type(layer) and layer.weights:
+        # isinstance: train_reid's sync_batchnorm turns trained BatchNormalization layers into a
+        # subclass (SyncBatchNormalization) with the same weights
+        if old is not None and isinstance(old, type(layer)) and layer.weights:
             layer.set_weights(old.get_weights())
     return model
 
