@@ -6,20 +6,19 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.errors import DatasetError
-from keras_reid.recipe import load_recipe
 
-RECIPE = """
-name: pf
-strategy: {{type: one_device}}
-datasets:
-  market: {{type: market1501, root: "{root}"}}
-stages:
-  train: {{type: train_reid, dataset: market, image_size: [32, 16], backbone: {{type: tiny}},
-          loss: {{type: softmax}}, sampler: random, batch_size: 4, epochs: 1}}
-  evaluate: {{type: evaluate, dataset: market, models: [train]}}
-"""
+STAGES = {
+    "train": {"type": "train_reid", "dataset": "market", "image_size": [32, 16], "backbone": {"type": "tiny"},
+              "loss": {"type": "softmax"}, "sampler": "random", "batch_size": 4, "epochs": 1},
+    "evaluate": {"type": "evaluate", "dataset": "market", "models": ["train"]},
+}
+
+
+def _recipe(tmp_path, root):
+    return testing.build_recipe(tmp_path / "r.yaml", name="pf", stages=STAGES,
+                                datasets={"market": {"type": "market1501", "root": root}})
 
 
 def _market(root: Path, query: list[str], gallery: list[str]) -> Path:
@@ -34,9 +33,7 @@ def _market(root: Path, query: list[str], gallery: list[str]) -> Path:
 
 
 def _run(tmp_path, root):
-    path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.format(root=root))
-    return pipeline.run(load_recipe(path), tmp_path / "run", echo=lambda s: None)
+    return pipeline.run(_recipe(tmp_path, root), tmp_path / "run", echo=lambda s: None)
 
 
 def test_gallery_without_the_query_people_fails_before_training(tmp_path):
@@ -55,8 +52,6 @@ def test_one_query_person_in_the_gallery_from_another_camera_is_enough(tmp_path)
 
     root = _market(tmp_path / "m", ["0003_c1s1_000101_00.jpg", "0005_c2s1_000101_00.jpg"],
                    ["0003_c2s1_000201_00.jpg", "0004_c2s1_000101_00.jpg"])
-    path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.format(root=root))
-    rec = load_recipe(path)
+    rec = _recipe(tmp_path, root)
     splits = REGISTRY.create("dataset", rec.data["datasets"]["market"]).load()
     Evaluate._check_query_gallery(splits, rec.stage_configs["evaluate"], "evaluate")  # no error
