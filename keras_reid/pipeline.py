@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
@@ -174,93 +174,119 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
                         "last checkpoint") from None
 
 
+@dataclass
+class _Workers:
+    """This process's part in a run: the chief (always, except on the other workers of a
+    multi-worker run) writes the run folder; :meth:`sync` waits for every worker at the points
+    the multi-worker protocol needs (a no-op in a one-process run)."""
+
+    strategy: Any = None     # set for multi-worker runs only
+
+    @property
+    def chief(self) -> bool:
+        from keras_reid.distribute import is_chief
+
+        return self.strategy is None or is_chief(self.strategy)
+
+    def sync(self) -> None:
+        if self.strategy is not None:
+            from keras_reid.distribute import barrier
+
+            barrier(self.strategy)
+
+
 def _run(recipe: Recipe, run_dir: Path, *, registry: Registry, echo: Callable[[str], None],
          only: list[str] | None, shard: tuple[int, int] | None, shared: dict) -> dict:
-    from keras_reid.distribute import barrier, is_chief
-
-    strategy = shared["strategy"].get("strategy")     # set here for multi-worker runs only
-    chief = strategy is None or is_chief(strategy)
-
-    def sync() -> None:   # multi-worker: wait for every worker (at once otherwise)
-        if strategy is not None:
-            barrier(strategy)
-
+    workers = _Workers(shared["strategy"].get("strategy"))
     steps = plan(recipe, run_dir)
     if only:
         check_only(recipe, steps, only)
-    results: dict = {}
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
-        tb_events.write_text(run_dir / "tensorboard" / "recipe", "recipe/resolved",
-                             textwrap.indent(recipe.to_yaml(), "    "))   # TensorBoard's Text tab
-        write_metrics(recipe, run_dir, registry, steps)
+    if workers.chief:
+        _write_run_files(recipe, run_dir, registry, steps)
     echo(click.style(f"run '{recipe.name}' -> {run_dir}", bold=True))
-    if chief:      # the chief writes missing synthetic data; the others read it afterwards
+    if workers.chief:      # the chief writes missing synthetic data; the others read it afterwards
         _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
-        sync()
+        workers.sync()
     else:
-        sync()
+        workers.sync()
         _preflight(recipe, steps, run_dir, registry, echo, shared, only, shard)
+    results: dict = {}
     for i, name in enumerate([s.name for s in steps], 1):
         if only and name not in only:
             continue
         step = next(s for s in plan(recipe, run_dir) if s.name == name)  # upstream may just have run
-        sync()     # every worker has planned the stage before the chief touches its folder
+        workers.sync()     # every worker has planned the stage before the chief touches its folder
         head = f"[{i}/{len(steps)}] {step.name} ({step.type})"
-        stage_dir = run_dir / step.name
         if step.status == "done":
-            marker = io.read_json(stage_dir / COMPLETE_MARKER)
+            marker = io.read_json(run_dir / step.name / COMPLETE_MARKER)
             echo(f"{head}: done before with the same config and inputs, skipped")
             results[step.name] = marker.get("summary", {})
             continue
-        if chief and step.status == "run" and stage_dir.exists() and any(stage_dir.iterdir()):
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            aside = run_dir / f"{step.name}.stale-{stamp}"
-            shutil.move(str(stage_dir), str(aside))
-            if (run_dir / "tensorboard" / step.name).is_dir():   # its curves go with it
-                shutil.move(str(run_dir / "tensorboard" / step.name), str(aside / "tensorboard"))
-            echo(f"{head}: {step.why or 'config changed'}; previous outputs moved to {aside.name}/")
-        entry = registry.get("stage", step.type)
-        takes_part = chief or getattr(entry.obj, "distributed", False)
-        if not takes_part:
-            echo(f"{head}: the chief runs it; waiting")
-        elif step.status == "resume":
-            echo(f"{head}: resuming an interrupted run")
-        else:
-            echo(f"{head}: starting")
-        if chief:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
-                                                      "inputs": step.inputs,
-                                                      "config": recipe.data["stages"][step.name]})
-        sync()     # the chief has set the stage's folder up (stale outputs moved aside)
-        if not takes_part:
-            sync()  # until the chief has finished it and written its marker
-            results[step.name] = (io.read_json(stage_dir / COMPLETE_MARKER) or {}).get("summary", {})
-            continue
-        context = _context(recipe, step.name, run_dir, registry, echo, shared, shard)
-        stage = entry.create(recipe.stage_configs[step.name])
-        t0 = time.time()
         try:
-            summary = stage.run(context) or {}
+            results[step.name] = _run_stage(recipe, run_dir, step, head, workers, registry, echo,
+                                            shared, shard)
         except StageIncomplete as exc:
             echo(click.style(f"{head}: not complete: {exc}", fg="yellow"))
             results["_incomplete"] = {"stage": step.name, "reason": str(exc)}
             return results
-        elapsed = time.time() - t0
-        if chief:
-            io.write_json(stage_dir / COMPLETE_MARKER, {
-                "hash": step.hash, "stage": step.name, "type": step.type,
-                "completion_id": uuid.uuid4().hex, "inputs": step.inputs,
-                "finished": _dt.datetime.now().isoformat(timespec="seconds"),
-                "seconds": round(elapsed, 2), "summary": summary, "pid": os.getpid(),
-            })
-            write_metrics(recipe, run_dir, registry)
-        sync()      # the chief's marker is written: the waiting workers go on together
-        echo(f"{head}: finished in {_fmt_seconds(elapsed)}")
-        results[step.name] = summary
     return results
+
+
+def _write_run_files(recipe: Recipe, run_dir: Path, registry: Registry, steps: list) -> None:
+    """The resolved recipe (file and TensorBoard text) and the run's metrics.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
+    tb_events.write_text(run_dir / "tensorboard" / "recipe", "recipe/resolved",
+                         textwrap.indent(recipe.to_yaml(), "    "))   # TensorBoard's Text tab
+    write_metrics(recipe, run_dir, registry, steps)
+
+
+def _run_stage(recipe: Recipe, run_dir: Path, step, head: str, workers: _Workers, registry: Registry,
+               echo: Callable[[str], None], shared: dict, shard: tuple[int, int] | None) -> dict:
+    """Run one stage that is not done (or, on a worker that takes no part, wait for the chief
+    to run it); returns its summary. Raises StageIncomplete from the stage."""
+    stage_dir = run_dir / step.name
+    if workers.chief and step.status == "run" and stage_dir.exists() and any(stage_dir.iterdir()):
+        _move_aside(run_dir, step, head, echo)
+    entry = registry.get("stage", step.type)
+    takes_part = workers.chief or getattr(entry.obj, "distributed", False)
+    echo(f"{head}: " + ("the chief runs it; waiting" if not takes_part else
+                        "resuming an interrupted run" if step.status == "resume" else "starting"))
+    if workers.chief:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        io.write_json(stage_dir / CONFIG_MARKER, {"hash": step.hash, "stage": step.name,
+                                                  "inputs": step.inputs,
+                                                  "config": recipe.data["stages"][step.name]})
+    workers.sync()     # the chief has set the stage's folder up (stale outputs moved aside)
+    if not takes_part:
+        workers.sync()  # until the chief has finished it and written its marker
+        return (io.read_json(stage_dir / COMPLETE_MARKER) or {}).get("summary", {})
+    context = _context(recipe, step.name, run_dir, registry, echo, shared, shard)
+    t0 = time.time()
+    summary = entry.create(recipe.stage_configs[step.name]).run(context) or {}
+    elapsed = time.time() - t0
+    if workers.chief:
+        io.write_json(stage_dir / COMPLETE_MARKER, {
+            "hash": step.hash, "stage": step.name, "type": step.type,
+            "completion_id": uuid.uuid4().hex, "inputs": step.inputs,
+            "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+            "seconds": round(elapsed, 2), "summary": summary, "pid": os.getpid(),
+        })
+        write_metrics(recipe, run_dir, registry)
+    workers.sync()      # the chief's marker is written: the waiting workers go on together
+    echo(f"{head}: finished in {_fmt_seconds(elapsed)}")
+    return summary
+
+
+def _move_aside(run_dir: Path, step, head: str, echo: Callable[[str], None]) -> None:
+    """A stage that must run again keeps its previous outputs (and curves) in
+    ``<stage>.stale-<time>/`` rather than losing them."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = run_dir / f"{step.name}.stale-{stamp}"
+    shutil.move(str(run_dir / step.name), str(aside))
+    if (run_dir / "tensorboard" / step.name).is_dir():   # its curves go with it
+        shutil.move(str(run_dir / "tensorboard" / step.name), str(aside / "tensorboard"))
+    echo(f"{head}: {step.why or 'config changed'}; previous outputs moved to {aside.name}/")
 
 
 def recorded_metrics(recipe: Recipe, stage: str, stage_dir: Path, source: dict,
