@@ -17,7 +17,7 @@ picture depends only on its seed (byte-identical output for the same seed and Op
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import cv2
@@ -216,6 +216,37 @@ def _shade(img: np.ndarray, alpha: np.ndarray, factor: float) -> None:
     img *= (1.0 + (factor - 1.0) * alpha)[..., None]
 
 
+@dataclass
+class _HeadCanvas:
+    """The head sprite being drawn: RGB and alpha planes, pixel grids, the head's ellipse
+    (centre cx, cy; radii rx, ry; top y0) and the identity's colours."""
+
+    H: int
+    W: int
+    k: float
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    y0: float
+    skin: np.ndarray
+    hair: np.ndarray
+    img: np.ndarray = field(init=False)
+    alpha: np.ndarray = field(init=False)
+    yy: np.ndarray = field(init=False)
+    xx: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.img = np.zeros((self.H, self.W, 3), np.float32)
+        self.alpha = np.zeros((self.H, self.W), np.float32)
+        self.yy, self.xx = np.mgrid[0:self.H, 0:self.W].astype(np.float32)
+
+    def put(self, mask: np.ndarray, colour) -> None:
+        """Paint ``colour`` where ``mask`` is 1 and make it opaque there."""
+        _mix(self.img, mask, colour)
+        np.maximum(self.alpha, mask, out=self.alpha)
+
+
 def render_head(ident: Identity, view: str, facing: int = 1,
                 scale: float = 1.0) -> tuple[np.ndarray, dict]:
     """Render a head sprite: (RGBA float32 [h, w, 4] with RGB in 0..255, keypoints
@@ -227,148 +258,164 @@ def render_head(ident: Identity, view: str, facing: int = 1,
     k = float(scale)
     H, W = int(round(SPRITE_H * k)), int(round(SPRITE_W * k))
     y0, y1, x0, x1 = HEAD_BOX[0] * H, HEAD_BOX[1] * H, HEAD_BOX[2] * W, HEAD_BOX[3] * W
-    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    ry, rx = (y1 - y0) / 2, (x1 - x0) / 2
-    img = np.zeros((H, W, 3), np.float32)
-    alpha = np.zeros((H, W), np.float32)
-    skin = np.asarray(ident.skin, np.float32)
-    hair = np.asarray(ident.hair_colour, np.float32)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    kps: dict = {}
-
-    def put(mask, colour):
-        _mix(img, mask, colour)
-        np.maximum(alpha, mask, out=alpha)
-
-    # neck (below the chin)
-    neck = np.zeros((H, W), np.float32)
-    nw = rx * (0.5 if view != "side" else 0.55)
-    ncx = cx if view != "side" else cx - facing * rx * 0.1
-    cv2.rectangle(neck, (int(ncx - nw), int(cy + ry * 0.5)), (int(ncx + nw), H), 1.0, -1)
-    neck = cv2.GaussianBlur(neck, (0, 0), 1.2 * k)
-    put(neck, skin * 0.78)
-
+    c = _HeadCanvas(H, W, k, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2, y0,
+                    np.asarray(ident.skin, np.float32), np.asarray(ident.hair_colour, np.float32))
+    neck = _neck(c, view, facing)
     if view == "front":
-        for s in (-1, 1):
-            put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
-                skin * 0.85)
-        head = _soft_ellipse((H, W), (cx, cy), (rx, ry), sigma=1.2 * k)
-        put(head, skin)
-        r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
-        _shade(img, head * np.clip(r2, 0, 1) ** 2, 0.7)
-        # hair: a cap over the top, the forehead free below the hairline
-        hair_m = _soft_ellipse((H, W), (cx, cy - ry * 0.12), (rx * 1.1, ry * 0.98), sigma=1.0 * k)
-        hairline = cy - ry * 0.55
-        forehead = _soft_ellipse((H, W), (cx, hairline + ry * 0.75), (rx * 0.86, ry * 0.8), sigma=1.5 * k)
-        side_len = {"short": 0.05, "medium": 0.45, "long": 0.9, "bun": 0.0}[ident.hair_style]
-        cut = np.clip((cy + ry * side_len - yy) / 2.0, 0, 1)
-        hair_m = hair_m * (1 - forehead) * cut
-        if ident.hair_style in ("medium", "long"):
-            for s in (-1, 1):
-                lock = _soft_ellipse((H, W), (cx + s * rx * 0.95, cy + ry * 0.1),
-                                     (rx * 0.2, ry * (0.6 if ident.hair_style == "medium" else 0.95)))
-                hair_m = np.maximum(hair_m, lock * (1 - forehead))
-        if ident.hair_style == "bun":
-            hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx, y0 - ry * 0.08), (rx * 0.38, ry * 0.2)))
-        put(hair_m, hair)
-        _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.75)
-        # eye sockets, eyes (greyish sclera, large dark iris, upper lid), brows. These and
-        # the mouth were tuned against MediaPipe's face detector (tools/bench_synthetic.py).
-        ey = cy + ry * 0.05
-        es = 0.9
-        ex_off = 0.38
-        for s in (-1, 1):
-            ex = cx + s * rx * ex_off
-            _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.3 * es, ry * 0.16 * es), sigma=2.5 * k), 0.62)
-            brow = np.zeros((H, W), np.float32)
-            cv2.ellipse(brow, (int(ex * 16), int((ey - ry * 0.1 * es) * 16)),
-                        (int(rx * 0.3 * es * 16), int(ry * 0.1 * es * 16)), 0, 200, 340, 1.0,
-                        max(2, int(ry * 0.08)), cv2.LINE_AA, 4)
-            put(cv2.GaussianBlur(brow, (0, 0), 1.0 * k), hair * 0.6)
-            put(_soft_ellipse((H, W), (ex, ey), (rx * 0.2 * es, ry * 0.075 * es), sigma=1.0 * k), (180, 175, 170))
-            put(_soft_ellipse((H, W), (ex, ey), (rx * 0.1 * es * 1.5, ry * 0.085 * es), sigma=0.8 * k), (40, 28, 22))
-            lid = np.zeros((H, W), np.float32)
-            cv2.ellipse(lid, (int(ex * 16), int(ey * 16)), (int(rx * 0.22 * es * 16), int(ry * 0.09 * es * 16)),
-                        0, 190, 350, 1.0, max(1, int(ry * 0.04)), cv2.LINE_AA, 4)
-            put(cv2.GaussianBlur(lid, (0, 0), 0.8 * k), (30, 22, 20))
-        # nose: shadow along one side, dark nostrils, light tip; then the mouth
-        ny = cy + ry * 0.3
-        _shade(img, _soft_ellipse((H, W), (cx - rx * 0.1, cy + ry * 0.15), (rx * 0.07, ry * 0.22),
-                                  sigma=2.0 * k), 0.8)
-        _shade(img, _soft_ellipse((H, W), (cx, ny), (rx * 0.2, ry * 0.06), sigma=1.2 * k), 0.6)
-        _shade(img, _soft_ellipse((H, W), (cx + rx * 0.05, cy + ry * 0.2), (rx * 0.07, ry * 0.08),
-                                  sigma=1.5 * k), 1.12)
-        my = cy + ry * 0.55
-        mw = 0.4
-        put(_soft_ellipse((H, W), (cx, my), (rx * mw, ry * 0.12), sigma=1.0 * k),
-            skin * np.array([0.58, 0.36, 0.36], np.float32))
-        lip = np.zeros((H, W), np.float32)
-        cv2.line(lip, (int(cx - rx * mw * 0.93), int(my)), (int(cx + rx * mw * 0.93), int(my)), 1.0,
-                 max(1, int(ry * 0.04)), cv2.LINE_AA)
-        put(cv2.GaussianBlur(lip, (0, 0), 0.7 * k), skin * 0.35)
-        # shadow under the chin
-        _shade(img, _soft_ellipse((H, W), (cx, cy + ry * 1.02), (rx * 0.55, ry * 0.12), sigma=2.5 * k)
-               * neck, 0.6)
-        kps = {"nose": (ny - ry * 0.05, cx), "Reye": (ey, cx - rx * ex_off), "Leye": (ey, cx + rx * ex_off),
-               "Rear": (cy, cx - rx * 0.98), "Lear": (cy, cx + rx * 0.98)}
+        kps = _front_head(c, ident, neck)
     elif view == "back":
-        # the back of the head: ears, then hair over the whole skull down to the nape
-        for s in (-1, 1):
-            put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
-                skin * 0.85)
-        head = _soft_ellipse((H, W), (cx, cy), (rx, ry), sigma=1.2 * k)
-        put(head, skin * 0.9)
-        low = {"short": 0.62, "medium": 0.95, "long": 1.5, "bun": 0.6}[ident.hair_style]
-        hair_m = _soft_ellipse((H, W), (cx, cy - ry * 0.05), (rx * 1.08, ry * 1.0), sigma=1.0 * k)
-        hair_m = hair_m * np.clip((cy + ry * low - yy) / 2.0, 0, 1)
-        if ident.hair_style in ("medium", "long"):
-            drop = _soft_ellipse((H, W), (cx, cy + ry * 0.5), (rx * 1.0, ry * (0.5 if ident.hair_style == "medium" else 1.0)))
-            hair_m = np.maximum(hair_m, drop)
-        if ident.hair_style == "bun":
-            hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx, y0 + ry * 0.1), (rx * 0.42, ry * 0.3)))
-        put(hair_m, hair)
-        # strands: vertical streaks, darker towards the neck
-        streak = (0.9 + 0.1 * np.sin(xx * 1.3 / k + 0.5 * np.sin(yy * 0.2 / k))).astype(np.float32)
-        img *= (1 + (streak - 1) * hair_m)[..., None]
-        _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.7)
-        kps = {"Rear": (cy, cx + rx * 0.98), "Lear": (cy, cx - rx * 0.98)}
-    else:  # side: profile looking towards ``facing``
-        f = facing
-        head = _soft_ellipse((H, W), (cx, cy), (rx * 0.98, ry), sigma=1.2 * k)
-        nose = _soft_ellipse((H, W), (cx + f * rx * 0.95, cy + ry * 0.22), (rx * 0.16, ry * 0.1), sigma=1.0 * k)
-        chin = _soft_ellipse((H, W), (cx + f * rx * 0.6, cy + ry * 0.72), (rx * 0.32, ry * 0.22), sigma=1.0 * k)
-        face = np.maximum(np.maximum(head, nose), chin)
-        put(face, skin)
-        r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
-        _shade(img, face * np.clip(r2, 0, 1) ** 2, 0.75)
-        # hair covers the back half and the top
-        hair_m = _soft_ellipse((H, W), (cx - f * rx * 0.25, cy - ry * 0.1), (rx * 0.95, ry * 0.98), sigma=1.0 * k)
-        hair_m *= np.clip((cy + ry * 0.35 - yy) / 2.0, 0, 1) + (f * (xx - cx) < -rx * 0.1)
-        hair_m = np.clip(hair_m, 0, 1)
-        front_face = np.clip((f * (xx - cx) - rx * 0.05) / 3.0, 0, 1) * np.clip((yy - (cy - ry * 0.45)) / 3.0, 0, 1)
-        hair_m *= 1 - front_face
-        low = {"short": 0.45, "medium": 0.9, "long": 1.4, "bun": 0.45}[ident.hair_style]
-        hair_m *= np.clip((cy + ry * low - yy) / 2.0, 0, 1)
-        if ident.hair_style == "bun":
-            hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx - f * rx * 0.95, cy - ry * 0.5), (rx * 0.3, ry * 0.25)))
-        put(hair_m, hair)
-        _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.75)
-        ear = _soft_ellipse((H, W), (cx - f * rx * 0.1, cy + ry * 0.05), (rx * 0.14, ry * 0.2))
-        put(ear * (1 - hair_m * (ident.hair_style in ("medium", "long"))), skin * 0.85)
-        ex, ey = cx + f * rx * 0.6, cy - ry * 0.02
-        _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.2, ry * 0.12), sigma=2.0 * k), 0.7)
-        put(_soft_ellipse((H, W), (ex, ey), (rx * 0.07, ry * 0.07), sigma=0.8 * k), (40, 28, 22))
-        put(_soft_ellipse((H, W), (cx + f * rx * 0.72, cy + ry * 0.55), (rx * 0.16, ry * 0.05), sigma=1.0 * k),
-            skin * np.array([0.72, 0.45, 0.45], np.float32))
-        near = "R" if f > 0 else "L"
-        kps = {"nose": (cy + ry * 0.22, cx + f * rx * 1.02), f"{near}eye": (ey, ex),
-               f"{near}ear": (cy + ry * 0.05, cx - f * rx * 0.1)}
-    img = cv2.GaussianBlur(img, (0, 0), 0.6 * k)
-    rgba = np.dstack([np.clip(img, 0, 255), np.clip(alpha, 0, 1)])
+        kps = _back_head(c, ident)
+    else:
+        kps = _side_head(c, ident, facing)
+    img = cv2.GaussianBlur(c.img, (0, 0), 0.6 * k)
+    rgba = np.dstack([np.clip(img, 0, 255), np.clip(c.alpha, 0, 1)])
     return rgba.astype(np.float32), kps
 
 
-# ---------------------------------------------------------------- scenes
+def _neck(c: _HeadCanvas, view: str, facing: int) -> np.ndarray:
+    """The neck below the chin (drawn first); returns its mask."""
+    neck = np.zeros((c.H, c.W), np.float32)
+    nw = c.rx * (0.5 if view != "side" else 0.55)
+    ncx = c.cx if view != "side" else c.cx - facing * c.rx * 0.1
+    cv2.rectangle(neck, (int(ncx - nw), int(c.cy + c.ry * 0.5)), (int(ncx + nw), c.H), 1.0, -1)
+    neck = cv2.GaussianBlur(neck, (0, 0), 1.2 * c.k)
+    c.put(neck, c.skin * 0.78)
+    return neck
+
+
+def _front_head(c: _HeadCanvas, ident: Identity, neck: np.ndarray) -> dict:
+    """A face: ears, skin, hair cap, eyes, brows, nose, mouth, chin shadow."""
+    H, W, k, img, xx, yy = c.H, c.W, c.k, c.img, c.xx, c.yy
+    cx, cy, rx, ry, y0 = c.cx, c.cy, c.rx, c.ry, c.y0
+    skin, hair, put = c.skin, c.hair, c.put
+    for s in (-1, 1):
+        put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
+            skin * 0.85)
+    head = _soft_ellipse((H, W), (cx, cy), (rx, ry), sigma=1.2 * k)
+    put(head, skin)
+    r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+    _shade(img, head * np.clip(r2, 0, 1) ** 2, 0.7)
+    # hair: a cap over the top, the forehead free below the hairline
+    hair_m = _soft_ellipse((H, W), (cx, cy - ry * 0.12), (rx * 1.1, ry * 0.98), sigma=1.0 * k)
+    hairline = cy - ry * 0.55
+    forehead = _soft_ellipse((H, W), (cx, hairline + ry * 0.75), (rx * 0.86, ry * 0.8), sigma=1.5 * k)
+    side_len = {"short": 0.05, "medium": 0.45, "long": 0.9, "bun": 0.0}[ident.hair_style]
+    cut = np.clip((cy + ry * side_len - yy) / 2.0, 0, 1)
+    hair_m = hair_m * (1 - forehead) * cut
+    if ident.hair_style in ("medium", "long"):
+        for s in (-1, 1):
+            lock = _soft_ellipse((H, W), (cx + s * rx * 0.95, cy + ry * 0.1),
+                                 (rx * 0.2, ry * (0.6 if ident.hair_style == "medium" else 0.95)))
+            hair_m = np.maximum(hair_m, lock * (1 - forehead))
+    if ident.hair_style == "bun":
+        hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx, y0 - ry * 0.08), (rx * 0.38, ry * 0.2)))
+    put(hair_m, hair)
+    _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.75)
+    # eye sockets, eyes (greyish sclera, large dark iris, upper lid), brows. These and
+    # the mouth were tuned against MediaPipe's face detector (tools/bench_synthetic.py).
+    ey = cy + ry * 0.05
+    es = 0.9
+    ex_off = 0.38
+    for s in (-1, 1):
+        ex = cx + s * rx * ex_off
+        _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.3 * es, ry * 0.16 * es), sigma=2.5 * k), 0.62)
+        brow = np.zeros((H, W), np.float32)
+        cv2.ellipse(brow, (int(ex * 16), int((ey - ry * 0.1 * es) * 16)),
+                    (int(rx * 0.3 * es * 16), int(ry * 0.1 * es * 16)), 0, 200, 340, 1.0,
+                    max(2, int(ry * 0.08)), cv2.LINE_AA, 4)
+        put(cv2.GaussianBlur(brow, (0, 0), 1.0 * k), hair * 0.6)
+        put(_soft_ellipse((H, W), (ex, ey), (rx * 0.2 * es, ry * 0.075 * es), sigma=1.0 * k), (180, 175, 170))
+        put(_soft_ellipse((H, W), (ex, ey), (rx * 0.1 * es * 1.5, ry * 0.085 * es), sigma=0.8 * k), (40, 28, 22))
+        lid = np.zeros((H, W), np.float32)
+        cv2.ellipse(lid, (int(ex * 16), int(ey * 16)), (int(rx * 0.22 * es * 16), int(ry * 0.09 * es * 16)),
+                    0, 190, 350, 1.0, max(1, int(ry * 0.04)), cv2.LINE_AA, 4)
+        put(cv2.GaussianBlur(lid, (0, 0), 0.8 * k), (30, 22, 20))
+    # nose: shadow along one side, dark nostrils, light tip; then the mouth
+    ny = cy + ry * 0.3
+    _shade(img, _soft_ellipse((H, W), (cx - rx * 0.1, cy + ry * 0.15), (rx * 0.07, ry * 0.22),
+                              sigma=2.0 * k), 0.8)
+    _shade(img, _soft_ellipse((H, W), (cx, ny), (rx * 0.2, ry * 0.06), sigma=1.2 * k), 0.6)
+    _shade(img, _soft_ellipse((H, W), (cx + rx * 0.05, cy + ry * 0.2), (rx * 0.07, ry * 0.08),
+                              sigma=1.5 * k), 1.12)
+    my = cy + ry * 0.55
+    mw = 0.4
+    put(_soft_ellipse((H, W), (cx, my), (rx * mw, ry * 0.12), sigma=1.0 * k),
+        skin * np.array([0.58, 0.36, 0.36], np.float32))
+    lip = np.zeros((H, W), np.float32)
+    cv2.line(lip, (int(cx - rx * mw * 0.93), int(my)), (int(cx + rx * mw * 0.93), int(my)), 1.0,
+             max(1, int(ry * 0.04)), cv2.LINE_AA)
+    put(cv2.GaussianBlur(lip, (0, 0), 0.7 * k), skin * 0.35)
+    # shadow under the chin
+    _shade(img, _soft_ellipse((H, W), (cx, cy + ry * 1.02), (rx * 0.55, ry * 0.12), sigma=2.5 * k)
+           * neck, 0.6)
+    return {"nose": (ny - ry * 0.05, cx), "Reye": (ey, cx - rx * ex_off), "Leye": (ey, cx + rx * ex_off),
+           "Rear": (cy, cx - rx * 0.98), "Lear": (cy, cx + rx * 0.98)}
+
+
+def _back_head(c: _HeadCanvas, ident: Identity) -> dict:
+    """The back of the head: ears, then hair over the whole skull down to the nape."""
+    H, W, k, img, xx, yy = c.H, c.W, c.k, c.img, c.xx, c.yy
+    cx, cy, rx, ry, y0 = c.cx, c.cy, c.rx, c.ry, c.y0
+    skin, hair, put = c.skin, c.hair, c.put
+    # the back of the head: ears, then hair over the whole skull down to the nape
+    for s in (-1, 1):
+        put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
+            skin * 0.85)
+    head = _soft_ellipse((H, W), (cx, cy), (rx, ry), sigma=1.2 * k)
+    put(head, skin * 0.9)
+    low = {"short": 0.62, "medium": 0.95, "long": 1.5, "bun": 0.6}[ident.hair_style]
+    hair_m = _soft_ellipse((H, W), (cx, cy - ry * 0.05), (rx * 1.08, ry * 1.0), sigma=1.0 * k)
+    hair_m = hair_m * np.clip((cy + ry * low - yy) / 2.0, 0, 1)
+    if ident.hair_style in ("medium", "long"):
+        drop = _soft_ellipse((H, W), (cx, cy + ry * 0.5), (rx * 1.0, ry * (0.5 if ident.hair_style == "medium" else 1.0)))
+        hair_m = np.maximum(hair_m, drop)
+    if ident.hair_style == "bun":
+        hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx, y0 + ry * 0.1), (rx * 0.42, ry * 0.3)))
+    put(hair_m, hair)
+    # strands: vertical streaks, darker towards the neck
+    streak = (0.9 + 0.1 * np.sin(xx * 1.3 / k + 0.5 * np.sin(yy * 0.2 / k))).astype(np.float32)
+    img *= (1 + (streak - 1) * hair_m)[..., None]
+    _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.7)
+    return {"Rear": (cy, cx + rx * 0.98), "Lear": (cy, cx - rx * 0.98)}
+
+
+def _side_head(c: _HeadCanvas, ident: Identity, facing: int) -> dict:
+    """A profile looking towards ``facing``."""
+    H, W, k, img, xx, yy = c.H, c.W, c.k, c.img, c.xx, c.yy
+    cx, cy, rx, ry, y0 = c.cx, c.cy, c.rx, c.ry, c.y0
+    skin, hair, put = c.skin, c.hair, c.put
+    f = facing
+    head = _soft_ellipse((H, W), (cx, cy), (rx * 0.98, ry), sigma=1.2 * k)
+    nose = _soft_ellipse((H, W), (cx + f * rx * 0.95, cy + ry * 0.22), (rx * 0.16, ry * 0.1), sigma=1.0 * k)
+    chin = _soft_ellipse((H, W), (cx + f * rx * 0.6, cy + ry * 0.72), (rx * 0.32, ry * 0.22), sigma=1.0 * k)
+    face = np.maximum(np.maximum(head, nose), chin)
+    put(face, skin)
+    r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+    _shade(img, face * np.clip(r2, 0, 1) ** 2, 0.75)
+    # hair covers the back half and the top
+    hair_m = _soft_ellipse((H, W), (cx - f * rx * 0.25, cy - ry * 0.1), (rx * 0.95, ry * 0.98), sigma=1.0 * k)
+    hair_m *= np.clip((cy + ry * 0.35 - yy) / 2.0, 0, 1) + (f * (xx - cx) < -rx * 0.1)
+    hair_m = np.clip(hair_m, 0, 1)
+    front_face = np.clip((f * (xx - cx) - rx * 0.05) / 3.0, 0, 1) * np.clip((yy - (cy - ry * 0.45)) / 3.0, 0, 1)
+    hair_m *= 1 - front_face
+    low = {"short": 0.45, "medium": 0.9, "long": 1.4, "bun": 0.45}[ident.hair_style]
+    hair_m *= np.clip((cy + ry * low - yy) / 2.0, 0, 1)
+    if ident.hair_style == "bun":
+        hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx - f * rx * 0.95, cy - ry * 0.5), (rx * 0.3, ry * 0.25)))
+    put(hair_m, hair)
+    _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.75)
+    ear = _soft_ellipse((H, W), (cx - f * rx * 0.1, cy + ry * 0.05), (rx * 0.14, ry * 0.2))
+    put(ear * (1 - hair_m * (ident.hair_style in ("medium", "long"))), skin * 0.85)
+    ex, ey = cx + f * rx * 0.6, cy - ry * 0.02
+    _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.2, ry * 0.12), sigma=2.0 * k), 0.7)
+    put(_soft_ellipse((H, W), (ex, ey), (rx * 0.07, ry * 0.07), sigma=0.8 * k), (40, 28, 22))
+    put(_soft_ellipse((H, W), (cx + f * rx * 0.72, cy + ry * 0.55), (rx * 0.16, ry * 0.05), sigma=1.0 * k),
+        skin * np.array([0.72, 0.45, 0.45], np.float32))
+    near = "R" if f > 0 else "L"
+    return {"nose": (cy + ry * 0.22, cx + f * rx * 1.02), f"{near}eye": (ey, ex),
+           f"{near}ear": (cy + ry * 0.05, cx - f * rx * 0.1)}
+
+
 def _noise_field(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
     """Smooth random field in [0, 1]: upsampled uniform noise (value noise)."""
     h, w = shape
@@ -519,34 +566,44 @@ def _poly(lab, pts, label):
     cv2.fillPoly(lab, [np.array([_pt(p) for p in pts], np.int32)], label, cv2.LINE_8, 4)
 
 
-def draw_body(lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
-    """Draw the body parts (not the head) into the label map, in painter's order."""
-    u, b = pose.height, ident.build
-    side_view = pose.view == "side"
-    f = pose.facing
-    sleeve = UPPER if ident.long_sleeves else SKIN
-    leg_w = (0.075 if not side_view else 0.085) * u * b
-    shin_w = leg_w * 0.8
-    arm_w, fore_w = 0.05 * u * b, 0.042 * u * b
-    lower_leg = SKIN if ident.lower_style in ("shorts", "skirt") else LOWER
+class _BodyPainter:
+    """Paints one person's body parts (not the head) into a label map in painter's order:
+    the far limbs, the torso, the near limbs, bags, long hair over the back."""
 
-    def leg(side):
+    def __init__(self, lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
+        self.lab, self.ident, self.k, self.pose = lab, ident, k, pose
+        self.u, self.b = pose.height, ident.build
+        self.side_view = pose.view == "side"
+        self.f = pose.facing
+        self.sleeve = UPPER if ident.long_sleeves else SKIN
+        self.leg_w = (0.075 if not self.side_view else 0.085) * self.u * self.b
+        self.shin_w = self.leg_w * 0.8
+        self.arm_w, self.fore_w = 0.05 * self.u * self.b, 0.042 * self.u * self.b
+        self.lower_leg = SKIN if ident.lower_style in ("shorts", "skirt") else LOWER
+
+    def leg(self, side):
+        """Thigh, shin (trousers, shorts or skin), shoe."""
+        lab, ident, k, u, f, side_view = self.lab, self.ident, self.k, self.u, self.f, self.side_view
         hip, knee, ank = k[side + "hip"], k[side + "kne"], k[side + "ank"]
-        _line(lab, hip, knee, LOWER if ident.lower_style != "skirt" else SKIN, leg_w)
-        _line(lab, knee, ank, lower_leg, shin_w)
+        _line(lab, hip, knee, LOWER if ident.lower_style != "skirt" else SKIN, self.leg_w)
+        _line(lab, knee, ank, self.lower_leg, self.shin_w)
         if ident.lower_style == "shorts":
             mid = ((hip[0] + knee[0] * 3) / 4, (hip[1] + knee[1] * 3) / 4)
-            _line(lab, hip, mid, LOWER, leg_w * 1.05)
+            _line(lab, hip, mid, LOWER, self.leg_w * 1.05)
         toe = (ank[0] + (f * 0.05 * u if side_view else 0), ank[1] + 0.02 * u)
-        _line(lab, ank, toe, SHOE, shin_w * 1.05)
+        _line(lab, ank, toe, SHOE, self.shin_w * 1.05)
 
-    def arm(side):
+    def arm(self, side):
+        """Upper arm, forearm (self.sleeve or skin), hand."""
+        lab, k = self.lab, self.k
         sho, elb, wri = k[side + "sho"], k[side + "elb"], k[side + "wri"]
-        _line(lab, sho, elb, UPPER, arm_w)
-        _line(lab, elb, wri, sleeve, fore_w)
-        cv2.circle(lab, _pt(wri), int(round(fore_w * 0.62 * 16)), SKIN, -1, cv2.LINE_8, 4)
+        _line(lab, sho, elb, UPPER, self.arm_w)
+        _line(lab, elb, wri, self.sleeve, self.fore_w)
+        cv2.circle(lab, _pt(wri), int(round(self.fore_w * 0.62 * 16)), SKIN, -1, cv2.LINE_8, 4)
 
-    def torso():
+    def torso(self):
+        """Shirt and waistband (and a skirt)."""
+        lab, ident, k, u, b, side_view = self.lab, self.ident, self.k, self.u, self.b, self.side_view
         if side_view:
             tw = 0.075 * u * b
             sh, hp = k["Rsho"], k["Rhip"]
@@ -576,7 +633,9 @@ def draw_body(lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
             _poly(lab, [(hx - sw0, hip_y - 0.01 * u), (hx + sw0, hip_y - 0.01 * u),
                         (hx + sw1, hip_y + 0.2 * u), (hx - sw1, hip_y + 0.2 * u)], LOWER)
 
-    def backpack(front_side: bool):
+    def backpack(self, front_side: bool):
+        """A backpack: the bag from behind or the side, the straps from the front."""
+        lab, k, u, b, f, side_view = self.lab, self.k, self.u, self.b, self.f, self.side_view
         nx, ny = k["neck"]
         bw, bh = 0.1 * u * b, 0.22 * u
         if side_view:
@@ -591,7 +650,9 @@ def draw_body(lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
             _poly(lab, [(nx - bw, ny + 0.04 * u), (nx + bw, ny + 0.04 * u), (nx + bw * 1.05, ny + 0.04 * u + bh),
                         (nx - bw * 1.05, ny + 0.04 * u + bh)], BAG)
 
-    def shoulder_bag():
+    def shoulder_bag(self):
+        """A bag on a strap across the body, at the hip."""
+        lab, k, pose, u, f, side_view = self.lab, self.k, self.pose, self.u, self.f, self.side_view
         nx, ny = k["neck"]
         side = "L" if pose.view != "side" else k["far"] or "L"
         hip = k[side + "hip"]
@@ -600,43 +661,54 @@ def draw_body(lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
         _poly(lab, [(hx - 0.05 * u, hip[1] - 0.04 * u), (hx + 0.05 * u, hip[1] - 0.04 * u),
                     (hx + 0.05 * u, hip[1] + 0.06 * u), (hx - 0.05 * u, hip[1] + 0.06 * u)], BAG)
 
-    def handbag():
+    def handbag(self):
+        """A bag in the hand."""
+        lab, k, u, f, side_view = self.lab, self.k, self.u, self.f, self.side_view
         side = "R" if not side_view else ("R" if f > 0 else "L")
         wx, wy = k[side + "wri"]
         _line(lab, (wx, wy), (wx, wy + 0.04 * u), STRAP, 0.012 * u)
         _poly(lab, [(wx - 0.045 * u, wy + 0.035 * u), (wx + 0.045 * u, wy + 0.035 * u),
                     (wx + 0.055 * u, wy + 0.12 * u), (wx - 0.055 * u, wy + 0.12 * u)], BAG)
 
-    if side_view:
-        far, near = k["far"], ("R" if k["far"] == "L" else "L")
-        arm(far)
-        leg(far)
-        if ident.bag == "backpack":
-            backpack(False)
-        leg(near)
-        torso()
-        if ident.bag == "shoulder":
-            shoulder_bag()
-        arm(near)
-        if ident.bag == "handbag":
-            handbag()
-    else:
-        leg("R")
-        leg("L")
-        torso()
-        arm("R")
-        arm("L")
-        if ident.bag == "backpack":
-            backpack(pose.view == "front")
-        elif ident.bag == "shoulder":
-            shoulder_bag()
-        elif ident.bag == "handbag":
-            handbag()
-    # long hair over the back
-    if ident.hair_style == "long" and pose.view == "back":
-        hx, hy, hw, hh = k["head"]
-        _poly(lab, [(hx - hw * 0.55, hy), (hx + hw * 0.55, hy), (hx + hw * 0.6, hy + hh * 1.3),
-                    (hx - hw * 0.6, hy + hh * 1.3)], HAIR)
+    def draw(self) -> None:
+        lab, ident, k, pose, side_view = self.lab, self.ident, self.k, self.pose, self.side_view
+        leg, arm, torso = self.leg, self.arm, self.torso
+        backpack, shoulder_bag, handbag = self.backpack, self.shoulder_bag, self.handbag
+        if side_view:
+            far, near = k["far"], ("R" if k["far"] == "L" else "L")
+            arm(far)
+            leg(far)
+            if ident.bag == "backpack":
+                backpack(False)
+            leg(near)
+            torso()
+            if ident.bag == "shoulder":
+                shoulder_bag()
+            arm(near)
+            if ident.bag == "handbag":
+                handbag()
+        else:
+            leg("R")
+            leg("L")
+            torso()
+            arm("R")
+            arm("L")
+            if ident.bag == "backpack":
+                backpack(pose.view == "front")
+            elif ident.bag == "shoulder":
+                shoulder_bag()
+            elif ident.bag == "handbag":
+                handbag()
+        # long hair over the back
+        if ident.hair_style == "long" and pose.view == "back":
+            hx, hy, hw, hh = k["head"]
+            _poly(lab, [(hx - hw * 0.55, hy), (hx + hw * 0.55, hy), (hx + hw * 0.6, hy + hh * 1.3),
+                        (hx - hw * 0.6, hy + hh * 1.3)], HAIR)
+
+
+def draw_body(lab: np.ndarray, ident: Identity, k: dict, pose: Pose) -> None:
+    """Draw the body parts (not the head) into the label map, in painter's order."""
+    _BodyPainter(lab, ident, k, pose).draw()
 
 
 # ---------------------------------------------------------------- one picture
