@@ -10,36 +10,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.cli import main
-from keras_reid.recipe import load_recipe
 
-RECIPE = """
-name: infer
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  train:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 2
-    verbose: 0
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [train]
-    rerank: true
-    ranked_lists: 0
-    projector_samples: 0
-"""
+STAGES = {
+    "train": {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+              "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+              "batch_size": 8, "instances_per_id": 2, "epochs": 2, "bn_recalibration_batches": 2,
+              "verbose": 0},
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["train"], "rerank": True,
+                 "ranked_lists": 0, "projector_samples": 0},
+}
 
 
 def invoke(*args):
@@ -47,16 +28,17 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, synthetic_data):
     """The trained run, the dataset root and the features the evaluate stage extracted
     (``{path: feature}``, captured from the stage's own extraction calls)."""
-    from keras_reid.stages import _evaluate_impl
+    from keras_reid.stages import _evaluate_common
 
     tmp = tmp_path_factory.mktemp("infer")
-    recipe = tmp / "r.yaml"
-    recipe.write_text(RECIPE.format(root=tmp / "data"))
+    data = synthetic_data()  # ids 12, cameras 3, 64x32, seed 1, 2 images per identity and camera
+    recipe = testing.build_recipe(tmp / "r.yaml", name="infer", datasets={"synth": data.spec},
+                                  stages=STAGES)
     seen = {}
-    original = _evaluate_impl.extract_features
+    original = _evaluate_common.extract_features
 
     def spy(model, records, *args, **kwargs):
         feats = original(model, records, *args, **kwargs)
@@ -64,9 +46,9 @@ def run(tmp_path_factory):
         return feats
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_evaluate_impl, "extract_features", spy)
-        pipeline.run(load_recipe(recipe), tmp / "run", echo=lambda *_: None)
-    return {"dir": tmp / "run", "root": tmp / "data", "evaluated": seen}
+        mp.setattr(_evaluate_common, "extract_features", spy)
+        pipeline.run(recipe, tmp / "run", echo=lambda *_: None)
+    return {"dir": tmp / "run", "root": data.root, "evaluated": seen}
 
 
 def test_train_reid_records_the_preprocessing_beside_the_model(run):

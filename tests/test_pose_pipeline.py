@@ -4,55 +4,38 @@ import json
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.data.gan_input import GANInput
 from keras_reid.data.gan_pairs import make_pairs
 from keras_reid.data.records import Record
 from keras_reid.errors import RecipeError
-from keras_reid.recipe import load_recipe
 from keras_reid.stages._canonical_poses_impl import kmeans, mean_keypoints
 
-RECIPE = """
-name: pn
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 10, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    generator: {{type: pngan, width: 4, res_blocks: 1}}
-    pose: {{type: synthetic}}
-    image_size: [32, 16]
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 2
-    verbose: 0
-  canonical:
-    type: canonical_poses
-    dataset: synth
-    pose: {{type: synthetic}}
-    image_size: [32, 16]
-    k: 3
-  pn_query:
-    type: augment
-    generator: gan
-    poses: canonical
-    split: query
-    pose_indices: [0, 2]
-    source_pose: {{type: synthetic}}
-    no_pose: skip
-"""
+DATA = {"ids": 10, "cameras": 3, "size": (64, 32), "seed": 1, "images_per_id_camera": 2}
+
+
+def _stages():
+    return {
+        "gan": {"type": "train_generator", "dataset": "synth", "generator": {"type": "pngan", "width": 4, "res_blocks": 1},
+                "pose": {"type": "synthetic"}, "image_size": [32, 16], "batch_size": 4, "epochs": 1,
+                "steps_per_epoch": 2, "verbose": 0},
+        "canonical": {"type": "canonical_poses", "dataset": "synth", "pose": {"type": "synthetic"},
+                      "image_size": [32, 16], "k": 3},
+        "pn_query": {"type": "augment", "generator": "gan", "poses": "canonical", "split": "query",
+                     "pose_indices": [0, 2], "source_pose": {"type": "synthetic"}, "no_pose": "skip"},
+    }
+
+
+def _recipe(tmp_path, root, stages):
+    return testing.build_recipe(tmp_path / "r.yaml", name="pn", stages=stages,
+                                datasets={"synth": testing.SyntheticData(root, DATA).spec})
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, synthetic_data):
     base = tmp_path_factory.mktemp("pn")
-    f = base / "r.yaml"
-    f.write_text(RECIPE.format(root=base / "data"))
-    out = pipeline.run(load_recipe(f), base / "run", echo=lambda *_: None)
+    rec = _recipe(base, synthetic_data(**DATA).root, _stages())
+    out = pipeline.run(rec, base / "run", echo=lambda *_: None)
     return base, out
 
 
@@ -154,17 +137,19 @@ def test_kmeans_and_mean_keypoints():
 
 
 def test_pose_generator_needs_a_pose_estimator_and_canonical_poses(tmp_path):
-    f = tmp_path / "r.yaml"
-    text = RECIPE.format(root=tmp_path / "data")
-    f.write_text(text.replace("    pose: {type: synthetic}\n    image_size: [32, 16]\n    batch_size", "    image_size: [32, 16]\n    batch_size"))
+    root = tmp_path / "data"
+    stages = _stages()
+    del stages["gan"]["pose"]
     with pytest.raises(RecipeError, match="needs target poses but no pose estimator"):
-        load_recipe(f)
-    f.write_text(text.replace("    poses: canonical\n", ""))
+        _recipe(tmp_path, root, stages)
+    stages = _stages()
+    del stages["pn_query"]["poses"]
     with pytest.raises(RecipeError, match="name a canonical_poses stage"):
-        load_recipe(f)
-    f.write_text(text.replace("pose_indices: [0, 2]", "pose_indices: [5]"))
+        _recipe(tmp_path, root, stages)
+    stages = _stages()
+    stages["pn_query"]["pose_indices"] = [5]
     with pytest.raises(RecipeError, match=r"\[5\] are not canonical poses"):
-        load_recipe(f)
+        _recipe(tmp_path, root, stages)
 
 
 def test_vgg19_features_of_skeleton_images_cluster_with_random_weights():

@@ -13,66 +13,30 @@ import keras
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.errors import RecipeError
-from keras_reid.recipe import load_recipe
 from keras_reid.training.precision import PRECISIONS, precision_policy
 
-RECIPE = """
-name: precision
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-{precision}
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 8, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    source_camera: 1
-    target_camera: 2
-    generator: {{type: pix2pix, variant: model4, filters: 4, max_filters: 8}}
-    masker: {{type: synthetic}}
-    image_size: [32, 16]
-    targets_per_source: 1
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 2
-    sample_every: 100
-    verbose: 0
-  reid_bf16:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 4, blocks: 2, embedding_dim: 8}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 0
-    augment: []
-    verbose: 0
-  reid_f16:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 4, blocks: 2, embedding_dim: 8}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 0
-    augment: []
-    verbose: 0
-    precision: mixed_float16
-"""
+REID = {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+        "backbone": {"type": "tiny", "width": 4, "blocks": 2, "embedding_dim": 8},
+        "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 8, "instances_per_id": 2, "epochs": 1,
+        "bn_recalibration_batches": 0, "augment": [], "verbose": 0}
+STAGES = {
+    "gan": {"type": "train_generator", "dataset": "synth", "source_camera": 1, "target_camera": 2,
+            "generator": {"type": "pix2pix", "variant": "model4", "filters": 4, "max_filters": 8},
+            "masker": {"type": "synthetic"}, "image_size": [32, 16], "targets_per_source": 1,
+            "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "sample_every": 100, "verbose": 0},
+    "reid_bf16": REID,
+    "reid_f16": dict(REID, precision="mixed_float16"),
+}
+DATA = {"ids": 8, "cameras": 3, "size": (64, 32), "seed": 1, "images_per_id_camera": 2}
 
 
-def _recipe(tmp_path, root="data", precision="precision: mixed_bfloat16", overrides=()):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.format(root=root, precision=precision))
-    return load_recipe(path, list(overrides))
+def _recipe(tmp_path, root="data", precision="mixed_bfloat16", overrides=()):
+    """The recipe with the top-level ``precision`` (None: not written)."""
+    return testing.build_recipe(tmp_path, name="precision", stages=STAGES, overrides=overrides,
+                                datasets={"synth": testing.SyntheticData(root, DATA).spec},
+                                **({"precision": precision} if precision else {}))
 
 
 def _dtype(x) -> str:
@@ -117,8 +81,8 @@ def test_a_bad_precision_is_one_line_with_a_suggestion(tmp_path, override, messa
 
 
 def test_precision_is_part_of_every_stage_identity(tmp_path):
-    base = _recipe(tmp_path, precision="")
-    explicit = _recipe(tmp_path, precision="precision: float32")
+    base = _recipe(tmp_path, precision=None)
+    explicit = _recipe(tmp_path, precision="float32")
     bf16 = _recipe(tmp_path)
     assert base.model.precision == "float32" and bf16.model.precision == "mixed_bfloat16"
     stages = list(base.model.stages)
@@ -126,7 +90,7 @@ def test_precision_is_part_of_every_stage_identity(tmp_path):
     assert [base.stage_hash(s) for s in stages] == [explicit.stage_hash(s) for s in stages]
     assert all(base.stage_hash(s) != bf16.stage_hash(s) for s in stages)
     # a stage's own precision: that stage and the stages after it change, not those before
-    own = _recipe(tmp_path, precision="", overrides=["stages.reid_bf16.precision=mixed_float16"])
+    own = _recipe(tmp_path, precision=None, overrides=["stages.reid_bf16.precision=mixed_float16"])
     assert own.stage_hash("gan") == base.stage_hash("gan")
     assert own.stage_hash("reid_bf16") != base.stage_hash("reid_bf16")
     assert own.stage_hash("reid_f16") != base.stage_hash("reid_f16")
@@ -136,12 +100,12 @@ def test_precision_is_part_of_every_stage_identity(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, synthetic_data):
     """Runs the recipe once; returns (run_dir, results, {stage: what the loop saw})."""
     import keras_reid.training.loop as loop
 
     base = tmp_path_factory.mktemp("precision")
-    rec = _recipe(base, root=base / "data")
+    rec = _recipe(base, root=synthetic_data(**DATA).root)
     seen: dict[str, dict] = {}
     original = loop.train
 
