@@ -13,57 +13,29 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_reid import io, pipeline
+from keras_reid import io, pipeline, testing
 from keras_reid.errors import RecipeError, UserError
 from keras_reid.metrics import evaluate_retrieval, pairwise_distance
 from keras_reid.metrics.retrieval import fuse_features
-from keras_reid.recipe import load_recipe
 from keras_reid.stages.base import COMPLETE_MARKER
 
-RECIPE = """
-name: fusion
-seed: 4
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 8, cameras: 2, size: 32x16, seed: 1, images_per_id_camera: 2}}
-  other: {{type: synthetic, root: {other}, ids: 10, cameras: 3, size: 32x16, seed: 7, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    source_camera: 1
-    target_camera: 2
-    generator: {{type: pix2pix, variant: model1, filters: 4, max_filters: 8}}
-    image_size: [32, 16]
-    epochs: 1
-    verbose: 0
-  pn_test: {{type: augment, generator: gan}}
-  A: &reid
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 0
-    verbose: 0
-  B:
-    <<: *reid
-    augment: []
-  C:
-    <<: *reid
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 8}}
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [A, B]
-    ranked_lists: 2
-    projector_samples: 0
-    fusion: {{name: fused, real: A, normalised: B, views: [pn_test], normalised_name: B_normalised}}
-"""
+REID = {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+        "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+        "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 8, "instances_per_id": 2, "epochs": 1,
+        "bn_recalibration_batches": 0, "verbose": 0}
+STAGES = {
+    "gan": {"type": "train_generator", "dataset": "synth", "source_camera": 1, "target_camera": 2,
+            "generator": {"type": "pix2pix", "variant": "model1", "filters": 4, "max_filters": 8},
+            "image_size": [32, 16], "epochs": 1, "verbose": 0},
+    "pn_test": {"type": "augment", "generator": "gan"},
+    "A": REID,
+    "B": dict(REID, augment=[]),
+    "C": dict(REID, backbone={"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 8}),
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["A", "B"], "ranked_lists": 2,
+                 "projector_samples": 0,
+                 "fusion": {"name": "fused", "real": "A", "normalised": "B", "views": ["pn_test"],
+                            "normalised_name": "B_normalised"}},
+}
 
 
 # ------------------------------------------------------------------------------ pure fusion
@@ -136,15 +108,15 @@ def test_fusion_methods_on_hand_made_vectors():
 
 # ------------------------------------------------------------------------------ stage
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
-    return base / "synth", base / "other"
+def roots(synthetic_data):
+    """The datasets 'synth' and 'other' (specs for the recipe)."""
+    return (synthetic_data(ids=8, cameras=2, size=(32, 16), seed=1, images_per_id_camera=2).spec,
+            synthetic_data(ids=10, cameras=3, size=(32, 16), seed=7, images_per_id_camera=2).spec)
 
 
-def _recipe(tmp_path, roots, *overrides, text=RECIPE):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text.format(root=roots[0], other=roots[1]))
-    return load_recipe(path, list(overrides))
+def _recipe(tmp_path, roots, *overrides):
+    return testing.build_recipe(tmp_path, name="fusion", seed=4, stages=STAGES,
+                                datasets={"synth": roots[0], "other": roots[1]}, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -222,16 +194,16 @@ def _write_view(rec, run_dir, name, images, train, skip=()):
 @pytest.fixture
 def spy(monkeypatch):
     """Paths of every image whose features the evaluate stage extracts."""
-    from keras_reid.stages import _evaluate_fusion, _evaluate_impl
+    from keras_reid.stages import _evaluate_common, _evaluate_fusion
 
     seen = []
-    original = _evaluate_impl.extract_features
+    original = _evaluate_common.extract_features
 
     def wrapper(model, records, *args, **kwargs):
         seen.extend(str(r.path) for r in records)
         return original(model, records, *args, **kwargs)
 
-    for module in (_evaluate_impl, _evaluate_fusion):
+    for module in (_evaluate_common, _evaluate_fusion):
         monkeypatch.setattr(module, "extract_features", wrapper)
     return seen
 
