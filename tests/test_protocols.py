@@ -222,7 +222,7 @@ def test_single_shot_cmc_converges_to_the_enumerated_expectation():
 
 # ---------------------------------------------------------------- multi-query (Market-1501)
 def test_multi_query_pools_the_same_person_in_the_same_camera_by_hand():
-    from keras_reid.stages._evaluate_impl import multi_query_pairs
+    from keras_reid.stages._evaluate_common import multi_query_pairs
 
     query = [Record("q/0001_c1s1_000100_00.jpg", 1, 1)]
     gt = [Record("gt_bbox/0001_c1s1_000100_00.jpg", 1, 1),    # the query itself (counted once)

@@ -6,7 +6,8 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.errors import UserError
-from keras_reid.stages._evaluate_impl import load_saved
+from keras_reid.stages._evaluate_common import load_saved
+from keras_reid.stages._evaluate_deploy import closed_set_converted
 from keras_reid.stages.base import StageContext
 
 
@@ -52,7 +53,6 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
         results[name] = score_model(clf, name)
         if cfg.converted and (out.get("converted") or {}).get("classifier"):   # the deploy form
             from keras_reid.deploy import converted_name
-            from keras_reid.stages._evaluate_deploy import closed_set_converted
 
             results.update(closed_set_converted(
                 ctx, cfg, stage, name, out, clf, results[name],

@@ -1,9 +1,8 @@
-"""The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs):
-retrieval evaluation of trained models (features, ranking, metrics.json, TensorBoard).
-
-Its other jobs live beside it: PN-GAN fusion in ``_evaluate_fusion``, generated-set checks
-(identity preservation, SSIM) in ``_evaluate_generated``, closed-set classification in
-``_evaluate_closed_set``."""
+"""What every part of the ``evaluate`` stage shares: the usable records of a split, loading the
+models, the real images' features, ranking and retrieval metrics (multi-query included),
+publishing a model's result (ranked lists, TensorBoard) and the printed table. The parts
+(``_evaluate_closed_set``, ``_evaluate_deploy``, ``_evaluate_fusion``, ``_evaluate_generated``)
+import from here; ``_evaluate_impl`` runs them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,67 +48,6 @@ def load_saved(ctx: StageContext, stage: str, path):
     ``keras_reid.inference.load_keras_model``: the stage's backbone may load it itself)."""
     spec = getattr(ctx.recipe.stage_configs.get(stage), "backbone", None)
     return load_keras_model(path, spec, ctx.registry)
-
-
-def evaluate(cfg, ctx: StageContext) -> dict:
-    """Evaluate every model the config names (and the fused PN-GAN result when ``fusion`` is
-    set); writes metrics.json and TensorBoard; returns a summary."""
-    from keras_reid.stages._evaluate_closed_set import classify_holdout, evaluate_closed_set
-    from keras_reid.stages._evaluate_fusion import evaluate_fusion, prepare_fusion
-    from keras_reid.stages._evaluate_generated import (identity_preservation_of, image_quality,
-                                                       print_quality)
-
-    splits = ctx.dataset(cfg.dataset)
-    if splits.kind == "closed_set":
-        if cfg.fusion is not None:
-            raise UserError(f"stage '{ctx.stage_name}': fusion ranks query and gallery images; dataset "
-                            f"'{cfg.dataset}' is closed-set data: remove the fusion block")
-        return evaluate_closed_set(cfg, ctx)
-    query = usable_records(ctx, cfg.query_split, cfg)
-    gallery = usable_records(ctx, cfg.gallery_split, cfg)
-    features = RealFeatures(ctx, cfg, query, gallery,
-                             keep=[cfg.fusion.real, cfg.fusion.normalised] if cfg.fusion else [])
-    pooled = multi_query_set(ctx, cfg, query) if cfg.multi_query else None
-    # fusion inputs are checked before anything is embedded: a bad view fails in seconds
-    versions = (prepare_fusion(ctx, cfg, features, query + gallery + (pooled[0] if pooled else []))
-                if cfg.fusion else None)
-    results: dict[str, dict] = {}
-    for stage in cfg.models:
-        name = cfg.names.get(stage, stage)
-        model, out = loaded = features.model(stage)
-        size = out["image_size"]
-        ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
-        qf, gf = features.get(stage, loaded)
-        entry, res, dist = score(qf, gf, query, gallery, cfg)
-        if pooled is not None:
-            entry["multi_query"] = multi_query_entry(model, size, cfg, qf, gf, query, gallery, pooled)
-        if out.get("holdout"):
-            entry["classification"] = classify_holdout(ctx, cfg, stage)
-        for stage_name in cfg.generated:
-            entry.setdefault("identity_preservation", {})[stage_name] = identity_preservation_of(
-                ctx, cfg, stage_name, model, size)
-        results[name] = entry
-        if ctx.is_chief:
-            publish(ctx, cfg, name, res, dist, query, gallery, gf, size, entry)
-        if cfg.converted and out.get("converted"):   # the backbone's deploy form, beside it
-            from keras_reid.stages._evaluate_deploy import evaluate_converted
-
-            results.update(evaluate_converted(ctx, cfg, stage, name, loaded, (qf, gf), entry, query,
-                                              gallery, pooled))
-    if cfg.fusion is not None:
-        results.update(evaluate_fusion(ctx, cfg, features, query, gallery, versions, pooled))
-    features.release()
-    quality = {stage_name: image_quality(ctx, cfg, stage_name) for stage_name in cfg.generated}
-    chance = chance_of(query, gallery)
-    if ctx.is_chief:
-        path = ctx.record_metrics(results, {"generated_quality": quality} if quality else None,
-                                  chance=chance)
-        io.write_json(ctx.stage_dir / "metrics.json", {"models": results, "generated_quality": quality,
-                                                       "chance": chance})
-        _print_table(ctx, results, chance)
-        print_quality(ctx, results, quality)
-        ctx.echo(f"metrics written to {path}")
-    return {"models": results, "generated_quality": quality, "chance": chance}
 
 
 def chance_of(query: list[Record], gallery: list[Record]) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 from keras_reid.data.records import Record
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
-from keras_reid.stages._evaluate_impl import RealFeatures, publish, score
+from keras_reid.stages._evaluate_common import RealFeatures, _retrieval, metrics_entry, publish, score
 from keras_reid.stages.base import StageContext
 
 
@@ -199,7 +199,6 @@ class _MultiQueryVectors:
         vectors are pooled as they are, so they stay on the gallery vectors' scale."""
         from keras_reid.metrics import pairwise_distance
         from keras_reid.metrics.retrieval import fuse_features
-        from keras_reid.stages._evaluate_impl import _retrieval, metrics_entry
 
         method, extra = self.cfg.multi_query, self.vectors(real)[self.m_idx]
         if self.cfg.fusion.normalise_fused:

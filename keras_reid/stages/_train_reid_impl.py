@@ -379,7 +379,7 @@ def train(cfg, ctx: StageContext) -> dict:
                                           is_chief=ctx.is_chief))
     curve = None
     if cfg.eval_every:
-        from keras_reid.stages._evaluate_impl import usable_records
+        from keras_reid.stages._evaluate_common import usable_records
         from keras_reid.stages._train_reid_eval import RetrievalCurve
 
         curve = RetrievalCurve(usable_records(ctx, "query", cfg), usable_records(ctx, "gallery", cfg),
