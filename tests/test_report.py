@@ -12,58 +12,32 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline, tb_events
+from keras_reid import pipeline, tb_events, testing
 from keras_reid.cli import main
 from keras_reid.recipe import load_recipe
 
-RECIPE = """
-name: report
-seed: 1
-strategy: {{type: one_device}}
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1,
-           images_per_id_camera: 3}}
-stages:
-  a: &reid
-    type: train_reid
-    dataset: synth
-    image_size: [64, 32]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 12
-    instances_per_id: 2
-    epochs: 2
-    eval_every: 1
-    log_every: 1
-    bn_recalibration_batches: 2
-    verbose: 0
-  b:
-    <<: *reid
-    cameras: [1, 2]
-    epochs: 1
-    eval_every: null
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [a, b]
-    rerank: true
-    k1: 6
-    k2: 2
-    ranked_lists: 3
-    projector_samples: 0
-  report: {{type: report, queries: 2, top: 5}}
-compare: [[a, b]]
-"""
+REID = {"type": "train_reid", "dataset": "synth", "image_size": [64, 32],
+        "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+        "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 12, "instances_per_id": 2, "epochs": 2,
+        "eval_every": 1, "log_every": 1, "bn_recalibration_batches": 2, "verbose": 0}
+STAGES = {
+    "a": REID,
+    "b": dict(REID, cameras=[1, 2], epochs=1, eval_every=None),
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["a", "b"], "rerank": True, "k1": 6,
+                 "k2": 2, "ranked_lists": 3, "projector_samples": 0},
+    "report": {"type": "report", "queries": 2, "top": 5},
+}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, synthetic_data):
     """``(recipe path, run folder, stage summaries)`` of the tiny run."""
     base = tmp_path_factory.mktemp("report")
-    path = base / "recipe.yaml"
-    path.write_text(RECIPE.format(root=base / "data"))
-    out = pipeline.run(load_recipe(path), base / "run", echo=lambda *_: None)
-    return path, base / "run", out
+    data = synthetic_data(images_per_id_camera=3)  # ids 12, cameras 3, 64x32, seed 1
+    recipe = testing.build_recipe(base / "recipe.yaml", name="report", seed=1, stages=STAGES,
+                                  datasets={"synth": data.spec}, compare=[["a", "b"]])
+    out = pipeline.run(recipe, base / "run", echo=lambda *_: None)
+    return Path(recipe.source), base / "run", out
 
 
 class _Cells(HTMLParser):

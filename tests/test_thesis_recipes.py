@@ -81,18 +81,14 @@ def test_thesis_recipes_share_one_reid_protocol():
     assert reid("market_model1", "baseline_c5") == reid("market_model4", "baseline")
 
 
-def test_market_model4_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
+def test_market_model4_runs_end_to_end_on_tiny_synthetic_data(tmp_path, thesis_market):
     """The shipped recipe, shrunk with --set overrides only: synthetic Market-1501-style data,
     exact masks, 32x16 images, a narrow GAN, one epoch each, and the tiny backbone in place of
     ResNet-50 (a ResNet-50 step traces for minutes on a busy 2-core CPU; its thesis configuration
     is tested in test_backbones). Everything else is the recipe's: coupled weight decay, step
     schedule, random_translate + flip, Model 4's whole-image discriminator, the authors'
     generation, evaluation without flip."""
-    from keras_reid.data.synthetic import synthesize
-
-    data = tmp_path / "data"
-    synthesize(data / "Market-1501-v15.09.15", ids=12, cameras=6, size=(64, 32), seed=0,
-               images_per_id_camera=2, distractors=4, junk=2)
+    data = thesis_market
     overrides = [
         "stages.gan.masker={type: synthetic}", "stages.gan.image_size=[32,16]",
         "stages.gan.generator.filters=4", "stages.gan.generator.max_filters=8",
@@ -182,15 +178,11 @@ def test_thesis_table_recipes_repeat_the_thesis_settings_on_their_cameras(name):
     assert "docs/papers.md" in header and "Remaining differences" in header and "(paper)" in header
 
 
-def test_model4_camera_transfer_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
+def test_model4_camera_transfer_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path, thesis_market):
     """market_model4_c6_to_c3.yaml (Tables 11 and 9), shrunk with --set only as the Model 4 test
     above: its base's stages on the new cameras and the two stages it adds after them train and
     are evaluated by both evaluate stages."""
-    from keras_reid.data.synthetic import synthesize
-
-    data = tmp_path / "data"
-    synthesize(data / "Market-1501-v15.09.15", ids=12, cameras=6, size=(64, 32), seed=0,
-               images_per_id_camera=2, distractors=4, junk=2)
+    data = thesis_market
     overrides = [
         "stages.gan.masker={type: synthetic}", "stages.gan.image_size=[32,16]",
         "stages.gan.generator.filters=4", "stages.gan.generator.max_filters=8",
