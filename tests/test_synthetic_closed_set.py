@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.cli import main
 from keras_reid.data.synthetic_closed_set import outfits, synthesize_closed_set
 from keras_reid.errors import DatasetError
-from keras_reid.recipe import load_recipe
 from keras_reid.registry import REGISTRY
 
 SMALL = dict(ids=3, sessions=3, size=(64, 32), images_per_session=6, unknown_per_session=6, seed=2)
@@ -122,54 +121,28 @@ def test_face_filter_finds_front_faces_not_backs_at_128x64(tmp_path):
     assert rate["front"] >= 0.6 and rate["back"] <= 0.2, rate
 
 
-RECIPE = """
-name: lima_small
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  lima: {{type: synthetic_closed_set, root: {root}, ids: 3, sessions: 3, size: 64x32, seed: 2,
-          images_per_session: 6, unknown_per_session: 6, test_session: 3}}
-stages:
-  g:
-    type: train_generator
-    dataset: lima
-    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16}}
-    image_size: [32, 16]
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 2
-    verbose: 0
-  gj:
-    type: train_generator
-    dataset: lima
-    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16}}
-    image_size: [32, 16]
-    per_identity: true
-    identities: people
-    init_from: g
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 1
-    verbose: 0
-  samples:
-    type: augment
-    generator: g
-    samples: 6
-    measure: [{{type: face, threshold: 0.5}}]
-  r:
-    type: train_reid
-    dataset: lima
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    loss: {{type: softmax}}
-    sampler: random
-    batch_size: 8
-    epochs: 1
-    bn_recalibration_batches: 0
-    verbose: 0
-    generated: [{{stage: samples, labels: fixed, fixed_pid: {fixed}}}]
-"""
+DCGAN = {"type": "dcgan", "z_dim": 8, "filters": 4, "max_filters": 16}
+REID = {"type": "train_reid", "dataset": "lima", "image_size": [32, 16],
+        "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16}, "loss": {"type": "softmax"},
+        "sampler": "random", "batch_size": 8, "epochs": 1, "bn_recalibration_batches": 0, "verbose": 0}
+
+
+def _recipe(tmp_path, root, name, stages):
+    """A recipe over the closed-set dataset at ``root`` (test session 3)."""
+    lima = {"type": "synthetic_closed_set", "root": root, "test_session": 3,
+            **dict(SMALL, size=f"{SMALL['size'][0]}x{SMALL['size'][1]}")}
+    return testing.build_recipe(tmp_path / "r.yaml", name=name, datasets={"lima": lima}, stages=stages)
+
+
+def _pipeline_recipe(tmp_path, root, fixed):
+    g = {"type": "train_generator", "dataset": "lima", "generator": DCGAN, "image_size": [32, 16],
+         "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "verbose": 0}
+    return _recipe(tmp_path, root, "lima_small", {
+        "g": g,
+        "gj": dict(g, per_identity=True, identities="people", init_from="g", steps_per_epoch=1),
+        "samples": {"type": "augment", "generator": "g", "samples": 6,
+                    "measure": [{"type": "face", "threshold": 0.5}]},
+        "r": dict(REID, generated=[{"stage": "samples", "labels": "fixed", "fixed_pid": fixed}])})
 
 
 @pytest.mark.usefixtures("face_models")
@@ -177,10 +150,8 @@ def test_closed_set_dcgan_pipeline(lima, tmp_path):
     """Generic G trains on every class (class 0 included: it is no distractor here), per-person
     generators skip class 0 with identities: people, augment measures faces without dropping
     and samples train as class 0."""
-    f = tmp_path / "r.yaml"
-    f.write_text(RECIPE.format(root=lima, fixed=0))
     run_dir = tmp_path / "run"
-    out = pipeline.run(load_recipe(f), run_dir, echo=lambda *_: None)
+    out = pipeline.run(_pipeline_recipe(tmp_path, lima, 0), run_dir, echo=lambda *_: None)
     n_train = 2 * (3 * 6 + 6)  # sessions 1 and 2
     assert out["g"]["pairs"]["images"] == n_train
     assert sorted(out["gj"]["generators"]) == ["1", "2", "3"]
@@ -194,48 +165,18 @@ def test_closed_set_dcgan_pipeline(lima, tmp_path):
 
 
 def test_fixed_pid_outside_the_classes_stops_before_any_stage(lima, tmp_path):
-    f = tmp_path / "r.yaml"
-    f.write_text(RECIPE.format(root=lima, fixed=9))
     run_dir = tmp_path / "run"
     with pytest.raises(DatasetError, match=r"fixed_pid 9 is not a class .*classes: 0, 1, 2, 3"):
-        pipeline.run(load_recipe(f), run_dir, echo=lambda *_: None)
+        pipeline.run(_pipeline_recipe(tmp_path, lima, 9), run_dir, echo=lambda *_: None)
     assert not (run_dir / "g" / ".complete.json").exists()
 
 
-PROBE_RECIPE = """
-name: probe
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  lima: {{type: synthetic_closed_set, root: {root}, ids: 3, sessions: 3, size: 64x32, seed: 2,
-          images_per_session: 6, unknown_per_session: 6, test_session: 3}}
-stages:
-  g:
-    type: train_generator
-    dataset: lima
-    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16}}
-    image_size: [32, 16]
-    semantic_filter: {{type: shape_probe}}
-    filter_resolution: {resolution}
-    semantic_control: true
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 1
-    verbose: 0
-  r:
-    type: train_reid
-    dataset: lima
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    loss: {{type: softmax}}
-    sampler: random
-    batch_size: 4
-    epochs: 1
-    bn_recalibration_batches: 0
-    verbose: 0
-    real_filter: {{type: shape_probe}}
-"""
+def _probe_recipe(tmp_path, root, resolution):
+    return _recipe(tmp_path, root, "probe", {
+        "g": {"type": "train_generator", "dataset": "lima", "generator": DCGAN, "image_size": [32, 16],
+              "semantic_filter": {"type": "shape_probe"}, "filter_resolution": resolution,
+              "semantic_control": True, "batch_size": 4, "epochs": 1, "steps_per_epoch": 1, "verbose": 0},
+        "r": dict(REID, batch_size=4, real_filter={"type": "shape_probe"})})
 
 
 def _probe_score(image) -> float:
@@ -271,9 +212,7 @@ def test_filters_score_real_images_at_native_size(lima, tmp_path, shape_probe):
     likewise, and trains on exactly the images it accepts, over the classes of the whole split."""
     from keras_reid.data.images import read_image
 
-    f = tmp_path / "r.yaml"
-    f.write_text(PROBE_RECIPE.format(root=lima, resolution="native"))
-    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)
+    out = pipeline.run(_probe_recipe(tmp_path, lima, "native"), tmp_path / "run", echo=lambda *_: None)
     n_train = 2 * (3 * 6 + 6)
     assert shape_probe[:n_train] == [(64, 32, 3)] * n_train          # g: native size
     assert shape_probe[n_train:] == [(64, 32, 3)] * n_train          # r: native size
@@ -289,6 +228,5 @@ def test_filters_score_real_images_at_native_size(lima, tmp_path, shape_probe):
     assert r["num_classes"] == 4                                      # classes 0..3 all kept
     # the generator's default: the images as it trains on them (resized)
     shape_probe.clear()
-    f.write_text(PROBE_RECIPE.format(root=lima, resolution="image_size"))
-    pipeline.run(load_recipe(f), tmp_path / "run2", echo=lambda *_: None, only=["g"])
+    pipeline.run(_probe_recipe(tmp_path, lima, "image_size"), tmp_path / "run2", echo=lambda *_: None, only=["g"])
     assert shape_probe[:n_train] == [(32, 16, 3)] * n_train
