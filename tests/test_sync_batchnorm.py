@@ -127,3 +127,40 @@ def test_synchronise_batchnorm_converts_built_layers_and_reloads(tmp_path):
     loaded = keras.saving.load_model(path, compile=False)
     assert type(loaded.get_layer("bn")) is SyncBatchNormalization
     np.testing.assert_allclose(np.asarray(loaded(images, training=False)), before, rtol=1e-6)
+
+
+def test_plain_batchnorm_saves_a_model_any_keras_process_loads(tmp_path):
+    """train_reid saves its models after plain_batchnorm: the file names Keras' own
+    BatchNormalization, so a process that never imports keras_reid loads it (as a user's would)."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    import keras
+
+    from keras_reid.training.batchnorm import plain_batchnorm, synchronise_batchnorm
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 4, 3))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, padding="same")(x))
+    model = keras.Model(x, keras.layers.GlobalAveragePooling2D()(h))
+    images = np.random.default_rng(1).normal(size=(2, 6, 4, 3)).astype(np.float32)
+    before = np.asarray(model(images, training=False))
+    assert synchronise_batchnorm(model) == 1
+    assert plain_batchnorm(model) == 1
+    assert type(model.get_layer("bn")) is keras.layers.BatchNormalization
+    assert not model.get_layer("bn").synchronized
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        config = json.loads(zf.read("config.json"))
+    classes = [layer["class_name"] for layer in config["config"]["layers"]]
+    assert "BatchNormalization" in classes and "SyncBatchNormalization" not in classes
+    np.save(tmp_path / "x.npy", images)
+    code = ("import sys, numpy as np, keras; m = keras.saving.load_model(sys.argv[1], compile=False); "
+            "np.save(sys.argv[3], np.asarray(m(np.load(sys.argv[2]), training=False))); "
+            "assert not any(k.startswith('keras_reid') for k in sys.modules)")
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), before, rtol=1e-6, atol=1e-6)

@@ -346,9 +346,14 @@ def train(cfg, ctx: StageContext) -> dict:
                 ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
         if cfg.sync_batchnorm and replicas > 1:   # global-batch statistics, as on one device
-            from keras_reid.training.batchnorm import synchronise_batchnorm
+            # Keras' own synchronised BN (one-pass E[x^2] - E[x]^2; error ~1e-5 at the mean/std
+            # <= 15 measured in ResNet50). The two-pass keras_reid.layers.SyncBatchNormalization
+            # is not used here: two workers trained with it end 1e-2 apart from one process
+            # (test_multi_worker_cli), which the one-pass layers do not; see the issue 16 note.
+            from keras_reid.training.batchnorm import batchnorm_layers
 
-            synchronise_batchnorm(net)  # two-pass moments (Keras' synchronized=True cancels)
+            for layer in batchnorm_layers(net):
+                layer.synchronized = True
         loss = ctx.registry.create("loss", cfg.loss)
         smoothing = getattr(getattr(loss, "config", None), "label_smoothing", 0.0)
         if smoothing and cfg.real and any(g.labels == "lsro" for g in cfg.generated):

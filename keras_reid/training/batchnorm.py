@@ -78,3 +78,17 @@ def synchronise_batchnorm(model: keras.Layer) -> int:
             object.__setattr__(layer, "__class__", SyncBatchNormalization)
         layer.synchronized = True
     return len(layers)
+
+
+def plain_batchnorm(model: keras.Layer) -> int:
+    """Undo :func:`synchronise_batchnorm` (layers become plain ``keras.layers.BatchNormalization``
+    with the same weights), so a saved model does not depend on how it was trained: any Keras
+    process loads it without importing this package. Returns the number of layers changed."""
+    from keras_reid.layers import SyncBatchNormalization
+
+    layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+              if isinstance(layer, SyncBatchNormalization)]
+    for layer in layers:
+        object.__setattr__(layer, "__class__", keras.layers.BatchNormalization)
+        layer.synchronized = False
+    return len(layers)
