@@ -1,0 +1,142 @@
+"""Size and shape of the code: lines, the longest functions, function-local imports, import cycles.
+
+    python tools/code_stats.py [ROOT] [--top 10] [--json]
+
+Counts over ``keras_reid/`` and ``plugins/`` of ROOT (default: this checkout). A function-local
+import is an ``import`` statement inside a function body (nested functions count once); the
+import graph is the modules' imports of each other, function-local ones included (a module's
+own parent packages are not counted), and a cycle is a strongly connected group of more than one
+module (Tarjan's algorithm).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+PACKAGES = {"keras_reid": "keras_reid", "plugins": "keras_reid_plugins"}
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def _imports(tree: ast.AST, module: str, known: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                base = ".".join(module.split(".")[:-node.level] + [node.module])
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                found.add(name)   # (a module's own parent packages run first anyway: no edge)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    sys.setrecursionlimit(10000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def stats(root: Path, top: int = 10) -> dict:
+    modules = _modules(root)
+    lines = 0
+    functions: list[tuple[int, str]] = []
+    local_imports = 0
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        source = path.read_text(encoding="utf-8")
+        lines += source.count("\n")
+        tree = ast.parse(source)
+        graph[module] = _imports(tree, module, set(modules))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.append((node.end_lineno - node.lineno + 1,
+                                  f"{path.relative_to(root)}:{node.lineno} {node.name}"))
+                for child in ast.walk(node):   # own body only: nested functions count on their own
+                    if isinstance(child, (ast.Import, ast.ImportFrom)) and _owner(node, child):
+                        local_imports += 1
+    functions.sort(reverse=True)
+    return {"modules": len(modules), "lines": lines, "function_local_imports": local_imports,
+            "longest_functions": [{"lines": n, "where": w} for n, w in functions[:top]],
+            "import_cycles": _cycles(graph)}
+
+
+def _owner(function: ast.AST, node: ast.AST) -> bool:
+    """True when ``node`` is in ``function``'s body and not inside a function nested in it."""
+    def search(parent: ast.AST) -> bool:
+        for child in ast.iter_child_nodes(parent):
+            if child is node:
+                return True
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if search(child):
+                return True
+        return False
+    return search(function)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    out = stats(Path(args.root), args.top)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['modules']} modules, {out['lines']:,} lines, {out['function_local_imports']} "
+          f"function-local imports, {len(out['import_cycles'])} import cycles")
+    for cycle in out["import_cycles"]:
+        print("  cycle: " + " <-> ".join(cycle))
+    print("longest functions:")
+    for f in out["longest_functions"]:
+        print(f"  {f['lines']:4d}  {f['where']}")
+
+
+if __name__ == "__main__":
+    main()
