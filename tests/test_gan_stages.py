@@ -12,73 +12,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.errors import DatasetError, RecipeError
 from keras_reid.recipe import load_recipe
 
-RECIPE = """
-name: gan_stages
-seed: 2
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 16, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    source_camera: 1
-    target_camera: 2
-    generator: {{type: pix2pix, variant: {variant}, filters: 4, max_filters: 16}}
-    masker: {masker}
-    image_size: [32, 16]
-    targets_per_source: 2
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 3
-    sample_every: 2
-    verbose: 0
-  augment:
-    type: augment
-    generator: gan
-    images: all
-    batch_size: 5
-    engine: {engine}
-  augmented:
-    type: train_reid
-    dataset: synth
-    cameras: [1]
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 2
-    verbose: 0
-    generated: [{{stage: augment, labels: lsro}}]
-    generated_ratio: 0.5
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [augmented]
-    generated: [augment]
-    ranked_lists: 0
-    projector_samples: 0
-"""
+DATA = {"ids": 16, "cameras": 3, "size": (64, 32), "seed": 1, "images_per_id_camera": 2}
 
 
-def _recipe(tmp, root, variant="model4", masker="{type: synthetic}", engine="local", extra=""):
-    path = Path(tmp) / "r.yaml"
-    path.write_text(RECIPE.format(root=root, variant=variant, masker=masker, engine=engine) + extra)
-    return load_recipe(path)
+def _synth(root):
+    return {"synth": testing.SyntheticData(root, DATA).spec}
+
+
+def _recipe(tmp, root, *overrides, variant="model4", masker={"type": "synthetic"}, engine="local"):
+    """gan (pix2pix ``variant``) -> augment -> augmented (train_reid with LSRO) -> evaluate."""
+    stages = {
+        "gan": {"type": "train_generator", "dataset": "synth", "source_camera": 1, "target_camera": 2,
+                "generator": {"type": "pix2pix", "variant": variant, "filters": 4, "max_filters": 16},
+                "masker": masker, "image_size": [32, 16], "targets_per_source": 2, "batch_size": 4,
+                "epochs": 1, "steps_per_epoch": 3, "sample_every": 2, "verbose": 0},
+        "augment": {"type": "augment", "generator": "gan", "images": "all", "batch_size": 5, "engine": engine},
+        "augmented": {"type": "train_reid", "dataset": "synth", "cameras": [1], "image_size": [32, 16],
+                      "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+                      "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 8, "instances_per_id": 2,
+                      "epochs": 1, "bn_recalibration_batches": 2, "verbose": 0,
+                      "generated": [{"stage": "augment", "labels": "lsro"}], "generated_ratio": 0.5},
+        "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["augmented"], "generated": ["augment"],
+                     "ranked_lists": 0, "projector_samples": 0},
+    }
+    return testing.build_recipe(Path(tmp) / "r.yaml", name="gan_stages", seed=2, datasets=_synth(root),
+                                stages=stages, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, synthetic_data):
     """A run folder whose gan stage is complete (trained once per module)."""
     base = tmp_path_factory.mktemp("gan")
-    root = base / "data"
+    root = synthetic_data(**DATA).root
     rec = _recipe(base, root)
     run_dir = base / "run"
     pipeline.run(rec, run_dir, only=["gan"], echo=lambda *_: None)
@@ -228,36 +197,33 @@ def test_ray_actor_killed_mid_shard_is_retried_file_for_file(trained, tmp_path, 
 
 def test_model4_without_masker_is_rejected_at_validation(tmp_path):
     with pytest.raises(RecipeError, match=r"stages\.gan\.masker.*needs person masks.*mediapipe_selfie"):
-        _recipe(tmp_path, tmp_path / "data", masker="null")
+        _recipe(tmp_path, tmp_path / "data", masker=None)
 
 
 def test_unknown_camera_fails_before_any_stage_runs(trained, tmp_path):
     _, root, _ = trained
-    rec = _recipe(tmp_path, root, extra="")
-    rec = load_recipe(Path(tmp_path) / "r.yaml", ["stages.gan.target_camera=7"])
+    rec = _recipe(tmp_path, root, "stages.gan.target_camera=7")
     with pytest.raises(DatasetError, match="camera 7 does not occur.*1, 2, 3"):
         pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
     assert not (tmp_path / "run" / "gan" / "checkpoints").exists()
 
 
-def test_camera_pair_without_shared_identities_is_a_clear_error(tmp_path):
-    from keras_reid.data.synthetic import synthesize
-
+def test_camera_pair_without_shared_identities_is_a_clear_error(tmp_path, synthetic_data):
     root = tmp_path / "data"
-    synthesize(root, ids=16, cameras=3, size=(64, 32), seed=1, images_per_id_camera=2)
+    shutil.copytree(synthetic_data(**DATA).root, root)
     # drop every camera-2 image of identities that camera 1 also saw
     cam1 = {p.name.split("_")[0] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
     for p in (root / "bounding_box_train").glob("*_c2s*.jpg"):
         if p.name.split("_")[0] in cam1:
             p.unlink()
-    rec = _recipe(tmp_path, root, variant="model1", masker="null")
+    rec = _recipe(tmp_path, root, variant="model1", masker=None)
     with pytest.raises(DatasetError, match="cameras 1 and 2 share no identity.*model4"):
         pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
 
 
 def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp_path, monkeypatch):
     _, root, _ = trained
-    rec = load_recipe(_recipe(tmp_path, root) and tmp_path / "r.yaml", ["stages.gan.epochs=2"])
+    rec = _recipe(tmp_path, root, "stages.gan.epochs=2")
     from keras_reid.training import checkpoint
 
     real = checkpoint.EpochCheckpoint.on_epoch_end
@@ -277,8 +243,7 @@ def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp
 
 def test_model3_generation_takes_the_pose_of_a_recorded_target_camera_mask(trained, tmp_path):
     _, root, _ = trained
-    _recipe(tmp_path, root, variant="model3")
-    rec = load_recipe(tmp_path / "r.yaml", ["stages.augment.copies=2", "stages.augment.max_images=3"])
+    rec = _recipe(tmp_path, root, "stages.augment.copies=2", "stages.augment.max_images=3", variant="model3")
     out = pipeline.run(rec, tmp_path / "run", only=["gan", "augment"], echo=lambda *_: None)
     assert out["gan"]["pairing"] == "camera_pairs"
     assert out["gan"]["generation_needs"] == ["source", "source_mask", "target_mask"]
@@ -288,52 +253,37 @@ def test_model3_generation_takes_the_pose_of_a_recorded_target_camera_mask(train
     assert len({r["file"] for r in rows}) == 6
 
 
-DCGAN_RECIPE = """
-name: dcgan_stage
-seed: 1
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 16, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    generator: {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16, guided: true}}
-    semantic_filter: {{type: face{threshold}}}
-    semantic_control: true
-    image_size: [64, 32]
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 2
-    verbose: 0
-"""
+DCGAN = {"type": "dcgan", "z_dim": 8, "filters": 4, "max_filters": 16}
+
+
+def _dcgan(root, semantic_filter={"type": "face"}, semantic_control=True, **more_stages):
+    """A guided DCGAN whose training the face filter steers (``None``: no key written)."""
+    gan = {"type": "train_generator", "dataset": "synth", "generator": dict(DCGAN, guided=True),
+           "semantic_filter": semantic_filter, "semantic_control": semantic_control, "image_size": [64, 32],
+           "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "verbose": 0}
+    gan = {k: v for k, v in gan.items() if v is not None}
+    return {"name": "dcgan_stage", "seed": 1, "datasets": _synth(root), "stages": {"gan": gan, **more_stages}}
 
 
 @pytest.mark.usefixtures("face_models")
 def test_dcgan_with_semantic_control_trains_on_the_images_the_face_filter_accepts(trained, tmp_path):
     _, root, _ = trained
-    f = tmp_path / "d.yaml"
-    f.write_text(DCGAN_RECIPE.format(root=root, threshold=""))
-    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)["gan"]
+    rec = testing.build_recipe(tmp_path / "d.yaml", **_dcgan(root))
+    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)["gan"]
     sem = out["semantic_filter"]
     assert 0 < sem["accepted"] < sem["real_images"]  # front views yes, backs no
     assert out["pairs"]["pairs"] == sem["accepted"] and out["pairing"] == "unpaired"
     assert "fake_no_face" in out["final"]
-    f.write_text(DCGAN_RECIPE.format(root=root, threshold=", threshold: 1.0"))
+    rec = testing.build_recipe(tmp_path / "d.yaml", **_dcgan(root, {"type": "face", "threshold": 1.0}))
     with pytest.raises(DatasetError, match=r"accepted none of the \d+ real images"):
-        pipeline.run(load_recipe(f), tmp_path / "run2", echo=lambda *_: None)
+        pipeline.run(rec, tmp_path / "run2", echo=lambda *_: None)
 
 
 def test_guided_generator_without_a_semantic_filter_is_rejected(tmp_path):
-    f = tmp_path / "d.yaml"
-    text = DCGAN_RECIPE.format(root=tmp_path, threshold="")
-    f.write_text(text.replace("    semantic_filter: {type: face}\n", ""))
     with pytest.raises(RecipeError, match="semantic_control needs a semantic filter"):
-        load_recipe(f)
-    f.write_text(text.replace("    semantic_filter: {type: face}\n", "").replace("    semantic_control: true\n", ""))
+        testing.build_recipe(tmp_path, **_dcgan(tmp_path, semantic_filter=None))
     with pytest.raises(RecipeError, match="guided generator needs a semantic filter"):
-        load_recipe(f)
+        testing.build_recipe(tmp_path, **_dcgan(tmp_path, semantic_filter=None, semantic_control=None))
 
 
 @pytest.mark.parametrize("policy,extra_classes", [("unknown", 1), ("fixed", 0), ("keep", 0)])
@@ -343,9 +293,8 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
     g = {"stage": "augment", "labels": policy}
     if policy == "fixed":  # an identity of camera 1's training images
         g["fixed_pid"] = int(sorted((root / "bounding_box_train").glob("*_c1s*.jpg"))[0].name[:4])
-    _recipe(tmp_path, root)
-    rec = load_recipe(tmp_path / "r.yaml", [f"stages.augmented.generated=[{json.dumps(g)}]",
-                                            "stages.augmented.generated_ratio=null"])
+    rec = _recipe(tmp_path, root, f"stages.augmented.generated=[{json.dumps(g)}]",
+                  "stages.augmented.generated_ratio=null")
     out = pipeline.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
     labels = json.loads((run_dir / "augmented" / "labels.json").read_text())
     real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
@@ -372,10 +321,8 @@ def test_real_false_trains_on_the_generated_images_only(trained, tmp_path, monke
 
     _, root, _ = trained
     rec, run_dir = _run_copy(trained, tmp_path)
-    _recipe(tmp_path, root)
-    rec = load_recipe(tmp_path / "r.yaml", ["stages.augmented.generated=[{stage: augment}]",
-                                            "stages.augmented.generated_ratio=null",
-                                            "stages.augmented.real=false"])
+    rec = _recipe(tmp_path, root, "stages.augmented.generated=[{stage: augment}]",
+                  "stages.augmented.generated_ratio=null", "stages.augmented.real=false")
     seen = []
 
     class Recording(data_pipeline.ReIDInput):
@@ -405,78 +352,35 @@ def test_real_false_trains_on_the_generated_images_only(trained, tmp_path, monke
 @pytest.mark.usefixtures("face_models")
 def test_dcgan_samples_are_generated_filtered_counted_and_trained_on_with_lsro(trained, tmp_path):
     _, root, _ = trained
-    f = tmp_path / "d.yaml"
-    f.write_text(DCGAN_RECIPE.format(root=root, threshold="") + """
-  augment:
-    type: augment
-    generator: gan
-    samples: 12
-    batch_size: 5
-    filters: [{type: face, threshold: 0.0}]
-    min_score: 0.0
-  reid:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {type: tiny, width: 8, blocks: 2, embedding_dim: 16}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 1
-    verbose: 0
-    generated: [{stage: augment, labels: lsro}]
-    generated_ratio: 0.25
-""")
-    out = pipeline.run(load_recipe(f), tmp_path / "run", echo=lambda *_: None)
+    rec = testing.build_recipe(tmp_path / "d.yaml", **_dcgan(
+        root,
+        augment={"type": "augment", "generator": "gan", "samples": 12, "batch_size": 5,
+                 "filters": [{"type": "face", "threshold": 0.0}], "min_score": 0.0},
+        reid={"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+              "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16}, "batch_size": 8,
+              "instances_per_id": 2, "epochs": 1, "bn_recalibration_batches": 1, "verbose": 0,
+              "generated": [{"stage": "augment", "labels": "lsro"}], "generated_ratio": 0.25}))
+    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
     aug = out["augment"]
     assert aug["generated"] == aug["kept"] == 12 and "face" in aug["accepted_fraction_by_filter"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
     assert len({r["seed"] for r in rows}) == 12 and all(r["source"] == "" for r in rows)
     assert out["reid"]["generated_images"] == {"augment": 12}
     with pytest.raises(RecipeError, match="samples: missing"):
-        load_recipe(f, ["stages.augment.samples=null"])
+        load_recipe(rec.source, ["stages.augment.samples=null"])
 
 
 def test_per_identity_generators_start_from_g_and_sample_their_identity(trained, tmp_path):
     _, root, _ = trained
     pids = sorted({int(p.name[:4]) for p in (root / "bounding_box_train").glob("*.jpg")})[:2]
-    f = tmp_path / "g.yaml"
-    f.write_text(f"""
-name: per_identity
-seed: 4
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 16, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  g0:
-    type: train_generator
-    dataset: synth
-    generator: &g {{type: dcgan, z_dim: 8, filters: 4, max_filters: 16}}
-    image_size: [32, 16]
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 2
-    verbose: 0
-  gj:
-    type: train_generator
-    dataset: synth
-    generator: *g
-    image_size: [32, 16]
-    per_identity: true
-    init_from: g0
-    identities: {pids}
-    batch_size: 4
-    epochs: 1
-    steps_per_epoch: 1
-    verbose: 0
-  samples:
-    type: augment
-    generator: gj
-    samples: 3
-""")
+    gen = {"type": "train_generator", "dataset": "synth", "generator": DCGAN, "image_size": [32, 16],
+           "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "verbose": 0}
+    rec = testing.build_recipe(tmp_path / "g.yaml", name="per_identity", seed=4, datasets=_synth(root), stages={
+        "g0": gen,
+        "gj": dict(gen, per_identity=True, init_from="g0", identities=pids, steps_per_epoch=1),
+        "samples": {"type": "augment", "generator": "gj", "samples": 3}})
     run_dir = tmp_path / "run"
-    out = pipeline.run(load_recipe(f), run_dir, echo=lambda *_: None)
+    out = pipeline.run(rec, run_dir, echo=lambda *_: None)
     assert sorted(out["gj"]["generators"]) == sorted(str(p) for p in pids)
     from keras_reid.registry import REGISTRY
 
@@ -506,4 +410,4 @@ stages:
         [images[r["file"]] for r in rows if r["checkpoint"] == first])), abs=0.01)
     assert all(r["file"].startswith(f"{r['pid']:04d}_") for r in rows)
     with pytest.raises(RecipeError, match="init_from.*different generator"):
-        load_recipe(f, ["stages.gj.generator.z_dim=16"])
+        load_recipe(rec.source, ["stages.gj.generator.z_dim=16"])

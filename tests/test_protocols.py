@@ -389,7 +389,7 @@ def test_synthetic_lsro_recipe_runs_with_holdout_multi_query_and_single_shot(tmp
 
 
 def test_multi_query_without_its_split_fails_before_training_and_holdout_needs_real(tmp_path):
-    from keras_reid import pipeline
+    from keras_reid import pipeline, testing
     from keras_reid.errors import RecipeError
     from keras_reid.recipe import load_recipe
 
@@ -398,14 +398,11 @@ def test_multi_query_without_its_split_fails_before_training_and_holdout_needs_r
                  "query/0003_c1s2_000101_00.jpg", "bounding_box_test/0003_c2s1_000301_01.jpg"):
         (market / name).parent.mkdir(parents=True, exist_ok=True)
         (market / name).write_bytes(b"")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-name: mq
-datasets: {{m: {{type: market1501, root: '{market}'}}}}
-stages:
-  r: {{type: train_reid, dataset: m, epochs: 1, backbone: {{type: tiny}}, holdout_per_class: 0.15}}
-  evaluate: {{type: evaluate, dataset: m, models: [r], multi_query: max}}
-""")
+    recipe = testing.write_recipe(
+        tmp_path / "r.yaml", name="mq", datasets={"m": {"type": "market1501", "root": market}},
+        stages={"r": {"type": "train_reid", "dataset": "m", "epochs": 1, "backbone": {"type": "tiny"},
+                      "holdout_per_class": 0.15},
+                "evaluate": {"type": "evaluate", "dataset": "m", "models": ["r"], "multi_query": "max"}})
     with pytest.raises(DatasetError, match=r"split 'gt_bbox', which dataset 'm' does not have "
                                            r"\(splits: train, query, gallery\); extract Market-1501's gt_bbox/"):
         pipeline.run(load_recipe(recipe), tmp_path / "run", echo=lambda *_: None)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict
 
-from keras_reid import repeats
+from keras_reid import repeats, testing
 from keras_reid.cli import main
 from keras_reid.errors import RecipeError
 from keras_reid.recipe import load_recipe, ref
@@ -218,41 +218,24 @@ def test_seed_free_and_unswept_stages_run_once_and_are_shared(tmp_path, reg):
 
 
 # ---------------------------------------------------------------------------- a tiny real run
-RECIPE = """
-name: rep
-seed: 0
-strategy: {{type: one_device}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 3}}
-stages:
-  poses: {{type: canonical_poses, dataset: synth, pose: {{type: synthetic}}, image_size: [64, 32], k: 2,
-          restarts: 2, seed: 0}}
-  base: &reid
-    type: train_reid
-    dataset: synth
-    image_size: [64, 32]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    loss: {{type: softmax_triplet}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 12
-    instances_per_id: 2
-    epochs: 1
-    bn_recalibration_batches: 2
-    verbose: 0
-{more}  evaluate: {{type: evaluate, dataset: synth, models: [{models}], ranked_lists: 0, projector_samples: 0}}
-{compare}"""
-WIDE = """  wide:
-    <<: *reid
-    backbone: {type: tiny, width: 12, blocks: 2, embedding_dim: 16}
-"""
+BASE = {"type": "train_reid", "dataset": "synth", "image_size": [64, 32],
+        "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+        "loss": {"type": "softmax_triplet"}, "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 12,
+        "instances_per_id": 2, "epochs": 1, "bn_recalibration_batches": 2, "verbose": 0}
+DATA = dict(testing.SYNTHETIC_DEFAULTS, images_per_id_camera=3)  # ids 12, cameras 3, 64x32, seed 1
 
 
-def _real_recipe(tmp_path, root, two_models=True):
-    return _write(tmp_path, RECIPE.format(root=root, more=WIDE if two_models else "",
-                                          models="base, wide" if two_models else "base",
-                                          compare="compare: [[wide, base]]\n" if two_models else ""),
-                  "rep.yaml")
+def _real_recipe(tmp_path, root, two_models=True, compare=("wide", "base")):
+    stages = {"poses": {"type": "canonical_poses", "dataset": "synth", "pose": {"type": "synthetic"},
+                        "image_size": [64, 32], "k": 2, "restarts": 2, "seed": 0},
+              "base": BASE}
+    if two_models:
+        stages["wide"] = dict(BASE, backbone={"type": "tiny", "width": 12, "blocks": 2, "embedding_dim": 16})
+    stages["evaluate"] = {"type": "evaluate", "dataset": "synth", "models": list(stages)[1:],
+                          "ranked_lists": 0, "projector_samples": 0}
+    return testing.write_recipe(tmp_path / "rep.yaml", name="rep", stages=stages,
+                                datasets={"synth": testing.SyntheticData(root, DATA).spec},
+                                **({"compare": [list(compare)]} if two_models else {}))
 
 
 def _invoke(*args):
@@ -260,14 +243,15 @@ def _invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
+def real(tmp_path_factory, synthetic_data):
     """One 2-seed run of two tiny models through the CLI, reused by the tests below."""
     tmp = tmp_path_factory.mktemp("repeats")
-    recipe = _real_recipe(tmp, tmp / "data")
+    root = synthetic_data(**DATA).root
+    recipe = _real_recipe(tmp, root)
     out = tmp / "runs"
     res = _invoke("run", recipe, "--seeds", "0,1", "--run-dir", out)
     assert res.exit_code == 0, res.output
-    return {"recipe": recipe, "out": out, "output": res.output, "root": tmp / "data"}
+    return {"recipe": recipe, "out": out, "output": res.output, "root": root}
 
 
 def test_aggregate_matches_a_recomputation_from_the_per_seed_files(real):
@@ -343,8 +327,7 @@ def test_bad_compare_name_is_a_recipe_error_with_did_you_mean(tmp_path):
     assert res.output.startswith("error: --set compare=[[wide,bsae]]: compare[0][1]: 'bsae' is not a "
                                  "model an evaluate stage reports; did you mean 'base'?")
     with pytest.raises(RecipeError, match=r"rep.yaml:\d+: compare\[0\]: compares 'base' with itself"):
-        load_recipe(_write(tmp_path, recipe.read_text().replace("[[wide, base]]", "[[base, base]]"),
-                           "rep.yaml"))
+        load_recipe(_real_recipe(tmp_path, tmp_path / "data", compare=("base", "base")))
 
 
 def test_options_that_make_no_sense_with_repeats_are_rejected(tmp_path):

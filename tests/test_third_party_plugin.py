@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from keras_reid import testing
 
 PLUGIN = '''
 from pydantic import BaseModel, ConfigDict
@@ -58,7 +59,7 @@ def run_cli(args, env, cwd):
 
 
 @pytest.mark.slow
-def test_third_party_backbone_in_a_recipe(tmp_path):
+def test_third_party_backbone_in_a_recipe(tmp_path, synthetic_data):
     site = make_plugin_package(tmp_path / "site")
     env = dict(os.environ, PYTHONPATH=str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     listed = run_cli(["plugins", "backbone"], env, tmp_path)
@@ -66,24 +67,14 @@ def test_third_party_backbone_in_a_recipe(tmp_path):
     line = next(l for l in listed.stdout.splitlines() if "mininet" in l)
     assert "acme-reid-plugins" in line and "A third-party test backbone." in line
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
-        name: acme
-        datasets:
-          synth: {{type: synthetic, root: {tmp_path / 'data'}, ids: 8, cameras: 2, size: 32x16, seed: 1}}
-        stages:
-          train:
-            type: train_reid
-            dataset: synth
-            image_size: [32, 16]
-            backbone: {{type: mininet, width: 8}}
-            loss: {{type: softmax}}
-            batch_size: 8
-            instances_per_id: 2
-            epochs: 1
-            verbose: 0
-          evaluate: {{type: evaluate, dataset: synth, models: [train], projector_samples: 10, ranked_lists: 2}}
-        """))
+    data = synthetic_data(ids=8, cameras=2, size=(32, 16), seed=1, images_per_id_camera=4)
+    recipe = testing.write_recipe(
+        tmp_path / "r.yaml", name="acme", datasets={"synth": data.spec},
+        stages={"train": {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
+                          "backbone": {"type": "mininet", "width": 8}, "loss": {"type": "softmax"},
+                          "batch_size": 8, "instances_per_id": 2, "epochs": 1, "verbose": 0},
+                "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["train"],
+                             "projector_samples": 10, "ranked_lists": 2}})
     out = run_cli(["run", str(recipe), "--run-dir", str(tmp_path / "run")], env, tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

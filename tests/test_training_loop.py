@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ sys.path.insert(0, str(WORKERS))
 
 from toy_training import ToyClassifier, dataset_fn, initial_weights, make_model  # noqa: E402
 
+from keras_reid import testing  # noqa: E402
 from keras_reid.distribute import (  # noqa: E402
     StrategyConfig, is_chief, make_strategy, num_workers, read_tf_config, worker_index)
 from keras_reid.errors import UserError  # noqa: E402
@@ -163,35 +162,12 @@ def test_jit_compile_one_device_matches_and_is_turned_off_on_cpu_replicas(one_de
     assert_weights_close(plain.get_weights(), mirrored_jit.get_weights())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_workers(out: Path, ckpt: Path, epochs: int) -> dict[int, list[dict]]:
     """Run the two local workers to ``epochs`` (one phase per epoch, each after the first a
     resume); returns ``{epoch: [worker 0 results, worker 1 results]}``."""
     out.mkdir(parents=True, exist_ok=True)
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs, logs = [], []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                     "task": {"type": "worker", "index": index}}))
-        log_file = open(out / f"worker{index}.log", "w")
-        logs.append(log_file)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(WORKERS / "multi_worker_train.py"), str(out), str(ckpt),
-             str(epochs), str(STEPS)], env=env, stdout=log_file, stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=150) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for f in logs:
-            f.close()
+    argv = [sys.executable, str(WORKERS / "multi_worker_train.py"), str(out), str(ckpt), str(epochs), str(STEPS)]
+    codes = [code for code, _ in testing.run_workers(argv, out, timeout=150)]
     if codes != [0, 0]:
         text = "\n".join((out / f"worker{i}.log").read_text()[-3000:] for i in range(2))
         pytest.fail(f"workers exited with {codes}:\n{text}")
