@@ -18,68 +18,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import pipeline, testing
 from keras_reid.recipe import load_recipe
 from keras_reid.training.checkpoint import KILL_ENV
 
-RECIPE = """
-name: exact_resume
-seed: 3
-strategy: {{type: one_device}}
-datasets:
-  synth: {{type: synthetic, root: {root}, ids: 12, cameras: 3, size: 64x32, seed: 1, images_per_id_camera: 2}}
-stages:
-  gan:
-    type: train_generator
-    dataset: synth
-    source_camera: 1
-    target_camera: 2
-    generator: {{type: pix2pix, variant: model4, filters: 4, max_filters: 16}}
-    masker: {{type: synthetic}}
-    image_size: [32, 16]
-    targets_per_source: 2
-    batch_size: 4
-    epochs: 3
-    steps_per_epoch: 2
-    verbose: 0
-  augment:
-    type: augment
-    generator: gan
-    images: all
-    batch_size: 5
-    noise: true
-  augmented:
-    type: train_reid
-    dataset: synth
-    cameras: [1]
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    optimizer: {{type: adam, lr: 0.001}}
-    batch_size: 8
-    instances_per_id: 2
-    epochs: 2
-    bn_recalibration_batches: 2
-    verbose: 0
-    generated: [{{stage: augment, labels: lsro}}]
-    generated_ratio: 0.5
-  evaluate:
-    type: evaluate
-    dataset: synth
-    models: [augmented]
-    ranked_lists: 0
-    projector_samples: 0
-"""
+STAGES = {
+    "gan": {"type": "train_generator", "dataset": "synth", "source_camera": 1, "target_camera": 2,
+            "generator": {"type": "pix2pix", "variant": "model4", "filters": 4, "max_filters": 16},
+            "masker": {"type": "synthetic"}, "image_size": [32, 16], "targets_per_source": 2,
+            "batch_size": 4, "epochs": 3, "steps_per_epoch": 2, "verbose": 0},
+    "augment": {"type": "augment", "generator": "gan", "images": "all", "batch_size": 5, "noise": True},
+    "augmented": {"type": "train_reid", "dataset": "synth", "cameras": [1], "image_size": [32, 16],
+                  "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16},
+                  "optimizer": {"type": "adam", "lr": 0.001}, "batch_size": 8, "instances_per_id": 2,
+                  "epochs": 2, "bn_recalibration_batches": 2, "verbose": 0,
+                  "generated": [{"stage": "augment", "labels": "lsro"}], "generated_ratio": 0.5},
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["augmented"], "ranked_lists": 0,
+                 "projector_samples": 0},
+}
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(tmp_path_factory, synthetic_data):
     """An uninterrupted run in this (pytest's) process: the GAN trains and generates here."""
     base = tmp_path_factory.mktemp("exact")
-    path = base / "r.yaml"
-    path.write_text(RECIPE.format(root=base / "data"))
+    recipe = testing.build_recipe(base / "r.yaml", name="exact_resume", seed=3,
+                                  datasets={"synth": synthetic_data().spec}, stages=STAGES)
     run_dir = base / "clean"
-    pipeline.run(load_recipe(path), run_dir, echo=lambda *_: None)
-    return path, run_dir
+    pipeline.run(recipe, run_dir, echo=lambda *_: None)
+    return Path(recipe.source), run_dir
 
 
 def _cli(recipe: Path, run_dir: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
