@@ -5,6 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -246,17 +247,93 @@ def write_converted(cfg, ctx: StageContext, backbone, model, records: list[Recor
     return out
 
 
+@dataclass
+class _TrainingSet:
+    """What train_reid trains on: the real records and labels (after the holdout and the real
+    filter), the generated sets, the identity -> class mapping and what was set aside."""
+
+    good: list[Record]
+    labels: np.ndarray
+    mapping: dict[int, int]
+    real_classes: int
+    generated: list
+    closed: bool
+    skipped: int
+    withheld: list[Record]
+    real_filter: dict | None
+
+
 def train(cfg, ctx: StageContext) -> dict:
     """Train the model the stage config describes; returns the stage summary."""
     import keras
 
-    from keras_reid.data.pipeline import ReIDInput, scan_images
-    from keras_reid.inference import Preprocessing, write_preprocessing
-    from keras_reid.training.callbacks import BatchImageLogger, ScalarLogger
-    from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
+    from keras_reid.training.checkpoint import restore_latest
     from keras_reid.training.loop import train as train_loop
-    from keras_reid.training.optim import make_optimizer, make_schedule
-    from keras_reid.training.reid_model import ReIDModel
+
+    data = _training_set(cfg, ctx)
+    keras.utils.set_random_seed(ctx.seed)
+    strategy = ctx.strategy
+    inp = _training_input(cfg, ctx, data)
+    steps = inp.steps_per_epoch
+    _echo_training_set(cfg, ctx, data, steps)
+    backbone, net, model = _build_model(cfg, ctx, steps, len(data.mapping))
+    initial_epoch = restore_latest(model, ctx.stage_dir / "checkpoints", strategy)
+    if initial_epoch:
+        ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
+    callbacks, curve = _callbacks(cfg, ctx, inp, initial_epoch)
+    trunk = list(backbone.trunk_layers(net)) if cfg.freeze_backbone_epochs else []
+    if cfg.freeze_backbone_epochs and not trunk:
+        raise UserError(f"stage '{ctx.stage_name}': freeze_backbone_epochs: backbone "
+                        f"'{cfg.backbone['type']}' names no trunk layers to freeze; remove the option")
+    t0 = time.time()
+    history = train_phases(
+        lambda start, end, cbs: train_loop(
+            model, inp.dataset_fn, strategy=strategy, epochs=end, steps_per_epoch=steps,
+            initial_epoch=start, callbacks=cbs, verbose=cfg.verbose if ctx.is_chief else 0,
+            jit_compile=ctx.jit_compile),
+        trunk, cfg.freeze_backbone_epochs, initial_epoch, cfg.epochs, callbacks, echo=ctx.echo)
+    seconds = time.time() - t0
+    recalibrated = _recalibrate(cfg, ctx, model, inp)
+    trained = max(cfg.epochs - initial_epoch, 0) * steps * cfg.batch_size
+    model_path = ctx.stage_dir / "model.keras"
+    if ctx.is_chief:
+        _save(cfg, ctx, model, model_path, data)
+    converted = None
+    if ctx.is_chief and cfg.convert is not False:
+        converted = write_converted(cfg, ctx, backbone, model, data.good,
+                                    classifier=bool(data.closed or data.withheld))
+    summary = {
+        "model": str(model_path.relative_to(ctx.run_dir)),
+        "image_size": list(cfg.image_size),
+        "num_classes": len(data.mapping),
+        "num_images": len(data.good) if cfg.real else 0,
+        "generated_images": {g.name: len(g.records) for g in data.generated},
+        "skipped_images": data.skipped,
+        "epochs": cfg.epochs,
+        "frozen_backbone_epochs": cfg.freeze_backbone_epochs,
+        "resumed_from_epoch": initial_epoch,
+        "bn_recalibration_batches": recalibrated,
+        "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
+        "final": {k: float(v[-1]) for k, v in (history or {}).items() if v},
+    }
+    if converted is not None:
+        summary["converted"] = converted
+    if data.real_filter is not None:
+        summary["real_filter"] = data.real_filter
+    if curve is not None:
+        summary["eval_history"] = curve.history or []
+    if data.closed or data.withheld:
+        summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
+    if data.withheld:
+        summary["holdout"] = {"fraction": cfg.holdout_per_class, "images": len(data.withheld),
+                              "file": str((ctx.stage_dir / HOLDOUT_FILE).relative_to(ctx.run_dir))}
+    return summary
+
+
+def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
+    """The usable real images (decodable, minus the holdout, through the real filter), their
+    labels, and the generated sets labelled by their policies."""
+    from keras_reid.data.pipeline import scan_images
 
     splits = ctx.dataset(cfg.dataset)
     closed = splits.kind == "closed_set"
@@ -286,15 +363,19 @@ def train(cfg, ctx: StageContext) -> dict:
     if cfg.real_filter is not None:
         good, labels, real_filter = _filter_real(cfg, ctx, good, labels)
     generated = [load_generated(g, ctx, mapping) for g in cfg.generated]
-    num_classes = len(mapping)
-    keras.utils.set_random_seed(ctx.seed)
+    return _TrainingSet(good, labels, mapping, real_classes, generated, closed, len(bad), withheld,
+                        real_filter)
 
-    strategy = ctx.strategy
-    replicas = strategy.num_replicas_in_sync
+
+def _training_input(cfg, ctx: StageContext, data: _TrainingSet):
+    """The training stream: PK or random batches of the real images, the generated sets pooled
+    with them, or (``generated_ratio``) a fixed share of every batch drawn from the generated."""
+    from keras_reid.data.pipeline import ReIDInput
+
+    generated, good, labels = data.generated, data.good, data.labels
     k = cfg.instances_per_id
-    h, w = cfg.image_size
-    common = dict(image_size=(h, w), transforms=list(cfg.augment), seed=ctx.seed,
-                  num_replicas=replicas, num_classes=num_classes)
+    common = dict(image_size=tuple(cfg.image_size), transforms=list(cfg.augment), seed=ctx.seed,
+                  num_replicas=ctx.strategy.num_replicas_in_sync, num_classes=len(data.mapping))
 
     def pk_input(records, labels_, eps, batch):
         return ReIDInput(records, labels_, global_batch_size=batch, sampler=cfg.sampler,
@@ -304,26 +385,26 @@ def train(cfg, ctx: StageContext) -> dict:
 
     real_eps = np.zeros(len(good), np.float32)
     if not generated:
-        inp = pk_input(good, labels, None, cfg.batch_size)
-    elif not cfg.real:  # generated images only; the classes are still the real identities'
-        inp = pk_input([r for g in generated for r in g.records],
-                       np.concatenate([g.labels for g in generated]),
-                       np.concatenate([g.epsilons for g in generated]), cfg.batch_size)
-    elif cfg.generated_ratio is None:
-        inp = pk_input(good + [r for g in generated for r in g.records],
-                       np.concatenate([labels] + [g.labels for g in generated]),
-                       np.concatenate([real_eps] + [g.epsilons for g in generated]), cfg.batch_size)
-    else:
-        n_gen = round(cfg.batch_size * cfg.generated_ratio)
-        real = pk_input(good, labels, real_eps, cfg.batch_size - n_gen)
-        fake = ReIDInput([r for g in generated for r in g.records],
-                         np.concatenate([g.labels for g in generated]), global_batch_size=n_gen,
-                         sampler="random", epsilons=np.concatenate([g.epsilons for g in generated]),
-                         **{**common, "seed": ctx.seed + 1})
-        inp = MixedInput(real, fake)
-    steps = inp.steps_per_epoch
+        return pk_input(good, labels, None, cfg.batch_size)
+    gen_records = [r for g in generated for r in g.records]
+    gen_labels = np.concatenate([g.labels for g in generated])
+    gen_eps = np.concatenate([g.epsilons for g in generated])
+    if not cfg.real:  # generated images only; the classes are still the real identities'
+        return pk_input(gen_records, gen_labels, gen_eps, cfg.batch_size)
+    if cfg.generated_ratio is None:
+        return pk_input(good + gen_records, np.concatenate([labels, gen_labels]),
+                        np.concatenate([real_eps, gen_eps]), cfg.batch_size)
+    n_gen = round(cfg.batch_size * cfg.generated_ratio)
+    real = pk_input(good, labels, real_eps, cfg.batch_size - n_gen)
+    fake = ReIDInput(gen_records, gen_labels, global_batch_size=n_gen, sampler="random",
+                     epsilons=gen_eps, **{**common, "seed": ctx.seed + 1})
+    return MixedInput(real, fake)
+
+
+def _echo_training_set(cfg, ctx: StageContext, data: _TrainingSet, steps: int) -> None:
+    generated, good = data.generated, data.good
     gen_total = sum(len(g.records) for g in generated)
-    real_part = (f"{len(good)} images of {real_classes} identities "
+    real_part = (f"{len(good)} images of {data.real_classes} identities "
                  f"({len({r.camid for r in good})} cameras)")
     gen_part = (f"{gen_total} generated images ({', '.join(g.describe() for g in generated)}"
                 + (f"; {cfg.generated_ratio:.0%} of every batch" if cfg.generated_ratio else "") + ")")
@@ -332,12 +413,20 @@ def train(cfg, ctx: StageContext) -> dict:
     elif cfg.real:
         what = f"{real_part} + {gen_part}"
     else:
-        what = (f"{gen_part} only (real: false; the classes are the {real_classes} identities "
+        what = (f"{gen_part} only (real: false; the classes are the {data.real_classes} identities "
                 "of the real split)")
     ctx.echo(f"training on {what}, {steps} steps/epoch x {cfg.epochs} epochs, global batch "
-             f"{cfg.batch_size} on {replicas} replica(s)")
+             f"{cfg.batch_size} on {ctx.strategy.num_replicas_in_sync} replica(s)")
 
-    with strategy.scope():
+
+def _build_model(cfg, ctx: StageContext, steps: int, num_classes: int):
+    """Backbone, network and compiled ReIDModel, built in the strategy's scope. Returns
+    ``(backbone component, network, model)``."""
+    from keras_reid.training.optim import make_optimizer, make_schedule
+    from keras_reid.training.reid_model import ReIDModel
+
+    h, w = cfg.image_size
+    with ctx.strategy.scope():
         backbone = ctx.registry.create("backbone", cfg.backbone)
         configure = getattr(backbone, "configure_training", None)
         if callable(configure):  # e.g. CondenseNet's condensation schedule follows the run length
@@ -345,11 +434,12 @@ def train(cfg, ctx: StageContext) -> dict:
             if note:
                 ctx.echo(note)
         net = backbone.build((h, w, 3), num_classes)
-        if cfg.sync_batchnorm and replicas > 1:   # global-batch statistics, as on one device
-            # Keras' own synchronised BN (one-pass E[x^2] - E[x]^2; error ~1e-5 at the mean/std
-            # <= 15 measured in ResNet50). The two-pass keras_reid.layers.SyncBatchNormalization
-            # is not used here: two workers trained with it end 1e-2 apart from one process
-            # (test_multi_worker_cli), which the one-pass layers do not; see the issue 16 note.
+        if cfg.sync_batchnorm and ctx.strategy.num_replicas_in_sync > 1:
+            # global-batch statistics, as on one device: Keras' own synchronised BN (one-pass
+            # E[x^2] - E[x]^2; error ~1e-5 at the mean/std <= 15 measured in ResNet50). The
+            # two-pass keras_reid.layers.SyncBatchNormalization is not used here: two workers
+            # trained with it end 1e-2 apart from one process (test_multi_worker_cli), which the
+            # one-pass layers do not; see the issue 16 note.
             from keras_reid.training.batchnorm import batchnorm_layers
 
             for layer in batchnorm_layers(net):
@@ -364,11 +454,14 @@ def train(cfg, ctx: StageContext) -> dict:
                                  epochs=cfg.epochs)
         model.compile(optimizer=make_optimizer(cfg.optimizer, schedule))
         model(np.zeros((1, h, w, 3), np.float32), training=False)
+    return backbone, net, model
 
-    ckpt_dir = ctx.stage_dir / "checkpoints"
-    initial_epoch = restore_latest(model, ckpt_dir, strategy)
-    if initial_epoch:
-        ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
+
+def _callbacks(cfg, ctx: StageContext, inp, initial_epoch: int) -> tuple[list, Any]:
+    """Checkpoints, scalars, the first input batch as a picture (a fresh run only) and, with
+    ``eval_every``, the retrieval curve. Returns ``(callbacks, curve or None)``."""
+    from keras_reid.training.callbacks import BatchImageLogger, ScalarLogger
+    from keras_reid.training.checkpoint import EpochCheckpoint
 
     def sample_batch():
         images, _ = next(iter(inp.dataset(0).take(1)))
@@ -376,7 +469,8 @@ def train(cfg, ctx: StageContext) -> dict:
 
     tb = ctx.tensorboard_dir
     callbacks = [
-        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
+        EpochCheckpoint(ctx.stage_dir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
+                        label=ctx.stage_name),
         ScalarLogger(tb, every=cfg.log_every, is_chief=ctx.is_chief, prefix="reid"),
     ]
     if initial_epoch == 0:
@@ -388,73 +482,40 @@ def train(cfg, ctx: StageContext) -> dict:
         from keras_reid.stages._train_reid_eval import RetrievalCurve
 
         curve = RetrievalCurve(usable_records(ctx, "query", cfg), usable_records(ctx, "gallery", cfg),
-                               image_size=(h, w), every=cfg.eval_every, epochs=cfg.epochs, logdir=tb,
-                               stage_dir=ctx.stage_dir, echo=ctx.echo, is_chief=ctx.is_chief)
+                               image_size=tuple(cfg.image_size), every=cfg.eval_every, epochs=cfg.epochs,
+                               logdir=tb, stage_dir=ctx.stage_dir, echo=ctx.echo, is_chief=ctx.is_chief)
         callbacks.append(curve)
-    trunk = list(backbone.trunk_layers(net)) if cfg.freeze_backbone_epochs else []
-    if cfg.freeze_backbone_epochs and not trunk:
-        raise UserError(f"stage '{ctx.stage_name}': freeze_backbone_epochs: backbone "
-                        f"'{cfg.backbone['type']}' names no trunk layers to freeze; remove the option")
-    t0 = time.time()
-    history = train_phases(
-        lambda start, end, cbs: train_loop(
-            model, inp.dataset_fn, strategy=strategy, epochs=end, steps_per_epoch=steps,
-            initial_epoch=start, callbacks=cbs, verbose=cfg.verbose if ctx.is_chief else 0,
-            jit_compile=ctx.jit_compile),
-        trunk, cfg.freeze_backbone_epochs, initial_epoch, cfg.epochs, callbacks, echo=ctx.echo)
-    seconds = time.time() - t0
-    recalibrated = 0
-    if cfg.bn_recalibration_batches:
-        from keras_reid.training.batchnorm import recalibrate_batchnorm
+    return callbacks, curve
 
-        # the augmented training stream: the statistics the features were trained under
-        # (clean images give other statistics and worse retrieval; see training/batchnorm.py)
-        recalibrated = recalibrate_batchnorm(
-            model, inp.dataset(cfg.epochs).repeat().take(cfg.bn_recalibration_batches))
-        if recalibrated:   # 0: the model has no BatchNorm layer, nothing to say
-            ctx.echo(f"BatchNorm statistics re-estimated over {recalibrated} training batches")
-    trained = max(cfg.epochs - initial_epoch, 0) * steps * cfg.batch_size
-    model_path = ctx.stage_dir / "model.keras"
-    if ctx.is_chief:
-        model.export_inference_model(model_path)
-        write_preprocessing(model_path, Preprocessing(
-            image_size=(h, w), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
-            backbone=dict(cfg.backbone), stage=ctx.stage_name))
-        io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in mapping.items()})
-        if closed or withheld:
-            model.export_inference_model(ctx.stage_dir / "classifier.keras", output="logits")
-        if withheld:
-            io.write_json(ctx.stage_dir / HOLDOUT_FILE, {
-                "fraction": cfg.holdout_per_class, "seed": ctx.seed,
-                "records": [[r.path, r.pid, r.camid] for r in withheld]})
-    converted = None
-    if ctx.is_chief and cfg.convert is not False:
-        converted = write_converted(cfg, ctx, backbone, model, good, classifier=bool(closed or withheld))
-    final = {k: float(v[-1]) for k, v in (history or {}).items() if v}
-    summary = {
-        "model": str(model_path.relative_to(ctx.run_dir)),
-        "image_size": [h, w],
-        "num_classes": num_classes,
-        "num_images": len(good) if cfg.real else 0,
-        "generated_images": {g.name: len(g.records) for g in generated},
-        "skipped_images": len(bad),
-        "epochs": cfg.epochs,
-        "frozen_backbone_epochs": cfg.freeze_backbone_epochs,
-        "resumed_from_epoch": initial_epoch,
-        "bn_recalibration_batches": recalibrated,
-        "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
-        "final": final,
-    }
-    if converted is not None:
-        summary["converted"] = converted
-    if real_filter is not None:
-        summary["real_filter"] = real_filter
-    if curve is not None:
-        summary["eval_history"] = curve.history or []
-    if closed or withheld:
-        summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
-    if withheld:
-        summary["holdout"] = {"fraction": cfg.holdout_per_class, "images": len(withheld),
-                              "file": str((ctx.stage_dir / HOLDOUT_FILE).relative_to(ctx.run_dir))}
-    return summary
+
+def _recalibrate(cfg, ctx: StageContext, model, inp) -> int:
+    """Precise BN over ``bn_recalibration_batches`` of the augmented training stream (the
+    statistics the features were trained under; clean images give worse retrieval, see
+    training/batchnorm.py). Returns the number of batches used."""
+    if not cfg.bn_recalibration_batches:
+        return 0
+    from keras_reid.training.batchnorm import recalibrate_batchnorm
+
+    used = recalibrate_batchnorm(model, inp.dataset(cfg.epochs).repeat().take(cfg.bn_recalibration_batches))
+    if used:   # 0: the model has no BatchNorm layer, nothing to say
+        ctx.echo(f"BatchNorm statistics re-estimated over {used} training batches")
+    return used
+
+
+def _save(cfg, ctx: StageContext, model, model_path, data: _TrainingSet) -> None:
+    """model.keras (+ its preprocessing record), labels.json, classifier.keras for closed-set
+    data or a holdout, and the holdout's records."""
+    from keras_reid.inference import Preprocessing, write_preprocessing
+
+    model.export_inference_model(model_path)
+    write_preprocessing(model_path, Preprocessing(
+        image_size=tuple(cfg.image_size), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
+        backbone=dict(cfg.backbone), stage=ctx.stage_name))
+    io.write_json(ctx.stage_dir / "labels.json", {str(pid): label for pid, label in data.mapping.items()})
+    if data.closed or data.withheld:
+        model.export_inference_model(ctx.stage_dir / "classifier.keras", output="logits")
+    if data.withheld:
+        io.write_json(ctx.stage_dir / HOLDOUT_FILE, {
+            "fraction": cfg.holdout_per_class, "seed": ctx.seed,
+            "records": [[r.path, r.pid, r.camid] for r in data.withheld]})
 
