@@ -436,7 +436,7 @@ def check_backbone_replicas(backbone: Any, input_shape=(32, 16, 3), num_classes:
     import keras
 
     from keras_reid.registry import REGISTRY
-    from keras_reid.training.batchnorm import synchronise_batchnorm
+    from keras_reid.training.batchnorm import batchnorm_layers
     from keras_reid.training.reid_model import ReIDModel
 
     rng = np.random.default_rng(0)
@@ -447,7 +447,8 @@ def check_backbone_replicas(backbone: Any, input_shape=(32, 16, 3), num_classes:
         with strategy.scope():
             net = backbone.build(tuple(input_shape), num_classes)
             if strategy.num_replicas_in_sync > 1:  # as train_reid's sync_batchnorm: true
-                synchronise_batchnorm(net)
+                for layer in batchnorm_layers(net):
+                    layer.synchronized = True
             model = ReIDModel(net, REGISTRY.create("loss", {"type": "softmax"}))
             model.compile(keras.optimizers.SGD(0.01))
             model(np.zeros((1, *input_shape), np.float32), training=False)
