@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,35 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-RECIPE = """\
-name: mw
-seed: 0
-strategy: {{type: {strategy}}}
-jit_compile: false
-datasets:
-  synth: {{type: synthetic, root: "{root}", ids: 16, cameras: 2, size: 128x64,
-          images_per_id_camera: 2, seed: 0}}
-stages:
-  train:
-    type: train_reid
-    dataset: synth
-    image_size: [32, 16]
-    backbone: {{type: tiny}}
-    loss: {{type: softmax}}
-    optimizer: {{type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0}}
-    schedule: {{type: step, milestones: [100]}}
-    sampler: random
-    batch_size: 8
-    epochs: 2
-    bn_recalibration_batches: 2
-  evaluate: {{type: evaluate, dataset: synth, models: [train]}}
-"""
+from keras_reid import testing
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STAGES = {
+    "train": {"type": "train_reid", "dataset": "synth", "image_size": [32, 16], "backbone": {"type": "tiny"},
+              "loss": {"type": "softmax"},
+              "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+              "schedule": {"type": "step", "milestones": [100]}, "sampler": "random", "batch_size": 8,
+              "epochs": 2, "bn_recalibration_batches": 2},
+    "evaluate": {"type": "evaluate", "dataset": "synth", "models": ["train"]},
+}
 
 
 def _cli(recipe: Path, run_dir: Path) -> list[str]:
@@ -49,38 +29,20 @@ def _cli(recipe: Path, run_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mw")   # the one-process run writes the dataset first
-    recipes = {}
-    for strategy in ("one_device", "multi_worker"):
-        recipes[strategy] = tmp / f"{strategy}.yaml"
-        recipes[strategy].write_text(RECIPE.format(strategy=strategy, root=tmp / "data"))
+def setup(tmp_path_factory, synthetic_data):
+    tmp = tmp_path_factory.mktemp("mw")
+    data = synthetic_data(ids=16, cameras=2, size=(128, 64), images_per_id_camera=2, seed=0)
+    recipes = {strategy: testing.write_recipe(tmp / f"{strategy}.yaml", name="mw", stages=STAGES,
+                                              strategy={"type": strategy}, datasets={"synth": data.spec})
+               for strategy in ("one_device", "multi_worker")}
     return tmp, recipes
 
 
 def _workers(recipe: Path, run_dir: Path, logs: Path, kill_worker1_at: str | None = None):
     """Start two local workers; returns their (exit code, output) after both end."""
-    ports = [_port(), _port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs, files = [], []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        env.pop("KERAS_REID_TEST_KILL_AT", None)
-        if index == 1 and kill_worker1_at:
-            env["KERAS_REID_TEST_KILL_AT"] = kill_worker1_at
-        files.append(open(logs / f"worker{index}.log", "w"))
-        procs.append(subprocess.Popen(_cli(recipe, run_dir), env=env, stdout=files[-1],
-                                      stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=420) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for f in files:
-            f.close()
-    return [(c, (logs / f"worker{i}.log").read_text()) for i, c in enumerate(codes)]
+    return testing.run_workers(_cli(recipe, run_dir), logs, env=lambda index: {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "KERAS_REID_TEST_KILL_AT": kill_worker1_at if index == 1 and kill_worker1_at else None})
 
 
 def _weights(path: Path) -> list[np.ndarray]:
