@@ -1,7 +1,8 @@
 """The background-transfer thesis recipes (recipes/market_model1..4.yaml and the Tables 8-12
-recipes) carry the thesis's own settings (docs/papers.md), validate, and market_model4.yaml,
-market_model4_c6_to_c3.yaml, market_model4_c5c6.yaml and market_all_cameras.yaml run end to end
-on tiny synthetic data in the Market-1501 layout."""
+recipes) carry the thesis's own settings (docs/papers.md), validate, and every one of them
+(market_model1..4, market_model4_c6_to_c3, market_model4_c5c6, market_all_cameras; c3_to_c2 is
+c6_to_c3's twin on other cameras) runs end to end on tiny synthetic data in the Market-1501
+layout."""
 import json
 import re
 from pathlib import Path
