@@ -333,8 +333,6 @@ def train(cfg, ctx: StageContext) -> dict:
 def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
     """The usable real images (decodable, minus the holdout, through the real filter), their
     labels, and the generated sets labelled by their policies."""
-    from keras_reid.data.pipeline import scan_images
-
     splits = ctx.dataset(cfg.dataset)
     closed = splits.kind == "closed_set"
     records = select_records(splits[cfg.split], cfg.cameras, closed)
@@ -344,13 +342,7 @@ def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
             f"stage '{ctx.stage_name}': split '{cfg.split}' of dataset '{cfg.dataset}' has no usable "
             f"images{' for cameras ' + str(cfg.cameras) if cfg.cameras else ''} (cameras present: "
             f"{cams}); check the split name, the cameras and the dataset root")
-    good, bad = scan_images(records)
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} images that could not be decoded "
-                 f"(first: {bad[0]})")
-    if not good:
-        raise DatasetError(f"stage '{ctx.stage_name}': none of the {len(records)} images of split "
-                           f"'{cfg.split}' could be decoded; check the dataset files")
+    good = ctx.decodable(records, f"images of split '{cfg.split}'")
     withheld: list[Record] = []
     if cfg.holdout_per_class:
         good, withheld = withhold_per_class(good, cfg.holdout_per_class, ctx.seed)
@@ -363,8 +355,8 @@ def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
     if cfg.real_filter is not None:
         good, labels, real_filter = _filter_real(cfg, ctx, good, labels)
     generated = [load_generated(g, ctx, mapping) for g in cfg.generated]
-    return _TrainingSet(good, labels, mapping, real_classes, generated, closed, len(bad), withheld,
-                        real_filter)
+    return _TrainingSet(good, labels, mapping, real_classes, generated, closed, len(records) - len(good),
+                        withheld, real_filter)
 
 
 def _training_input(cfg, ctx: StageContext, data: _TrainingSet):
