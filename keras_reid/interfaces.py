@@ -28,6 +28,10 @@ from keras_reid.data.records import DatasetSplits
 
 @runtime_checkable
 class DatasetReader(Protocol):
+    """Reads one dataset layout. A reader class may also offer a classmethod
+    ``layout_score(root) -> int`` (0 = not this layout, higher = surer; the built-ins give 10)
+    so that ``keras-reid data``/``evaluate`` recognise a folder without ``--type``."""
+
     def load(self) -> DatasetSplits:
         """Read the dataset root and return its splits of records."""
 

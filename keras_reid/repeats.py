@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 import yaml
 
-from keras_reid import io, pipeline
+from keras_reid import io, runner
 from keras_reid.errors import RecipeError, UserError
 from keras_reid.recipe import (LoadedYaml, Recipe, apply_override, interpolate, load_with_bases,
                                set_value, validate)
@@ -209,7 +209,7 @@ def expand(recipe_path: str | Path, overrides: Iterable[str] = (), *, seeds: Seq
                 parts.append(f"seed-{seed}")
             plan.repeats.append(Repeat("/".join(parts), recipe.model.seed,
                                        dict(zip(keys, combo)), recipe))
-    plan.run_dir = Path(run_dir) if run_dir else pipeline.default_run_dir(plan.repeats[0].recipe)
+    plan.run_dir = Path(run_dir) if run_dir else runner.default_run_dir(plan.repeats[0].recipe)
     if (plan.run_dir / "recipe.resolved.yaml").exists():
         raise RecipeError(f"{plan.run_dir} holds a single run (recipe.resolved.yaml); give the repeats "
                           "a folder of their own with --run-dir DIR")
@@ -258,7 +258,7 @@ def link_shared_stages(recipe: Recipe, run_dir: str | Path, donors: Iterable[str
     linked = []
     for name in recipe.model.stages:
         # planned again after each link: a linked stage's completion id is what later ones read
-        step = next(s for s in pipeline.plan(recipe, run_dir) if s.name == name)
+        step = next(s for s in runner.plan(recipe, run_dir) if s.name == name)
         dst = run_dir / step.name
         if step.status == "done" or (dst.exists() and any(dst.iterdir())):
             continue
@@ -281,7 +281,7 @@ def link_shared_stages(recipe: Recipe, run_dir: str | Path, donors: Iterable[str
     return linked
 
 
-def _same_output(marker: dict, step: pipeline.StagePlan) -> bool:
+def _same_output(marker: dict, step: runner.StagePlan) -> bool:
     """Is the completion ``marker`` (another repeat's) what ``step`` would produce here: the same
     hash, and the same inputs (a marker written before inputs were recorded: the hash alone)?"""
     if marker.get("hash") != step.hash:
@@ -293,7 +293,7 @@ def _carry_metrics(recipe: Recipe, stage: str, donor: Path, run_dir: Path, regis
     """Record in ``run_dir/metrics.json`` what the shared stage recorded in the donor's: from the
     stage folder's ``.recorded_metrics.json``, or else (a folder written before that file existed)
     the donor's entries of the models its stage type reports."""
-    recorded = pipeline.recorded_metrics(recipe, stage, run_dir / stage,
+    recorded = runner.recorded_metrics(recipe, stage, run_dir / stage,
                                          io.read_json(donor / "metrics.json") or {}, registry)
     if recorded is None:
         return
@@ -325,7 +325,7 @@ def shared_stages(plan: RepeatPlan) -> dict[int, list[str]]:
 # ---------------------------------------------------------------------------- running
 def repeat_complete(recipe: Recipe, run_dir: str | Path, only: Sequence[str] | None = None) -> bool:
     """True when every stage (of ``only``, if given) is complete in ``run_dir`` with its hash."""
-    return all(s.status == "done" for s in pipeline.plan(recipe, Path(run_dir))
+    return all(s.status == "done" for s in runner.plan(recipe, Path(run_dir))
                if not only or s.name in only)
 
 
@@ -333,10 +333,10 @@ def run_repeat(recipe: Recipe, run_dir: str | Path, *, donors: Iterable[str | Pa
                only: Sequence[str] | None = None, registry: Registry = REGISTRY,
                echo: Callable[[str], None] = click.echo) -> dict:
     """One repeat: link the stages other repeats (``donors``) completed with the same hash, then
-    an ordinary :func:`keras_reid.pipeline.run` (skipping done stages, resuming an interrupted
+    an ordinary :func:`keras_reid.runner.run` (skipping done stages, resuming an interrupted
     one). Returns ``{"folder", "linked": [stage names], "incomplete": None | {...}}``."""
     linked = link_shared_stages(recipe, run_dir, donors, registry=registry, echo=echo)
-    results = pipeline.run(recipe, run_dir, registry=registry, echo=echo,
+    results = runner.run(recipe, run_dir, registry=registry, echo=echo,
                            only=list(only) if only else None)
     return {"folder": str(run_dir), "linked": linked, "incomplete": results.get("_incomplete")}
 
@@ -665,7 +665,7 @@ def describe_lines(plan: RepeatPlan, only: Sequence[str] | None = None) -> list[
     for i, rep in enumerate(plan.repeats):
         folder = plan.folder(rep)
         lines.append(f"{_head(plan, i)} -> {folder}")
-        for step in pipeline.plan(rep.recipe, folder):
+        for step in runner.plan(rep.recipe, folder):
             key = (step.name, step.hash)
             if only and step.name not in only:
                 continue

@@ -772,7 +772,7 @@ def _model_files(data: RunData) -> list[tuple[str, Path]]:
 
 
 def _provenance_section(runs: list[RunData]) -> str:
-    from keras_reid.models import sha256_file
+    from keras_reid.model_files import sha256_file
 
     many = len(runs) > 1
 

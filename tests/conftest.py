@@ -17,7 +17,7 @@ def face_models():
     """The MediaPipe face-detector models, provisioned once into the default cache
     (``keras-reid models fetch``; from $KERAS_REID_TEST_WHEEL when set, else the official
     URL or PyPI's mediapipe wheel); returns the cache folder."""
-    from keras_reid.models import fetch_models
+    from keras_reid.model_files import fetch_models
 
     paths = fetch_models(["face_detection_full_range_sparse.tflite",
                           "face_detection_short_range.tflite"],
@@ -28,7 +28,7 @@ def face_models():
 @pytest.fixture(scope="session")
 def selfie_model():
     """MediaPipe's selfie segmentation model, provisioned once like the face models."""
-    from keras_reid.models import fetch_models
+    from keras_reid.model_files import fetch_models
 
     return fetch_models(["selfie_segmentation.tflite"],
                         wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 
 REID = {"type": "train_reid", "dataset": "synth", "image_size": [32, 16],
         "backbone": {"type": "condensenet", "preset": "small"}, "batch_size": 8, "instances_per_id": 2,
@@ -28,7 +28,7 @@ def deployed(tmp_path_factory, synthetic_data):
     recipe = testing.build_recipe(tmp / "r.yaml", name="condense_deploy", stages={"r": REID, "evaluate": EVALUATE},
                                   datasets={"synth": synthetic_data().spec})
     lines = []
-    out = pipeline.run(recipe, tmp / "run", echo=lines.append)
+    out = runner.run(recipe, tmp / "run", echo=lines.append)
     return recipe, tmp / "run", out, lines
 
 
@@ -76,7 +76,7 @@ def test_the_condensation_schedule_runs_on_two_replicas_and_under_xla(tmp_path, 
                                   datasets={"synth": synthetic_data().spec},
                                   stages={"r": dict(REID, bn_recalibration_batches=0)})
     lines = []
-    out = pipeline.run(recipe, tmp_path / "run", echo=lines.append)["r"]
+    out = runner.run(recipe, tmp_path / "run", echo=lines.append)["r"]
     _assert_condensed(lines, tmp_path / "run" / out["model"])
 
 
@@ -167,7 +167,7 @@ def test_closed_set_condensenet_deploys_its_converted_classifier(tmp_path):
                 "evaluate": {"type": "evaluate", "dataset": "lima", "models": ["r"], "latency_runs": 3}})
     run_dir = tmp_path / "run"
     lines = []
-    out = pipeline.run(recipe, run_dir, echo=lines.append)
+    out = runner.run(recipe, run_dir, echo=lines.append)
     conv = out["r"]["converted"]
     assert (run_dir / conv["classifier"]).name == "classifier_converted.keras"
     assert (run_dir / conv["model"]).is_file() and conv["max_abs_diff"] <= 1e-4

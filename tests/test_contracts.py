@@ -62,7 +62,7 @@ def pose_models():
     """MediaPipe's PoseLandmarker bundle, provisioned (or built from the wheel's pose models) once."""
     import os
 
-    from keras_reid.models import fetch_models
+    from keras_reid.model_files import fetch_models
 
     return fetch_models(["pose_landmarker_full.task"],
                         wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from keras_reid.cli import main
-from keras_reid.data.detect import detect_layout, load_dataset
+from keras_reid.data.layout import detect_layout, load_dataset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.registry import REGISTRY
 

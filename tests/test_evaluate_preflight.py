@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.errors import DatasetError
 
 STAGES = {
@@ -33,7 +33,7 @@ def _market(root: Path, query: list[str], gallery: list[str]) -> Path:
 
 
 def _run(tmp_path, root):
-    return pipeline.run(_recipe(tmp_path, root), tmp_path / "run", echo=lambda s: None)
+    return runner.run(_recipe(tmp_path, root), tmp_path / "run", echo=lambda s: None)
 
 
 def test_gallery_without_the_query_people_fails_before_training(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.recipe import load_recipe
 from keras_reid.training.checkpoint import KILL_ENV
 
@@ -45,7 +45,7 @@ def clean(tmp_path_factory, synthetic_data):
     recipe = testing.build_recipe(base / "r.yaml", name="exact_resume", seed=3,
                                   datasets={"synth": synthetic_data().spec}, stages=STAGES)
     run_dir = base / "clean"
-    pipeline.run(recipe, run_dir, echo=lambda *_: None)
+    runner.run(recipe, run_dir, echo=lambda *_: None)
     return Path(recipe.source), run_dir
 
 
@@ -116,7 +116,7 @@ def test_augment_only_reruns_with_noise_write_the_same_files(clean, tmp_path):
     for name in ("again", "once_more"):
         run = tmp_path / name
         shutil.copytree(ref / "gan", run / "gan")
-        pipeline.run(load_recipe(recipe), run, only=["augment"], echo=lambda *_: None)
+        runner.run(load_recipe(recipe), run, only=["augment"], echo=lambda *_: None)
         assert _files(run) == files
 
 

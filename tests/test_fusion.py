@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_reid import io, pipeline, testing
+from keras_reid import io, runner, testing
 from keras_reid.errors import RecipeError, UserError
 from keras_reid.metrics import evaluate_retrieval, pairwise_distance
 from keras_reid.metrics.retrieval import fuse_features
@@ -124,7 +124,7 @@ def trained(tmp_path_factory, roots):
     """A run folder with models A, B (16-d) and C (8-d) trained (once per module)."""
     tmp = tmp_path_factory.mktemp("trained")
     run_dir = tmp / "run"
-    pipeline.run(_recipe(tmp, roots), run_dir, echo=lambda s: None, only=["A", "B", "C"])
+    runner.run(_recipe(tmp, roots), run_dir, echo=lambda s: None, only=["A", "B", "C"])
     return run_dir
 
 
@@ -156,7 +156,7 @@ def _pid_image(pid):
 def _mark_done(rec, run_dir, name, summary):
     """A completion marker for ``name`` with the identity the run expects (the hash and the
     completion ids of the stages it reads), as if the stage had run."""
-    step = next(s for s in pipeline.plan(rec, run_dir) if s.name == name)
+    step = next(s for s in runner.plan(rec, run_dir) if s.name == name)
     io.write_json(run_dir / name / COMPLETE_MARKER, {
         "hash": step.hash, "stage": name, "type": step.type, "completion_id": uuid.uuid4().hex,
         "inputs": step.inputs, "summary": summary})
@@ -215,7 +215,7 @@ def test_fused_evaluation_reports_A_B_and_fused(tmp_path, roots, trained, spy):
     skip = {0, len(query) + 1}  # the first query and the second gallery image have no version
     _write_view(rec, run_dir, "pn_test", query + gallery, train, skip=skip)
     lines = []
-    out = pipeline.run(rec, run_dir, echo=lines.append, only=["evaluate"])
+    out = runner.run(rec, run_dir, echo=lines.append, only=["evaluate"])
 
     models = json.loads((run_dir / "metrics.json").read_text())["models"]
     assert set(models) == {"A", "B", "fused", "B_normalised"}
@@ -248,7 +248,7 @@ def test_one_pose_uses_only_pose_0(tmp_path, roots, trained, spy):
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
     rows = _write_view(rec, run_dir, "pn_test", query + gallery, train)
-    out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
+    out = runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     assert set(out) == {"A", "fused", "B_normalised"}
     pose0 = {r["file"] for r in rows if r["kept"] and r["pose_index"] == 0 and r["file"].startswith("v")}
     used = {p.rsplit("/", 1)[-1] for p in spy if "pn_test" in p}
@@ -298,7 +298,7 @@ def test_normalise_fused_false_ranks_the_fused_vectors_unnormalised(tmp_path, ro
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
     _write_view(rec, run_dir, "pn_test", query + gallery, train)
-    out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
+    out = runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     assert out["fused"]["fusion"]["normalise_fused"] is False
     assert len(ranked) == 2  # fused and B_normalised
     norms = np.linalg.norm(np.concatenate(ranked[0]), axis=1)
@@ -313,10 +313,10 @@ def test_models_of_different_sizes_fuse_by_concat_only(tmp_path, roots, trained,
     _write_view(rec, run_dir, "pn_test", query + gallery, train)
     with pytest.raises(UserError, match="fusion.method max needs vectors of one size, but 'A' gives 16 "
                                         "and 'C' 8; use method: concat"):
-        pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
+        runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
     assert spy == []  # refused before embedding anything
     rec = _recipe(tmp_path, roots, *over, "stages.evaluate.fusion.method=concat")
-    out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
+    out = runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     assert set(out) == {"A", "fused", "B_normalised"}
     assert out["fused"]["fusion"]["method"] == "concat" and 0.0 <= out["fused"]["mAP"] <= 1.0
     assert out["fused"]["versions"] == 2 * (len(query) + len(gallery))
@@ -327,7 +327,7 @@ def test_transfer_model_trained_on_one_dataset_evaluated_on_another(tmp_path, ro
     rec = _recipe(tmp_path, roots, "stages.evaluate.dataset=other", "stages.evaluate.models=[A]",
                   "stages.evaluate.fusion=null")
     run_dir = _new_run(trained, tmp_path)
-    out = pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
+    out = runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])["evaluate"]["models"]
     from keras_reid.data.records import JUNK_PID
     from keras_reid.registry import REGISTRY
 
@@ -368,15 +368,15 @@ def test_views_that_hold_no_version_of_the_test_images_fail_clearly(tmp_path, ro
     query, gallery, train = _query_gallery(rec)
     run_dir = _new_run(trained, tmp_path)
     with pytest.raises(UserError, match="reads stage 'pn_test', which has not completed"):
-        pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
+        runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
     _write_view(rec, run_dir, "pn_test", train[:3], train)  # versions of training images only
     with pytest.raises(UserError, match="none of the 7 kept images .* run those augment stages over the "
                                         "query and gallery"):
-        pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
+        runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
     rec = _recipe(tmp_path, roots, "stages.evaluate.fusion.poses=[0,5]")
     shutil.rmtree(run_dir / "pn_test")
     _write_view(rec, run_dir, "pn_test", query + gallery, train)
     with pytest.raises(UserError, match=r"pose 5 of fusion.poses occurs in no manifest row; poses "
                                         r"present: \[0, 1\]"):
-        pipeline.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
+        runner.run(rec, run_dir, echo=lambda s: None, only=["evaluate"])
     assert spy == []

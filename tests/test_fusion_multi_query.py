@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_reid import io, pipeline
+from keras_reid import io, runner
 from keras_reid.recipe import load_recipe
 from keras_reid.stages.base import COMPLETE_MARKER
 
@@ -75,7 +75,7 @@ def market(tmp_path_factory):
 
 
 def _mark_done(rec, run_dir, name, summary):
-    step = next(s for s in pipeline.plan(rec, run_dir) if s.name == name)
+    step = next(s for s in runner.plan(rec, run_dir) if s.name == name)
     (run_dir / name).mkdir(parents=True, exist_ok=True)
     io.write_json(run_dir / name / COMPLETE_MARKER, {
         "hash": step.hash, "stage": name, "type": step.type, "completion_id": uuid.uuid4().hex,
@@ -159,7 +159,7 @@ def test_multi_query_pools_the_fused_vectors(tmp_path, market, pooling, normalis
     for name in ("A", "B"):
         _mark_done(rec, run_dir, name, {"model": f"{name}/model.keras", "image_size": [32, 16]})
     lines = []
-    out = pipeline.run(rec, run_dir, echo=lines.append, only=["evaluate"])["evaluate"]["models"]
+    out = runner.run(rec, run_dir, echo=lines.append, only=["evaluate"])["evaluate"]["models"]
 
     def feats(model, recs):
         return extract_features(model, recs, (32, 16), 64, True, verbose=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.errors import DatasetError, RecipeError
 from keras_reid.recipe import load_recipe
 
@@ -50,7 +50,7 @@ def trained(tmp_path_factory, synthetic_data):
     root = synthetic_data(**DATA).root
     rec = _recipe(base, root)
     run_dir = base / "run"
-    pipeline.run(rec, run_dir, only=["gan"], echo=lambda *_: None)
+    runner.run(rec, run_dir, only=["gan"], echo=lambda *_: None)
     return rec, root, run_dir
 
 
@@ -87,7 +87,7 @@ def test_gan_stage_saves_generator_samples_and_every_loss_term(trained):
 
 def test_full_pipeline_writes_labelled_images_trains_with_them_and_scores_them(trained, tmp_path):
     rec, run_dir = _run_copy(trained, tmp_path)
-    results = pipeline.run(rec, run_dir, echo=lambda *_: None)
+    results = runner.run(rec, run_dir, echo=lambda *_: None)
     aug = results["augment"]
     assert aug["generated"] == aug["source_images"] > 0 and aug["kept"] == aug["generated"]
     rows = [json.loads(l) for l in (run_dir / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
@@ -112,7 +112,7 @@ def test_full_pipeline_writes_labelled_images_trains_with_them_and_scores_them(t
 
 def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(trained, tmp_path, monkeypatch):
     rec, clean = _run_copy(trained, tmp_path, "clean")
-    pipeline.run(rec, clean, only=["augment"], echo=lambda *_: None)
+    runner.run(rec, clean, only=["augment"], echo=lambda *_: None)
     rec, run_dir = _run_copy(trained, tmp_path, "killed")
     from keras_reid.stages import _augment_worker
 
@@ -127,7 +127,7 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
 
     monkeypatch.setattr(_augment_worker.Worker, "process", dying)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
+        runner.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     manifest = run_dir / "augment" / "manifest-0-of-1.jsonl"
     done = manifest.read_text().splitlines()
     assert len(done) == 10  # two batches of 5
@@ -135,8 +135,8 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
         fh.write('{"file": "0001_c2s1_')
     (run_dir / "augment" / "data" / "bounding_box_train" / ".tmp-x.jpg-abc.jpg").write_bytes(b"\xff")
     monkeypatch.setattr(_augment_worker.Worker, "process", real)
-    assert pipeline.plan(rec, run_dir)[1].status == "resume"
-    pipeline.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
+    assert runner.plan(rec, run_dir)[1].status == "resume"
+    runner.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     lines = manifest.read_text().splitlines()
     names = [json.loads(l)["file"] for l in lines]
     assert len(names) == len(set(names))  # no duplicates, the cut line is gone
@@ -146,12 +146,12 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
 
 def test_shards_union_equals_a_single_process_run_file_for_file(trained, tmp_path):
     rec, single = _run_copy(trained, tmp_path, "single")
-    pipeline.run(rec, single, only=["augment"], echo=lambda *_: None)
+    runner.run(rec, single, only=["augment"], echo=lambda *_: None)
     rec, sharded = _run_copy(trained, tmp_path, "sharded")
-    first = pipeline.run(rec, sharded, only=["augment"], shard=(0, 2), echo=lambda *_: None)
+    first = runner.run(rec, sharded, only=["augment"], shard=(0, 2), echo=lambda *_: None)
     assert first["_incomplete"]["stage"] == "augment"
     assert not (sharded / "augment" / ".complete.json").exists()
-    second = pipeline.run(rec, sharded, only=["augment"], shard=(1, 2), echo=lambda *_: None)
+    second = runner.run(rec, sharded, only=["augment"], shard=(1, 2), echo=lambda *_: None)
     assert "_incomplete" not in second and (sharded / "augment" / ".complete.json").exists()
     assert _files(sharded) == _files(single)
     parts = sorted(p.name for p in (sharded / "augment").glob("manifest-*.jsonl"))
@@ -162,10 +162,10 @@ def test_shards_union_equals_a_single_process_run_file_for_file(trained, tmp_pat
 def test_ray_engine_on_a_local_instance_gives_the_same_files(trained, tmp_path):
     pytest.importorskip("ray", reason="the test extra installs ray")
     rec, single = _run_copy(trained, tmp_path, "single")
-    pipeline.run(rec, single, only=["augment"], echo=lambda *_: None)
+    runner.run(rec, single, only=["augment"], echo=lambda *_: None)
     rec_ray, on_ray = _run_copy(trained, tmp_path, "ray", engine="ray")
     (on_ray / "recipe.resolved.yaml").unlink()
-    out = pipeline.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
+    out = runner.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
     assert out["augment"]["engine"] == "ray"
     assert _files(on_ray) == _files(single)
 
@@ -178,12 +178,12 @@ def test_ray_actor_killed_mid_shard_is_retried_file_for_file(trained, tmp_path, 
     from keras_reid.stages import _augment_worker
 
     rec, single = _run_copy(trained, tmp_path, "single")
-    pipeline.run(rec, single, only=["augment"], echo=lambda *_: None)
+    runner.run(rec, single, only=["augment"], echo=lambda *_: None)
     rec_ray, on_ray = _run_copy(trained, tmp_path, "ray", engine="ray")
     (on_ray / "recipe.resolved.yaml").unlink()
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(_augment_worker.KILL_ENV, f"{marker}:2")
-    out = pipeline.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
+    out = runner.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
     assert marker.exists(), "no actor was killed: the hook did not reach the Ray workers"
     assert out["augment"]["engine"] == "ray"
     leftovers = list((on_ray / "augment").rglob(".tmp-*"))
@@ -204,7 +204,7 @@ def test_unknown_camera_fails_before_any_stage_runs(trained, tmp_path):
     _, root, _ = trained
     rec = _recipe(tmp_path, root, "stages.gan.target_camera=7")
     with pytest.raises(DatasetError, match="camera 7 does not occur.*1, 2, 3"):
-        pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+        runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     assert not (tmp_path / "run" / "gan" / "checkpoints").exists()
 
 
@@ -218,7 +218,7 @@ def test_camera_pair_without_shared_identities_is_a_clear_error(tmp_path, synthe
             p.unlink()
     rec = _recipe(tmp_path, root, variant="model1", masker=None)
     with pytest.raises(DatasetError, match="cameras 1 and 2 share no identity.*model4"):
-        pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+        runner.run(rec, tmp_path / "run", echo=lambda *_: None)
 
 
 def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp_path, monkeypatch):
@@ -234,9 +234,9 @@ def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp
 
     monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
+        runner.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
     monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", real)
-    out = pipeline.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", only=["gan"], echo=lambda *_: None)
     assert out["gan"]["resumed_from_epoch"] == 1 and out["gan"]["epochs"] == 2
     assert (tmp_path / "run" / "gan" / "generator.keras").is_file()
 
@@ -244,7 +244,7 @@ def test_interrupted_generator_training_resumes_from_its_checkpoint(trained, tmp
 def test_model3_generation_takes_the_pose_of_a_recorded_target_camera_mask(trained, tmp_path):
     _, root, _ = trained
     rec = _recipe(tmp_path, root, "stages.augment.copies=2", "stages.augment.max_images=3", variant="model3")
-    out = pipeline.run(rec, tmp_path / "run", only=["gan", "augment"], echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", only=["gan", "augment"], echo=lambda *_: None)
     assert out["gan"]["pairing"] == "camera_pairs"
     assert out["gan"]["generation_needs"] == ["source", "source_mask", "target_mask"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
@@ -269,14 +269,14 @@ def _dcgan(root, semantic_filter={"type": "face"}, semantic_control=True, **more
 def test_dcgan_with_semantic_control_trains_on_the_images_the_face_filter_accepts(trained, tmp_path):
     _, root, _ = trained
     rec = testing.build_recipe(tmp_path / "d.yaml", **_dcgan(root))
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)["gan"]
+    out = runner.run(rec, tmp_path / "run", echo=lambda *_: None)["gan"]
     sem = out["semantic_filter"]
     assert 0 < sem["accepted"] < sem["real_images"]  # front views yes, backs no
     assert out["pairs"]["pairs"] == sem["accepted"] and out["pairing"] == "unpaired"
     assert "fake_no_face" in out["final"]
     rec = testing.build_recipe(tmp_path / "d.yaml", **_dcgan(root, {"type": "face", "threshold": 1.0}))
     with pytest.raises(DatasetError, match=r"accepted none of the \d+ real images"):
-        pipeline.run(rec, tmp_path / "run2", echo=lambda *_: None)
+        runner.run(rec, tmp_path / "run2", echo=lambda *_: None)
 
 
 def test_guided_generator_without_a_semantic_filter_is_rejected(tmp_path):
@@ -295,7 +295,7 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
         g["fixed_pid"] = int(sorted((root / "bounding_box_train").glob("*_c1s*.jpg"))[0].name[:4])
     rec = _recipe(tmp_path, root, f"stages.augmented.generated=[{json.dumps(g)}]",
                   "stages.augmented.generated_ratio=null")
-    out = pipeline.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
+    out = runner.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
     labels = json.loads((run_dir / "augmented" / "labels.json").read_text())
     real_ids = {p.name[:4] for p in (root / "bounding_box_train").glob("*_c1s*.jpg")}
     assert out["augmented"]["num_classes"] == len(labels) == len(real_ids) + extra_classes
@@ -331,7 +331,7 @@ def test_real_false_trains_on_the_generated_images_only(trained, tmp_path, monke
             super().__init__(records, *args, **kwargs)
 
     monkeypatch.setattr(data_pipeline, "ReIDInput", Recording)
-    out = pipeline.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
+    out = runner.run(rec, run_dir, only=["augment", "augmented"], echo=lambda *_: None)
     generated = (run_dir / "augment").resolve()
     assert len(seen) == 1 and seen[0]
     assert all(generated in Path(r.path).resolve().parents for r in seen[0])
@@ -360,7 +360,7 @@ def test_dcgan_samples_are_generated_filtered_counted_and_trained_on_with_lsro(t
               "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16}, "batch_size": 8,
               "instances_per_id": 2, "epochs": 1, "bn_recalibration_batches": 1, "verbose": 0,
               "generated": [{"stage": "augment", "labels": "lsro"}], "generated_ratio": 0.25}))
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     aug = out["augment"]
     assert aug["generated"] == aug["kept"] == 12 and "face" in aug["accepted_fraction_by_filter"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "augment" / "manifest-0-of-1.jsonl").read_text().splitlines()]
@@ -380,7 +380,7 @@ def test_per_identity_generators_start_from_g_and_sample_their_identity(trained,
         "gj": dict(gen, per_identity=True, init_from="g0", identities=pids, steps_per_epoch=1),
         "samples": {"type": "augment", "generator": "gj", "samples": 3}})
     run_dir = tmp_path / "run"
-    out = pipeline.run(rec, run_dir, echo=lambda *_: None)
+    out = runner.run(rec, run_dir, echo=lambda *_: None)
     assert sorted(out["gj"]["generators"]) == sorted(str(p) for p in pids)
     from keras_reid.registry import REGISTRY
 

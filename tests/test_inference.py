@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.cli import main
 
 STAGES = {
@@ -47,7 +47,7 @@ def run(tmp_path_factory, synthetic_data):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_evaluate_common, "extract_features", spy)
-        pipeline.run(recipe, tmp / "run", echo=lambda *_: None)
+        runner.run(recipe, tmp / "run", echo=lambda *_: None)
     return {"dir": tmp / "run", "root": data.root, "evaluated": seen}
 
 

@@ -80,7 +80,7 @@ def test_mediapipe_selfie_segments_synthetic_people_and_not_an_empty_wall(synth)
 @pytest.mark.usefixtures("selfie_model")
 def test_mediapipe_selfie_soft_masks_model_option_and_masks_for(synth):
     from keras_reid.errors import ModelFileError
-    from keras_reid.models import model_path
+    from keras_reid.model_files import model_path
 
     _, paths = synth
     by_file = {"type": "mediapipe_selfie", "threshold": None,

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from keras_reid.cli import main
-from keras_reid.data.pairs import camera_pair_split
+from keras_reid.data.camera_split import camera_pair_split
 from keras_reid.data.records import Record
 from keras_reid.errors import DatasetError
 

@@ -131,7 +131,7 @@ def test_lima_recipe_runs_end_to_end_on_the_synthetic_twin(tmp_path):
     native crops."""
     import json
 
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.data.images import read_image
     from keras_reid.registry import REGISTRY
 
@@ -154,7 +154,7 @@ def test_lima_recipe_runs_end_to_end_on_the_synthetic_twin(tmp_path):
                  f"stages.{s}.verbose=0"]
     sets += ["stages.r_24kg.generated.0.max_images=3"]
     rec = _load("lima_semantic_dcgan", sets)
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     train = REGISTRY.create("dataset", {"type": "closed_set", "root": str(root), "test_session": 3}).load()["train"]
     with REGISTRY.using("filter", {"type": "face", "threshold": 0.5, "crop": "auto"}) as f:
         faces = sum(float(f(read_image(r.path, None)[None])[0]) >= 0.5 for r in train)
@@ -193,7 +193,7 @@ def test_guided_dcgan_recipe_runs_end_to_end_on_synthetic_data(tmp_path):
     three R models are evaluated; the LSRO samples add no class."""
     import json
 
-    from keras_reid import pipeline
+    from keras_reid import runner
 
     sets = [f"datasets.msmt17={{type: synthetic, root: {tmp_path / 'synth'}, ids: 8, cameras: 3, "
             "size: 64x32, images_per_id_camera: 2, seed: 0}", "strategy.type=one_device"]
@@ -210,7 +210,7 @@ def test_guided_dcgan_recipe_runs_end_to_end_on_synthetic_data(tmp_path):
                  f"stages.{s}.verbose=0"]
     sets += ["stages.evaluate.ranked_lists=0", "stages.evaluate.projector_samples=0",
              "stages.evaluate.quality_images=4"]
-    out = pipeline.run(_load("msmt17_guided_dcgan", sets), tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(_load("msmt17_guided_dcgan", sets), tmp_path / "run", echo=lambda *_: None)
     for s, lam in (("g_guided", 0.025), ("g_guided_l2_0", 0.0)):
         assert out[s]["generator"]["lambda_fake"] == lam
         assert "fake_no_face" in out[s]["final"]
@@ -230,7 +230,7 @@ def test_pngan_recipes_run_end_to_end_on_tiny_synthetic_data(name, tmp_path):
     backbone in place of the 1024-d ResNet-50 head) and the fused evaluations."""
     import json
 
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.data.synthetic import synthesize
 
     data = tmp_path / "data"
@@ -260,7 +260,7 @@ def test_pngan_recipes_run_end_to_end_on_tiny_synthetic_data(name, tmp_path):
     for s in evaluates:
         sets += [f"stages.{s}.ranked_lists=0", f"stages.{s}.projector_samples=0"]
     rec = load_recipe(ROOT / "recipes" / f"{name}.yaml", sets, env={"KERAS_REID_DATA": str(data)})
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     assert out["gan"]["pairing"] == "identity_pairs" and out["canonical"]["k"] == 2
     for s in augments:
         assert out[s]["generated"] == 2 * out[s]["source_images"] > 0, s
@@ -294,7 +294,7 @@ def test_duke_lsro_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
     classification columns."""
     import json
 
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.data.synthetic import synthesize
 
     data = tmp_path / "data"
@@ -314,7 +314,7 @@ def test_duke_lsro_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path):
                  f"stages.{s}.verbose=0"]
     sets += ["stages.evaluate.ranked_lists=0", "stages.evaluate.projector_samples=0"]
     rec = load_recipe(ROOT / "recipes" / "duke_dcgan_lsro.yaml", sets, env={"KERAS_REID_DATA": str(data)})
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     assert out["g"]["dataset"] == "duke" and out["g_market"]["dataset"] == "market"
     for s in ("samples_g", "samples_market"):
         assert out[s]["generated"] == 6 and "face" in out[s]["measured_fraction"]

@@ -255,7 +255,7 @@ def test_precomputed_estimator_reads_a_pose_transfer_csv(synth, tmp_path):
 def pose_bundle():
     import os
 
-    from keras_reid.models import fetch_models
+    from keras_reid.model_files import fetch_models
 
     return fetch_models(["pose_landmarker_full.task"],
                         wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]
@@ -354,35 +354,35 @@ def test_mediapipe_pose_model_errors(tmp_path):
 
 # ------------------------------------------------------------------ bundle provisioning
 def test_bundle_is_built_recorded_and_verified(pose_bundle, tmp_path):
-    from keras_reid import models
+    from keras_reid import model_files
 
     cache = tmp_path / "cache"
     cache.mkdir()
     for name in ("pose_detection.tflite", "pose_landmark_full.tflite"):
         shutil.copy(pose_bundle.parent / name, cache / name)
-    assert models.model_status("pose_landmarker_full.task", cache) == "missing"
-    path = models.build_bundle("pose_landmarker_full", cache)
-    record = json.loads(models.record_path(path).read_text())
-    assert record["source"] == "built" and record["sha256"] == models.sha256_file(path)
-    assert record["inputs"] == {n: models.MODELS[n].sha256 for n in ("pose_detection.tflite",
+    assert model_files.model_status("pose_landmarker_full.task", cache) == "missing"
+    path = model_files.build_bundle("pose_landmarker_full", cache)
+    record = json.loads(model_files.record_path(path).read_text())
+    assert record["source"] == "built" and record["sha256"] == model_files.sha256_file(path)
+    assert record["inputs"] == {n: model_files.MODELS[n].sha256 for n in ("pose_detection.tflite",
                                                                      "pose_landmark_full.tflite")}
-    assert models.model_status("pose_landmarker_full.task", cache) == "present"
-    assert models.model_path("pose_landmarker_full.task", cache) == path
+    assert model_files.model_status("pose_landmarker_full.task", cache) == "present"
+    assert model_files.model_path("pose_landmarker_full.task", cache) == path
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
     # inputs recorded differently: outdated; bundle bytes changed: bad checksum
     record["inputs"]["pose_detection.tflite"] = "0" * 64
-    models.record_path(path).write_text(json.dumps(record))
-    assert models.model_status("pose_landmarker_full.task", cache) == "outdated"
+    model_files.record_path(path).write_text(json.dumps(record))
+    assert model_files.model_status("pose_landmarker_full.task", cache) == "outdated"
     with pytest.raises(ModelFileError, match="built from other model files"):
-        models.model_path("pose_landmarker_full.task", cache)
+        model_files.model_path("pose_landmarker_full.task", cache)
     with open(path, "ab") as fh:
         fh.write(b"x")
-    assert models.model_status("pose_landmarker_full.task", cache) == "bad checksum"
+    assert model_files.model_status("pose_landmarker_full.task", cache) == "bad checksum"
     with pytest.raises(ModelFileError, match="does not match the sha256 in its record"):
-        models.model_path("pose_landmarker_full.task", cache)
+        model_files.model_path("pose_landmarker_full.task", cache)
     # fetch rebuilds it (offline here: the official URL is not tried)
-    models.fetch_models(["pose_landmarker_full.task"], cache_dir=cache, try_urls=False)
-    assert models.model_status("pose_landmarker_full.task", cache) == "present"
+    model_files.fetch_models(["pose_landmarker_full.task"], cache_dir=cache, try_urls=False)
+    assert model_files.model_status("pose_landmarker_full.task", cache) == "present"
 
 
 # ------------------------------------------------------------------ contract checker

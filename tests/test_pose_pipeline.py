@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.data.gan_input import GANInput
 from keras_reid.data.gan_pairs import make_pairs
 from keras_reid.data.records import Record
@@ -35,7 +35,7 @@ def _recipe(tmp_path, root, stages):
 def run(tmp_path_factory, synthetic_data):
     base = tmp_path_factory.mktemp("pn")
     rec = _recipe(base, synthetic_data(**DATA).root, _stages())
-    out = pipeline.run(rec, base / "run", echo=lambda *_: None)
+    out = runner.run(rec, base / "run", echo=lambda *_: None)
     return base, out
 
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.errors import RecipeError
 from keras_reid.training.precision import PRECISIONS, precision_policy
 
@@ -135,7 +135,7 @@ def trained(tmp_path_factory, synthetic_data):
     mp = pytest.MonkeyPatch()
     mp.setattr(loop, "train", spy)
     try:
-        results = pipeline.run(rec, base / "run", echo=lambda *_: None)
+        results = runner.run(rec, base / "run", echo=lambda *_: None)
     finally:
         mp.undo()
     return base / "run", results, seen

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from keras_reid.errors import ModelFileError
-from keras_reid.pipeline import check_model_files
+from keras_reid.runner import check_model_files
 from keras_reid.recipe import load_recipe
 from keras_reid.registry import REGISTRY
 

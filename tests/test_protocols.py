@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from keras_reid.data.detect import detect_layout
+from keras_reid.data.layout import detect_layout
 from keras_reid.data.records import Record
 from keras_reid.errors import DatasetError
 from keras_reid.metrics import evaluate_retrieval, pairwise_distance
@@ -288,7 +288,7 @@ def test_synthetic_lsro_recipe_runs_with_holdout_multi_query_and_single_shot(tmp
     (mean) and reports single-shot CMC. The classification and multi-query figures are
     recomputed here from the saved models."""
     import keras_reid
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.data.pipeline import eval_dataset
     from keras_reid.data.synthetic import synthesize
     from keras_reid.inference import load_keras_model
@@ -319,7 +319,7 @@ def test_synthetic_lsro_recipe_runs_with_holdout_multi_query_and_single_shot(tmp
                       f"stages.{stage}.verbose=0", f"stages.{stage}.bn_recalibration_batches=0"]
     rec = load_recipe(ROOT / "recipes" / "synthetic_dcgan_lsro.yaml", overrides, env={})
     run = tmp_path / "run"
-    results = pipeline.run(rec, run, echo=lambda *_: None)
+    results = runner.run(rec, run, echo=lambda *_: None)
     metrics = json.loads((run / "metrics.json").read_text())["models"]
     splits = read_market_layout(data)
     train = [r for r in splits["train"] if r.pid > 0]
@@ -389,7 +389,7 @@ def test_synthetic_lsro_recipe_runs_with_holdout_multi_query_and_single_shot(tmp
 
 
 def test_multi_query_without_its_split_fails_before_training_and_holdout_needs_real(tmp_path):
-    from keras_reid import pipeline, testing
+    from keras_reid import runner, testing
     from keras_reid.errors import RecipeError
     from keras_reid.recipe import load_recipe
 
@@ -405,7 +405,7 @@ def test_multi_query_without_its_split_fails_before_training_and_holdout_needs_r
                 "evaluate": {"type": "evaluate", "dataset": "m", "models": ["r"], "multi_query": "max"}})
     with pytest.raises(DatasetError, match=r"split 'gt_bbox', which dataset 'm' does not have "
                                            r"\(splits: train, query, gallery\); extract Market-1501's gt_bbox/"):
-        pipeline.run(load_recipe(recipe), tmp_path / "run", echo=lambda *_: None)
+        runner.run(load_recipe(recipe), tmp_path / "run", echo=lambda *_: None)
     assert not (tmp_path / "run" / "r" / "model.keras").exists()
     with pytest.raises(RecipeError, match="holdout_per_class: withholds real training images, but real is false"):
         load_recipe(recipe, ["stages.r.real=false", "stages.r.generated=[{dataset: m}]"])

@@ -236,7 +236,7 @@ def test_a_boolean_is_not_a_number(tmp_path, reg):
 def test_runs_dir_holds_run_folders_and_old_run_dir_key_means_the_same(tmp_path, reg):
     """One concept: the recipe's runs_dir (old name run_dir) is the parent of run folders;
     `keras-reid run --run-dir` names the run folder itself."""
-    from keras_reid.pipeline import default_run_dir
+    from keras_reid.runner import default_run_dir
 
     write(tmp_path, "base.yaml", BASE)
     assert default_run_dir(load_recipe(tmp_path / "base.yaml", registry=reg)) == Path("runs/base")

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.errors import DatasetError, UserError
 
 STAGES = {
@@ -42,7 +42,7 @@ def trained(synth_root, tmp_path_factory):
     """The recipe run once (train 3 epochs, evaluate): (output, run folder)."""
     tmp = tmp_path_factory.mktemp("trained")
     run_dir = tmp / "run"
-    return pipeline.run(_recipe(tmp, synth_root), run_dir, echo=lambda s: None), run_dir
+    return runner.run(_recipe(tmp, synth_root), run_dir, echo=lambda s: None), run_dir
 
 
 def _copy(root, tmp_path):
@@ -115,20 +115,20 @@ def test_interrupted_training_resumes_to_the_same_final_weights(tmp_path, synth_
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", interrupt_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
+        runner.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
     monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", original)
     assert not (resumed / "train" / ".complete.json").exists()
-    steps = {s.name: s.status for s in pipeline.plan(_recipe(tmp_path, synth_root), resumed)}
+    steps = {s.name: s.status for s in runner.plan(_recipe(tmp_path, synth_root), resumed)}
     assert steps["train"] == "resume"
 
-    out = pipeline.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
+    out = runner.run(_recipe(tmp_path, synth_root), resumed, echo=lambda s: None, only=["train"])
     assert out["train"]["resumed_from_epoch"] == 1 and out["train"]["epochs"] == 3
     np.testing.assert_allclose(_features(resumed, probe), _features(straight, probe),
                                rtol=1e-4, atol=1e-4)
 
 
 def test_mirrored_two_replicas_trains_and_evaluates(tmp_path, synth_root):
-    out = pipeline.run(_recipe(tmp_path, synth_root, "stages.train.epochs=1", strategy="mirrored"),
+    out = runner.run(_recipe(tmp_path, synth_root, "stages.train.epochs=1", strategy="mirrored"),
                        tmp_path / "run", echo=lambda s: None)
     assert out["train"]["epochs"] == 1
     assert "rank1" in out["evaluate"]["models"]["train"]
@@ -139,7 +139,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, synth_root):
     victim = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
     victim.write_bytes(b"this is not a jpeg")
     lines = []
-    out = pipeline.run(_recipe(tmp_path, root, "stages.train.epochs=1"), tmp_path / "run",
+    out = runner.run(_recipe(tmp_path, root, "stages.train.epochs=1"), tmp_path / "run",
                        echo=lines.append, only=["train"])
     assert out["train"]["skipped_images"] == 1
     assert any("skipped 1 of" in line and victim.name in line for line in lines), lines
@@ -148,7 +148,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, synth_root):
 def test_empty_split_is_one_clear_error(tmp_path, synth_root):
     rec = _recipe(tmp_path, synth_root, "stages.train.cameras=[7]")
     with pytest.raises(DatasetError, match=r"no usable images for cameras \[7\].*cameras present"):
-        pipeline.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
+        runner.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
 
 
 def test_missing_dataset_folder_fails_before_any_stage_runs(tmp_path):
@@ -187,7 +187,7 @@ def test_closed_set_train_and_evaluate(tmp_path, synth_root):
                           "batch_size": 12, "instances_per_id": 2, "epochs": 2, "verbose": 0},
                 "evaluate": {"type": "evaluate", "dataset": "lima", "models": ["train"]}})
     run_dir = tmp_path / "run"
-    out = pipeline.run(rec, run_dir, echo=lambda s: None)
+    out = runner.run(rec, run_dir, echo=lambda s: None)
     assert (run_dir / "train" / "classifier.keras").is_file()
     entry = json.loads((run_dir / "metrics.json").read_text())["models"]["train"]
     for key in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid"):
@@ -245,7 +245,7 @@ def test_freeze_backbone_epochs_keeps_the_trunk_fixed_then_trains_it(tmp_path, s
     rec = _recipe(tmp_path, synth_root, "stages.train.freeze_backbone_epochs=1",
                   "stages.train.epochs=2", "stages.train.backbone.batch_norm=true",
                   "stages.train.bn_recalibration_batches=0")
-    out = pipeline.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
+    out = runner.run(rec, tmp_path / "run", echo=lambda s: None, only=["train"])
     assert out["train"]["frozen_backbone_epochs"] == 1
     assert [(c[0], c[1]) for c in calls] == [(0, 1), (1, 2)]
     (trunk0, head0), (trunk1, head1) = calls[0][2], calls[0][3]

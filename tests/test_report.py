@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline, tb_events, testing
+from keras_reid import runner, tb_events, testing
 from keras_reid.cli import main
 from keras_reid.recipe import load_recipe
 
@@ -36,7 +36,7 @@ def run(tmp_path_factory, synthetic_data):
     data = synthetic_data(images_per_id_camera=3)  # ids 12, cameras 3, 64x32, seed 1
     recipe = testing.build_recipe(base / "recipe.yaml", name="report", seed=1, stages=STAGES,
                                   datasets={"synth": data.spec}, compare=[["a", "b"]])
-    out = pipeline.run(recipe, base / "run", echo=lambda *_: None)
+    out = runner.run(recipe, base / "run", echo=lambda *_: None)
     return Path(recipe.source), base / "run", out
 
 
@@ -152,7 +152,7 @@ def test_a_stage_run_again_moves_its_tensorboard_aside_and_the_report_follows(ru
     shutil.copytree(run_dir, copy)
     before = (copy / "report" / ".complete.json").read_text()
     rec = load_recipe(path, ["stages.evaluate.rerank=false"])
-    again = pipeline.run(rec, copy, echo=lambda *_: None)
+    again = runner.run(rec, copy, echo=lambda *_: None)
     assert [p.name for p in copy.glob("evaluate.stale-*/tensorboard/a")]
     assert len(tb_events.scalars(copy / "tensorboard" / "evaluate" / "a")["eval/mAP"]) == 1
     assert "eval/rerank/mAP" not in tb_events.scalars(copy / "tensorboard" / "evaluate" / "a")
@@ -270,10 +270,10 @@ def test_a_resumed_training_leaves_no_duplicate_points(run, tmp_path, monkeypatc
     monkeypatch.setattr(ScalarLogger, "on_train_batch_end", interrupt_in_epoch_2)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
+        runner.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
     cut = tb_events.scalars(resumed / "tensorboard" / "a")["reid/step/loss"]
     monkeypatch.setattr(ScalarLogger, "on_train_batch_end", original)
-    out = pipeline.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
+    out = runner.run(load_recipe(path), resumed, echo=lambda *_: None, only=["a"])
     assert out["a"]["resumed_from_epoch"] == 1
     again, before = (tb_events.scalars(d / "tensorboard" / "a") for d in (resumed, straight))
     for tag in ("reid/step/loss", "reid/epoch/loss", "reid/eval/mAP"):

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from keras_reid import io, pipeline
+from keras_reid import io, runner
 from keras_reid.errors import UserError
 from keras_reid.recipe import load_recipe, ref
 from keras_reid.registry import Registry
@@ -78,7 +78,7 @@ def _run(tmp_path, reg, *overrides, only=None):
     CALLS.clear()
     lines = []
     rec = load_recipe(p, overrides, registry=reg)
-    pipeline.run(rec, tmp_path / "run", registry=reg, echo=lines.append, only=only)
+    runner.run(rec, tmp_path / "run", registry=reg, echo=lines.append, only=only)
     return lines
 
 
@@ -127,7 +127,7 @@ def test_a_rerun_upstream_with_the_same_config_invalidates_downstream(tmp_path, 
     (tmp_path / "run" / "baseline" / COMPLETE_MARKER).unlink()
     _run(tmp_path, reg, only=["baseline"])
     assert CALLS == ["baseline"]
-    steps = {s.name: s.status for s in pipeline.plan(load_recipe(tmp_path / "r.yaml", registry=reg),
+    steps = {s.name: s.status for s in runner.plan(load_recipe(tmp_path / "r.yaml", registry=reg),
                                                       tmp_path / "run")}
     assert steps == {"baseline": "done", "augmented": "done", "evaluate": "run"}
     _run(tmp_path, reg)
@@ -149,7 +149,7 @@ def test_stale_metrics_are_dropped_at_once_when_a_run_stops_before_evaluating(tm
     _run(tmp_path, reg)
     p = tmp_path / "r.yaml"
     rec = load_recipe(p, ["stages.baseline.value=7"], registry=reg)
-    pipeline.run(rec, tmp_path / "run", registry=reg, echo=lambda s: None, only=["baseline"])
+    runner.run(rec, tmp_path / "run", registry=reg, echo=lambda s: None, only=["baseline"])
     assert _metrics(tmp_path) == {}
 
 
@@ -194,16 +194,16 @@ def test_repeats_share_a_stage_only_with_the_inputs_it_was_made_from(tmp_path, r
     p = tmp_path / "r.yaml"
     p.write_text("name: t\nstages:\n  y: {type: train_sf}\n  x: {type: eval_sf, models: [y]}\n")
     donor = tmp_path / "seed-0"
-    pipeline.run(load_recipe(p, ["seed=0"], registry=reg), donor, registry=reg, echo=lambda s: None)
+    runner.run(load_recipe(p, ["seed=0"], registry=reg), donor, registry=reg, echo=lambda s: None)
     rec = load_recipe(p, ["seed=1"], registry=reg)
     assert rec.stage_hash("x") == load_recipe(p, ["seed=0"], registry=reg).stage_hash("x")
     fresh = tmp_path / "seed-1"
     assert repeats.link_shared_stages(rec, fresh, [donor], registry=reg, echo=lambda s: None) == ["y", "x"]
     CALLS.clear()
-    pipeline.run(rec, fresh, registry=reg, echo=lambda s: None)
+    runner.run(rec, fresh, registry=reg, echo=lambda s: None)
     assert CALLS == []
     own = tmp_path / "seed-2"           # y made here: the donor's x read another y
-    pipeline.run(load_recipe(p, ["seed=2"], registry=reg), own, registry=reg, echo=lambda s: None,
+    runner.run(load_recipe(p, ["seed=2"], registry=reg), own, registry=reg, echo=lambda s: None,
                  only=["y"])
     assert repeats.link_shared_stages(load_recipe(p, ["seed=2"], registry=reg), own, [donor],
                                       registry=reg, echo=lambda s: None) == []

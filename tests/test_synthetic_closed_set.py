@@ -1,4 +1,4 @@
-"""The synthetic LIMA-style closed-set dataset and the closed-set parts of the DCGAN pipeline."""
+"""The synthetic LIMA-style closed-set dataset and the closed-set parts of the DCGAN runner."""
 import csv
 import hashlib
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_reid import pipeline, testing
+from keras_reid import runner, testing
 from keras_reid.cli import main
 from keras_reid.data.synthetic_closed_set import outfits, synthesize_closed_set
 from keras_reid.errors import DatasetError
@@ -151,7 +151,7 @@ def test_closed_set_dcgan_pipeline(lima, tmp_path):
     generators skip class 0 with identities: people, augment measures faces without dropping
     and samples train as class 0."""
     run_dir = tmp_path / "run"
-    out = pipeline.run(_pipeline_recipe(tmp_path, lima, 0), run_dir, echo=lambda *_: None)
+    out = runner.run(_pipeline_recipe(tmp_path, lima, 0), run_dir, echo=lambda *_: None)
     n_train = 2 * (3 * 6 + 6)  # sessions 1 and 2
     assert out["g"]["pairs"]["images"] == n_train
     assert sorted(out["gj"]["generators"]) == ["1", "2", "3"]
@@ -167,7 +167,7 @@ def test_closed_set_dcgan_pipeline(lima, tmp_path):
 def test_fixed_pid_outside_the_classes_stops_before_any_stage(lima, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(DatasetError, match=r"fixed_pid 9 is not a class .*classes: 0, 1, 2, 3"):
-        pipeline.run(_pipeline_recipe(tmp_path, lima, 9), run_dir, echo=lambda *_: None)
+        runner.run(_pipeline_recipe(tmp_path, lima, 9), run_dir, echo=lambda *_: None)
     assert not (run_dir / "g" / ".complete.json").exists()
 
 
@@ -212,7 +212,7 @@ def test_filters_score_real_images_at_native_size(lima, tmp_path, shape_probe):
     likewise, and trains on exactly the images it accepts, over the classes of the whole split."""
     from keras_reid.data.images import read_image
 
-    out = pipeline.run(_probe_recipe(tmp_path, lima, "native"), tmp_path / "run", echo=lambda *_: None)
+    out = runner.run(_probe_recipe(tmp_path, lima, "native"), tmp_path / "run", echo=lambda *_: None)
     n_train = 2 * (3 * 6 + 6)
     assert shape_probe[:n_train] == [(64, 32, 3)] * n_train          # g: native size
     assert shape_probe[n_train:] == [(64, 32, 3)] * n_train          # r: native size
@@ -228,5 +228,5 @@ def test_filters_score_real_images_at_native_size(lima, tmp_path, shape_probe):
     assert r["num_classes"] == 4                                      # classes 0..3 all kept
     # the generator's default: the images as it trains on them (resized)
     shape_probe.clear()
-    pipeline.run(_probe_recipe(tmp_path, lima, "image_size"), tmp_path / "run2", echo=lambda *_: None, only=["g"])
+    runner.run(_probe_recipe(tmp_path, lima, "image_size"), tmp_path / "run2", echo=lambda *_: None, only=["g"])
     assert shape_probe[:n_train] == [(32, 16, 3)] * n_train

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_reid import pipeline
+from keras_reid import runner
 from keras_reid.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_market_model4_runs_end_to_end_on_tiny_synthetic_data(tmp_path, thesis_m
                       f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=4",
                       f"stages.{stage}.verbose=0"]
     rec = _load("market_model4", overrides, data=str(data))
-    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    results = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     gan = json.loads((tmp_path / "run" / "gan" / ".complete.json").read_text())["summary"]
     assert gan["pairing"] == "random_target" and {"g_fg", "g_bg", "g_gan"} <= set(gan["final"])
     aug = results["augment"]
@@ -200,7 +200,7 @@ def test_model4_camera_transfer_recipe_runs_end_to_end_on_tiny_synthetic_data(tm
                       f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=4",
                       f"stages.{stage}.verbose=0"]
     rec = _load("market_model4_c6_to_c3", overrides, data=str(data))
-    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    results = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     gan = json.loads((tmp_path / "run" / "gan" / ".complete.json").read_text())["summary"]
     assert (gan["source_camera"], gan["target_camera"]) == (6, 3)
     aug = results["augment"]
@@ -246,7 +246,7 @@ def test_model4_c5c6_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path, the
     camera 5, and both re-ID models train on cameras 5 and 6 (the augmented one + G6)."""
     overrides = _tiny(["gan"], ["augment"], ["baseline", "augmented"]) + ["stages.gan.targets_per_source=2"]
     rec = _load("market_model4_c5c6", overrides, data=str(thesis_market))
-    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    results = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     gan = results["gan"]
     assert (gan["source_camera"], gan["target_camera"]) == (5, 6)
     aug = results["augment"]
@@ -268,7 +268,7 @@ def test_all_cameras_recipe_runs_end_to_end_on_tiny_synthetic_data(tmp_path, the
     overrides = _tiny(list(gans), [g[3] for g in gans.values()], list(TABLE_RECIPES["market_all_cameras"]))
     overrides += [f"stages.{g}.targets_per_source=2" for g in ("gan_m4_g2", "gan_m4_g3")]
     rec = _load("market_all_cameras", overrides, data=str(thesis_market))
-    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    results = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     for stage, (_, src, dst, aug, _) in gans.items():
         assert (results[stage]["source_camera"], results[stage]["target_camera"]) == (src, dst), stage
         assert results[aug]["generated"] == results[aug]["source_images"], aug
@@ -291,7 +291,7 @@ def test_thesis_models_1_to_3_run_end_to_end_on_tiny_synthetic_data(name, tmp_pa
     if name == "market_model1":   # Model 1 takes no masks: the recipe's masker: null stays
         gan_sets = [o for o in gan_sets if not o.startswith("stages.gan.masker=")]
     rec = _load(name, gan_sets, data=str(thesis_market))
-    results = pipeline.run(rec, tmp_path / "run", echo=lambda *_: None)
+    results = runner.run(rec, tmp_path / "run", echo=lambda *_: None)
     gan = results["gan"]
     assert (gan["source_camera"], gan["target_camera"], gan["pairing"]) == (5, 6, "camera_pairs")
     assert gan["generator"]["variant"] == name[-6:]

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     args = ap.parse_args(argv)
 
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.recipe import load_recipe
 
     base = load_recipe(args.recipe).data
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         path = work / f"{key}.yaml"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         t0 = time.time()
-        out = pipeline.run(load_recipe(path), work / key, echo=lambda s: None)
+        out = runner.run(load_recipe(path), work / key, echo=lambda s: None)
         metrics = out["evaluate"]["models"]["train"]
         if key == "one_camera":
             steps_one = n_epochs * _steps_per_epoch(base, root, [args.camera])

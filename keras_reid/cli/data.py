@@ -72,7 +72,7 @@ def info(root: str, type_: str | None, options: tuple[str, ...], as_json: bool) 
     """
     import json
 
-    from keras_reid.data.detect import load_dataset
+    from keras_reid.data.layout import load_dataset
 
     loaded = load_dataset(root, type_, _parse_options(options))
     ds = loaded.splits
@@ -126,8 +126,8 @@ def pairs(root: str, cam_a: int, cam_b: int, split: str, type_: str | None,
     """
     import json
 
-    from keras_reid.data.detect import load_dataset
-    from keras_reid.data.pairs import camera_pair_split
+    from keras_reid.data.layout import load_dataset
+    from keras_reid.data.camera_split import camera_pair_split
     from keras_reid.errors import DatasetError
 
     loaded = load_dataset(root, type_, _parse_options(options))

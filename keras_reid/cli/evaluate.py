@@ -227,7 +227,7 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     import numpy as np
 
     from keras_reid.cli.inference import load_extractor
-    from keras_reid.data.detect import load_dataset
+    from keras_reid.data.layout import load_dataset
     from keras_reid.data.pipeline import scan_images, skipped_message
     from keras_reid.data.records import JUNK_PID
     from keras_reid.errors import InputError

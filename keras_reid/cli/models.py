@@ -39,7 +39,7 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
       keras-reid models fetch
       keras-reid models fetch face_detection_full_range_sparse --wheel mediapipe-0.10.21-*.whl
     """
-    from keras_reid.models import fetch_models
+    from keras_reid.model_files import fetch_models
 
     paths = fetch_models(names or None, cache_dir=cache_dir, wheel=wheel, timeout=timeout,
                          log=click.echo)
@@ -53,7 +53,7 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
 def list_(cache_dir: str | None) -> None:
     """List the known models and bundles: name, status (present, missing, bad checksum,
     outdated) and path."""
-    from keras_reid.models import cache_dir as resolve, known_names, model_status
+    from keras_reid.model_files import cache_dir as resolve, known_names, model_status
 
     folder = resolve(cache_dir)
     rows = [(name, model_status(name, cache_dir), str(folder / name)) for name in known_names()]

@@ -55,7 +55,7 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     resumes the unfinished one; stages whose config does not change between repeats run once.
     tensorboard --logdir runs/<name> shows the repeats side by side.
     """
-    from keras_reid import pipeline
+    from keras_reid import runner
     from keras_reid.errors import RecipeError
 
     if seeds is not None or sweeps:
@@ -68,22 +68,22 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
 
     rec = load_recipe(recipe, overrides)
     part = parse_shard(shard) if shard else None
-    target = Path(run_dir) if run_dir else pipeline.default_run_dir(rec)
+    target = Path(run_dir) if run_dir else runner.default_run_dir(rec)
     _check_stages(rec, only)
     repeats.check_single_run_folder(target)
     if dry_run:
         check_dataset_roots(rec)
         click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
-        steps = pipeline.plan(rec, target)
+        steps = runner.plan(rec, target)
         if only:   # what the run would refuse (a stage read that is not done), said now
-            pipeline.check_only(rec, steps, list(only))
+            runner.check_only(rec, steps, list(only))
         for step in steps:
             if only and step.name not in only:
                 continue
             what = {"done": "skip (done, same config)", "resume": "resume", "run": "run"}[step.status]
             click.echo(f"  {step.name:<20} {step.type:<18} {what}")
         return
-    results = pipeline.run(rec, target, only=list(only) or None, shard=part)
+    results = runner.run(rec, target, only=list(only) or None, shard=part)
     if "_incomplete" in results:
         click.echo(click.style(f"stopped after stage '{results['_incomplete']['stage']}' (shard "
                                f"{shard} done); the run folder is {target}", fg="yellow", bold=True))

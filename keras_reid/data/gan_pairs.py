@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_reid.data.pairs import camera_pair_split
+from keras_reid.data.camera_split import camera_pair_split
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record
 from keras_reid.errors import DatasetError
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.data import generated
-from keras_reid.data.pairs import camera_pair_split
+from keras_reid.data.camera_split import camera_pair_split
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record, subset
 from keras_reid.errors import DatasetError, UserError
-from keras_reid.models import sha256_file
+from keras_reid.model_files import sha256_file
 from keras_reid.progress import progbar
 from keras_reid.stages._augment_worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete

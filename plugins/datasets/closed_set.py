@@ -191,7 +191,7 @@ class ClosedSet:
                        r.session) for r in records]
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """5 for a labels.csv, 3 for integer class folders (or sessions of them), else 0."""
         base = Path(root)
         if (base / CSV_NAME).is_file():

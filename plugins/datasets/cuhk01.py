@@ -84,7 +84,7 @@ class Cuhk01:
                              root=str(base), kind="retrieval", num_ignored=ignored)
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """10 when ``root`` holds campus/ with CUHK01 names, 2 for the bare folder, else 0."""
         from pathlib import Path
 

@@ -178,7 +178,7 @@ class Cuhk03:
                              root=str(root), kind="retrieval", num_ignored=ignored)
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """10 when ``root`` (or its cuhk03_release/) holds cuhk-03.mat, else 0."""
         path = Path(root)
         return 10 if (path / MAT_NAME).is_file() or (path / "cuhk03_release" / MAT_NAME).is_file() else 0

@@ -9,7 +9,7 @@ from keras_reid.data.records import DatasetSplits
 from keras_reid.registry import register
 
 from ._layout import existing_root, read_split_folders, regex_parser, require_layout
-from .market import MARKET_FOLDERS, detect_three_folder_layout
+from .market import MARKET_FOLDERS, three_folder_layout_score
 
 CUHK03_NP_LAYOUT = ("the CUHK03-NP layout: detected/ and labeled/, each with bounding_box_train/, "
                     "query/, bounding_box_test/")
@@ -49,7 +49,7 @@ class Cuhk03Np:
                                   expected="0001_c1_1.png")
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """10 when detected/ (or labeled/) holds the three Market folders with CUHK03-NP names."""
-        return max(detect_three_folder_layout(root, parse_cuhk03_np_name, sub=v)
+        return max(three_folder_layout_score(root, parse_cuhk03_np_name, sub=v)
                    for v in ("detected", "labeled"))

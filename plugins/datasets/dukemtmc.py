@@ -7,7 +7,7 @@ from keras_reid.data.records import DatasetSplits
 from keras_reid.registry import register
 
 from ._layout import existing_root, read_split_folders, regex_parser, require_layout
-from .market import MARKET_FOLDERS, detect_three_folder_layout
+from .market import MARKET_FOLDERS, three_folder_layout_score
 
 DUKE_LAYOUT = "the DukeMTMC-reID layout: bounding_box_train/, query/, bounding_box_test/"
 
@@ -44,7 +44,7 @@ class DukeMTMC:
                                   include_junk=self.config.include_junk)
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """10 when the Market folders hold Duke-style names, 1 for the bare folders, else 0."""
-        score = detect_three_folder_layout(root, parse_duke_name)
+        score = three_folder_layout_score(root, parse_duke_name)
         return 10 if score == 10 else min(score, 1)

@@ -75,12 +75,12 @@ class Market1501:
         return read_market_layout(self.config.root, "market1501", include_junk=self.config.include_junk)
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """How surely ``root`` is a Market-1501 tree: 10 (folders and names), 2 (folders only), 0."""
-        return detect_three_folder_layout(root, parse_market_name)
+        return three_folder_layout_score(root, parse_market_name)
 
 
-def detect_three_folder_layout(root: str, parse, sub: str = "") -> int:
+def three_folder_layout_score(root: str, parse, sub: str = "") -> int:
     """Score for layout detection: 10 when the three Market folders exist (under ``sub``)
     and the training names parse, 2 when only the folders exist, 0 otherwise."""
     required = [os.path.join(sub, f) if sub else f for f in MARKET_FOLDERS.values()]

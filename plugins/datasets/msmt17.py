@@ -103,6 +103,6 @@ class Msmt17:
         return DatasetSplits(name="msmt17", splits=ordered, root=str(base), kind="retrieval")
 
     @classmethod
-    def detect(cls, root: str) -> int:
+    def layout_score(cls, root: str) -> int:
         """10 when ``root`` (or its only matching sub-folder) holds the four list files."""
         return 10 if locate(Path(root), list(LIST_FILES.values())) is not None else 0

@@ -62,7 +62,7 @@ class FaceFilter(TasksComponent):
 
     def model_file(self):
         """Returns the path of the detector model in the cache (ModelFileError if missing)."""
-        from keras_reid.models import model_path
+        from keras_reid.model_files import model_path
 
         return model_path(MODEL_FILES[self.config.model], self.config.model_dir)
 

@@ -49,7 +49,7 @@ class SelfieMasker(TasksComponent):
     def model_file(self) -> Path:
         """Returns the path of the segmentation model: ``model`` itself when it names an existing
         file, else the known model of that name in the cache (ModelFileError if missing)."""
-        from keras_reid.models import MODELS, model_path
+        from keras_reid.model_files import MODELS, model_path
 
         name = self.config.model
         given = Path(name).expanduser()

@@ -11,7 +11,7 @@ Two ways to find the person (``roi``):
 
 Both use the bundle ``pose_landmarker_full.task`` that ``keras-reid models fetch`` provides (the
 official bundle, or one built from the BlazePose models of the mediapipe 0.10.21 wheel; see
-``keras_reid.models``); ``crop`` takes the landmark model out of it (or uses a ``.tflite``
+``keras_reid.model_files``); ``crop`` takes the landmark model out of it (or uses a ``.tflite``
 landmark model given as ``model``). BlazePose's detector keys on the face, so it misses people
 seen from the back or the side: on the synthetic data (``python tools/pose_pck.py``, 300 images,
 torso-normalised PCK@0.5 at 128x64 / 256x128) ``crop`` scores 0.83 / 0.86 and finds a pose in
@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.mediapipe_tasks import TasksComponent
-from keras_reid.models import FETCH_HINT
+from keras_reid.model_files import FETCH_HINT
 from keras_reid.registry import register
 
 FROM_BLAZEPOSE: tuple[int | None, ...] = (
@@ -153,7 +153,7 @@ class MediaPipePose(TasksComponent):
     def model_file(self) -> Path:
         """Returns the path of the model: ``model`` itself when it names an existing file, else the
         known bundle or model of that name in the cache (ModelFileError if missing)."""
-        from keras_reid.models import known_names, model_path
+        from keras_reid.model_files import known_names, model_path
 
         name = self.config.model
         given = Path(name).expanduser()

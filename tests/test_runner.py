@@ -4,7 +4,7 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from keras_reid import pipeline
+from keras_reid import runner
 from keras_reid.recipe import load_recipe
 from keras_reid.registry import Registry
 
@@ -50,7 +50,7 @@ def recipe(tmp_path, reg, *overrides):
 def test_run_writes_folder_and_skips_done_stages(tmp_path, reg):
     CALLS.clear()
     run_dir = tmp_path / "run"
-    out = pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+    out = runner.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
     assert out["b"]["value"] == 2 and CALLS == ["a", "b"]
     assert (run_dir / "recipe.resolved.yaml").read_text().startswith("name: t")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -58,10 +58,10 @@ def test_run_writes_folder_and_skips_done_stages(tmp_path, reg):
     marker = json.loads((run_dir / "a" / ".complete.json").read_text())
     assert marker["summary"]["value"] == 1
     CALLS.clear()
-    pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+    runner.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
     assert CALLS == []
     # changing b re-runs b only; its old outputs are moved aside, not deleted
-    pipeline.run(recipe(tmp_path, reg, "stages.b.value=5"), run_dir, registry=reg, echo=lambda s: None)
+    runner.run(recipe(tmp_path, reg, "stages.b.value=5"), run_dir, registry=reg, echo=lambda s: None)
     assert CALLS == ["b"]
     assert list(run_dir.glob("b.stale-*/progress.txt"))
 
@@ -70,15 +70,15 @@ def test_interrupted_stage_resumes(tmp_path, reg):
     CALLS.clear()
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(recipe(tmp_path, reg, "stages.b.fail_at=1"), run_dir, registry=reg, echo=lambda s: None)
+        runner.run(recipe(tmp_path, reg, "stages.b.fail_at=1"), run_dir, registry=reg, echo=lambda s: None)
     assert not (run_dir / "b" / ".complete.json").exists()
     assert (run_dir / "b" / "progress.txt").read_text() == "1"
-    steps = {s.name: s.status for s in pipeline.plan(recipe(tmp_path, reg, "stages.b.fail_at=1"), run_dir)}
+    steps = {s.name: s.status for s in runner.plan(recipe(tmp_path, reg, "stages.b.fail_at=1"), run_dir)}
     assert steps == {"a": "done", "b": "resume"}
     # same config, no failure this time (fail_at only triggers at i == 1; resume starts at 1)
     r = recipe(tmp_path, reg, "stages.b.fail_at=1")
     r.stage_configs["b"] = CountCfg(value=2)  # same hash, interruption gone
-    out = pipeline.run(r, run_dir, registry=reg, echo=lambda s: None)
+    out = runner.run(r, run_dir, registry=reg, echo=lambda s: None)
     assert out["b"]["resumed_from"] == 1
 
 
@@ -105,12 +105,12 @@ def test_one_process_owns_a_run_folder_and_a_killed_owner_leaves_no_lock(tmp_pat
         assert not (run_dir / "a" / ".tmp-model.keras-abc.keras").exists()   # cleaned by the owner
         (run_dir / "a" / ".tmp-other.json-x.json").write_text("{")          # the owner's own write
         with pytest.raises(UserError, match=f"in use by process {holder.pid} .*another --run-dir"):
-            pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+            runner.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
         assert not (run_dir / "a" / ".complete.json").exists()
         assert (run_dir / "a" / ".tmp-other.json-x.json").exists()          # not touched by the loser
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    out = pipeline.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
+    out = runner.run(recipe(tmp_path, reg), run_dir, registry=reg, echo=lambda s: None)
     assert out["b"]["value"] == 2
     assert not list(run_dir.rglob(".tmp-*"))

@@ -1,10 +1,12 @@
 """Find which dataset reader fits a folder, and load a dataset from a root and a type name.
 
 Detection asks the registry: every dataset plugin whose class has a classmethod
-``detect(root: str) -> int`` scores the folder (0 = not this layout, higher = surer;
+``layout_score(root: str) -> int`` scores the folder (0 = not this layout, higher = surer;
 the built-ins use 10 for a layout recognised by its folders and file names). The
 highest score wins; ties go to the name that sorts first. Third-party dataset plugins
-take part by defining ``detect`` too.
+take part by defining ``layout_score`` too. (Filters and pose estimators have a
+``detect(image)`` that finds things in an image; a dataset's method scores a folder, hence
+the different name.)
 """
 from __future__ import annotations
 
@@ -41,12 +43,12 @@ def detect_layout(root: str | os.PathLike, registry: Any = None) -> str:
                            "give the folder that holds the dataset")
     scores = []
     for entry in registry.entries("dataset"):
-        detect = getattr(entry.obj, "detect", None)
-        if detect is None:
+        layout_score = getattr(entry.obj, "layout_score", None)
+        if layout_score is None:
             continue
         try:
-            score = int(detect(root))
-        except Exception:  # a third-party detector must not break detection
+            score = int(layout_score(root))
+        except Exception:  # a third-party reader must not break detection
             score = 0
         if score > 0:
             scores.append((-score, entry.name))
