@@ -32,8 +32,13 @@ reference uses numpy's default, unstable, argsort).
 """
 from __future__ import annotations
 
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -53,6 +58,63 @@ class _Neighbours:
     num_query: int
     out: np.ndarray | None = None       # float32 [q, g] buffer for the result: qg_block(s, e)
                                         # may read rows s:e of it, which the core then overwrites
+
+
+# ---------------------------------------------------------------------------------------------
+# threads and phase timings
+
+
+def _cpu_workers(workers: int | None) -> int:
+    """``workers`` checked, or the number of CPUs this process may run on when None."""
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return int(workers)
+
+
+def _run(pool: ThreadPoolExecutor | None, fn: Callable, items: Iterable) -> None:
+    """``fn(item)`` for every item, on ``pool``'s threads when given (errors are re-raised)."""
+    if pool is None:
+        for item in items:
+            fn(item)
+    else:
+        for _ in pool.map(fn, items):
+            pass
+
+
+@contextmanager
+def _blas_threads(limit: int | None) -> Iterator[None]:
+    """BLAS limited to ``limit`` threads (process-wide) inside the block; no change when None."""
+    if limit is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield
+
+
+class _Phases:
+    """Adds each phase's wall and process CPU seconds to a caller's dict (nothing when None)."""
+
+    def __init__(self, out: dict | None):
+        self.out = out
+
+    @contextmanager
+    def __call__(self, name: str, workers: int = 1) -> Iterator[None]:
+        if self.out is None:
+            yield
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            rec = self.out.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0, "workers": workers})
+            rec["seconds"] += time.perf_counter() - wall
+            rec["cpu_seconds"] += time.process_time() - cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,13 +197,25 @@ def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int):
     return new_ptr, uniq % n, vals
 
 
-def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 256) -> np.ndarray:
+def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 256,
+          phases: _Phases | None = None) -> np.ndarray:
     """Steps 3-6 of the module docstring on precomputed neighbour lists; returns float32 [q, g]."""
+    phases = phases or _Phases(None)
     n, q = nb.nbr.shape[0], nb.num_query
     g = n - q
-    indptr, indices, data = _v_matrix(nb, k1)
+    with phases("reciprocal_sets"):
+        indptr, indices, data = _v_matrix(nb, k1)
     if k2 != 1:
-        indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
+        with phases("query_expansion"):
+            indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
+    with phases("jaccard"):
+        return _jaccard(nb, indptr, indices, data, lambda_value, chunk)
+
+
+def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk: int) -> np.ndarray:
+    """Step 5-6: ``(1 - lambda) * jaccard + lambda * R`` on the q x g block from CSR V."""
+    n, q = nb.nbr.shape[0], nb.num_query
+    g = n - q
     # inverted index over gallery rows: for each column c, the gallery rows j with V[j, c] != 0
     rows_of = np.repeat(np.arange(n), np.diff(indptr))
     gal = rows_of >= q
@@ -258,16 +332,21 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> None:
 # neighbour lists from features
 
 
-def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, step: int = 512) -> np.ndarray:
+def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, pool: ThreadPoolExecutor | None = None,
+              step: int = 512) -> np.ndarray:
     """Float64 squared distances sum((f[r] - f[c])**2) of the item pairs (rows[i], cols[i]).
 
-    The differences of float32 values are exact in float64, so there is no cancellation.
+    The differences of float32 values are exact in float64, so there is no cancellation. Blocks
+    of ``step`` pairs run on ``pool``'s threads when given (numpy releases the GIL here).
     """
     out = np.empty(len(rows), np.float64)
-    for s in range(0, len(rows), step):
+
+    def block(s: int) -> None:
         diff = f[rows[s:s + step]].astype(np.float64)
         diff -= f[cols[s:s + step]]
         out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
+
+    _run(pool, block, range(0, len(rows), step))
     return out
 
 
@@ -276,8 +355,8 @@ def _o_of_d2(d2: np.ndarray) -> np.ndarray:
     return np.power(np.sqrt(np.maximum(d2, 0.0)), 2).astype(np.float32)
 
 
-class _Pool:
-    """Growing (row, col, float32 value) candidate lists."""
+class _Candidates:
+    """Growing (row, col, float32 value) candidate lists; ``add`` may be called from any thread."""
 
     def __init__(self):
         self.parts: list[tuple] = []
@@ -291,22 +370,17 @@ class _Pool:
         return tuple(np.concatenate(x) for x in zip(*self.parts))
 
 
-def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> _Neighbours:
-    """Neighbour lists from features [N, D] (float32) via tiled float32 products + float64 refinement.
+def _tile_factors(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented float32 factors ``left``, ``right`` [N, D + 2] and the per-row error margin [N].
 
-    The float32 squared distances of the q x g block (for the lambda term) are kept in the
-    result's ``out`` buffer, which the core overwrites with the re-ranked distances (one q x g
-    array instead of two).
+    Tiles hold d2 = [c_i, |c_i|^2, 1] . [-2 c_j, 1, |c_j|^2] from one float32 product, where
+    c = fl32(f - mean): centring keeps |c| at the scale of the distances (no cancellation for
+    features far from the origin). The product's error is at most
+    gamma_(D+2) * (2 |c_i| |c_j| + |c_i|^2 + |c_j|^2) in any summation order and the centring
+    rounding moves d2 by at most 4u (|c_i| + |c_j|)^2; err doubles the sum of both, and
+    candidates are kept within 2 err plus two float32 ulps (the margin).
     """
     n, dim = f.shape
-    k = min(k, n)
-    g = n - q
-    # Tiles hold d2 = [c_i, |c_i|^2, 1] . [-2 c_j, 1, |c_j|^2] from one float32 product, where
-    # c = fl32(f - mean): centring keeps |c| at the scale of the distances (no cancellation for
-    # features far from the origin). The product's error is at most
-    # gamma_(D+2) * (2 |c_i| |c_j| + |c_i|^2 + |c_j|^2) in any summation order and the centring
-    # rounding moves d2 by at most 4u (|c_i| + |c_j|)^2; err doubles the sum of both, and
-    # candidates are kept within 2 err plus two float32 ulps.
     mean = f.mean(axis=0, dtype=np.float64)
     left = np.empty((n, dim + 2), np.float32)
     right = np.empty((n, dim + 2), np.float32)
@@ -322,84 +396,144 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> _Neighbours
     left[:, dim], left[:, dim + 1] = n32, 1
     np.multiply(c, -2, out=right[:, :dim])
     right[:, dim], right[:, dim + 1] = 1, n32
-    tau = np.full(n, np.inf, np.float32)      # upper bound of each row's k-th smallest d2
-    mu = np.full(n, -np.inf, np.float32)      # each row's largest float32 d2 so far
-    kpool, mpool = _Pool(), _Pool()           # neighbour candidates, maximum candidates
-    d2qg = np.empty((q, g), np.float32)
-    groups = max(k, min(4 * k, tile))
+    return left, right, margin
 
-    def screen(block: np.ndarray, axis: int, items: np.ndarray, other0: int) -> None:
-        """Update maxima, tau and the candidate pool of ``items`` along ``axis`` of ``block``.
+
+class _TileScreen:
+    """Screens float32 tiles of the N x N squared distances for each item's candidates.
+
+    Keeps, per item, ``mu`` (its largest float32 d2 so far) and ``tau`` (an upper bound of its
+    k-th smallest), and pools every entry within the margin of either: ``maxima`` (candidates for
+    the row maximum) and ``near`` (candidates for the k nearest). Also copies the query x gallery
+    block into ``d2qg``. Tiles may be screened concurrently from several threads: the running
+    bounds are read and tightened under a lock, and a bound read before another thread tightened
+    it is only looser, so the pools are then supersets of what a sequential scan pools (the
+    final selection from them is the same).
+    """
+
+    def __init__(self, n: int, q: int, k: int, margin: np.ndarray, tile: int):
+        self.k, self.q, self.margin = k, q, margin
+        self.tau = np.full(n, np.inf, np.float32)
+        self.mu = np.full(n, -np.inf, np.float32)
+        self.near, self.maxima = _Candidates(), _Candidates()
+        self.d2qg = np.empty((q, n - q), np.float32)
+        self.groups = max(k, min(4 * k, tile))
+        self.lock = threading.Lock()
+
+    def tile(self, block: np.ndarray, i0: int, j0: int) -> None:
+        """Screen ``block`` = d2 of rows i0.. x columns j0.. (j0 >= i0: the upper triangle)."""
+        i1, j1 = i0 + block.shape[0], j0 + block.shape[1]
+        q = self.q
+        if i0 < q and j1 > q:  # query rows x gallery columns of this tile
+            ra, rb, ca = i0, min(i1, q), max(j0, q)
+            self.d2qg[ra:rb, ca - q:j1 - q] = block[:rb - i0, ca - j0:]
+        self.screen(block, 1, np.arange(i0, i1), j0)
+        if j0 != i0:
+            self.screen(block, 0, np.arange(j0, j1), i0)
+
+    def screen(self, block: np.ndarray, axis: int, items: np.ndarray, other0: int) -> None:
+        """Update maxima, tau and the candidate pools of ``items`` along ``axis`` of ``block``.
 
         ``axis=1``: block rows are ``items`` (columns are items other0, other0+1, ...);
         ``axis=0``: block columns are ``items``. No transposed copy is made.
         """
-        m = len(items)
-        width = block.shape[axis]
-        mx = np.maximum(mu[items], block.max(axis=axis))
-        mu[items] = mx
-        low = mx - margin[items]
-        hit = np.flatnonzero(block >= (low[:, None] if axis == 1 else low[None, :]))
-        r, col = np.divmod(hit, block.shape[1])
-        if axis == 0:
-            r, col = col, r
-        mpool.add(items[r], col + other0, block.ravel()[hit])
-        t = tau[items]
-        if width >= k and np.isinf(t).any():  # first tile of these items: a cheap upper bound
-            ng = min(groups, width)
-            length = width // ng
-            if axis == 1:  # group gg = columns j with j % ng == gg (disjoint sets)
-                gmin = block[:, :ng * length].reshape(m, length, ng).min(axis=1)
-                bound = np.partition(gmin, k - 1, axis=1)[:, k - 1]
-            else:
-                gmin = block[:ng * length].reshape(length, ng, m).min(axis=0)
-                bound = np.partition(gmin, k - 1, axis=0)[k - 1]
-            np.minimum(t, bound, out=t)
-        limit = t + margin[items]
-        hit = np.flatnonzero(block <= (limit[:, None] if axis == 1 else limit[None, :]))
+        along = (lambda x: x[:, None]) if axis == 1 else (lambda x: x[None, :])
+        bmax = block.max(axis=axis)
+        with self.lock:
+            mx = np.maximum(self.mu[items], bmax)
+            self.mu[items] = mx
+            t = self.tau[items]
+        margin = self.margin[items]
+        self._pool(self.maxima, block, block >= along(mx - margin), axis, items, other0)
+        if block.shape[axis] >= self.k and np.isinf(t).any():
+            np.minimum(t, self._first_bound(block, axis), out=t)
+        r, v = self._pool(self.near, block, block <= along(t + margin), axis, items, other0)
+        t = self._tightened(t, r, v, len(items))
+        with self.lock:
+            np.minimum(self.tau[items], t, out=t)
+            self.tau[items] = t
+
+    @staticmethod
+    def _pool(pool: _Candidates, block, mask, axis, items, other0):
+        """Add the entries of ``block`` under ``mask`` to ``pool``; returns their (item index, value)."""
+        hit = np.flatnonzero(mask)
         r, c = np.divmod(hit, block.shape[1])
         v = block.ravel()[hit]
         if axis == 0:
             r, c = c, r
-        kpool.add(items[r], c + other0, v)
-        # tighten tau with (an upper bound within 1e-9 of) the k-th smallest candidate of this
-        # tile: one value sort of row * span + value
+        pool.add(items[r], c + other0, v)
+        return r, v
+
+    def _first_bound(self, block: np.ndarray, axis: int) -> np.ndarray:
+        """A cheap upper bound of each item's k-th smallest d2 in ``block``: the k-th smallest of
+        the minima of ``groups`` disjoint column groups (group gg = other items j with j % ng == gg)."""
+        m, width, k = block.shape[1 - axis], block.shape[axis], self.k
+        ng = min(self.groups, width)
+        length = width // ng
+        if axis == 1:
+            gmin = block[:, :ng * length].reshape(m, length, ng).min(axis=1)
+            return np.partition(gmin, k - 1, axis=1)[:, k - 1]
+        gmin = block[:ng * length].reshape(length, ng, m).min(axis=0)
+        return np.partition(gmin, k - 1, axis=0)[k - 1]
+
+    def _tightened(self, t: np.ndarray, r: np.ndarray, v: np.ndarray, m: int) -> np.ndarray:
+        """``t`` lowered to (an upper bound within 1e-9 of) each item's k-th smallest pooled value
+        ``v`` of this tile (``r``: item index of each value): one sort of row * span + value."""
         counts = np.bincount(r, minlength=m)
-        ok = counts >= k
+        ok = counts >= self.k
         if ok.any() and v.size:
             lo = float(v.min())
             span = float(v.max()) - lo + 1.0
             keys = np.sort(r * span + (v.astype(np.float64) - lo))
             start = np.cumsum(counts) - counts
-            kth = keys[start[ok] + k - 1] - np.flatnonzero(ok) * span + lo
+            kth = keys[start[ok] + self.k - 1] - np.flatnonzero(ok) * span + lo
             t[ok] = np.minimum(t[ok], (kth + 1e-9 * (1.0 + np.abs(kth))).astype(np.float32))
-        tau[items] = t
+        return t
 
-    buf = np.empty(tile * tile, np.float32)   # reused: fresh 16 MB arrays cost page faults
-    for i0 in range(0, n, tile):
-        i1 = min(n, i0 + tile)
-        for j0 in range(i0, n, tile):
-            j1 = min(n, j0 + tile)
-            block = buf[:(i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
-            np.matmul(left[i0:i1], right[j0:j1].T, out=block)
-            if i0 < q and j1 > q:  # query rows x gallery columns of this tile
-                ra, rb, ca = i0, min(i1, q), max(j0, q)
-                d2qg[ra:rb, ca - q:j1 - q] = block[:rb - i0, ca - j0:]
-            screen(block, 1, np.arange(i0, i1), j0)
-            if j0 != i0:
-                screen(block, 0, np.arange(j0, j1), i0)
-    del left, right, buf
 
-    # row maxima M_i = max over all items of fl32(D^2): every item within the margin of the
-    # float32 maximum, recomputed in float64 (usually one or two per row)
-    r, col, v = mpool.arrays()
-    keep = v >= mu[r] - margin[r]
-    colmax = np.zeros(n, np.float32)
-    np.maximum.at(colmax, r[keep], _o_of_d2(_d2_pairs(f, r[keep], col[keep])))
-    # neighbour lists: candidates sorted by float32 d2; a candidate is kept if it is within the
-    # margin of the row's k-th smallest, and recomputed in float64 only when its float32 value is
-    # within the margin of a neighbouring candidate (only there can rounding change the order)
-    r, c, v = kpool.arrays()
+def _scan_tiles(left: np.ndarray, right: np.ndarray, screen: _TileScreen, tile: int,
+                pool: ThreadPoolExecutor | None) -> None:
+    """All ``tile`` x ``tile`` tiles of the upper triangle of left @ right.T, each screened.
+
+    Each thread reuses one tile buffer (fresh 16 MB arrays cost page faults); with a pool the
+    tiles run on its threads, BLAS limited to one thread each by the caller.
+    """
+    n = left.shape[0]
+    local = threading.local()
+
+    def one(ij: tuple[int, int]) -> None:
+        i0, j0 = ij
+        i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty(tile * tile, np.float32)
+        block = buf[:(i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
+        np.matmul(left[i0:i1], right[j0:j1].T, out=block)
+        screen.tile(block, i0, j0)
+
+    _run(pool, one, [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0, n, tile)])
+
+
+def _row_maxima(f: np.ndarray, screen: _TileScreen, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """M_i = max over all items of fl32(D^2): every pooled item within the margin of the float32
+    maximum, recomputed in float64 (usually one or two per row)."""
+    r, col, v = screen.maxima.arrays()
+    keep = v >= screen.mu[r] - screen.margin[r]
+    colmax = np.zeros(len(screen.mu), np.float32)
+    np.maximum.at(colmax, r[keep], _o_of_d2(_d2_pairs(f, r[keep], col[keep], pool)))
+    return colmax
+
+
+def _neighbour_lists(f: np.ndarray, screen: _TileScreen, colmax: np.ndarray, k: int,
+                     pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's first ``k`` neighbours [N, k] (ascending R, ties by index) and their R values.
+
+    Candidates sorted by float32 d2; a candidate is kept if it is within the margin of the row's
+    k-th smallest, and recomputed in float64 only when its float32 value is within the margin of
+    a neighbouring candidate (only there can rounding change the order).
+    """
+    n, margin = len(colmax), screen.margin
+    r, c, v = screen.near.arrays()
     order = np.lexsort((c, v, r))
     r, c, v = r[order], c[order], v[order]
     counts = np.bincount(r, minlength=n)
@@ -413,16 +547,41 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> _Neighbours
     amb[:-1] |= close
     key = np.maximum(v, 0) / colmax[r]
     if amb.any():
-        key[amb] = _o_of_d2(_d2_pairs(f, r[amb], c[amb])) / colmax[r[amb]]
+        key[amb] = _o_of_d2(_d2_pairs(f, r[amb], c[amb], pool)) / colmax[r[amb]]
     order = np.lexsort((c, key, r))
     r, c, key = r[order], c[order], key[order]
     counts = np.bincount(r, minlength=n)
     start = np.cumsum(counts) - counts
     take = (start[:, None] + np.arange(k)[None, :]).ravel()
-    nbr, nkey = c[take].reshape(n, k), key[take].reshape(n, k)
+    return c[take].reshape(n, k), key[take].reshape(n, k)
+
+
+def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int, pool: ThreadPoolExecutor | None = None,
+                        workers: int = 1, phases: _Phases | None = None) -> _Neighbours:
+    """Neighbour lists from features [N, D] (float32) via tiled float32 products + float64 refinement.
+
+    The float32 squared distances of the q x g block (for the lambda term) are kept in the
+    result's ``out`` buffer, which the core overwrites with the re-ranked distances (one q x g
+    array instead of two).
+    """
+    phases = phases or _Phases(None)
+    n = f.shape[0]
+    k = min(k, n)
+    with phases("factors"):
+        left, right, margin = _tile_factors(f)
+        screen = _TileScreen(n, q, k, margin, tile)
+    with phases("tiles", workers), _blas_threads(1 if pool is not None else None):
+        _scan_tiles(left, right, screen, tile, pool)
+    del left, right
+    with phases("maxima", workers):
+        colmax = _row_maxima(f, screen, pool)
+    with phases("lists", workers):
+        nbr, nkey = _neighbour_lists(f, screen, colmax, k, pool)
+    d2qg = screen.d2qg
+    del screen
 
     def pair_key(rows, cols):
-        return _o_of_d2(_d2_pairs(f, rows, cols)) / colmax[rows]
+        return _o_of_d2(_d2_pairs(f, rows, cols, pool)) / colmax[rows]
 
     def qg_block(s, e):
         return np.maximum(d2qg[s:e], 0) / colmax[s:e, None]
@@ -431,7 +590,8 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int) -> _Neighbours
 
 
 def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
-                    lambda_value: float = 0.3, chunk: int = 2048) -> np.ndarray:
+                    lambda_value: float = 0.3, chunk: int = 2048, workers: int | None = None,
+                    timings: dict | None = None) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distances (float32 [q, g]) from features.
 
     The same as ``rerank`` on the Euclidean distances of the features computed in float64
@@ -441,13 +601,22 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     the neighbour lists (hence the k-reciprocal sets) are those of float64 distances. Features
     are used as float32 (float64 input is rounded to float32 first). Memory: three float32
     copies of the features (one plus two augmented ones for the product), the q x g output (which
-    holds the float32 q x g distances until it is overwritten), and O((q + g) * k1) for the
-    neighbour lists and V.
+    holds the float32 q x g distances until it is overwritten), one tile per worker, and
+    O((q + g) * k1) for the neighbour lists and V.
+
+    ``workers`` threads (default: the CPUs this process may use) share the tiles, each with a
+    one-thread BLAS (process-wide while the tiles run), and the float64 refinements; the result
+    does not depend on it. ``timings``, when a dict, receives per phase ``{"seconds",
+    "cpu_seconds", "workers"}`` (wall time, process CPU time of all threads, threads used).
     """
     qf, gf = np.asarray(qf), np.asarray(gf)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be [q, D] and [g, D] with the same D, got {qf.shape} and {gf.shape}")
     _check_params(k1, k2, lambda_value)
+    workers = _cpu_workers(workers)
+    phases = _Phases(timings)
     f = np.ascontiguousarray(np.concatenate([qf, gf]).astype(np.float32, copy=False))
-    nb = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk)
-    return _core(nb, k1, k2, lambda_value)
+    with (ThreadPoolExecutor(workers, thread_name_prefix="rerank") if workers > 1
+          else nullcontext()) as pool:
+        nb = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk, pool, workers, phases)
+        return _core(nb, k1, k2, lambda_value, phases=phases)
