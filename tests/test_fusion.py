@@ -194,16 +194,17 @@ def _write_view(rec, run_dir, name, images, train, skip=()):
 @pytest.fixture
 def spy(monkeypatch):
     """Paths of every image whose features the evaluate stage extracts."""
-    from keras_reid.stages import _evaluate_common, _evaluate_fusion
+    from keras_reid.stages.evaluate import common as evaluate_common
+    from keras_reid.stages.evaluate import fusion as evaluate_fusion
 
     seen = []
-    original = _evaluate_common.extract_features
+    original = evaluate_common.extract_features
 
     def wrapper(model, records, *args, **kwargs):
         seen.extend(str(r.path) for r in records)
         return original(model, records, *args, **kwargs)
 
-    for module in (_evaluate_common, _evaluate_fusion):
+    for module in (evaluate_common, evaluate_fusion):
         monkeypatch.setattr(module, "extract_features", wrapper)
     return seen
 
@@ -283,16 +284,16 @@ def test_one_pose_uses_only_pose_0(tmp_path, roots, trained, spy):
 def test_normalise_fused_false_ranks_the_fused_vectors_unnormalised(tmp_path, roots, trained,
                                                                      monkeypatch):
     """PN-GAN: the element-wise max of the 9 vectors is ranked by Euclidean distance as it is."""
-    from keras_reid.stages import _evaluate_fusion
+    from keras_reid.stages.evaluate import fusion as evaluate_fusion
 
     ranked = []
-    original = _evaluate_fusion.score
+    original = evaluate_fusion.score
 
     def score(qf, gf, *args, **kwargs):
         ranked.append((np.asarray(qf), np.asarray(gf)))
         return original(qf, gf, *args, **kwargs)
 
-    monkeypatch.setattr(_evaluate_fusion, "score", score)
+    monkeypatch.setattr(evaluate_fusion, "score", score)
     rec = _recipe(tmp_path, roots, "stages.evaluate.fusion.normalise_fused=false",
                   "stages.evaluate.models=[A]")
     query, gallery, train = _query_gallery(rec)

@@ -114,9 +114,9 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
     rec, clean = _run_copy(trained, tmp_path, "clean")
     runner.run(rec, clean, only=["augment"], echo=lambda *_: None)
     rec, run_dir = _run_copy(trained, tmp_path, "killed")
-    from keras_reid.stages import _augment_worker
+    from keras_reid.stages.augment import worker as augment_worker
 
-    real = _augment_worker.Worker.process
+    real = augment_worker.Worker.process
     calls = {"n": 0}
 
     def dying(self, items):
@@ -125,7 +125,7 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
             raise KeyboardInterrupt("killed")
         return real(self, items)
 
-    monkeypatch.setattr(_augment_worker.Worker, "process", dying)
+    monkeypatch.setattr(augment_worker.Worker, "process", dying)
     with pytest.raises(KeyboardInterrupt):
         runner.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     manifest = run_dir / "augment" / "manifest-0-of-1.jsonl"
@@ -134,7 +134,7 @@ def test_interrupted_augment_resumes_without_duplicates_or_half_written_files(tr
     with open(manifest, "a") as fh:  # a line cut short by the kill
         fh.write('{"file": "0001_c2s1_')
     (run_dir / "augment" / "data" / "bounding_box_train" / ".tmp-x.jpg-abc.jpg").write_bytes(b"\xff")
-    monkeypatch.setattr(_augment_worker.Worker, "process", real)
+    monkeypatch.setattr(augment_worker.Worker, "process", real)
     assert runner.plan(rec, run_dir)[1].status == "resume"
     runner.run(rec, run_dir, only=["augment"], echo=lambda *_: None)
     lines = manifest.read_text().splitlines()
@@ -175,14 +175,14 @@ def test_ray_actor_killed_mid_shard_is_retried_file_for_file(trained, tmp_path, 
     """An actor process SIGKILLed on its second batch (after writing the first) is restarted by
     Ray Data and the batch retried: the same files as one process, each listed once."""
     pytest.importorskip("ray", reason="the test extra installs ray")
-    from keras_reid.stages import _augment_worker
+    from keras_reid.stages.augment import worker as augment_worker
 
     rec, single = _run_copy(trained, tmp_path, "single")
     runner.run(rec, single, only=["augment"], echo=lambda *_: None)
     rec_ray, on_ray = _run_copy(trained, tmp_path, "ray", engine="ray")
     (on_ray / "recipe.resolved.yaml").unlink()
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(_augment_worker.KILL_ENV, f"{marker}:2")
+    monkeypatch.setenv(augment_worker.KILL_ENV, f"{marker}:2")
     out = runner.run(rec_ray, on_ray, only=["augment"], echo=lambda *_: None)
     assert marker.exists(), "no actor was killed: the hook did not reach the Ray workers"
     assert out["augment"]["engine"] == "ray"
@@ -301,7 +301,7 @@ def test_label_policies_for_generated_sets(trained, tmp_path, policy, extra_clas
     assert out["augmented"]["num_classes"] == len(labels) == len(real_ids) + extra_classes
     assert ("-100" in labels) == (policy == "unknown")
     # the labels each generated image trains with
-    from keras_reid.stages._train_reid_impl import load_generated
+    from keras_reid.stages.train_reid.run import load_generated
     from keras_reid.stages.base import StageContext
 
     mapping = {int(pid): i for pid, i in labels.items() if pid != "-100"}

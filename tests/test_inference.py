@@ -31,14 +31,14 @@ def invoke(*args):
 def run(tmp_path_factory, synthetic_data):
     """The trained run, the dataset root and the features the evaluate stage extracted
     (``{path: feature}``, captured from the stage's own extraction calls)."""
-    from keras_reid.stages import _evaluate_common
+    from keras_reid.stages.evaluate import common as evaluate_common
 
     tmp = tmp_path_factory.mktemp("infer")
     data = synthetic_data()  # ids 12, cameras 3, 64x32, seed 1, 2 images per identity and camera
     recipe = testing.build_recipe(tmp / "r.yaml", name="infer", datasets={"synth": data.spec},
                                   stages=STAGES)
     seen = {}
-    original = _evaluate_common.extract_features
+    original = evaluate_common.extract_features
 
     def spy(model, records, *args, **kwargs):
         feats = original(model, records, *args, **kwargs)
@@ -46,7 +46,7 @@ def run(tmp_path_factory, synthetic_data):
         return feats
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_evaluate_common, "extract_features", spy)
+        mp.setattr(evaluate_common, "extract_features", spy)
         runner.run(recipe, tmp / "run", echo=lambda *_: None)
     return {"dir": tmp / "run", "root": data.root, "evaluated": seen}
 

@@ -9,7 +9,7 @@ from keras_reid.data.gan_input import GANInput
 from keras_reid.data.gan_pairs import make_pairs
 from keras_reid.data.records import Record
 from keras_reid.errors import RecipeError
-from keras_reid.stages._canonical_poses_impl import kmeans, mean_keypoints
+from keras_reid.stages.canonical_poses.run import kmeans, mean_keypoints
 
 DATA = {"ids": 10, "cameras": 3, "size": (64, 32), "seed": 1, "images_per_id_camera": 2}
 
@@ -156,7 +156,7 @@ def test_vgg19_features_of_skeleton_images_cluster_with_random_weights():
     """features: vgg19 (the paper's clustering): VGG-19 features of the skeleton images, k-means
     over them; weights None here (no network on the test machine)."""
     from keras_reid.data.poses import skeleton_images
-    from keras_reid.stages._canonical_poses_impl import pose_image_features
+    from keras_reid.stages.canonical_poses.run import pose_image_features
     from keras_reid.stages.canonical_poses import CanonicalPosesConfig
 
     rng = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def test_vgg19_imagenet_weights_without_network_are_one_clear_line(monkeypatch):
     import keras
 
     from keras_reid.errors import UserError
-    from keras_reid.stages._canonical_poses_impl import pose_image_features
+    from keras_reid.stages.canonical_poses.run import pose_image_features
 
     def offline(*args, weights=None, **kwargs):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "

@@ -222,7 +222,7 @@ def test_single_shot_cmc_converges_to_the_enumerated_expectation():
 
 # ---------------------------------------------------------------- multi-query (Market-1501)
 def test_multi_query_pools_the_same_person_in_the_same_camera_by_hand():
-    from keras_reid.stages._evaluate_common import multi_query_pairs
+    from keras_reid.stages.evaluate.common import multi_query_pairs
 
     query = [Record("q/0001_c1s1_000100_00.jpg", 1, 1)]
     gt = [Record("gt_bbox/0001_c1s1_000100_00.jpg", 1, 1),    # the query itself (counted once)
@@ -253,7 +253,7 @@ def test_multi_query_pools_the_same_person_in_the_same_camera_by_hand():
 
 # ---------------------------------------------------------------- withheld-class classification
 def test_top_k_accuracy_and_withhold_per_class_by_hand():
-    from keras_reid.stages._train_reid_impl import withhold_per_class
+    from keras_reid.stages.train_reid.run import withhold_per_class
 
     scores = np.array([[0.1, 0.5, 0.4],      # label 2: second -> top-2, not top-1
                        [0.3, 0.3, 0.4],      # label 1 ties class 0, which comes first: third

@@ -127,7 +127,7 @@ def _steps_per_epoch(base: dict, root: str, cameras: list[int] | None) -> int:
     from keras_reid.data.pipeline import ReIDInput
     from keras_reid.data.records import relabel
     from keras_reid.registry import REGISTRY
-    from keras_reid.stages._train_reid_impl import select_records
+    from keras_reid.stages.train_reid.run import select_records
 
     train = base["stages"]["baseline"]
     data = dict(base["datasets"]["synth"], root=root)

@@ -82,7 +82,7 @@ def retrieval(dist, ids, max_rank: int, single_shot: bool = False) -> dict:
     seeds them (mAP and mINP stay those of the whole gallery)."""
     from keras_reid.metrics import evaluate_retrieval
     from keras_reid.metrics.retrieval import single_shot_cmc
-    from keras_reid.stages._evaluate_common import SINGLE_SHOT_SEED
+    from keras_reid.stages.evaluate.common import SINGLE_SHOT_SEED
 
     res = evaluate_retrieval(dist, *ids, max_rank=max_rank)
     if single_shot:
@@ -198,7 +198,7 @@ def multi_query_results(extractor, query: list, query_features, gallery_features
     from keras_reid.inference import extract_features
     from keras_reid.metrics import pairwise_distance
     from keras_reid.metrics.retrieval import fuse_features
-    from keras_reid.stages._evaluate_common import multi_query_pairs
+    from keras_reid.stages.evaluate.common import multi_query_pairs
 
     check_multi_query_split(splits, where)
     wanted = {(q.pid, q.camid) for q in query}

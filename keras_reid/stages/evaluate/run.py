@@ -1,18 +1,18 @@
-"""The heavy half of the ``evaluate`` stage (imports TensorFlow; loaded only when it runs): the
-stage's order of work. Retrieval scoring and publishing live in ``_evaluate_common``, PN-GAN
-fusion in ``_evaluate_fusion``, generated-set checks (identity preservation, SSIM) in
-``_evaluate_generated``, closed-set classification in ``_evaluate_closed_set``, the converted
-(deploy) models in ``_evaluate_deploy``."""
+"""The body of the ``evaluate`` stage (imported when it runs): the
+stage's order of work. Retrieval scoring and publishing live in ``common``, PN-GAN
+fusion in ``fusion``, generated-set checks (identity preservation, SSIM) in
+``generated``, closed-set classification in ``closed_set``, the converted
+(deploy) models in ``deploy``."""
 from __future__ import annotations
 
 from keras_reid import io
 from keras_reid.errors import UserError
-from keras_reid.stages._evaluate_closed_set import classify_holdout, evaluate_closed_set
-from keras_reid.stages._evaluate_common import (RealFeatures, _print_table, chance_of, multi_query_entry,
+from keras_reid.stages.evaluate.closed_set import classify_holdout, evaluate_closed_set
+from keras_reid.stages.evaluate.common import (RealFeatures, _print_table, chance_of, multi_query_entry,
                                                 multi_query_set, publish, score, usable_records)
-from keras_reid.stages._evaluate_deploy import evaluate_converted
-from keras_reid.stages._evaluate_fusion import evaluate_fusion, prepare_fusion
-from keras_reid.stages._evaluate_generated import identity_preservation_of, image_quality, print_quality
+from keras_reid.stages.evaluate.deploy import evaluate_converted
+from keras_reid.stages.evaluate.fusion import evaluate_fusion, prepare_fusion
+from keras_reid.stages.evaluate.generated import identity_preservation_of, image_quality, print_quality
 from keras_reid.stages.base import StageContext
 
 

@@ -1,8 +1,8 @@
 """What every part of the ``evaluate`` stage shares: the usable records of a split, loading the
 models, the real images' features, ranking and retrieval metrics (multi-query included),
 publishing a model's result (ranked lists, TensorBoard) and the printed table. The parts
-(``_evaluate_closed_set``, ``_evaluate_deploy``, ``_evaluate_fusion``, ``_evaluate_generated``)
-import from here; ``_evaluate_impl`` runs them."""
+(``closed_set``, ``deploy``, ``fusion``, ``generated``)
+import from here; ``evaluate.run`` runs them."""
 from __future__ import annotations
 
 from pathlib import Path

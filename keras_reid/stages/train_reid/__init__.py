@@ -209,7 +209,7 @@ class TrainReID(Stage):
         """Before any stage runs: the training split exists and every fixed_pid is one of its
         identities (a class index outside the classes would otherwise fail hours later)."""
         from keras_reid.errors import DatasetError
-        from keras_reid.stages._train_reid_impl import select_records
+        from keras_reid.stages.train_reid.run import select_records
 
         splits = context.dataset(config.dataset)
         if config.eval_every and (splits.kind == "closed_set"
@@ -231,8 +231,8 @@ class TrainReID(Stage):
     def run(self, context: StageContext) -> dict:
         """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
         returns the summary, which records the precision."""
-        from keras_reid.stages import _train_reid_impl
+        from keras_reid.stages.train_reid import run as body
 
         with precision_policy(context.precision) as precision:
-            summary = _train_reid_impl.train(self.config, context)
+            summary = body.train(self.config, context)
         return {**summary, "precision": precision}

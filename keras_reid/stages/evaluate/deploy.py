@@ -10,7 +10,7 @@ from keras_reid.data.records import Record
 from keras_reid.deploy import converted_name, latency_ms, model_size
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
-from keras_reid.stages._evaluate_common import load_saved, multi_query_entry, publish, score
+from keras_reid.stages.evaluate.common import load_saved, multi_query_entry, publish, score
 from keras_reid.stages.base import StageContext
 
 

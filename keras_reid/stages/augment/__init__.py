@@ -132,11 +132,11 @@ class Augment(Stage):
     @classmethod
     def preflight(cls, config: AugmentConfig, context: StageContext) -> None:
         """Check the source camera against the loaded dataset before any stage runs."""
-        from keras_reid.stages import _augment_impl
+        from keras_reid.stages.augment import run as body
 
-        _augment_impl.source_records(config, context)
+        body.source_records(config, context)
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages import _augment_impl
+        from keras_reid.stages.augment import run as body
 
-        return _augment_impl.augment(self.config, context)
+        return body.augment(self.config, context)

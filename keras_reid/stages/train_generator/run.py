@@ -1,4 +1,4 @@
-"""The heavy half of the ``train_generator`` stage (imports TensorFlow; loaded only when it runs)."""
+"""The body of the ``train_generator`` stage (imported when it runs)."""
 from __future__ import annotations
 
 import time

@@ -6,8 +6,8 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.errors import UserError
-from keras_reid.stages._evaluate_common import load_saved
-from keras_reid.stages._evaluate_deploy import closed_set_converted
+from keras_reid.stages.evaluate.common import load_saved
+from keras_reid.stages.evaluate.deploy import closed_set_converted
 from keras_reid.stages.base import StageContext
 
 

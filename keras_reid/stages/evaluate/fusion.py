@@ -10,7 +10,7 @@ import numpy as np
 from keras_reid.data.records import Record
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
-from keras_reid.stages._evaluate_common import RealFeatures, _retrieval, metrics_entry, publish, score
+from keras_reid.stages.evaluate.common import RealFeatures, _retrieval, metrics_entry, publish, score
 from keras_reid.stages.base import StageContext
 
 

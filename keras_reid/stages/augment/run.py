@@ -1,4 +1,4 @@
-"""The heavy half of the ``augment`` stage: work list, generation, filtering, atomic writing.
+"""The body of the ``augment`` stage: work list, generation, filtering, atomic writing.
 
 The work list (every source image x copy, with its output name and seed) is a pure function
 of the recipe, so any process computes the same list; ``--shard i/N`` takes items i, i+N, ...
@@ -25,7 +25,7 @@ from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record, subset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.model_files import sha256_file
 from keras_reid.progress import progbar
-from keras_reid.stages._augment_worker import Worker
+from keras_reid.stages.augment.worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete
 
 _BOX = re.compile(r"_(\d{2})$")
@@ -235,9 +235,9 @@ def _worker_kwargs(cfg, ctx: StageContext, gen_out: dict, files: dict[str, str],
 def _generate_items(cfg, ctx: StageContext, items: list[dict], worker_kwargs: dict) -> None:
     """Generate ``items`` here or on Ray and append their rows to this process's manifest part."""
     if cfg.engine == "ray":
-        from keras_reid.stages import _augment_ray  # deferred: imports Ray
+        from keras_reid.stages.augment import ray as augment_ray  # deferred: imports Ray
 
-        rows_iter = _augment_ray.run(items, worker_kwargs, cfg)
+        rows_iter = augment_ray.run(items, worker_kwargs, cfg)
         manifest = generated.manifest_part(ctx.stage_dir, ray=True)
     else:
         rows_iter = _local(items, worker_kwargs, cfg.batch_size)

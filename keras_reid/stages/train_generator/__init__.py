@@ -125,10 +125,10 @@ class TrainGenerator(Stage):
     def run(self, context: StageContext) -> dict:
         """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
         returns the summary, which records the precision."""
-        from keras_reid.stages import _train_generator_impl
+        from keras_reid.stages.train_generator import run as body
 
         with precision_policy(context.precision) as precision:
-            summary = _train_generator_impl.train(self.config, context)
+            summary = body.train(self.config, context)
         return {**summary, "precision": precision}
 
 

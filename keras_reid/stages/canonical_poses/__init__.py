@@ -65,6 +65,6 @@ class CanonicalPoses(Stage):
         context.dataset(config.dataset)[config.split]
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages import _canonical_poses_impl
+        from keras_reid.stages.canonical_poses import run as body
 
-        return _canonical_poses_impl.run(self.config, context)
+        return body.run(self.config, context)

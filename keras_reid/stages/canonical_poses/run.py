@@ -1,4 +1,4 @@
-"""The work of the ``canonical_poses`` stage (imported when it runs)."""
+"""The body of the ``canonical_poses`` stage (imported when it runs)."""
 from __future__ import annotations
 
 import time

@@ -7,7 +7,7 @@ import numpy as np
 from keras_reid.data import generated
 from keras_reid.data.records import Record, subset
 from keras_reid.inference import extract_features
-from keras_reid.stages._evaluate_common import usable_records
+from keras_reid.stages.evaluate.common import usable_records
 from keras_reid.stages.base import StageContext
 
 

@@ -198,6 +198,6 @@ class Evaluate(Stage):
                 "gallery come from the same dataset (the root, query_split, gallery_split)")
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages import _evaluate_impl
+        from keras_reid.stages.evaluate import run as body
 
-        return _evaluate_impl.evaluate(self.config, context)
+        return body.evaluate(self.config, context)

@@ -1,4 +1,4 @@
-"""The heavy half of the ``train_reid`` stage (imports TensorFlow; loaded only when it runs)."""
+"""The body of the ``train_reid`` stage (imported when it runs)."""
 from __future__ import annotations
 
 import logging
@@ -470,8 +470,8 @@ def _callbacks(cfg, ctx: StageContext, inp, initial_epoch: int) -> tuple[list, A
                                           is_chief=ctx.is_chief))
     curve = None
     if cfg.eval_every:
-        from keras_reid.stages._evaluate_common import usable_records
-        from keras_reid.stages._train_reid_eval import RetrievalCurve
+        from keras_reid.stages.evaluate.common import usable_records
+        from keras_reid.stages.train_reid.retrieval_curve import RetrievalCurve
 
         curve = RetrievalCurve(usable_records(ctx, "query", cfg), usable_records(ctx, "gallery", cfg),
                                image_size=tuple(cfg.image_size), every=cfg.eval_every, epochs=cfg.epochs,

@@ -20,10 +20,10 @@ def _plain(value: Any) -> Any:
 
 
 class GeneratorActor:
-    """A Ray Data actor: one :class:`~keras_reid.stages._augment_worker.Worker` per actor."""
+    """A Ray Data actor: one :class:`~keras_reid.stages.augment.worker.Worker` per actor."""
 
     def __init__(self, worker_kwargs: dict) -> None:
-        from keras_reid.stages._augment_worker import Worker
+        from keras_reid.stages.augment.worker import Worker
 
         self.worker = Worker(**worker_kwargs)
 
