@@ -227,6 +227,40 @@ def test_rerank_fewer_items_than_k1():
     np.testing.assert_allclose(rerank_features(qf, gf), ref, atol=2e-6)
 
 
+def test_rerank_features_threads_and_timings():
+    # many 16 x 16 tiles screened by two threads at once: the same result as one thread and as
+    # the dense reference, and every phase timed
+    rng = np.random.default_rng(21)
+    qf, gf = features(rng, 30, 170, 12, ids=10)
+    d = euclidean64(np.concatenate([qf, gf]), np.concatenate([qf, gf]))
+    ref = ref_rerank(d[:30, 30:], d[:30, :30], d[30:, 30:])
+    timings = {}
+    two = rerank_features(qf, gf, chunk=16, workers=2, timings=timings)
+    one = rerank_features(qf, gf, chunk=16, workers=1)
+    np.testing.assert_array_equal(two, one)
+    np.testing.assert_allclose(two, ref, atol=2e-6)
+    assert set(timings) == {"factors", "tiles", "maxima", "lists", "reciprocal_sets",
+                            "query_expansion", "jaccard"}
+    assert timings["tiles"]["workers"] == 2 and timings["reciprocal_sets"]["workers"] == 1
+    assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in timings.values())
+    with pytest.raises(ValueError, match="workers"):
+        rerank_features(qf, gf, workers=0)
+
+
+def test_rerank_sort_helpers_match_numpy():
+    from keras_reid.metrics.rerank import _kth_smallest, _unique
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 7, 400)
+    vals = rng.choice(np.array([-2.5, -0.0, 0.0, 1e-30, 0.5, 3.0, 7.25], np.float32), 400)
+    for k in (1, 3, 20):
+        want = [np.sort(vals[rows == r])[k - 1] for r in range(7)]
+        np.testing.assert_array_equal(_kth_smallest(rows, vals, 7, k), np.array(want, np.float32))
+    codes = rng.integers(0, 50, 1000)
+    np.testing.assert_array_equal(_unique(codes), np.unique(codes))
+    uniq, inv = _unique(codes, return_inverse=True)
+    np.testing.assert_array_equal(uniq[inv], codes)
+
+
 def test_rerank_rejects_bad_input():
     with pytest.raises(ValueError, match="g_g_dist"):
         rerank(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((2, 2)))

@@ -121,6 +121,20 @@ class _Phases:
 # core (steps 3-6)
 
 
+def _unique(x: np.ndarray, return_inverse: bool = False):
+    """``np.unique(x)`` (sorted unique values, and the inverse when asked) by one sort: numpy 2's
+    hash-based unique is many times slower on these million-element integer codes."""
+    if not return_inverse:
+        x = np.sort(x)
+        return x[np.concatenate(([True], x[1:] != x[:-1]))]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    first = np.concatenate(([True], xs[1:] != xs[:-1]))
+    inverse = np.empty(len(x), np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return xs[first], inverse
+
+
 def _reciprocal(nbr: np.ndarray, k: int) -> np.ndarray:
     """Mask [N, k + 1]: forward neighbour j of i (within top k + 1) has i in its own top k + 1."""
     fwd = nbr[:, :k + 1]
@@ -156,7 +170,7 @@ def _v_matrix(nb: _Neighbours, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         accept[s:s + step] = inter > 2.0 / 3 * h_len[cand[s:s + step]]
     rows = [pi, np.repeat(pi[accept], h_len[cand[accept]])]
     cols = [cand, h_pad[cand[accept]][hmask[cand[accept]]]]
-    code = np.unique(np.concatenate(rows) * n + np.concatenate(cols))  # sorted by (i, x), unique
+    code = _unique(np.concatenate(rows) * n + np.concatenate(cols))  # sorted by (i, x), unique
     vi, vx = code // n, code % n
     # R[i, x]: from the neighbour lists where possible, else computed
     flat = (np.arange(n)[:, None] * n + nbr).ravel()
@@ -189,7 +203,7 @@ def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int):
     offs = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
     take = starts + offs
     code = out_rows.astype(np.int64) * n + indices[take]
-    uniq, inv = np.unique(code, return_inverse=True)
+    uniq, inv = _unique(code, return_inverse=True)
     sums = np.bincount(inv, weights=data[take].astype(np.float64), minlength=len(uniq))
     vals = (sums.astype(np.float32) / np.float32(k2)).astype(np.float32)
     r = uniq // n
@@ -197,7 +211,8 @@ def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int):
     return new_ptr, uniq % n, vals
 
 
-def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 256,
+def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 128,
+          pool: ThreadPoolExecutor | None = None, workers: int = 1,
           phases: _Phases | None = None) -> np.ndarray:
     """Steps 3-6 of the module docstring on precomputed neighbour lists; returns float32 [q, g]."""
     phases = phases or _Phases(None)
@@ -208,11 +223,12 @@ def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 2
     if k2 != 1:
         with phases("query_expansion"):
             indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
-    with phases("jaccard"):
-        return _jaccard(nb, indptr, indices, data, lambda_value, chunk)
+    with phases("jaccard", workers):
+        return _jaccard(nb, indptr, indices, data, lambda_value, chunk, pool)
 
 
-def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk: int) -> np.ndarray:
+def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk: int,
+             pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Step 5-6: ``(1 - lambda) * jaccard + lambda * R`` on the q x g block from CSR V."""
     n, q = nb.nbr.shape[0], nb.num_query
     g = n - q
@@ -225,7 +241,8 @@ def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk:
     colptr = np.concatenate(([0], np.cumsum(np.bincount(g_cols, minlength=n))))
     out = nb.out if nb.out is not None else np.empty((q, g), np.float32)
     lam = np.float32(lambda_value)
-    for s in range(0, q, chunk):
+
+    def rows(s: int) -> None:
         e = min(q, s + chunk)
         a, b = indptr[s], indptr[e]
         qi = rows_of[a:b] - s
@@ -239,6 +256,8 @@ def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk:
         tmin = tmin.reshape(e - s, g)
         jac = np.float32(1) - tmin / (np.float32(2) - tmin)
         out[s:e] = jac * (np.float32(1) - lam) + nb.qg_block(s, e) * lam
+
+    _run(pool, rows, range(0, q, chunk))  # chunks write disjoint rows of out
     return out
 
 
@@ -333,7 +352,7 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> None:
 
 
 def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, pool: ThreadPoolExecutor | None = None,
-              step: int = 512) -> np.ndarray:
+              step: int = 64) -> np.ndarray:
     """Float64 squared distances sum((f[r] - f[c])**2) of the item pairs (rows[i], cols[i]).
 
     The differences of float32 values are exact in float64, so there is no cancellation. Blocks
@@ -342,8 +361,7 @@ def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, pool: ThreadPoo
     out = np.empty(len(rows), np.float64)
 
     def block(s: int) -> None:
-        diff = f[rows[s:s + step]].astype(np.float64)
-        diff -= f[cols[s:s + step]]
+        diff = np.subtract(f[rows[s:s + step]], f[cols[s:s + step]], dtype=np.float64)
         out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
 
     _run(pool, block, range(0, len(rows), step))
@@ -370,7 +388,8 @@ class _Candidates:
         return tuple(np.concatenate(x) for x in zip(*self.parts))
 
 
-def _tile_factors(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tile_factors(f: np.ndarray, pool: ThreadPoolExecutor | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented float32 factors ``left``, ``right`` [N, D + 2] and the per-row error margin [N].
 
     Tiles hold d2 = [c_i, |c_i|^2, 1] . [-2 c_j, 1, |c_j|^2] from one float32 product, where
@@ -384,17 +403,21 @@ def _tile_factors(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean = f.mean(axis=0, dtype=np.float64)
     left = np.empty((n, dim + 2), np.float32)
     right = np.empty((n, dim + 2), np.float32)
-    for s in range(0, n, 4096):
-        left[s:s + 4096, :dim] = f[s:s + 4096] - mean
-    c = left[:, :dim]
-    n64 = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+    n64 = np.empty(n, np.float64)
+
+    def rows(s: int) -> None:
+        c = left[s:s + 1024, :dim]
+        np.subtract(f[s:s + 1024], mean, out=c, casting="same_kind")  # float64, rounded once
+        n64[s:s + 1024] = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+        np.multiply(c, -2, out=right[s:s + 1024, :dim])
+
+    _run(pool, rows, range(0, n, 1024))
     n32 = n64.astype(np.float32)
     amax = float(np.sqrt(n64.max())) if n else 0.0
     a = np.sqrt(n64)
     err = 2 * ((dim + 8) * _U * (2 * a * amax + n64 + amax ** 2) + 4 * _U * (a + amax) ** 2)
     margin = (2 * err + 8 * _U * (n64 + amax ** 2)).astype(np.float32)
     left[:, dim], left[:, dim + 1] = n32, 1
-    np.multiply(c, -2, out=right[:, :dim])
     right[:, dim], right[:, dim + 1] = 1, n32
     return left, right, margin
 
@@ -524,6 +547,17 @@ def _row_maxima(f: np.ndarray, screen: _TileScreen, pool: ThreadPoolExecutor | N
     return colmax
 
 
+def _kth_smallest(r: np.ndarray, v: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The k-th smallest float32 ``v`` of each row 0..n-1 (``r``: row of each value; every row
+    has at least k): one sort of uint64 keys row << 32 | order-preserving bits of v."""
+    bits = v.astype(np.float32).view(np.uint32)
+    bits = np.where(bits & 0x80000000, ~bits, bits | 0x80000000).astype(np.uint64)
+    keys = np.sort((r.astype(np.uint64) << np.uint64(32)) | bits)
+    counts = np.bincount(r, minlength=n)
+    low = (keys[np.cumsum(counts) - counts + k - 1] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return np.where(low & 0x80000000, low ^ 0x80000000, ~low).view(np.float32)
+
+
 def _neighbour_lists(f: np.ndarray, screen: _TileScreen, colmax: np.ndarray, k: int,
                      pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
     """Each item's first ``k`` neighbours [N, k] (ascending R, ties by index) and their R values.
@@ -534,13 +568,13 @@ def _neighbour_lists(f: np.ndarray, screen: _TileScreen, colmax: np.ndarray, k: 
     """
     n, margin = len(colmax), screen.margin
     r, c, v = screen.near.arrays()
+    # tau only fell while the tiles were screened: drop what the final bounds exclude before sorting
+    pre = v <= screen.tau[r] + margin[r]
+    r, c, v = r[pre], c[pre], v[pre]
+    keep = v <= _kth_smallest(r, v, n, k)[r] + margin[r]
+    r, c, v = r[keep], c[keep], v[keep]
     order = np.lexsort((c, v, r))
     r, c, v = r[order], c[order], v[order]
-    counts = np.bincount(r, minlength=n)
-    start = np.cumsum(counts) - counts
-    kth = v[start + k - 1]
-    keep = v <= kth[r] + margin[r]
-    r, c, v = r[keep], c[keep], v[keep]
     close = (np.diff(v) <= margin[r[1:]]) & (r[1:] == r[:-1])
     amb = np.zeros(len(r), bool)
     amb[1:] |= close
@@ -567,8 +601,8 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int, pool: ThreadPo
     phases = phases or _Phases(None)
     n = f.shape[0]
     k = min(k, n)
-    with phases("factors"):
-        left, right, margin = _tile_factors(f)
+    with phases("factors", workers):
+        left, right, margin = _tile_factors(f, pool)
         screen = _TileScreen(n, q, k, margin, tile)
     with phases("tiles", workers), _blas_threads(1 if pool is not None else None):
         _scan_tiles(left, right, screen, tile, pool)
@@ -619,4 +653,4 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     with (ThreadPoolExecutor(workers, thread_name_prefix="rerank") if workers > 1
           else nullcontext()) as pool:
         nb = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk, pool, workers, phases)
-        return _core(nb, k1, k2, lambda_value, phases=phases)
+        return _core(nb, k1, k2, lambda_value, pool=pool, workers=workers, phases=phases)
