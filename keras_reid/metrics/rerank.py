@@ -604,7 +604,7 @@ def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int, pool: ThreadPo
     with phases("factors", workers):
         left, right, margin = _tile_factors(f, pool)
         screen = _TileScreen(n, q, k, margin, tile)
-    with phases("tiles", workers), _blas_threads(1 if pool is not None else None):
+    with phases("tiles", workers), _blas_threads(1):  # the same float32 tiles for any workers
         _scan_tiles(left, right, screen, tile, pool)
     del left, right
     with phases("maxima", workers):
@@ -638,9 +638,10 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     holds the float32 q x g distances until it is overwritten), one tile per worker, and
     O((q + g) * k1) for the neighbour lists and V.
 
-    ``workers`` threads (default: the CPUs this process may use) share the tiles, each with a
-    one-thread BLAS (process-wide while the tiles run), and the float64 refinements; the result
-    does not depend on it. ``timings``, when a dict, receives per phase ``{"seconds",
+    ``workers`` threads (default: the CPUs this process may use) share the tiles, each tile one
+    single-threaded BLAS product (BLAS is held at one thread process-wide while the tiles run),
+    the float64 refinements and the Jaccard rows; the result does not depend on ``workers``
+    (a multi-threaded BLAS may round some float32 tile entries differently, by about 1e-7). ``timings``, when a dict, receives per phase ``{"seconds",
     "cpu_seconds", "workers"}`` (wall time, process CPU time of all threads, threads used).
     """
     qf, gf = np.asarray(qf), np.asarray(gf)
