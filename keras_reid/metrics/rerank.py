@@ -252,10 +252,13 @@ def _jaccard(nb: _Neighbours, indptr, indices, data, lambda_value: float, chunk:
         take = np.repeat(colptr[qc], cnt) + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))
         mins = np.minimum(np.repeat(qv, cnt), g_vals[take]).astype(np.float64)
         target = np.repeat(qi, cnt).astype(np.int64) * g + g_rows[take]
-        tmin = np.bincount(target, weights=mins, minlength=(e - s) * g).astype(np.float32)
-        tmin = tmin.reshape(e - s, g)
-        jac = np.float32(1) - tmin / (np.float32(2) - tmin)
-        out[s:e] = jac * (np.float32(1) - lam) + nb.qg_block(s, e) * lam
+        jac = np.bincount(target, weights=mins, minlength=(e - s) * g).astype(np.float32)
+        jac = jac.reshape(e - s, g)                      # shared mass m, then in place:
+        jac /= np.float32(2) - jac                       # m / (2 - m)
+        np.subtract(np.float32(1), jac, out=jac)         # Jaccard distance 1 - m / (2 - m)
+        jac *= np.float32(1) - lam
+        jac += nb.qg_block(s, e) * lam
+        out[s:e] = jac
 
     _run(pool, rows, range(0, q, chunk))  # chunks write disjoint rows of out
     return out
@@ -467,25 +470,27 @@ class _TileScreen:
             self.mu[items] = mx
             t = self.tau[items]
         margin = self.margin[items]
-        self._pool(self.maxima, block, block >= along(mx - margin), axis, items, other0)
+        r, c, v = self._hits(block, block >= along(mx - margin), axis)
+        self.maxima.add(items[r], c + other0, v)
         if block.shape[axis] >= self.k and np.isinf(t).any():
             np.minimum(t, self._first_bound(block, axis), out=t)
-        r, v = self._pool(self.near, block, block <= along(t + margin), axis, items, other0)
+        r, c, v = self._hits(block, block <= along(t + margin), axis)
         t = self._tightened(t, r, v, len(items))
+        keep = v <= t[r] + margin[r]  # t only fell: the rest can never be selected
+        self.near.add(items[r[keep]], c[keep] + other0, v[keep])
         with self.lock:
             np.minimum(self.tau[items], t, out=t)
             self.tau[items] = t
 
     @staticmethod
-    def _pool(pool: _Candidates, block, mask, axis, items, other0):
-        """Add the entries of ``block`` under ``mask`` to ``pool``; returns their (item index, value)."""
+    def _hits(block: np.ndarray, mask: np.ndarray, axis: int):
+        """Entries of ``block`` under ``mask``: (item index, other index, value) along ``axis``."""
         hit = np.flatnonzero(mask)
         r, c = np.divmod(hit, block.shape[1])
         v = block.ravel()[hit]
         if axis == 0:
             r, c = c, r
-        pool.add(items[r], c + other0, v)
-        return r, v
+        return r, c, v
 
     def _first_bound(self, block: np.ndarray, axis: int) -> np.ndarray:
         """A cheap upper bound of each item's k-th smallest d2 in ``block``: the k-th smallest of
