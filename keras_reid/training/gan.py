@@ -150,6 +150,22 @@ class GANModel(keras.Model):
                 self.trackers[name].update_state(value * replicas)
         return logs
 
+    # ------------------------------------------------------------------ generation
+    def as_graph(self, fn: Any) -> Any:
+        """Returns ``fn`` (a bound method of this model) as a ``tf.function``, made once per
+        model and method: generation then runs as one graph per batch instead of op by op.
+        ``reduce_retracing`` keeps one graph for every batch size; Python arguments (flags)
+        select a graph each. ``jit_compile`` is off: XLA on CPU slows the conv generators
+        here (tools/bench_generators.py). Kept out of Keras' attribute tracking."""
+        cache = self.__dict__.get("_compiled_fns")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_compiled_fns", cache)
+        name = fn.__name__
+        if name not in cache:
+            cache[name] = tf.function(fn, reduce_retracing=True, jit_compile=False)
+        return cache[name]
+
     # ------------------------------------------------------------------ saving
     def get_config(self) -> dict:
         """Returns the serialisable config: name and both sub-models (subclasses add theirs)."""

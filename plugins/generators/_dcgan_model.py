@@ -160,7 +160,11 @@ class DCGANModel(GANModel):
     def generate(self, batch: dict, noise: bool | None = None):
         """Returns images float32 [B, H, W, 3] in [-1, 1] for ``batch["noise"]`` [B, z_dim]
         (inference mode; ``noise`` is unused: a DCGAN's randomness is z)."""
-        return self.generator(tf.convert_to_tensor(batch["noise"], tf.float32), training=False)
+        return self.as_graph(self._generate_graph)(tf.convert_to_tensor(batch["noise"], tf.float32))
+
+    def _generate_graph(self, z):
+        """G's inference pass on ``z`` (compiled once per model by ``generate``)."""
+        return self.generator(z, training=False)
 
     def d_input(self, images) -> tf.Tensor:
         """What D sees of ``images``: the DiffAugment of each (``diff_augment`` policy), or the

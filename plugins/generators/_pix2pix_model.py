@@ -231,13 +231,19 @@ class Pix2PixGAN(GANModel):
         noise = self.dropout_at_generation if noise is None else bool(noise)
         batch_stats = self.batch_stats_at_generation if batch_stats is None else bool(batch_stats)
         batch = {k: tf.convert_to_tensor(v, tf.float32) for k, v in batch.items()}
-        noisy = [layer for layer in self.generator.layers if isinstance(layer, NoiseDropout)]
         norms = [layer for layer in self.generator.layers if isinstance(layer, GenerationBatchNorm)]
         if batch_stats and not norms:
             raise ValueError("this generator has no BatchNorm layers that can use per-image "
                              "statistics (norm: instance, or saved by an older version); generate "
                              "with batch_stats=False")
         item_seeds = None if seeds is None else tf.constant(np.asarray(seeds, np.int64))
+        return self.as_graph(self._generate_graph)(batch, item_seeds, noise, batch_stats)
+
+    def _generate_graph(self, batch: dict, item_seeds, noise: bool, batch_stats: bool):
+        """The generator's inference pass with the runtime flags set on its layers while it is
+        traced (one graph per flag combination and per seeded/unseeded; see ``generate``)."""
+        noisy = [layer for layer in self.generator.layers if isinstance(layer, NoiseDropout)]
+        norms = [layer for layer in self.generator.layers if isinstance(layer, GenerationBatchNorm)]
         for layer in noisy:
             layer.noise = noise
             layer.item_seeds = item_seeds

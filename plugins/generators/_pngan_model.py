@@ -186,6 +186,10 @@ class PNGANModel(GANModel):
         of ``batch["target_pose"]`` (inference mode). ``noise`` is unused: PN-GAN has no noise
         source, so generation is deterministic."""
         batch = {k: tf.convert_to_tensor(batch[k], tf.float32) for k in ("source", "target_pose")}
+        return self.as_graph(self._generate_graph)(batch)
+
+    def _generate_graph(self, batch: dict):
+        """G's inference pass (compiled once per model by ``generate``)."""
         return self.generator(self.generator_input(batch), training=False)
 
     # ------------------------------------------------------------------ image pool
