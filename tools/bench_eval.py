@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
             results["rerank_features_compare"]["max_abs_difference"] = float(np.abs(new - old).max())
             same = (np.argsort(new, axis=1, kind="stable") == np.argsort(old, axis=1, kind="stable")).all(1)
             results["rerank_features_compare"]["queries_ranked_differently"] = int((~same).sum())
+            for key in ("mAP", "rank1", "mINP"):
+                results["rerank_features_compare"][f"{key}_difference"] = abs(
+                    results["rerank_features"][key] - results["rerank_features_compare"][key])
             del new, old
     load_after = os.getloadavg()
     print(f"{'step':<24}{'time (s)':>10}{'CPU (s)':>9}{'peak RSS (MB)':>15}{'RSS before (MB)':>17}  result")
@@ -211,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "rerank_features_compare" in results and "max_abs_difference" in results["rerank_features_compare"]:
         c = results["rerank_features_compare"]
         print(f"rerank_features vs {args.compare}: max |difference| {c['max_abs_difference']:.3g}, "
-              f"queries ranked differently {c['queries_ranked_differently']} of {args.queries}")
+              f"queries ranked differently {c['queries_ranked_differently']} of {args.queries}; "
+              f"|difference| of mAP {c['mAP_difference']:.2g}, rank-1 {c['rank1_difference']:.2g}, "
+              f"mINP {c['mINP_difference']:.2g}")
     if "argsort" in results and "evaluate_retrieval" in results:
         print(f"evaluate_retrieval / argsort time: "
               f"{results['evaluate_retrieval']['seconds'] / results['argsort']['seconds']:.2f}")

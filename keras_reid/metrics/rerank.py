@@ -470,7 +470,16 @@ class _TileScreen:
             self.mu[items] = mx
             t = self.tau[items]
         margin = self.margin[items]
-        r, c, v = self._hits(block, block >= along(mx - margin), axis)
+        low = mx - margin
+        some = np.flatnonzero(bmax >= low)  # only these items have maximum candidates here
+        if 4 * len(some) > len(items):
+            r, c, v = self._hits(block, block >= along(low), axis)
+        elif len(some):  # after the first tiles: compare only their rows (columns)
+            part = block[some] if axis == 1 else block[:, some]
+            r, c, v = self._hits(part, part >= along(low[some]), axis)
+            r = some[r]
+        else:
+            r = c = v = np.zeros(0, np.int64)
         self.maxima.add(items[r], c + other0, v)
         if block.shape[axis] >= self.k and np.isinf(t).any():
             np.minimum(t, self._first_bound(block, axis), out=t)
