@@ -241,7 +241,7 @@ def test_rerank_features_threads_and_timings():
     np.testing.assert_allclose(two, ref, atol=2e-6)
     assert set(timings) == {"factors", "tiles", "maxima", "lists", "reciprocal_sets",
                             "query_expansion", "jaccard"}
-    assert timings["tiles"]["workers"] == 2 and timings["reciprocal_sets"]["workers"] == 1
+    assert timings["tiles"]["workers"] == 2 and timings["query_expansion"]["workers"] == 1
     assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in timings.values())
     with pytest.raises(ValueError, match="workers"):
         rerank_features(qf, gf, workers=0)
@@ -259,6 +259,18 @@ def test_rerank_sort_helpers_match_numpy():
     np.testing.assert_array_equal(_unique(codes), np.unique(codes))
     uniq, inv = _unique(codes, return_inverse=True)
     np.testing.assert_array_equal(uniq[inv], codes)
+
+
+def test_rerank_stacked_rows_match_concatenation():
+    from keras_reid.metrics.rerank import _Stacked
+    rng = np.random.default_rng(8)
+    qf, gf = (rng.standard_normal((n, 5)).astype(np.float32) for n in (7, 30))
+    f, full = _Stacked(qf, gf), np.concatenate([qf, gf])
+    for a, b in ((0, 4), (3, 12), (7, 37), (20, 25), (30, 99)):
+        np.testing.assert_array_equal(f[a:b], full[a:b])
+    for idx in ([1, 2], [8, 36], [36, 0, 7, 6, 6], []):
+        np.testing.assert_array_equal(f[np.array(idx, int)], full[np.array(idx, int)])
+    np.testing.assert_array_equal(f.mean64(step=4), full.mean(axis=0, dtype=np.float64))
 
 
 def test_rerank_rejects_bad_input():

@@ -135,39 +135,46 @@ def _unique(x: np.ndarray, return_inverse: bool = False):
     return xs[first], inverse
 
 
-def _reciprocal(nbr: np.ndarray, k: int) -> np.ndarray:
+def _reciprocal(nbr: np.ndarray, k: int, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Mask [N, k + 1]: forward neighbour j of i (within top k + 1) has i in its own top k + 1."""
     fwd = nbr[:, :k + 1]
     n = fwd.shape[0]
     mask = np.zeros(fwd.shape, bool)
-    step = max(1, 2_000_000 // max(1, (k + 1) ** 2))
-    for s in range(0, n, step):
+    step = max(1, 500_000 // max(1, (k + 1) ** 2))
+
+    def rows(s: int) -> None:
         f = fwd[s:s + step]
         back = nbr[f, :k + 1]  # [b, k+1, k+1]
         mask[s:s + step] = (back == np.arange(s, s + len(f))[:, None, None]).any(axis=2)
+
+    _run(pool, rows, range(0, n, step))
     return mask
 
 
-def _v_matrix(nb: _Neighbours, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _v_matrix(nb: _Neighbours, k1: int, pool: ThreadPoolExecutor | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparse V as CSR (indptr, indices, float32 data) over the N items (steps 3 of the module doc)."""
     nbr = nb.nbr
     n = nbr.shape[0]
     k1 = min(k1, nbr.shape[1] - 1)
     half = min(int(np.around(k1 / 2.0)), nbr.shape[1] - 1)
-    rmask = _reciprocal(nbr, k1)
-    hmask = _reciprocal(nbr, half)
+    rmask = _reciprocal(nbr, k1, pool)
+    hmask = _reciprocal(nbr, half, pool)
     r_pad = np.where(rmask, nbr[:, :k1 + 1], -1)       # R(i, k1), -1 = absent
     h_pad = np.where(hmask, nbr[:, :half + 1], -2)     # R(c, k1/2), -2 = absent
     h_len = hmask.sum(axis=1)
     pi, pj = np.nonzero(rmask)                         # pairs (i, candidate c = nbr[i, pj])
     cand = nbr[pi, pj]
     accept = np.zeros(len(pi), bool)
-    step = 200_000
-    for s in range(0, len(pi), step):
+    step = 50_000
+
+    def pairs(s: int) -> None:
         hs = h_pad[cand[s:s + step]]                   # [p, half+1]
         rs = r_pad[pi[s:s + step]]                     # [p, k1+1]
         inter = (hs[:, :, None] == rs[:, None, :]).any(axis=2).sum(axis=1)
         accept[s:s + step] = inter > 2.0 / 3 * h_len[cand[s:s + step]]
+
+    _run(pool, pairs, range(0, len(pi), step))
     rows = [pi, np.repeat(pi[accept], h_len[cand[accept]])]
     cols = [cand, h_pad[cand[accept]][hmask[cand[accept]]]]
     code = _unique(np.concatenate(rows) * n + np.concatenate(cols))  # sorted by (i, x), unique
@@ -218,8 +225,8 @@ def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 1
     phases = phases or _Phases(None)
     n, q = nb.nbr.shape[0], nb.num_query
     g = n - q
-    with phases("reciprocal_sets"):
-        indptr, indices, data = _v_matrix(nb, k1)
+    with phases("reciprocal_sets", workers):
+        indptr, indices, data = _v_matrix(nb, k1, pool)
     if k2 != 1:
         with phases("query_expansion"):
             indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
@@ -354,7 +361,49 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> None:
 # neighbour lists from features
 
 
-def _d2_pairs(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, pool: ThreadPoolExecutor | None = None,
+class _Stacked:
+    """The rows of [qf; gf] (float32) read from the two arrays: no (q + g) x D copy is made.
+
+    ``f[a:b]`` and ``f[int array]`` give float32 rows as indexing the stacked array would.
+    """
+
+    def __init__(self, qf: np.ndarray, gf: np.ndarray):
+        self.qf, self.gf = qf, gf
+        self.q = len(qf)
+        self.shape = (len(qf) + len(gf), qf.shape[1])
+
+    def __getitem__(self, index) -> np.ndarray:
+        q = self.q
+        if isinstance(index, slice):
+            a, b, _ = index.indices(self.shape[0])
+            if b <= q:
+                return self.qf[a:b]
+            if a >= q:
+                return self.gf[a - q:b - q]
+            return np.concatenate([self.qf[a:], self.gf[:b - q]])
+        index = np.asarray(index)
+        if len(index) and index.max() < q:
+            return self.qf[index]
+        if len(index) and index.min() >= q:
+            return self.gf[index - q]
+        out = np.empty((len(index), self.shape[1]), np.float32)
+        inq = index < q
+        out[inq] = self.qf[index[inq]]
+        out[~inq] = self.gf[index[~inq] - q]
+        return out
+
+    def mean64(self, step: int = 1024) -> np.ndarray:
+        """Float64 column means, the bits of the stacked array's ``mean(axis=0, dtype=float64)``
+        (numpy adds the rows one after another; so does this, a block at a time)."""
+        total = np.zeros(self.shape[1], np.float64)
+        for part in (self.qf, self.gf):
+            for s in range(0, len(part), step):
+                block = np.concatenate([total[None], part[s:s + step].astype(np.float64)])
+                total = np.add.reduce(block, axis=0)
+        return total / self.shape[0]
+
+
+def _d2_pairs(f: _Stacked, rows: np.ndarray, cols: np.ndarray, pool: ThreadPoolExecutor | None = None,
               step: int = 64) -> np.ndarray:
     """Float64 squared distances sum((f[r] - f[c])**2) of the item pairs (rows[i], cols[i]).
 
@@ -391,7 +440,7 @@ class _Candidates:
         return tuple(np.concatenate(x) for x in zip(*self.parts))
 
 
-def _tile_factors(f: np.ndarray, pool: ThreadPoolExecutor | None = None
+def _tile_factors(f: _Stacked, pool: ThreadPoolExecutor | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented float32 factors ``left``, ``right`` [N, D + 2] and the per-row error margin [N].
 
@@ -403,7 +452,7 @@ def _tile_factors(f: np.ndarray, pool: ThreadPoolExecutor | None = None
     candidates are kept within 2 err plus two float32 ulps (the margin).
     """
     n, dim = f.shape
-    mean = f.mean(axis=0, dtype=np.float64)
+    mean = f.mean64()
     left = np.empty((n, dim + 2), np.float32)
     right = np.empty((n, dim + 2), np.float32)
     n64 = np.empty(n, np.float64)
@@ -551,7 +600,7 @@ def _scan_tiles(left: np.ndarray, right: np.ndarray, screen: _TileScreen, tile: 
     _run(pool, one, [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0, n, tile)])
 
 
-def _row_maxima(f: np.ndarray, screen: _TileScreen, pool: ThreadPoolExecutor | None) -> np.ndarray:
+def _row_maxima(f: _Stacked, screen: _TileScreen, pool: ThreadPoolExecutor | None) -> np.ndarray:
     """M_i = max over all items of fl32(D^2): every pooled item within the margin of the float32
     maximum, recomputed in float64 (usually one or two per row)."""
     r, col, v = screen.maxima.arrays()
@@ -572,7 +621,7 @@ def _kth_smallest(r: np.ndarray, v: np.ndarray, n: int, k: int) -> np.ndarray:
     return np.where(low & 0x80000000, low ^ 0x80000000, ~low).view(np.float32)
 
 
-def _neighbour_lists(f: np.ndarray, screen: _TileScreen, colmax: np.ndarray, k: int,
+def _neighbour_lists(f: _Stacked, screen: _TileScreen, colmax: np.ndarray, k: int,
                      pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
     """Each item's first ``k`` neighbours [N, k] (ascending R, ties by index) and their R values.
 
@@ -604,9 +653,9 @@ def _neighbour_lists(f: np.ndarray, screen: _TileScreen, colmax: np.ndarray, k: 
     return c[take].reshape(n, k), key[take].reshape(n, k)
 
 
-def _feature_neighbours(f: np.ndarray, q: int, k: int, tile: int, pool: ThreadPoolExecutor | None = None,
+def _feature_neighbours(f: _Stacked, q: int, k: int, tile: int, pool: ThreadPoolExecutor | None = None,
                         workers: int = 1, phases: _Phases | None = None) -> _Neighbours:
-    """Neighbour lists from features [N, D] (float32) via tiled float32 products + float64 refinement.
+    """Neighbour lists from features (rows of ``f``) via tiled float32 products + float64 refinement.
 
     The float32 squared distances of the q x g block (for the lambda term) are kept in the
     result's ``out`` buffer, which the core overwrites with the re-ranked distances (one q x g
@@ -647,10 +696,10 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     distances are produced in ``chunk`` x ``chunk`` float32 tiles of mean-centred features
     (upper triangle only); neighbour candidates near a float32 tie are recomputed in float64, so
     the neighbour lists (hence the k-reciprocal sets) are those of float64 distances. Features
-    are used as float32 (float64 input is rounded to float32 first). Memory: three float32
-    copies of the features (one plus two augmented ones for the product), the q x g output (which
-    holds the float32 q x g distances until it is overwritten), one tile per worker, and
-    O((q + g) * k1) for the neighbour lists and V.
+    are used as float32 (float64 input is rounded to float32 first). Memory besides the inputs:
+    two augmented float32 copies of the features for the product (plus a float32 copy of input
+    that is not float32), the q x g output (which holds the float32 q x g distances until it is
+    overwritten), one tile per worker, and O((q + g) * k1) for the neighbour lists and V.
 
     ``workers`` threads (default: the CPUs this process may use) share the tiles, each tile one
     single-threaded BLAS product (BLAS is held at one thread process-wide while the tiles run),
@@ -664,7 +713,7 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
     _check_params(k1, k2, lambda_value)
     workers = _cpu_workers(workers)
     phases = _Phases(timings)
-    f = np.ascontiguousarray(np.concatenate([qf, gf]).astype(np.float32, copy=False))
+    f = _Stacked(*(np.ascontiguousarray(x, dtype=np.float32) for x in (qf, gf)))
     with (ThreadPoolExecutor(workers, thread_name_prefix="rerank") if workers > 1
           else nullcontext()) as pool:
         nb = _feature_neighbours(f, qf.shape[0], max(k1 + 1, k2), chunk, pool, workers, phases)
