@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = ["rerank", "rerank_features"]
 
@@ -92,7 +93,6 @@ def _blas_threads(limit: int | None) -> Iterator[None]:
     if limit is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=limit, user_api="blas"):
         yield
 
