@@ -17,7 +17,8 @@ Only the neighbour lists, the row maxima and sparse V are kept, so memory is O(N
 the q x g output. ``rerank`` takes the three distance matrices (read one block of columns at a
 time). ``rerank_features`` computes the distances from features in ``chunk`` x ``chunk`` tiles of
 one float32 matrix product over the upper triangle of the symmetric N x N matrix (each tile
-serves its rows and its columns). Per row it keeps the neighbour candidates whose float32 value is
+serves its rows and its columns; ``workers`` threads screen tiles at once, each tile one
+single-threaded BLAS product). Per row it keeps the neighbour candidates whose float32 value is
 within a rigorous rounding-error margin (twice the worst-case bound of the float32 product) of the
 k-th smallest, and recomputes in float64 every candidate whose float32 value is within that
 margin of another candidate: only those can change order, so the neighbour lists (and with them
