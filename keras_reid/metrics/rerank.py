@@ -198,24 +198,34 @@ def _v_matrix(nb: _Neighbours, k1: int, pool: ThreadPoolExecutor | None = None
     return indptr, vx, data
 
 
-def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int):
-    """V_qe[i] = mean of V over i's top-k2 neighbours (float64 sums, float32 result), as CSR."""
+def _query_expansion(indptr, indices, data, nbr: np.ndarray, k2: int,
+                     pool: ThreadPoolExecutor | None = None, step: int = 2048):
+    """V_qe[i] = mean of V over i's top-k2 neighbours (float64 sums, float32 result), as CSR.
+
+    Blocks of ``step`` rows are independent (on ``pool``'s threads when given); each row's sums
+    add its terms in the same order whatever the blocks.
+    """
     n = len(indptr) - 1
     lens = np.diff(indptr)
-    src = nbr[:, :k2]                                  # [N, k2]
-    rows = np.repeat(np.arange(n), k2)
-    srcf = src.ravel()
-    cnt = lens[srcf]
-    out_rows = np.repeat(rows, cnt)
-    starts = np.repeat(indptr[srcf], cnt)
-    offs = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    take = starts + offs
-    code = out_rows.astype(np.int64) * n + indices[take]
-    uniq, inv = _unique(code, return_inverse=True)
-    sums = np.bincount(inv, weights=data[take].astype(np.float64), minlength=len(uniq))
-    vals = (sums.astype(np.float32) / np.float32(k2)).astype(np.float32)
-    r = uniq // n
-    new_ptr = np.concatenate(([0], np.cumsum(np.bincount(r, minlength=n))))
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def rows(s: int) -> None:
+        e = min(n, s + step)
+        srcf = nbr[s:e, :k2].ravel()                   # [rows * k2] sources
+        cnt = lens[srcf]
+        out_rows = np.repeat(np.repeat(np.arange(s, e), k2), cnt)
+        starts = np.repeat(indptr[srcf], cnt)
+        offs = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        take = starts + offs
+        code = out_rows.astype(np.int64) * n + indices[take]
+        uniq, inv = _unique(code, return_inverse=True)
+        sums = np.bincount(inv, weights=data[take].astype(np.float64), minlength=len(uniq))
+        parts[s] = uniq, (sums.astype(np.float32) / np.float32(k2)).astype(np.float32)
+
+    _run(pool, rows, range(0, n, step))
+    uniq = np.concatenate([parts[s][0] for s in sorted(parts)])
+    vals = np.concatenate([parts[s][1] for s in sorted(parts)])
+    new_ptr = np.concatenate(([0], np.cumsum(np.bincount(uniq // n, minlength=n))))
     return new_ptr, uniq % n, vals
 
 
@@ -229,8 +239,8 @@ def _core(nb: _Neighbours, k1: int, k2: int, lambda_value: float, chunk: int = 1
     with phases("reciprocal_sets", workers):
         indptr, indices, data = _v_matrix(nb, k1, pool)
     if k2 != 1:
-        with phases("query_expansion"):
-            indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2)
+        with phases("query_expansion", workers):
+            indptr, indices, data = _query_expansion(indptr, indices, data, nb.nbr, k2, pool)
     with phases("jaccard", workers):
         return _jaccard(nb, indptr, indices, data, lambda_value, chunk, pool)
 
