@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import keras
@@ -412,3 +413,41 @@ def test_dataset_running_out_ends_the_epoch_with_a_warning(one_device, caplog):
         history = train(model, dataset_fn, strategy=one_device, epochs=1, steps_per_epoch=20, verbose=0)
     assert "ran out after 8 of 20 steps" in caplog.text  # 64 examples / global batch 8
     assert int(model.optimizer.iterations.numpy()) == 8 and len(history["loss"]) == 1
+
+
+def test_finished_epoch_input_is_released_off_the_training_thread(one_device):
+    """Destroying a tf.data iterator can wait out TensorFlow's autotuning period (up to a minute
+    of wall time, next to no CPU): the loop drops an epoch's iterator on another thread, so the
+    next epoch trains meanwhile. Here each epoch's pipeline ends in an endless generator whose
+    ``finally`` (run when its iterator is destroyed) waits for a step of the NEXT epoch: on the
+    training thread it would wait in vain (and record False after the timeout)."""
+    next_epoch_stepped = [threading.Event() for _ in range(3)]
+    closed: dict[int, bool] = {}
+
+    def endless(epoch):
+        def gen():
+            try:
+                while True:
+                    yield 0.0
+            finally:
+                closed[epoch] = next_epoch_stepped[epoch + 1].wait(timeout=20)
+        return tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([], tf.float32))
+
+    def held_open(ctx, epoch):  # the toy batches, with a pipeline that never ends by itself
+        return tf.data.Dataset.zip((dataset_fn(ctx, epoch), endless(epoch))).map(lambda a, _: a)
+
+    class Stepped(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            next_epoch_stepped[self.epoch].set()
+
+    model = make_model(one_device)
+    train(model, held_open, strategy=one_device, epochs=2, steps_per_epoch=STEPS, verbose=0,
+          callbacks=[Stepped()])
+    next_epoch_stepped[2].set()  # nothing follows the last epoch
+    for thread in threading.enumerate():
+        if thread.name == "keras_reid-release-input":
+            thread.join(timeout=60)
+    assert closed == {0: True, 1: True}

@@ -32,10 +32,19 @@ PER-REPLICA batches (global batch // replicas) for that epoch; it must yield at 
 XLA: ``jit_compile=True`` compiles the model's ``train_step`` (not the cross-replica part).
 XLA with the collective all-reduce of a strategy with several replicas on CPU devices fails in
 TensorFlow, so there it is turned off with a warning.
+
+Epoch ends: a finished epoch's input iterator is released on a background thread
+(:func:`release_in_background`). Destroying a tf.data iterator joins its autotuning thread
+(``tf_data_model``), and in TensorFlow 2.21 that thread often sleeps out its current
+optimisation period (which doubles while the pipeline runs, up to a minute) before it notices
+the cancellation: measured here (``tools/bench_overhead.py``), the next epoch's first step waited
+2-40 s of wall time for next to no CPU when the old iterator was dropped on the training thread.
+The wait releases the GIL, so on another thread it costs the loop nothing.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Iterable, Mapping
 
 import keras
@@ -139,6 +148,19 @@ def _make_step(model: keras.Model, strategy: tf.distribute.Strategy, jit_compile
     return step
 
 
+def release_in_background(holder: list) -> threading.Thread:
+    """Empty ``holder`` on a new thread, so whatever it alone refers to is destroyed there;
+    returns the (started, non-daemon) thread.
+
+    For tf.data iterators (see the module docstring): put the iterator in a list that nothing
+    else refers to, use ``holder[0]``, and hand the list over when done. Non-daemon: the
+    interpreter waits for it at exit rather than stopping it inside TensorFlow's destructor.
+    """
+    thread = threading.Thread(target=holder.clear, name="keras_reid-release-input", daemon=False)
+    thread.start()
+    return thread
+
+
 def _as_float(value: Any) -> float:
     """A step log value as a Python float (mean of a non-scalar)."""
     arr = np.asarray(value)
@@ -197,14 +219,15 @@ def train(model: keras.Model, dataset_fn: DatasetFn, *, strategy: tf.distribute.
             if verbose else None
         dist = strategy.distribute_datasets_from_function(
             lambda ctx, _epoch=epoch: dataset_fn(ctx, _epoch))
-        iterator = iter(dist)
+        # the only reference to the epoch's iterator, so it can be released on another thread
+        held = [iter(dist)]
         sums: dict[str, float] = {}
         done = 0
         for batch in range(steps_per_epoch):
             # the batch is fetched outside the step: a dataset running out inside the compiled
             # step would still run its stateful ops (e.g. the optimizer's iteration counter)
             try:
-                data = next(iterator)
+                data = next(held[0])
             except (StopIteration, tf.errors.OutOfRangeError):
                 log.warning("epoch %d: the dataset ran out after %d of %d steps", epoch + 1, batch,
                             steps_per_epoch)
@@ -222,6 +245,7 @@ def train(model: keras.Model, dataset_fn: DatasetFn, *, strategy: tf.distribute.
                                finalize=False)
             if model.stop_training:
                 break
+        release_in_background(held)
         epoch_logs = {name: total / max(done, 1) for name, total in sums.items()}
         epoch_logs.update(learning_rates(model))
         if on_epoch_end is not None:
