@@ -5,7 +5,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, TypeVar
 
 import click
 from pydantic import AfterValidator
@@ -14,6 +14,9 @@ from keras_reid import io
 from keras_reid.data.records import DatasetSplits
 from keras_reid.errors import UserError
 from keras_reid.registry import REGISTRY, Registry
+from keras_reid.stages.outputs import StageOutput
+
+T = TypeVar("T", bound=StageOutput)
 
 log = logging.getLogger("keras_reid")
 
@@ -135,13 +138,16 @@ class StageContext:
         """Output folder of an earlier stage."""
         return self.run_dir / stage
 
-    def output_of(self, stage: str) -> dict:
-        """The summary an earlier stage returned (from its completion marker)."""
-        marker = io.read_json(self.stage_dir_of(stage) / COMPLETE_MARKER)
+    def output_of(self, stage: str, kind: type[T] | None = None) -> Any:
+        """The summary an earlier stage returned (from its completion marker): a dict, or with
+        ``kind`` (a :class:`keras_reid.stages.outputs.StageOutput`) that typed view of it."""
+        path = self.stage_dir_of(stage) / COMPLETE_MARKER
+        marker = io.read_json(path)
         if marker is None:
             raise UserError(f"stage '{self.stage_name}' needs the output of stage '{stage}', which has "
                             "not completed; run the recipe from the start")
-        return marker.get("summary", {})
+        summary = marker.get("summary", {})
+        return summary if kind is None else kind.read(summary, stage, str(path))
 
     def record_metrics(self, models: dict[str, dict], extra: dict | None = None,
                        chance: dict | None = None) -> Path:

@@ -27,6 +27,7 @@ from keras_reid.model_files import sha256_file
 from keras_reid.progress import progbar
 from keras_reid.stages.augment.worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete
+from keras_reid.stages.outputs import GeneratorOutput
 
 _BOX = re.compile(r"_(\d{2})$")
 
@@ -46,7 +47,8 @@ def _gen_cfg(cfg, ctx: StageContext):
     return ctx.recipe.stage_configs[cfg.generator]
 
 
-def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple[list[Record], int, int]:
+def source_records(cfg, ctx: StageContext,
+                   gen_out: GeneratorOutput | None = None) -> tuple[list[Record], int, int]:
     """Return ``(source records, source camera, target camera)`` the config selects (noise
     generators: one pseudo-record per sample, per identity for per-identity generators, whose
     list comes from the generator stage's summary ``gen_out``).
@@ -58,7 +60,7 @@ def source_records(cfg, ctx: StageContext, gen_out: dict | None = None) -> tuple
             return [Record("", 0, 0, 0, i) for i in range(cfg.samples)], 0, 0
         if gen_out is None:  # before the generators exist (preflight): nothing to check yet
             return [], 0, 0
-        pids = sorted(int(p) for p in gen_out["generators"])
+        pids = sorted(int(p) for p in gen_out.generators or {})
         return [Record("", pid, 0, 0, i) for pid in pids for i in range(cfg.samples)], 0, 0
     dataset = cfg.dataset or gen.dataset
     if cfg.poses is not None:  # a pose generator: every image of the split, in its own camera
@@ -152,7 +154,7 @@ class _Plan:
 
 def augment(cfg, ctx: StageContext) -> dict:
     """Run the augment stage (this process's shard, or every item on Ray); returns the summary."""
-    gen_out = ctx.output_of(cfg.generator)
+    gen_out = ctx.output_of(cfg.generator, GeneratorOutput)
     files = _generator_files(cfg, ctx, gen_out)
     plan = _plan(cfg, ctx, gen_out)
     shard_i, shard_n = ctx.shard or (0, 1)
@@ -176,10 +178,10 @@ def augment(cfg, ctx: StageContext) -> dict:
     return summary
 
 
-def _generator_files(cfg, ctx: StageContext, gen_out: dict) -> dict[str, str]:
+def _generator_files(cfg, ctx: StageContext, gen_out: GeneratorOutput) -> dict[str, str]:
     """``{"": file}`` (one generator) or ``{pid: file}`` (one per identity), relative to the run
     folder; raises UserError naming the stage to re-run when one is missing."""
-    files = {"": gen_out["model"]} if gen_out.get("model") else dict(gen_out.get("generators") or {})
+    files = gen_out.files()
     for rel in files.values():
         if not (ctx.run_dir / rel).exists():
             raise UserError(f"generator file {ctx.run_dir / rel} of stage '{cfg.generator}' is missing; "
@@ -187,7 +189,7 @@ def _generator_files(cfg, ctx: StageContext, gen_out: dict) -> dict[str, str]:
     return files
 
 
-def _plan(cfg, ctx: StageContext, gen_out: dict) -> _Plan:
+def _plan(cfg, ctx: StageContext, gen_out: GeneratorOutput) -> _Plan:
     """The sources and the full, ordered work list (the same in every process)."""
     sources, cam_a, cam_b = source_records(cfg, ctx, gen_out)
     canonical, pose_summary = None, None
@@ -217,17 +219,17 @@ def _echo_plan(cfg, ctx: StageContext, plan: _Plan, *, done: int, todo: int) -> 
              + (f"; filters: {', '.join(f['type'] for f in cfg.filters)}" if cfg.filters else ""))
 
 
-def _worker_kwargs(cfg, ctx: StageContext, gen_out: dict, files: dict[str, str], plan: _Plan,
+def _worker_kwargs(cfg, ctx: StageContext, gen_out: GeneratorOutput, files: dict[str, str], plan: _Plan,
                    out_dir: Path) -> dict:
     """The :class:`Worker`'s arguments (plain values: a Ray actor gets them pickled)."""
     generators = {key: {"path": str(ctx.run_dir / rel), "checkpoint": rel,
                         "checkpoint_sha256": sha256_file(ctx.run_dir / rel)[:16]}
                   for key, rel in files.items()}
-    needs = set(gen_out.get("generation_needs", ["source"]))
-    targets = [str(r.path) for r in target_pool(cfg, ctx, plan.cam_b)] if "target_mask" in needs else []
-    provenance = {"generator_stage": cfg.generator, "generator": gen_out["generator"],
+    targets = ([str(r.path) for r in target_pool(cfg, ctx, plan.cam_b)]
+               if "target_mask" in gen_out.generation_needs else [])
+    provenance = {"generator_stage": cfg.generator, "generator": gen_out.generator,
                   "recipe_seed": ctx.seed}
-    return dict(generators=generators, gen_summary=gen_out, filters=cfg.filters, measure=cfg.measure,
+    return dict(generators=generators, gen_summary=gen_out.dump(), filters=cfg.filters, measure=cfg.measure,
                 min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir), target_paths=targets,
                 jpeg_quality=cfg.jpeg_quality, provenance=provenance, canonical=plan.canonical)
 
@@ -367,7 +369,7 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     writer.flush()
 
 
-def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: dict):
+def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: GeneratorOutput):
     """Pose generators: the canonical poses (scaled to the generator's size by the worker), the
     pose indices to generate, and the sources left after the no-pose policy. Returns
     ``(sources, canonical, pose_indices, summary)``."""
@@ -382,7 +384,7 @@ def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: dict):
     if cfg.source_pose is not None:
         from keras_reid.data.poses import cached_keypoints, pose_found
 
-        size = tuple(gen_out["image_size"])
+        size = gen_out.image_size
         paths = [str(r.path) for r in sources]
         with ctx.registry.using("pose", cfg.source_pose) as estimator:
             kp, _ = cached_keypoints(ctx.stage_dir, cfg.source_pose, estimator, paths, size)

@@ -20,6 +20,7 @@ from keras_reid.data.poses import skeleton_images
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.keypoints import scale_keypoints
 from keras_reid.registry import REGISTRY
+from keras_reid.stages.outputs import GeneratorOutput
 
 KILL_ENV = "KERAS_REID_TEST_KILL_AUGMENT"
 """Test hook: ``<marker file>:<n>`` SIGKILLs the process on its n-th :meth:`Worker.process` call
@@ -42,14 +43,15 @@ class Worker:
     def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
                  measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
                  jpeg_quality: int, provenance: dict, canonical: list | None = None) -> None:
-        self.factory = REGISTRY.create("generator", gen_summary["generator"])
+        gen = GeneratorOutput.model_validate(gen_summary)  # a plain dict: Ray pickles it
+        self.factory = REGISTRY.create("generator", gen.generator)
         # {"": one generator} or {pid: its identity's generator}: {"path", "checkpoint",
         # "checkpoint_sha256"} each, loaded when first needed
         self.generators = generators
         self.gans: dict = {}
-        self.size = tuple(gen_summary["image_size"])
-        self.needs = set(gen_summary.get("generation_needs", ["source"]))
-        self.masker = REGISTRY.create("masker", gen_summary["masker"]) \
+        self.size = gen.image_size
+        self.needs = set(gen.generation_needs)
+        self.masker = REGISTRY.create("masker", gen.masker) \
             if self.needs & {"source_mask", "target_mask"} else None
         self.filter_specs = filters
         self.filters = [REGISTRY.create("filter", f) for f in filters]

@@ -9,6 +9,7 @@ from keras_reid.errors import UserError
 from keras_reid.stages.evaluate.common import load_saved
 from keras_reid.stages.evaluate.deploy import closed_set_converted
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import ReIDOutput
 
 
 def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
@@ -23,9 +24,9 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     results = {}
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
-        out = ctx.output_of(stage)
-        path = ctx.run_dir / out.get("classifier", "")
-        if not out.get("classifier") or not path.exists():
+        out = ctx.output_of(stage, ReIDOutput)
+        path = ctx.run_dir / (out.classifier or "")
+        if not out.classifier or not path.exists():
             raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
                             "a train_reid stage trained on closed-set data")
         clf = load_saved(ctx, stage, path)
@@ -39,7 +40,7 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
         known = y >= 0
 
         def score_model(model, model_name):
-            s = class_scores(model, test, out["image_size"], cfg.batch_size)
+            s = class_scores(model, test, out.image_size, cfg.batch_size)
             res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
             entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
             entry["num_test_images"] = int(known.sum())
@@ -51,7 +52,7 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
             return entry
 
         results[name] = score_model(clf, name)
-        if cfg.converted and (out.get("converted") or {}).get("classifier"):   # the deploy form
+        if cfg.converted and out.converted and out.converted.classifier:   # the deploy form
             from keras_reid.deploy import converted_name
 
             results.update(closed_set_converted(
@@ -95,19 +96,19 @@ def classify_holdout(ctx: StageContext, cfg, stage: str) -> dict:
     from keras_reid.metrics import closed_set_metrics
     from keras_reid.metrics.closed_set import top_k_accuracy
 
-    out = ctx.output_of(stage)
-    hold = io.read_json(ctx.run_dir / out["holdout"]["file"])
-    path = ctx.run_dir / out.get("classifier", "")
-    if hold is None or not out.get("classifier") or not path.exists():
+    out = ctx.output_of(stage, ReIDOutput)
+    hold = io.read_json(ctx.run_dir / out.holdout.file)
+    path = ctx.run_dir / (out.classifier or "")
+    if hold is None or not out.classifier or not path.exists():
         raise UserError(f"stage '{stage}' withheld training images but its classifier or "
-                        f"{out['holdout']['file']} is missing; re-run that stage (delete "
+                        f"{out.holdout.file} is missing; re-run that stage (delete "
                         f"{ctx.stage_dir_of(stage)}/.complete.json)")
     records, bad = scan_images([Record(p, int(pid), int(cam)) for p, pid, cam in hold["records"]])
     if bad:
         ctx.echo(f"warning: skipped {len(bad)} withheld images that could not be decoded")
     labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")   # pid -> class index
     col = {int(k): int(v) for k, v in labels_map.items()}
-    s = class_scores(load_saved(ctx, stage, path), records, out["image_size"], cfg.batch_size)
+    s = class_scores(load_saved(ctx, stage, path), records, out.image_size, cfg.batch_size)
     y = np.array([col[r.pid] for r in records], np.int64)
     res = closed_set_metrics(s, y, unknown_class=None)
     return {"prec1": float(res["prec1_all"]), "prec5": top_k_accuracy(s, y, 5),

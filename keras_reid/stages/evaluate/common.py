@@ -15,6 +15,7 @@ from keras_reid.data.records import JUNK_PID, Record
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.inference import extract_features, load_keras_model
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import ReIDOutput
 
 RANKS = (1, 5, 10, 20)
 
@@ -35,8 +36,8 @@ def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = Non
 
 
 def _load_model(ctx: StageContext, stage: str):
-    out = ctx.output_of(stage)
-    path = ctx.run_dir / out["model"]
+    out = ctx.output_of(stage, ReIDOutput)
+    path = ctx.run_dir / out.model
     if not path.exists():
         raise UserError(f"model file {path} of stage '{stage}' is missing; re-run that stage "
                         f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
@@ -85,7 +86,7 @@ class RealFeatures:
         if stage in self._features:
             return self._features[stage]
         model, out = loaded or self.model(stage)
-        size, cfg = out["image_size"], self.cfg
+        size, cfg = out.image_size, self.cfg
         qf = extract_features(model, self.query, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
         gf = extract_features(model, self.gallery, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
         if stage in self.keep:

@@ -12,6 +12,7 @@ from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
 from keras_reid.stages.evaluate.common import load_saved, multi_query_entry, publish, score
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import ReIDOutput
 
 
 def evaluate_converted(ctx: StageContext, cfg, stage: str, name: str, loaded: tuple,
@@ -22,14 +23,9 @@ def evaluate_converted(ctx: StageContext, cfg, stage: str, name: str, loaded: tu
     the trained model's (query, gallery) features, ``entry`` = its entry, which gets its own
     ``deploy`` part here). Raises UserError when the converted file is missing."""
     model, out = loaded
-    conv = out["converted"]
-    path, trained_path = ctx.run_dir / conv["model"], ctx.run_dir / out["model"]
-    if not path.exists():
-        raise UserError(f"converted model {path} of stage '{stage}' is missing; re-run that stage "
-                        f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
-    compact = load_saved(ctx, stage, path)
-    size, cname = out["image_size"], converted_name(name)
-    ctx.echo(f"evaluating '{cname}': the deploy form of '{name}' ({path.name})")
+    path, trained_path = ctx.run_dir / out.converted.model, ctx.run_dir / out.model
+    compact = _load_converted(ctx, stage, name, path, "model")
+    size, cname = out.image_size, converted_name(name)
     qf = extract_features(compact, query, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
     gf = extract_features(compact, gallery, size, cfg.batch_size, cfg.flip, normalise=cfg.normalise)
     centry, res, dist = score(qf, gf, query, gallery, cfg)
@@ -39,7 +35,7 @@ def evaluate_converted(ctx: StageContext, cfg, stage: str, name: str, loaded: tu
     centry["converted_from"] = name
     centry["feature_max_abs_diff"] = float(max(np.max(np.abs(qf - trained_qf), initial=0.0),
                                                np.max(np.abs(gf - trained_gf), initial=0.0)))
-    centry["parity_max_abs_diff"] = conv.get("max_abs_diff")
+    centry["parity_max_abs_diff"] = out.converted.max_abs_diff
     entry["deploy"], centry["deploy"] = measure(cfg, (model, trained_path), (compact, path),
                                                 query[0], size)
     if ctx.is_chief:
@@ -63,22 +59,26 @@ def measure(cfg, trained: tuple, converted: tuple, record: Record, size) -> tupl
     return a, b
 
 
-def closed_set_converted(ctx: StageContext, cfg, stage: str, name: str, out: dict, classifier,
+def _load_converted(ctx: StageContext, stage: str, name: str, path, what: str):
+    """Loads the converted ``what`` (model or classifier) of train stage ``stage`` from ``path``;
+    raises UserError naming the stage to re-run when the file is missing."""
+    if not path.exists():
+        raise UserError(f"converted {what} {path} of stage '{stage}' is missing; re-run that stage "
+                        f"(delete {ctx.stage_dir_of(stage)}/.complete.json)")
+    ctx.echo(f"evaluating '{converted_name(name)}': the deploy form of '{name}' ({path.name})")
+    return load_saved(ctx, stage, path)
+
+
+def closed_set_converted(ctx: StageContext, cfg, stage: str, name: str, out: ReIDOutput, classifier,
                          entry: dict, score_fn, test: list[Record]) -> dict[str, dict]:
     """``{"<name> (converted)": entry}`` for the converted classifier of train stage ``stage``
     (closed-set data): ``score_fn(model) -> (metrics entry, confusion, classes)`` gives the same
     metrics as the trained classifier's ``entry``, which gets its ``deploy`` part here."""
-    conv = out["converted"]
-    path, trained_path = ctx.run_dir / conv["classifier"], ctx.run_dir / out["classifier"]
-    if not path.exists():
-        raise UserError(f"converted classifier {path} of stage '{stage}' is missing; re-run that "
-                        f"stage (delete {ctx.stage_dir_of(stage)}/.complete.json)")
-    compact = load_saved(ctx, stage, path)
-    cname = converted_name(name)
-    ctx.echo(f"evaluating '{cname}': the deploy form of '{name}' ({path.name})")
+    path, trained_path = ctx.run_dir / out.converted.classifier, ctx.run_dir / out.classifier
+    compact = _load_converted(ctx, stage, name, path, "classifier")
     centry = score_fn(compact)
     centry["converted_from"] = name
-    centry["parity_max_abs_diff"] = conv.get("max_abs_diff")
+    centry["parity_max_abs_diff"] = out.converted.max_abs_diff
     entry["deploy"], centry["deploy"] = measure(cfg, (classifier, trained_path), (compact, path),
-                                                test[0], out["image_size"])
-    return {cname: centry}
+                                                test[0], out.image_size)
+    return {converted_name(name): centry}

@@ -112,7 +112,7 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
     real = np.concatenate(features.get(fusion.real), 0)
     ctx.echo(f"evaluating '{fusion.name}': '{fusion.real}' on the real images + '{fusion.normalised}' "
              f"on {len(records)} pose-normalised versions, fused by {fusion.method}")
-    vf = extract_features(model_b, records, out_b["image_size"], cfg.batch_size, cfg.flip)
+    vf = extract_features(model_b, records, out_b.image_size, cfg.batch_size, cfg.flip)
     _check_sizes(ctx, fusion, real.shape[1], vf.shape[1])
     mq = None
     if pooled is not None:   # the multi-query images' versions come after the query/gallery's
@@ -129,7 +129,7 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
                        "normalise_fused": fusion.normalise_fused}}
     nq = len(query)
     out: dict[str, dict] = {}
-    size = features.model(fusion.real)[1]["image_size"]
+    size = features.model(fusion.real)[1].image_size
     fused = fuse_features(real, vf, owners, len(images), fusion.method, normalise=fusion.normalise_fused)
     out[fusion.name] = _fused_entry(ctx, cfg, fusion.name, fused[:nq], fused[nq:], query, gallery,
                                     size, info)
@@ -148,7 +148,7 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
         info_b = {**info, "vectors": int(len(records) + fallback.size),
                   "fusion": {**info["fusion"], "real": None}}
         out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
-                                                   query, gallery, out_b["image_size"], info_b)
+                                                   query, gallery, out_b.image_size, info_b)
         if mq is not None:
             out[fusion.normalised_name]["multi_query"] = mq.entry(only[:nq], only[nq:], query, gallery,
                                                                   real=False)
@@ -171,7 +171,7 @@ class _MultiQueryVectors:
     def _real(self, stage: str) -> np.ndarray:
         """L2-normalised features of the multi-query images under ``stage``'s model."""
         model, out = self.features.model(stage)
-        return extract_features(model, self.records, out["image_size"], self.cfg.batch_size, self.cfg.flip)
+        return extract_features(model, self.records, out.image_size, self.cfg.batch_size, self.cfg.flip)
 
     def vectors(self, real: bool) -> np.ndarray:
         """The fused vector of every multi-query image: A on it + B on its versions (``real``),

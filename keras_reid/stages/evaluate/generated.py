@@ -9,6 +9,7 @@ from keras_reid.data.records import Record, subset
 from keras_reid.inference import extract_features
 from keras_reid.stages.evaluate.common import usable_records
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import GeneratorOutput
 
 
 def _generated_subset(ctx: StageContext, cfg, stage_name: str) -> list[dict]:
@@ -56,16 +57,16 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     if not rows or not rows[0]["source"]:
         return {"images": len(rows), "note": "sampled from noise: no source or target to compare"}
     aug_cfg = ctx.recipe.stage_configs[stage_name]
-    gen_out = ctx.output_of(aug_cfg.generator)
-    size = tuple(gen_out["image_size"])
+    gen_out = ctx.output_of(aug_cfg.generator, GeneratorOutput)
+    size = gen_out.image_size
     gdir = ctx.stage_dir_of(stage_name)
     images = np.stack([read_image(str(generated.image_path(gdir, r)), size) for r in rows])
     sources = np.stack([read_image(r["source"], size) for r in rows])
     masks = None
-    if gen_out.get("masker"):
+    if gen_out.masker:
         from keras_reid.data.masks import masks_for
 
-        with ctx.registry.using("masker", gen_out["masker"]) as masker:
+        with ctx.registry.using("masker", gen_out.masker) as masker:
             masks = masks_for(masker, [r["source"] for r in rows], size, images=sources) > 127
     out = {"images": len(rows)}
     vs_source = ssim(images, sources, masks=masks)
@@ -77,7 +78,7 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     split = ctx.dataset(aug_cfg.dataset or gen_cfg.dataset)[aug_cfg.split]
     targets: dict[tuple[int, int], str] = {}
     for r in sorted(split, key=lambda r: (r.frame, r.path)):
-        if r.camid == gen_out["target_camera"]:
+        if r.camid == gen_out.target_camera:
             targets.setdefault((r.pid, r.sequence), str(r.path))
     paired = [(i, targets[(int(r["pid"]), int(r["sequence"]))]) for i, r in enumerate(rows)
               if (int(r["pid"]), int(r["sequence"])) in targets]

@@ -37,13 +37,13 @@ def evaluate(cfg, ctx: StageContext) -> dict:
     for stage in cfg.models:
         name = cfg.names.get(stage, stage)
         model, out = loaded = features.model(stage)
-        size = out["image_size"]
+        size = out.image_size
         ctx.echo(f"evaluating '{name}': {len(query)} queries x {len(gallery)} gallery images")
         qf, gf = features.get(stage, loaded)
         entry, res, dist = score(qf, gf, query, gallery, cfg)
         if pooled is not None:
             entry["multi_query"] = multi_query_entry(model, size, cfg, qf, gf, query, gallery, pooled)
-        if out.get("holdout"):
+        if out.holdout:
             entry["classification"] = classify_holdout(ctx, cfg, stage)
         for stage_name in cfg.generated:
             entry.setdefault("identity_preservation", {})[stage_name] = identity_preservation_of(
@@ -51,7 +51,7 @@ def evaluate(cfg, ctx: StageContext) -> dict:
         results[name] = entry
         if ctx.is_chief:
             publish(ctx, cfg, name, res, dist, query, gallery, gf, size, entry)
-        if cfg.converted and out.get("converted"):   # the backbone's deploy form, beside it
+        if cfg.converted and out.converted:   # the backbone's deploy form, beside it
             results.update(evaluate_converted(ctx, cfg, stage, name, loaded, (qf, gf), entry, query,
                                               gallery, pooled))
     if cfg.fusion is not None:

@@ -14,6 +14,7 @@ from keras_reid.data.masks import cached_masks, cached_scores
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.interfaces import MASK_KEYS, generator_factory
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import GeneratorOutput
 
 GENERATOR_FILE = "generator.keras"
 
@@ -164,19 +165,16 @@ def _fit_per_identity(cfg, ctx: StageContext, factory, data: _Data, scorer,
 
 def _summary(cfg, ctx: StageContext, factory, data: _Data, generators: dict | None, fit: dict,
              load_seconds: float) -> dict:
-    """The stage summary (what augment and the report read)."""
+    """The stage summary: a :class:`GeneratorOutput` (what augment and evaluate read) plus the
+    training figures the report shows."""
     single = str((ctx.stage_dir / GENERATOR_FILE).relative_to(ctx.run_dir))
-    summary = {
-        "model": single if generators is None else None,
-        "generator": cfg.generator,
-        "pairing": factory.pairing,
-        "generation_needs": sorted(factory.generation_needs),
-        "image_size": list(cfg.image_size),
-        "source_camera": cfg.source_camera,
-        "target_camera": cfg.target_camera,
-        "dataset": cfg.dataset,
-        "split": cfg.split,
-        "masker": cfg.masker,
+    summary = GeneratorOutput(
+        model=single if generators is None else None, generators=generators, generator=cfg.generator,
+        pairing=factory.pairing, generation_needs=sorted(factory.generation_needs),
+        image_size=tuple(cfg.image_size), source_camera=cfg.source_camera,
+        target_camera=cfg.target_camera, dataset=cfg.dataset, split=cfg.split,
+        masker=cfg.masker).dump()
+    summary.update({
         "pairs": data.pairs.summary(),
         "masks": data.mask_info,
         "semantic_filter": data.semantic_info,
@@ -184,9 +182,9 @@ def _summary(cfg, ctx: StageContext, factory, data: _Data, generators: dict | No
         "epochs": cfg.epochs,
         "init_from": cfg.init_from,
         "load_seconds": round(load_seconds, 2),
-    }
+    })
     if generators is not None:  # one generator per identity: their files and training figures
-        summary.update(generators=generators, per_identity={
+        summary.update(per_identity={
             pid: {k: v for k, v in f.items() if k != "history"} for pid, f in fit.items()})
     else:
         summary.update({k: v for k, v in fit.items() if k != "history"})
@@ -197,11 +195,11 @@ def _init_weights(cfg, ctx: StageContext, factory) -> list | None:
     """The weights of the ``init_from`` stage's generator (G pre-trained on all images), or None."""
     if not cfg.init_from:
         return None
-    out = ctx.output_of(cfg.init_from)
-    if not out.get("model"):
+    out = ctx.output_of(cfg.init_from, GeneratorOutput)
+    if not out.model:
         raise UserError(f"stage '{cfg.init_from}' has no single generator to start from; init_from "
                         "needs a train_generator stage without per_identity")
-    return factory.load(str(ctx.run_dir / out["model"])).get_weights()
+    return factory.load(str(ctx.run_dir / out.model)).get_weights()
 
 
 def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, init_weights,
