@@ -35,6 +35,7 @@ warm-up (tracing) for both. Every figure is given in wall time and in the proces
 
     python tools/bench_overhead.py [--json] [--models tiny,resnet50,pix2pix] [--steps 20]
                                    [--rounds 3] [--batch 32] [--gan-batch 8] [--size 128x64]
+                                   [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def clock_callback():
 
 def bare_runner(run_bare, read_pipeline):
     """A Keras callback (put it last) that, at every epoch end of the framework's loop, runs the
-    bare arm (``run_bare()``) and reads the pipeline alone (``read_pipeline()``), timing both."""
+    bare arm (``run_bare()``, timed) and reads the pipeline alone (``read_pipeline()``, which
+    returns its own timing)."""
     import keras
 
     class Runner(keras.callbacks.Callback):
@@ -97,10 +99,9 @@ def bare_runner(run_bare, read_pipeline):
             t0 = now()
             run_bare()
             t1 = now()
-            read_pipeline()
+            self.pipeline.append(read_pipeline())
             t2 = now()
             self.bare.append(t1 - t0)
-            self.pipeline.append(t2 - t1)
             self.spans.append((t0, t2))
 
     return Runner()
@@ -155,19 +156,26 @@ def summarise(name: str, clock, runner, t_start, t_end, steps: int, batch: int,
 # ---------------------------------------------------------------------------- data
 
 
-def synthetic_root(tmp: Path, size: tuple[int, int], ids: int) -> dict:
-    """The registry's ``synthetic`` dataset (Market layout, exact masks) written under ``tmp``."""
-    return {"type": "synthetic", "root": str(tmp / "synthetic"), "ids": ids, "size": list(size)}
+def synthetic_root(tmp: Path, size: tuple[int, int], ids: int, data_dir: str | None = None) -> dict:
+    """The registry's ``synthetic`` dataset (Market layout, exact masks) written under ``tmp``
+    (or kept in ``data_dir``: a second run with the same parameters reuses it)."""
+    root = Path(data_dir) if data_dir else tmp / "synthetic"
+    return {"type": "synthetic", "root": str(root), "ids": ids, "size": list(size)}
 
 
 def cycle(batches: list):
-    """A ``tf.data.Dataset`` repeating ``batches`` (tensors in memory) forever."""
+    """A ``tf.data.Dataset`` repeating ``batches`` (tensors in memory) forever, without tf.data's
+    autotuning (nothing to tune): each ``fit`` call makes and drops an iterator of it, and dropping
+    an autotuned iterator on the training thread can wait out TensorFlow's autotuning period (see
+    ``keras_reid.training.loop``), which would inflate the bare arm's wall time."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensors(batches[0])
     for b in batches[1:]:
         ds = ds.concatenate(tf.data.Dataset.from_tensors(b))
-    return ds.repeat()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.repeat().with_options(options)
 
 
 def in_memory(dataset, n: int) -> list:
@@ -178,15 +186,23 @@ def in_memory(dataset, n: int) -> list:
 
 
 def read_batches(dataset_fn, steps: int):
-    """``() -> None`` reading ``steps`` batches of a fresh epoch's pipeline (after its first)."""
+    """``() -> seconds`` reading ``steps`` batches of a fresh epoch's pipeline (after its first);
+    returns (wall, CPU) of the reading alone. The iterator is dropped on another thread, as the
+    loop does (``keras_reid.training.loop.release_in_background``)."""
+    from keras_reid.training.loop import release_in_background
+
     epoch = [100]
 
     def read():
         epoch[0] += 1
-        it = iter(dataset_fn(epoch[0]).take(steps + 1))
-        next(it)
+        held = [iter(dataset_fn(epoch[0]).take(steps + 1))]
+        next(held[0])
+        t0 = now()
         for _ in range(steps):
-            next(it)
+            next(held[0])
+        spent = now() - t0
+        release_in_background(held)
+        return spent
 
     return read
 
@@ -238,7 +254,7 @@ def bench_reid(backbone: str, args, tmp: Path) -> dict:
     h, w = args.size
     spec = {"type": backbone} if backbone == "tiny" else {"type": backbone, "weights": None}
     cfg = TrainReIDConfig(dataset="bench", backbone=spec, image_size=(h, w), batch_size=args.batch)
-    splits = REGISTRY.create("dataset", synthetic_root(tmp, args.size, args.ids)).load()
+    splits = REGISTRY.create("dataset", synthetic_root(tmp, args.size, args.ids, args.data_dir)).load()
     good, _ = scan_images([r for r in splits["train"] if r.pid > 0])
     labels, mapping = relabel(good)
     keras.utils.set_random_seed(0)
@@ -366,9 +382,9 @@ def bench_pix2pix(args, tmp: Path) -> dict:
 
     h, w = args.size
     cfg = TrainGeneratorConfig(dataset="bench", image_size=(h, w), batch_size=args.gan_batch,
-                               masker={"type": "synthetic"})
+                               masker={"type": "synthetic"}, source_camera=1, target_camera=2)
     factory = generator_factory(cfg.generator, REGISTRY)
-    splits = REGISTRY.create("dataset", synthetic_root(tmp, args.size, args.ids)).load()
+    splits = REGISTRY.create("dataset", synthetic_root(tmp, args.size, args.ids, args.data_dir)).load()
     records, _ = scan_images(splits[cfg.split])
     pairs = make_pairs(factory.pairing, records, source_camera=cfg.source_camera,
                        target_camera=cfg.target_camera, targets_per_source=cfg.targets_per_source,
@@ -450,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gan-batch", type=int, default=8, help="pix2pix global batch")
     ap.add_argument("--size", default="128x64", help="HxW")
     ap.add_argument("--ids", type=int, default=200, help="identities of the synthetic dataset")
+    ap.add_argument("--data-dir", default=None,
+                    help="keep the synthetic dataset here and reuse it (default: a temporary folder)")
     ap.add_argument("--epoch-steps", type=int, default=404,
                     help="re-ID steps per epoch for the projected ratio (Market-1501 at batch 32: 404)")
     ap.add_argument("--epoch-steps-gan", type=int, default=0,
