@@ -21,13 +21,18 @@ import numpy as np
 from keras_reid import io
 from keras_reid.data import generated
 from keras_reid.data.camera_split import camera_pair_split
+from keras_reid.data.images import read_image
+from keras_reid.data.poses import cached_keypoints, pose_found
 from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID, Record, subset
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.metrics.quality import pixel_diversity
 from keras_reid.model_files import sha256_file
 from keras_reid.progress import progbar
 from keras_reid.stages.augment.worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete
 from keras_reid.stages.outputs import GeneratorOutput
+from keras_reid.tb_events import clear_events
+from keras_reid.training.callbacks import image_grid, label_rows
 
 _BOX = re.compile(r"_(\d{2})$")
 
@@ -304,8 +309,6 @@ DIVERSITY_IMAGES = 500
 def _sample_diversity(kept: list[dict], stage_dir: Path, ctx: StageContext) -> dict | None:
     """Pixel diversity of the kept samples of a noise-driven generator (a collapsed generator
     shows as a low figure; see ``metrics.quality.pixel_diversity``), per generator and overall."""
-    from keras_reid.data.images import read_image
-    from keras_reid.metrics.quality import pixel_diversity
 
     rows = subset(sorted(kept, key=lambda r: r["file"]), DIVERSITY_IMAGES, seed=0)
     if len(rows) < 2:
@@ -351,9 +354,6 @@ def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 
     named on the left; the picture of an earlier, unfinished attempt is replaced)."""
     import tensorflow as tf
 
-    from keras_reid.data.images import read_image
-    from keras_reid.tb_events import clear_events
-    from keras_reid.training.callbacks import image_grid, label_rows
 
     rows = sorted(kept, key=lambda r: r["file"])[:n]
     first = read_image(str(generated.image_path(stage_dir, rows[0])), (128, 64))
@@ -382,8 +382,6 @@ def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: Genera
     summary = {"stage": cfg.poses, "pose_indices": indices, "source_images": len(sources),
                "without_pose": None, "policy": cfg.no_pose}
     if cfg.source_pose is not None:
-        from keras_reid.data.poses import cached_keypoints, pose_found
-
         size = gen_out.image_size
         paths = [str(r.path) for r in sources]
         with ctx.registry.using("pose", cfg.source_pose) as estimator:

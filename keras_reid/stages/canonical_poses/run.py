@@ -6,9 +6,13 @@ import time
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
 from keras_reid.data.records import JUNK_PID, subset
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
 from keras_reid.stages.base import StageContext
+from keras_reid.tb_events import clear_events
+from keras_reid.training.callbacks import image_grid
 
 JSON_NAME = "canonical_poses.json"
 
@@ -95,8 +99,6 @@ def mean_keypoints(kp: np.ndarray) -> np.ndarray:
 def run(cfg, ctx: StageContext) -> dict:
     import cv2
 
-    from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
-    from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
 
     h, w = cfg.image_size
     seed = ctx.seed if cfg.seed is None else cfg.seed
@@ -143,8 +145,6 @@ def run(cfg, ctx: StageContext) -> dict:
     if ctx.is_chief:
         import tensorflow as tf
 
-        from keras_reid.tb_events import clear_events
-        from keras_reid.training.callbacks import image_grid
 
         clear_events(ctx.tensorboard_dir)   # the picture of an earlier, unfinished attempt
         with tf.summary.create_file_writer(str(ctx.tensorboard_dir)).as_default():

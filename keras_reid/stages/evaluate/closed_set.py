@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.pipeline import eval_dataset, scan_images
+from keras_reid.data.records import Record
+from keras_reid.deploy import converted_name, deploy_lines
 from keras_reid.errors import UserError
+from keras_reid.metrics import closed_set_metrics
+from keras_reid.metrics.closed_set import top_k_accuracy
+from keras_reid.stages.base import StageContext
 from keras_reid.stages.evaluate.common import load_saved
 from keras_reid.stages.evaluate.deploy import closed_set_converted
-from keras_reid.stages.base import StageContext
 from keras_reid.stages.outputs import ReIDOutput
+from keras_reid.training.callbacks import figure_to_image
 
 
 def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
-    from keras_reid.data.pipeline import scan_images
-    from keras_reid.metrics import closed_set_metrics
 
     splits = ctx.dataset(cfg.dataset)
     test, bad = scan_images(splits[cfg.test_split])
@@ -53,14 +57,11 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
 
         results[name] = score_model(clf, name)
         if cfg.converted and out.converted and out.converted.classifier:   # the deploy form
-            from keras_reid.deploy import converted_name
 
             results.update(closed_set_converted(
                 ctx, cfg, stage, name, out, clf, results[name],
                 lambda model: score_model(model, converted_name(name)), test))
     if ctx.is_chief:
-        from keras_reid.deploy import deploy_lines
-
         ctx.record_metrics(results)
         for name, e in results.items():
             ctx.echo(f"{name}: prec@1 ALL {100 * e['prec1_all']:.2f}%  p-ID {100 * e['prec1_pid']:.2f}%  "
@@ -74,7 +75,6 @@ def class_scores(classifier, records: list, image_size, batch_size: int) -> np.n
     """Softmax class scores float32 [N, C] of ``records`` under ``classifier`` (a logits model)."""
     import keras
 
-    from keras_reid.data.pipeline import eval_dataset
 
     scores = []
     for images in eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size):
@@ -91,10 +91,6 @@ def classify_holdout(ctx: StageContext, cfg, stage: str) -> dict:
     over the withheld images; classes without a withheld image skipped), as the semantic-selective
     DCGAN paper reports for DukeMTMC-reID. Columns beyond the real identities (an 'unknown' class
     of generated images) compete like any class."""
-    from keras_reid.data.pipeline import scan_images
-    from keras_reid.data.records import Record
-    from keras_reid.metrics import closed_set_metrics
-    from keras_reid.metrics.closed_set import top_k_accuracy
 
     out = ctx.output_of(stage, ReIDOutput)
     hold = io.read_json(ctx.run_dir / out.holdout.file)
@@ -125,7 +121,6 @@ def _write_closed_set_tensorboard(ctx: StageContext, name: str, entry: dict, con
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    from keras_reid.training.callbacks import figure_to_image
 
     writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir / name))
     rows = confusion.sum(axis=1, keepdims=True)

@@ -11,18 +11,22 @@ import click
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.pipeline import scan_images
 from keras_reid.data.records import JUNK_PID, Record
+from keras_reid.deploy import deploy_lines
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.inference import extract_features, load_keras_model
+from keras_reid.metrics import chance_level, evaluate_retrieval, pairwise_distance, rerank_features
+from keras_reid.metrics.retrieval import fuse_features, single_shot_cmc
 from keras_reid.stages.base import StageContext
 from keras_reid.stages.outputs import ReIDOutput
+from keras_reid.tb_events import clear_events
+from keras_reid.training.callbacks import figure_to_image, image_grid, label_rows
 
 RANKS = (1, 5, 10, 20)
 
 
 def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = None) -> list[Record]:
-    from keras_reid.data.pipeline import scan_images
-
     splits = ctx.dataset(dataset or cfg.dataset)
     records = [r for r in splits[split] if r.pid != JUNK_PID]
     if not records:
@@ -53,7 +57,6 @@ def load_saved(ctx: StageContext, stage: str, path):
 
 def chance_of(query: list[Record], gallery: list[Record]) -> dict:
     """rank-1 and mAP of a random ranking of ``gallery`` for ``query`` (Market protocol)."""
-    from keras_reid.metrics import chance_level
 
     return chance_level([r.pid for r in query], [r.pid for r in gallery],
                         [r.camid for r in query], [r.camid for r in gallery])
@@ -102,7 +105,6 @@ def score(qf: np.ndarray, gf: np.ndarray, query: list[Record], gallery: list[Rec
            cfg) -> tuple[dict, dict, np.ndarray]:
     """Rank the gallery for every query; returns ``(metrics.json entry, evaluate_retrieval
     result, distance matrix)`` (the entry has a ``rerank`` part when the config asks for it)."""
-    from keras_reid.metrics import pairwise_distance, rerank_features
 
     ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
            np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
@@ -123,8 +125,6 @@ so differences between models are not differences between draws."""
 def _retrieval(dist: np.ndarray, ids: tuple, cfg) -> dict:
     """``evaluate_retrieval`` of ``dist``; with ``cfg.single_shot`` its CMC is the single-shot CMC
     (mAP and mINP stay those of the whole gallery) and the result says so (``cmc_protocol``)."""
-    from keras_reid.metrics import evaluate_retrieval
-    from keras_reid.metrics.retrieval import single_shot_cmc
 
     res = evaluate_retrieval(dist, *ids, max_rank=cfg.max_rank)
     if getattr(cfg, "single_shot", False):
@@ -146,7 +146,6 @@ def multi_query_set(ctx: StageContext, cfg, query: list[Record]) -> tuple[list[R
             f"stage '{ctx.stage_name}': multi_query pools images of split '{cfg.multi_query_split}', "
             f"which dataset '{cfg.dataset}' does not have (splits: {', '.join(splits.splits)}); "
             "extract Market-1501's gt_bbox/ beside query/, or set multi_query_split or multi_query: null")
-    from keras_reid.data.pipeline import scan_images
 
     wanted = {(q.pid, q.camid) for q in query}
     records, bad = scan_images([r for r in splits[cfg.multi_query_split] if (r.pid, r.camid) in wanted])
@@ -181,8 +180,6 @@ def multi_query_entry(model, size, cfg, qf: np.ndarray, gf: np.ndarray, query: l
     """Metrics of the multi-query protocol: each query's L2-normalised feature pooled (mean or
     max) with those of its ``pooled`` images and L2-normalised again, then ranked against the
     gallery like a single query (Market protocol; single-shot CMC if the stage asks for it)."""
-    from keras_reid.metrics import pairwise_distance
-    from keras_reid.metrics.retrieval import fuse_features
 
     records, q_idx, m_idx = pooled
     mf = (extract_features(model, records, size, cfg.batch_size, cfg.flip) if records
@@ -271,7 +268,6 @@ def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -
     if any(e.get("cmc_protocol") == "single_shot" for e in results.values()):
         ctx.echo("rank-k: single-shot CMC (one random gallery image per identity and query, "
                  "averaged over draws); mAP and mINP over the whole gallery")
-    from keras_reid.deploy import deploy_lines
 
     for line in deploy_lines(results):
         ctx.echo(line)
@@ -291,8 +287,6 @@ def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    from keras_reid.tb_events import clear_events
-    from keras_reid.training.callbacks import figure_to_image
 
     logdir = ctx.tensorboard_dir / name
     clear_events(logdir)   # an interrupted attempt's pictures and scalars: written again below
@@ -334,7 +328,6 @@ def _read_rgb(path: str, size) -> np.ndarray:
 def _ranked_lists(dist, query, gallery, size, cfg, top: int = 10) -> np.ndarray:
     """One picture: per row a query (dark border; its person and camera named on the left) and
     its top-10 gallery images (green = the same person, red = not)."""
-    from keras_reid.training.callbacks import image_grid, label_rows
 
     h, w = min(size[0], 128), min(size[1], 64)
     tiles, colors, labels = [], [], []
@@ -355,7 +348,6 @@ def _projector(logdir: Path, features: np.ndarray, records: list[Record], size, 
     import tensorflow as tf
     from tensorboard.plugins import projector
 
-    from keras_reid.training.callbacks import image_grid
 
     logdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

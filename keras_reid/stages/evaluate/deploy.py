@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_reid.data.pipeline import eval_dataset
 from keras_reid.data.records import Record
 from keras_reid.deploy import converted_name, latency_ms, model_size
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
-from keras_reid.stages.evaluate.common import load_saved, multi_query_entry, publish, score
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.evaluate.common import load_saved, multi_query_entry, publish, score
 from keras_reid.stages.outputs import ReIDOutput
 
 
@@ -47,7 +48,6 @@ def measure(cfg, trained: tuple, converted: tuple, record: Record, size) -> tupl
     """``(deploy entry of the trained model, of the converted one)``: parameters, bytes of each
     ``(model, path)`` and, unless ``cfg.latency_runs`` is 0, their latency at batch 1 on the
     image of ``record`` (timed in turn, see ``keras_reid.deploy.latency_ms``)."""
-    from keras_reid.data.pipeline import eval_dataset
 
     a, b = model_size(*trained), model_size(*converted)
     if cfg.latency_runs:

@@ -7,11 +7,15 @@ import os
 
 import numpy as np
 
+from keras_reid.data import generated
+from keras_reid.data.pipeline import scan_images
 from keras_reid.data.records import Record
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
-from keras_reid.stages.evaluate.common import RealFeatures, _retrieval, metrics_entry, publish, score
+from keras_reid.metrics import pairwise_distance
+from keras_reid.metrics.retrieval import fuse_features
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.evaluate.common import RealFeatures, _retrieval, metrics_entry, publish, score
 
 
 def _source_key(path) -> str:
@@ -27,8 +31,6 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
     version records carrying their owner's pid and camera, ordered by owner, pose, file.
     Raises UserError when a view has not completed, when no row belongs to any of the images,
     or when a requested pose occurs in no row."""
-    from keras_reid.data.pipeline import scan_images
-    from keras_reid.data import generated
 
     fusion = cfg.fusion
     index: dict[str, list[int]] = {}
@@ -103,7 +105,6 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
     then covers query + gallery + those records, in that order) each entry also gets
     ``multi_query``: the multi-query images are fused like the query and gallery images (A on the
     image + B on its versions, or B alone) and each query's fused vector is pooled with theirs."""
-    from keras_reid.metrics.retrieval import fuse_features
 
     fusion = cfg.fusion
     images = query + gallery
@@ -176,7 +177,6 @@ class _MultiQueryVectors:
     def vectors(self, real: bool) -> np.ndarray:
         """The fused vector of every multi-query image: A on it + B on its versions (``real``),
         else B on its versions, or on the image itself where it has none."""
-        from keras_reid.metrics.retrieval import fuse_features
 
         fusion, n = self.cfg.fusion, len(self.records)
         if n == 0:
@@ -197,8 +197,6 @@ class _MultiQueryVectors:
         of its multi-query images, ranked against the fused gallery vectors. Unit vectors
         (``normalise_fused``) are pooled and normalised again, as for one model; raw fused
         vectors are pooled as they are, so they stay on the gallery vectors' scale."""
-        from keras_reid.metrics import pairwise_distance
-        from keras_reid.metrics.retrieval import fuse_features
 
         method, extra = self.cfg.multi_query, self.vectors(real)[self.m_idx]
         if self.cfg.fusion.normalise_fused:

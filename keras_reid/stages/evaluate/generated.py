@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from keras_reid.data import generated
+from keras_reid.data.images import read_image
+from keras_reid.data.masks import masks_for
 from keras_reid.data.records import Record, subset
 from keras_reid.inference import extract_features
-from keras_reid.stages.evaluate.common import usable_records
+from keras_reid.metrics.quality import identity_preservation, ssim
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.evaluate.common import usable_records
 from keras_reid.stages.outputs import GeneratorOutput
 
 
@@ -24,7 +27,6 @@ def identity_preservation_of(ctx: StageContext, cfg, stage_name: str, model, siz
 
     Each query keeps its source camera as its camera id, so every real image of its identity in
     that camera (the source image included) is left out, as for a real cross-camera query."""
-    from keras_reid.metrics.quality import identity_preservation
 
     rows = _generated_subset(ctx, cfg, stage_name)
     if not rows or not rows[0]["source"]:
@@ -50,8 +52,6 @@ def identity_preservation_of(ctx: StageContext, cfg, stage_name: str, model, siz
 def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     """SSIM of generated images against their source image (whole image and, with a masker,
     the person only) and against a target-camera image of the same identity and sequence."""
-    from keras_reid.data.images import read_image
-    from keras_reid.metrics.quality import ssim
 
     rows = _generated_subset(ctx, cfg, stage_name)
     if not rows or not rows[0]["source"]:
@@ -64,8 +64,6 @@ def image_quality(ctx: StageContext, cfg, stage_name: str) -> dict:
     sources = np.stack([read_image(r["source"], size) for r in rows])
     masks = None
     if gen_out.masker:
-        from keras_reid.data.masks import masks_for
-
         with ctx.registry.using("masker", gen_out.masker) as masker:
             masks = masks_for(masker, [r["source"] for r in rows], size, images=sources) > 127
     out = {"images": len(rows)}

@@ -8,13 +8,18 @@ from typing import Any
 import numpy as np
 
 from keras_reid import io
+from keras_reid.data.gan_input import GANInput
 from keras_reid.data.gan_pairs import make_pairs
 from keras_reid.data.images import load_images
 from keras_reid.data.masks import cached_masks, cached_scores
+from keras_reid.data.poses import cached_keypoints, pose_found
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.interfaces import MASK_KEYS, generator_factory
 from keras_reid.stages.base import StageContext
 from keras_reid.stages.outputs import GeneratorOutput
+from keras_reid.training.callbacks import GeneratorSamples, ScalarLogger
+from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
+from keras_reid.training.loop import train as train_loop
 
 GENERATOR_FILE = "generator.keras"
 
@@ -207,10 +212,6 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
     """Train one generator on ``pairs`` (checkpoints in ``ckpt_dir``, resumed), save it to
     ``out_path``; returns ``{"history", "final", "steps_per_epoch", "resumed_from_epoch",
     "steps_per_second"}``."""
-    from keras_reid.data.gan_input import GANInput
-    from keras_reid.training.callbacks import GeneratorSamples, ScalarLogger
-    from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
-    from keras_reid.training.loop import train as train_loop
 
     h, w = cfg.image_size
     strategy = ctx.strategy
@@ -275,7 +276,6 @@ def _sample_examples(data, gan, n: int, seed: int) -> dict:
 def _poses(cfg, ctx: StageContext, pairs, paths: list[str], images: np.ndarray):
     """Keypoints of every image (estimated once, cached in the stage folder); pairs whose target
     has no pose are dropped. Returns ``(pairs, keypoints [N, 18, 3], summary)``."""
-    from keras_reid.data.poses import cached_keypoints, pose_found
 
     with ctx.registry.using("pose", cfg.pose) as estimator:
         kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, tuple(cfg.image_size),

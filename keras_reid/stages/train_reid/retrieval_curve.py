@@ -11,6 +11,8 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.data.records import Record
+from keras_reid.inference import extract_features
+from keras_reid.metrics import evaluate_retrieval, pairwise_distance
 
 EVAL_HISTORY = "eval_history.json"
 """In the stage folder: ``[{"epoch", "mAP", "rank1", ...}, ...]``, kept across a resume."""
@@ -62,8 +64,6 @@ class RetrievalCurve(keras.callbacks.Callback):
 
     def evaluate(self) -> dict:
         """Returns ``{metric: value}`` (:data:`CURVE_METRICS` present) of the model as it is now."""
-        from keras_reid.inference import extract_features
-        from keras_reid.metrics import evaluate_retrieval, pairwise_distance
 
         if self._infer is None:   # shares the training model's weights
             self._infer = self.model.inference_model("features")
