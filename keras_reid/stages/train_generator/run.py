@@ -17,9 +17,9 @@ from keras_reid.errors import DatasetError, UserError
 from keras_reid.interfaces import MASK_KEYS, generator_factory
 from keras_reid.stages.base import StageContext
 from keras_reid.stages.outputs import GeneratorOutput
+from keras_reid.training import loop  # loop.train looked up per call (tests spy on it)
 from keras_reid.training.callbacks import GeneratorSamples, ScalarLogger
 from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
-from keras_reid.training.loop import train as train_loop
 
 GENERATOR_FILE = "generator.keras"
 
@@ -249,7 +249,7 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
         return ds.repeat() if steps > data.steps_per_epoch else ds
 
     t1 = time.time()
-    history = train_loop(gan, dataset_fn, strategy=strategy, epochs=cfg.epochs,
+    history = loop.train(gan, dataset_fn, strategy=strategy, epochs=cfg.epochs,
                          steps_per_epoch=steps, initial_epoch=initial_epoch, callbacks=callbacks,
                          verbose=cfg.verbose if ctx.is_chief else 0,
                          jit_compile=ctx.jit_compile and scorer is None)
