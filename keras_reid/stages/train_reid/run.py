@@ -71,7 +71,6 @@ class GeneratedImages:
 def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedImages:
     """Read one generated set and label it by its policy; identities the real images do not
     have get new classes (appended to ``mapping``, in place) unless the policy is lsro."""
-    from keras_reid.data.pipeline import scan_images
     from keras_reid.data.generated import generated_records
 
     if g.stage is not None:
@@ -79,12 +78,10 @@ def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedIm
         records, name = generated_records(ctx.stage_dir_of(g.stage)), g.stage
     else:
         records, name = [r for r in ctx.dataset(g.dataset)["train"] if r.pid > 0], g.dataset
-    records, bad = scan_images(records)
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} generated images of '{name}' that could not be decoded")
     if not records:
         raise DatasetError(f"stage '{ctx.stage_name}': the generated set '{name}' has no images "
                            "(did a filter drop them all? see its augment summary)")
+    records = ctx.decodable(records, f"generated images of '{name}'")
     records = subset(records, g.max_images, ctx.seed)
     if g.labels == "lsro":
         labels = np.zeros(len(records), np.int64)
