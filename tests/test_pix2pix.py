@@ -339,13 +339,13 @@ def test_generation_is_one_compiled_graph_equal_to_the_eager_pass():
     fn = gan.as_graph(gan._generate_graph)
     for n in (1, 3, 4, 2):
         gan.generate({k: v[:n] for k, v in b.items()})
-    assert fn.experimental_get_tracing_count() <= 2  # first shape, then a relaxed batch size
+    assert 1 <= fn.experimental_get_tracing_count() <= 2  # generate() ran it: first shape, then a relaxed batch size
     traces = fn.experimental_get_tracing_count()
     seeded = np.asarray(gan.generate(b, noise=True, seeds=[5, 6, 7, 8]))
     part = np.asarray(gan.generate({k: v[2:] for k, v in b.items()}, noise=True, seeds=[7, 8]))
     np.testing.assert_allclose(part, seeded[2:], atol=1e-5)
     assert np.abs(seeded - graph).max() > 0
-    assert fn.experimental_get_tracing_count() - traces <= 2  # the noisy, seeded graph
+    assert 1 <= fn.experimental_get_tracing_count() - traces <= 2  # the noisy, seeded graph
 
 
 def test_generation_with_batch_statistics_is_a_training_mode_pass_per_image():
