@@ -1,12 +1,24 @@
 """Size and shape of the code: lines, the longest functions, function-local imports, import cycles.
 
-    python tools/code_stats.py [ROOT] [--top 10] [--json]
+    python tools/code_stats.py [ROOT] [--top 10] [--json] [--undeclared]
 
 Counts over ``keras_reid/`` and ``plugins/`` of ROOT (default: this checkout). A function-local
 import is an ``import`` statement inside a function body (nested functions count once); the
 import graph is the modules' imports of each other, function-local ones included (a module's
 own parent packages are not counted), and a cycle is a strongly connected group of more than one
 module (Tarjan's algorithm).
+
+House rule: imports sit at the top of the module. A function-local import is allowed only where
+it deliberately defers a heavy dependency (TensorFlow/Keras, MediaPipe, Ray, LiteRT,
+albumentations, TensorBoard, SciPy, or a project module that imports one of them at its top) so
+that a light path stays light (CLI startup and ``--help``, recipe validation, plugin discovery,
+reading a JPEG). Such an import is *declared*: a comment starting with the marker
+``# deferred:`` on one of its lines names what it defers and why, e.g.::
+
+    import tensorflow as tf  # deferred: TensorFlow, keeps CLI startup light
+
+Every other function-local import is *undeclared*; ``--undeclared`` lists them (file:line and
+the statement) and ``tests/test_house.py`` fails on them.
 """
 from __future__ import annotations
 
@@ -17,6 +29,7 @@ import sys
 from pathlib import Path
 
 PACKAGES = {"keras_reid": "keras_reid", "plugins": "keras_reid_plugins"}
+MARKER = "# deferred:"
 
 
 def _modules(root: Path) -> dict[str, Path]:
@@ -86,6 +99,7 @@ def stats(root: Path, top: int = 10) -> dict:
     lines = 0
     functions: list[tuple[int, str]] = []
     local_imports = 0
+    undeclared: list[dict] = []
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         source = path.read_text(encoding="utf-8")
@@ -96,13 +110,42 @@ def stats(root: Path, top: int = 10) -> dict:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append((node.end_lineno - node.lineno + 1,
                                   f"{path.relative_to(root)}:{node.lineno} {node.name}"))
-                for child in ast.walk(node):   # own body only: nested functions count on their own
-                    if isinstance(child, (ast.Import, ast.ImportFrom)) and _owner(node, child):
-                        local_imports += 1
+        for statement in local_import_statements(tree):
+            local_imports += 1
+            if not declared(source, statement):
+                undeclared.append({"where": f"{path.relative_to(root).as_posix()}:{statement.lineno}",
+                                   "statement": ast.get_source_segment(source, statement)})
     functions.sort(reverse=True)
     return {"modules": len(modules), "lines": lines, "function_local_imports": local_imports,
+            "declared_local_imports": local_imports - len(undeclared),
+            "undeclared_local_imports": undeclared,
             "longest_functions": [{"lines": n, "where": w} for n, w in functions[:top]],
             "import_cycles": _cycles(graph)}
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """The import cycles of ``keras_reid/`` and ``plugins/`` under ``root`` (sorted module groups)."""
+    modules = _modules(root)
+    return _cycles({module: _imports(ast.parse(path.read_text(encoding="utf-8")), module,
+                                     set(modules))
+                    for module, path in modules.items()})
+
+
+def local_import_statements(tree: ast.AST) -> list[ast.stmt]:
+    """Every ``import``/``from ... import`` statement inside a function body of ``tree``, once."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for child in ast.walk(node):   # own body only: nested functions count on their own
+                if isinstance(child, (ast.Import, ast.ImportFrom)) and _owner(node, child):
+                    out.append(child)
+    return sorted(out, key=lambda n: n.lineno)
+
+
+def declared(source: str, statement: ast.stmt) -> bool:
+    """True when one of ``statement``'s source lines carries the ``# deferred:`` marker."""
+    lines = source.splitlines()[statement.lineno - 1:statement.end_lineno]
+    return any(MARKER in line for line in lines)
 
 
 def _owner(function: ast.AST, node: ast.AST) -> bool:
@@ -124,13 +167,20 @@ def main() -> None:
     parser.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parents[1]))
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--undeclared", action="store_true",
+                        help="list the function-local imports without the '# deferred:' marker")
     args = parser.parse_args()
     out = stats(Path(args.root), args.top)
     if args.json:
         print(json.dumps(out, indent=1))
         return
+    undeclared = out["undeclared_local_imports"]
     print(f"{out['modules']} modules, {out['lines']:,} lines, {out['function_local_imports']} "
-          f"function-local imports, {len(out['import_cycles'])} import cycles")
+          f"function-local imports ({out['declared_local_imports']} declared '{MARKER}', "
+          f"{len(undeclared)} undeclared), {len(out['import_cycles'])} import cycles")
+    if args.undeclared:
+        for u in undeclared:
+            print(f"  {u['where']}: {' '.join(u['statement'].split())}")
     for cycle in out["import_cycles"]:
         print("  cycle: " + " <-> ".join(cycle))
     print("longest functions:")
