@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from keras_reid.errors import UserError
+from keras_reid.forward_pass import forward
 
 CONVERTED_FILE = "model_converted.keras"
 """``<train stage>/model_converted.keras``: the deploy form of ``model.keras``."""
@@ -85,12 +86,10 @@ def latency_ms(models: Mapping[str, Any], image: np.ndarray, runs: int,
     """Milliseconds per image at batch 1 of each model on ``image`` (float32 [1, H, W, 3]):
     ``{name: {"ms_per_image": median, "ms_min": minimum, "runs": runs, "batch": 1}}``.
 
-    Each model runs as one compiled graph (``keras_reid.inference.forward``, raw features, no
+    Each model runs as one compiled graph (``keras_reid.forward_pass.forward``, raw features, no
     flip: one forward pass); the models are timed round-robin, one call of each per round, so a
     change in the machine's load affects all of them alike."""
-    import tensorflow as tf
-
-    from keras_reid.inference import forward
+    import tensorflow as tf  # deferred: TensorFlow, the run summary (CLI) imports this module
 
     x = tf.constant(np.asarray(image, np.float32))
     spec = tf.TensorSpec([None, *x.shape[1:]], tf.float32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -27,7 +28,8 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.errors import InputError, UserError
-from keras_reid.inference import FeatureExtractor, Preprocessing, record_path
+from keras_reid.inference import FeatureExtractor, ImageRecord, Preprocessing, record_path
+from keras_reid.registry import REGISTRY
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TOLERANCE = 1e-3
@@ -61,7 +63,7 @@ def missing_onnx_packages() -> list[str]:
 def extractor_model(extractor: FeatureExtractor, model=None):
     """A functional ``keras.Model``: images [N, H, W, 3] in [0, 255] -> the extractor's
     features (flip average, L2 normalisation) of ``model`` (default: the extractor's model)."""
-    import keras
+    import keras  # deferred: Keras, the CLI imports this module
 
     net = model if model is not None else extractor.model
     h, w = extractor.image_size
@@ -80,8 +82,6 @@ def compact_model(extractor: FeatureExtractor, registry=None):
     spec = extractor.preprocessing.backbone
     if not spec or extractor.preprocessing.converted:   # none, or already the deploy form
         return extractor.model, None
-    from keras_reid.registry import REGISTRY
-
     factory = (registry or REGISTRY).create("backbone", spec)
     convert = getattr(factory, "convert", None)
     if not callable(convert):
@@ -98,8 +98,7 @@ def sample_batch(extractor: FeatureExtractor, images: list[str] | None = None, n
     else ``n`` seeded random images."""
     h, w = extractor.image_size
     if images:
-        from keras_reid.data.pipeline import eval_dataset
-        from keras_reid.inference import ImageRecord
+        from keras_reid.data.pipeline import eval_dataset  # deferred: TensorFlow, the CLI imports this module
 
         batch = next(iter(eval_dataset([ImageRecord(p) for p in images[:n]], image_size=(h, w),
                                        batch_size=n)))
@@ -111,7 +110,7 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
     """Features of ``images`` computed by the exported artefact at ``path`` (its own runtime:
     TensorFlow for a SavedModel, the TFLite interpreter, onnxruntime)."""
     if fmt == "savedmodel":
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow, the CLI imports this module
 
         loaded = tf.saved_model.load(str(path))   # kept alive while its function runs
         return np.asarray(loaded.serve(tf.constant(images)))
@@ -119,16 +118,16 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # tf.lite.Interpreter's move-to-LiteRT notice
             try:
-                from ai_edge_litert.interpreter import Interpreter
+                from ai_edge_litert.interpreter import Interpreter  # deferred: LiteRT, for TFLite only
             except ImportError:
-                import tensorflow as tf
+                import tensorflow as tf  # deferred: TensorFlow, the CLI imports this module
 
                 Interpreter = tf.lite.Interpreter
             interpreter = Interpreter(model_path=str(path))
         runner = interpreter.get_signature_runner()
         name = next(iter(interpreter.get_signature_list().values()))["inputs"][0]
         return np.asarray(next(iter(runner(**{name: images}).values())))
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime, optional extra [onnx]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
@@ -137,8 +136,6 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def _quiet_native():
     """Silences absl/TensorFlow logging of the converters (their INFO chatter) while exporting."""
-    import logging
-
     loggers = [logging.getLogger(n) for n in ("absl", "tensorflow", "tf2onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

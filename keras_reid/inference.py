@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import os
 import re
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from keras_reid import io
+from keras_reid import __version__, io
 from keras_reid.errors import DatasetError, InputError, UserError
+from keras_reid.forward_pass import forward
+from keras_reid.progress import progbar
+from keras_reid.registry import REGISTRY
+from keras_reid.stages.base import COMPLETE_MARKER
 
 RECORD_SUFFIX = ".preprocessing.json"
 """``NAME.keras`` -> ``NAME.preprocessing.json`` beside it."""
@@ -41,33 +44,9 @@ RESIZE = "bilinear, antialiased (tf.image.resize), rounded to uint8; only when t
 MARKET_STYLE_NAME = re.compile(r"^(-?\d+)_c(\d+)(?=[s_.])")
 """Person id and camera at the start of Market-1501/DukeMTMC/CUHK03-NP names (``0002_c1s1_...``)."""
 
-_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-"""Compiled forward passes per model: ``{model: {(flip, image shape, dtype): tf.function}}``."""
-
 
 # ---------------------------------------------------------------------------------------------
-# the forward pass and feature extraction (shared with the evaluate stage)
-
-
-def forward(model, flip: bool, spec, normalise: bool = True):
-    """The compiled ``images -> L2-normalised features`` of ``model`` for images of ``spec``
-    (any batch size): traced once per model, flip, normalisation and image shape, however many
-    splits and pose-normalised sets it embeds. ``normalise=False``: the raw features (the mean
-    of image and mirror with ``flip``), as torchreid's test ranks them by default."""
-    import tensorflow as tf
-
-    per_model = _FORWARD.setdefault(model, {})
-    key = (bool(flip), bool(normalise), tuple(spec.shape[1:]), spec.dtype.name)
-    if key not in per_model:
-        @tf.function(input_signature=[spec])
-        def run(images):
-            f = tf.cast(model(images, training=False), tf.float32)
-            if flip:
-                f = (f + tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)) / 2.0
-            return tf.math.l2_normalize(f, axis=1, epsilon=1e-12) if normalise else f
-
-        per_model[key] = run
-    return per_model[key]
+# feature extraction (shared with the evaluate stage; the forward pass is keras_reid.forward_pass)
 
 
 def extract_features(model, records, image_size, batch_size: int, flip: bool,
@@ -80,10 +59,9 @@ def extract_features(model, records, image_size, batch_size: int, flip: bool,
     the batch size (eager calls of a ResNet50 are several times slower on CPU). ``verbose``:
     a progress bar (1, the default) or none (0).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow, keeps import keras_reid.inference (and the CLI) light
 
-    from keras_reid.data.pipeline import eval_dataset
-    from keras_reid.progress import progbar
+    from keras_reid.data.pipeline import eval_dataset  # deferred: TensorFlow, keeps import keras_reid.inference (and the CLI) light
 
     ds = eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size)
     bar = progbar(len(records), unit_name="image") if verbose else None
@@ -102,13 +80,11 @@ def load_keras_model(path: str | os.PathLike, backbone: dict | None = None, regi
     """Returns the ``keras.Model`` a train stage saved at ``path``; a backbone component with
     ``load(path)`` (``backbone``: its registry spec) loads it itself (its custom layers are
     registered in modules imported only when needed)."""
-    import keras
+    import keras  # deferred: Keras, keeps import keras_reid.inference (and the CLI) light
 
-    import keras_reid.layers  # noqa: F401  (registers custom layers such as GeM pooling for loading)
+    import keras_reid.layers  # noqa: F401  # deferred: Keras; registers custom layers (GeM pooling) for loading
 
     if backbone:
-        from keras_reid.registry import REGISTRY
-
         factory = (registry or REGISTRY).create("backbone", backbone)
         if callable(getattr(factory, "load", None)):
             return factory.load(str(path))
@@ -138,8 +114,6 @@ class Preprocessing:
     """Where it was read: the record file, or the stage folder of a model trained before it."""
 
     def to_json(self) -> dict:
-        from keras_reid import __version__
-
         out = {"version": RECORD_VERSION, "image_size": list(self.image_size),
                "channels": self.channels, "input_range": list(self.input_range),
                "resize": self.resize, "flip": self.flip, "l2_normalise": self.l2_normalise,
@@ -182,8 +156,6 @@ def write_preprocessing(model_path: str | os.PathLike, preprocessing: Preprocess
 def read_preprocessing(model_path: str | os.PathLike) -> Preprocessing:
     """The preprocessing of the model at ``model_path``: its record, else (a model trained before
     records existed) what its train stage's folder says; raises InputError when nothing is known."""
-    from keras_reid.stages.base import COMPLETE_MARKER
-
     model_path = Path(model_path)
     record = record_path(model_path)
     if record.is_file():
@@ -220,8 +192,6 @@ class ModelLocation:
 
 def _run_models(run: Path) -> list[str]:
     """Names of the trained train_reid stages of the run folder ``run`` (in folder order)."""
-    from keras_reid.stages.base import COMPLETE_MARKER
-
     out = []
     for d in sorted(p for p in run.iterdir() if p.is_dir()):
         marker = io.read_json(d / COMPLETE_MARKER)
@@ -355,7 +325,7 @@ class FeatureExtractor:
     def files(self, paths: Sequence[str | os.PathLike], batch_size: int = 64, verbose: int = 0) -> np.ndarray:
         """Features [N, D] of the image files ``paths`` (read and resized as the evaluate stage
         reads them); raises DatasetError naming the first file that cannot be decoded."""
-        from keras_reid.data.pipeline import scan_images
+        from keras_reid.data.pipeline import scan_images  # deferred: TensorFlow, keeps import keras_reid.inference (and the CLI) light
 
         records = [ImageRecord(str(p)) for p in paths]
         _, bad = scan_images(records)
@@ -382,13 +352,13 @@ class FeatureExtractor:
         h, w = self.image_size
         if images.shape[1:3] == (h, w):
             return images.astype(np.float32, copy=False)
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow, keeps import keras_reid.inference (and the CLI) light
 
         out = tf.image.resize(tf.cast(images, tf.float32), (h, w), method="bilinear", antialias=True)
         return np.round(np.clip(out.numpy(), 0.0, 255.0)).astype(np.float32)
 
     def _arrays(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow, keeps import keras_reid.inference (and the CLI) light
 
         images = self._resized(images)
         spec = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
@@ -414,8 +384,6 @@ def load_model(path_or_run: str | os.PathLike, model: str | None = None, *, flip
     where = locate_model(path_or_run, model)
     pre = read_preprocessing(where.path)
     if flip is not None:
-        from dataclasses import replace
-
         pre = replace(pre, flip=bool(flip))
     if not pre.l2_normalise:
         raise UserError(f"{pre.source}: l2_normalise false is not supported by this keras-reid; "

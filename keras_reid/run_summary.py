@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_reid import io
+from keras_reid.deploy import deploy_lines
 from keras_reid.recipe import Recipe
 
 RETRIEVAL_COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"))
@@ -66,7 +67,6 @@ def closing_lines(recipe: Recipe, run_dir: str | Path, summaries: dict) -> list[
                 f"{100 * chance[k]:>8.2f}%" if isinstance(chance.get(k), (int, float)) else f"{'':>9}"
                 for k, _ in columns) + "   a random ranking of the gallery")
         lines.append(MEANING["closed_set" if closed else "retrieval"])
-        from keras_reid.deploy import deploy_lines
 
         lines += deploy_lines(models)   # a model and its deploy form (e.g. converted CondenseNet)
     saved = [str(run_dir / m) for s in summaries.values() if isinstance(s, dict)

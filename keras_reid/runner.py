@@ -37,6 +37,7 @@ from typing import Any, Callable
 import click
 
 from keras_reid import io, runlock, tb_events
+from keras_reid.distribute import barrier, is_chief, make_strategy, worker_index
 from keras_reid.errors import RecipeError, UserError
 from keras_reid.recipe import Recipe, walk_fields
 from keras_reid.registry import REGISTRY, Registry
@@ -151,9 +152,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, *, registry: Registry
                         shared=shared)
     # multi-worker: the strategy first, before any other TensorFlow op (collectives are
     # configured when the runtime starts); the chief owns the folder, the others write nothing
-    import tensorflow as tf
-
-    from keras_reid.distribute import is_chief, make_strategy, worker_index
+    import tensorflow as tf  # deferred: TensorFlow, only multi-worker runs need it here
 
     strategy = shared["strategy"]["strategy"] = make_strategy(recipe.model.strategy)
     chief = is_chief(strategy)
@@ -184,14 +183,10 @@ class _Workers:
 
     @property
     def chief(self) -> bool:
-        from keras_reid.distribute import is_chief
-
         return self.strategy is None or is_chief(self.strategy)
 
     def sync(self) -> None:
         if self.strategy is not None:
-            from keras_reid.distribute import barrier
-
             barrier(self.strategy)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_reid import io
 from keras_reid.inference import parse_identity
+from keras_reid.metrics import pairwise_distance
 
 MATCH, MISMATCH, UNKNOWN, QUERY = (0, 170, 0), (210, 0, 0), (150, 150, 150), (40, 40, 40)
 """Border colours (RGB): same person, another person, identity unknown, the query."""
@@ -49,8 +50,6 @@ class RankedList:
 def rank(query_paths: list[str], qf: np.ndarray, gallery_paths: list[str], gf: np.ndarray,
          top: int = 10) -> list[RankedList]:
     """The ``top`` closest gallery images of each query (Euclidean distance of the features)."""
-    from keras_reid.metrics import pairwise_distance
-
     # float64: a query that is also in the gallery is at distance ~1e-7, not sqrt(float32 rounding)
     dist = pairwise_distance(np.asarray(qf, np.float64), np.asarray(gf, np.float64))
     g_ids = [parse_identity(p) for p in gallery_paths]
@@ -92,7 +91,7 @@ def _colour(match: bool | None) -> tuple[int, int, int]:
 
 
 def _thumb(path: str, size: tuple[int, int]) -> np.ndarray:
-    import cv2
+    import cv2  # deferred: OpenCV, keeps CLI startup light
 
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
@@ -103,7 +102,7 @@ def _thumb(path: str, size: tuple[int, int]) -> np.ndarray:
 
 def _tile(path: str, colour, caption: list[str], size: tuple[int, int], border: int = 3) -> np.ndarray:
     """An image framed in ``colour`` above a white strip with the caption lines (RGB uint8)."""
-    import cv2
+    import cv2  # deferred: OpenCV, keeps CLI startup light
 
     h, w = size
     framed = np.empty((h + 2 * border, w + 2 * border, 3), np.uint8)
@@ -121,7 +120,7 @@ def render_png(lists: list[RankedList], out: str | os.PathLike, size: tuple[int,
     """One row per query: the query (dark frame) and its ranked images, each framed green (same
     person), red (another person) or grey (unknown), captioned with rank, distance, person and
     camera. Written atomically; returns the path."""
-    import cv2
+    import cv2  # deferred: OpenCV, keeps CLI startup light
 
     top = max((len(rl.hits) for rl in lists), default=0)
     rows = []
@@ -142,7 +141,7 @@ def render_png(lists: list[RankedList], out: str | os.PathLike, size: tuple[int,
 
 
 def _data_uri(path: str, size: tuple[int, int]) -> str:
-    import cv2
+    import cv2  # deferred: OpenCV, keeps CLI startup light
 
     ok, png = cv2.imencode(".png", _thumb(path, size)[..., ::-1])
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii") if ok else ""

@@ -29,7 +29,9 @@ End-to-end tests build recipes from dicts and share synthetic datasets::
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -37,8 +39,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import yaml
 
-from keras_reid.registry import Entry
+from keras_reid.data.synthetic import parse_size, synthesize
+from keras_reid.errors import UserError
+from keras_reid.interfaces import GENERATOR_KEYS
+from keras_reid.io import write_text
+from keras_reid.recipe import load_recipe
+from keras_reid.registry import REGISTRY, Entry
 
 
 def check_config_schema(entry: Entry) -> None:
@@ -126,8 +134,6 @@ def check_generator(factory: Any, image_size: tuple[int, int] = (32, 16)) -> Non
     """A generator factory declares valid keys and pairing; its GAN builds at ``image_size``,
     compiles with ``factory.optimizers``, runs one ``train_step`` returning finite scalars, and
     ``generate`` returns float32 [B, H, W, 3] in [-1, 1]."""
-    from keras_reid.interfaces import GENERATOR_KEYS
-
     assert factory.pairing in ("camera_pairs", "random_target", "identity_pairs", "unpaired"), (
         f"unknown pairing {factory.pairing!r}")
     needs, gen_needs = set(factory.needs), set(factory.generation_needs)
@@ -182,8 +188,6 @@ def check_pose(estimator: Any, paths: list[str], size: tuple[int, int] = (64, 32
     in pixels of ``size``: present points inside the image with scores in [0, 1], missing points
     -1 in every column. Estimators that do not read files (``reads_files`` false) also take bare
     uint8 images [N, H, W, 3]; those that do refuse them with a UserError."""
-    from keras_reid.errors import UserError
-
     def valid(out: np.ndarray, n: int, hw: tuple[int, int], what: str) -> None:
         assert out.shape == (n, 18, 3) and out.dtype == np.float32, \
             f"{what} must return float32 [N, 18, 3], got {out.shape} {out.dtype}"
@@ -237,10 +241,6 @@ def recipe_data(*, stages: dict, datasets: dict | None = None, name: str = "test
 def write_recipe(path: str | os.PathLike, **recipe: Any) -> Path:
     """Write ``recipe_data(**recipe)`` as YAML to ``path`` (a folder: ``<path>/recipe.yaml``)
     atomically; returns the file (for ``keras-reid run <file>`` in a subprocess)."""
-    import yaml
-
-    from keras_reid.io import write_text
-
     path = Path(path)
     if path.is_dir():
         path = path / "recipe.yaml"
@@ -253,8 +253,6 @@ def build_recipe(path: str | os.PathLike, *, overrides: Iterable[str] = (), **re
     (``"stages.train.epochs=1"``), interpolation, validation. Returns the validated
     ``keras_reid.recipe.Recipe`` (its file is ``recipe.source``); a bad recipe raises
     ``RecipeError`` as the CLI would report it."""
-    from keras_reid.recipe import load_recipe
-
     return load_recipe(write_recipe(path, **recipe), list(overrides))
 
 
@@ -282,8 +280,6 @@ def synthetic_data(folder: str | os.PathLike, **params: Any) -> SyntheticData:
     """The synthetic dataset with ``params`` (``SYNTHETIC_DEFAULTS`` for those not given) in a
     folder of ``folder`` named after the parameters, written on first use only: tests that ask
     for the same parameters share one copy. Treat it as read-only (copy it to change files)."""
-    from keras_reid.data.synthetic import parse_size, synthesize
-
     p = dict(SYNTHETIC_DEFAULTS, **params)
     p["size"] = tuple(parse_size(p["size"]))
     name = "synth-" + "-".join(f"{k}{p[k][0]}x{p[k][1]}" if k == "size" else f"{k}{p[k]}"
@@ -297,7 +293,7 @@ def synthetic_data(folder: str | os.PathLike, **params: Any) -> SyntheticData:
 def use_logical_cpus(n: int = 2) -> None:
     """Split the CPU into ``n`` logical devices (``/cpu:0`` .. ``/cpu:{n-1}``) for the replica
     checks; call it before TensorFlow runs its first op (a no-op afterwards)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow, must not start before use_logical_cpus()
 
     cpus = tf.config.list_physical_devices("CPU")
     try:
@@ -308,8 +304,6 @@ def use_logical_cpus(n: int = 2) -> None:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for a local cluster's TF_CONFIG)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -321,8 +315,6 @@ def run_workers(argv: list[str], logs: str | os.PathLike, *, n: int = 2, env=Non
     loopback (each with its ``TF_CONFIG``; output to ``<logs>/worker<i>.log``), wait for all
     (killing those left after ``timeout`` s) and return ``[(exit code, output)]`` per worker.
     ``env(index)`` may return extra variables for a worker (a value None removes one)."""
-    import json
-
     logs = Path(logs)
     logs.mkdir(parents=True, exist_ok=True)
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(n)]}
@@ -355,7 +347,7 @@ def run_workers(argv: list[str], logs: str | os.PathLike, *, n: int = 2, env=Non
 
 
 def _two_replicas(devices: tuple[str, str]):
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow, must not start before use_logical_cpus()
 
     available = {d.name.split("device:")[-1].lower() for d in tf.config.list_logical_devices()}
     missing = [d for d in devices if d.lstrip("/").lower() not in available]
@@ -370,10 +362,10 @@ def _two_replicas(devices: tuple[str, str]):
 def _train_twice(build, batch, global_batch: int, steps: int, devices) -> list:
     """Train ``build(strategy)`` for ``steps`` steps on the same global batches on one device and
     on two replicas; returns ``[(history, weights), ...]`` for both."""
-    import keras
-    import tensorflow as tf
+    import keras  # deferred: TensorFlow, must not start before use_logical_cpus()
+    import tensorflow as tf  # deferred: TensorFlow, must not start before use_logical_cpus()
 
-    from keras_reid.training.loop import train
+    from keras_reid.training.loop import train  # deferred: TensorFlow, must not start before use_logical_cpus()
 
     runs = []
     for strategy in _two_replicas(devices):
@@ -433,11 +425,10 @@ def check_backbone_replicas(backbone: Any, input_shape=(32, 16, 3), num_classes:
     batch norms synchronised as train_reid does with ``sync_batchnorm``) trained for ``steps``
     steps on the same global batch of 8 on one device and on two replicas logs the same loss
     and ends with the same weights. Returns the history."""
-    import keras
+    import keras  # deferred: TensorFlow, must not start before use_logical_cpus()
 
-    from keras_reid.registry import REGISTRY
-    from keras_reid.training.batchnorm import batchnorm_layers
-    from keras_reid.training.reid_model import ReIDModel
+    from keras_reid.training.batchnorm import batchnorm_layers  # deferred: TensorFlow, must not start before use_logical_cpus()
+    from keras_reid.training.reid_model import ReIDModel  # deferred: TensorFlow, must not start before use_logical_cpus()
 
     rng = np.random.default_rng(0)
     batch = (rng.uniform(0, 255, (8, *input_shape)).astype("float32"),
@@ -495,33 +486,50 @@ def check_generator_saving(spec: dict, folder: str | os.PathLike, batch: dict | 
     back both optimizers with their step counts, learning rates and state. With
     ``lazy_tensorflow`` importing the plugin's module in the fresh process loads neither Keras nor
     TensorFlow. Returns ``(trained GAN, GAN loaded by factory.load)`` for plugin-specific checks."""
-    import json
-
-    import keras
-    import tensorflow as tf
-
-    from keras_reid.registry import REGISTRY
-    from keras_reid.training.loop import train
+    import keras  # deferred: TensorFlow, must not start before use_logical_cpus()
 
     factory = REGISTRY.create("generator", spec)
     batch = batch if batch is not None else _generator_batch(sorted(factory.needs), image_size, n=4)
-    gan = factory.build(tuple(image_size))
-    gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=2))
-    train(gan, lambda ctx, epoch: tf.data.Dataset.from_tensors(batch).repeat(steps),
-          strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=steps, verbose=0)
+    gan = _trained_gan(factory, batch, image_size, steps)
     folder = Path(folder)
     path = folder / "g.keras"
     gan.save(path)
-    gen = {k: v for k, v in batch.items() if k in set(factory.generation_needs) | {"source"}}
-    if "noise" in factory.generation_needs:
-        gen["noise"] = _generator_batch(["noise"], image_size, n=len(gen["source"]),
-                                        z_dim=int(getattr(gan, "z_dim", 0)))["noise"]
+    gen = _generation_batch(factory, gan, batch, image_size)
     expected = np.asarray(gan.generate(gen))
 
     again = factory.load(str(path))
     np.testing.assert_allclose(np.asarray(again.generate(gen)), expected, rtol=0, atol=atol,
                                err_msg="factory.load(path).generate differs from the saved GAN's")
-    resumed = keras.saving.load_model(path)
+    _check_optimizers_restored(gan, keras.saving.load_model(path), steps)
+    _check_fresh_generation(spec, factory, path, gen, expected, atol, lazy_tensorflow)
+    return gan, again
+
+
+def _trained_gan(factory: Any, batch: dict, image_size: tuple[int, int], steps: int):
+    """The factory's GAN built at ``image_size``, compiled and trained ``steps`` steps on ``batch``."""
+    import tensorflow as tf  # deferred: TensorFlow, must not start before use_logical_cpus()
+
+    from keras_reid.training.loop import train  # deferred: TensorFlow, must not start before use_logical_cpus()
+
+    gan = factory.build(tuple(image_size))
+    gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=2))
+    train(gan, lambda ctx, epoch: tf.data.Dataset.from_tensors(batch).repeat(steps),
+          strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=steps, verbose=0)
+    return gan
+
+
+def _generation_batch(factory: Any, gan: Any, batch: dict, image_size: tuple[int, int]) -> dict:
+    """What ``generate`` takes: the ``generation_needs`` of ``batch`` and ``source`` (plus noise)."""
+    gen = {k: v for k, v in batch.items() if k in set(factory.generation_needs) | {"source"}}
+    if "noise" in factory.generation_needs:
+        gen["noise"] = _generator_batch(["noise"], image_size, n=len(gen["source"]),
+                                        z_dim=int(getattr(gan, "z_dim", 0)))["noise"]
+    return gen
+
+
+def _check_optimizers_restored(gan: Any, resumed: Any, steps: int) -> None:
+    """Both optimizers of ``resumed`` (the saved ``gan`` loaded by Keras) have ``gan``'s step
+    count (``steps``), learning rate and state."""
     for name in ("d_optimizer", "g_optimizer"):
         old, new = getattr(gan, name), getattr(resumed, name)
         assert int(new.iterations.numpy()) == int(old.iterations.numpy()) == steps, (
@@ -531,6 +539,13 @@ def check_generator_saving(spec: dict, folder: str | os.PathLike, batch: dict | 
             np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-7,
                                        err_msg=f"{name}'s state differs after loading")
 
+
+def _check_fresh_generation(spec: dict, factory: Any, path: Path, gen: dict, expected: np.ndarray,
+                            atol: float, lazy_tensorflow: bool) -> None:
+    """A fresh Python process loads ``path`` through the registry and generates ``expected``
+    from ``gen``; with ``lazy_tensorflow`` importing the plugin's module there loads neither
+    Keras nor TensorFlow."""
+    folder = path.parent
     np.savez(folder / "in.npz", **gen)
     out = _fresh_process(_FRESH_GENERATOR, json.dumps(spec), type(factory).__module__, str(path),
                          str(folder / "in.npz"), str(folder / "out.npy"))
@@ -540,7 +555,6 @@ def check_generator_saving(spec: dict, folder: str | os.PathLike, batch: dict | 
                              "build()/load() so that reading recipes stays light")
     np.testing.assert_allclose(np.load(folder / "out.npy"), expected, rtol=0, atol=atol,
                                err_msg="a fresh process generates other images from the saved GAN")
-    return gan, again
 
 
 def check_backbone_saving(spec: Any, folder: str | os.PathLike, input_shape=(32, 16, 3),
@@ -551,10 +565,6 @@ def check_backbone_saving(spec: Any, folder: str | os.PathLike, input_shape=(32,
     loads a trained model (``keras_reid.inference.load_keras_model``: the backbone's ``load`` if
     it has one, else Keras with keras-reid's layers registered) gives the same embedding, features
     and logits in inference mode."""
-    import json
-
-    from keras_reid.registry import REGISTRY
-
     backbone = REGISTRY.create("backbone", spec) if isinstance(spec, dict) else spec
     model = backbone.build(tuple(input_shape), num_classes)
     x = np.random.default_rng(1).uniform(0, 255, (2, *input_shape)).astype("float32")

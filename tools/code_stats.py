@@ -1,12 +1,15 @@
 """Size and shape of the code: lines, the longest functions, function-local imports, import cycles.
 
-    python tools/code_stats.py [ROOT] [--top 10] [--json] [--undeclared]
+    python tools/code_stats.py [ROOT] [--top 10] [--json] [--undeclared] [--parents]
 
 Counts over ``keras_reid/`` and ``plugins/`` of ROOT (default: this checkout). A function-local
 import is an ``import`` statement inside a function body (nested functions count once); the
 import graph is the modules' imports of each other, function-local ones included (a module's
 own parent packages are not counted), and a cycle is a strongly connected group of more than one
-module (Tarjan's algorithm).
+module (Tarjan's algorithm). ``--parents`` also counts the package ``__init__`` modules that an
+import runs before the module itself (``from keras_reid.stages.base import X`` runs
+``keras_reid/stages/__init__.py``): a package ``__init__`` that imports its children then shows
+up in a cycle with every module that imports one of its children and is imported by one.
 
 House rule: imports sit at the top of the module. A function-local import is allowed only where
 it deliberately defers a heavy dependency (TensorFlow/Keras, MediaPipe, Ray, LiteRT,
@@ -43,7 +46,7 @@ def _modules(root: Path) -> dict[str, Path]:
     return out
 
 
-def _imports(tree: ast.AST, module: str, known: set[str]) -> set[str]:
+def _imports(tree: ast.AST, module: str, known: set[str], parents: bool = False) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         names = []
@@ -57,8 +60,12 @@ def _imports(tree: ast.AST, module: str, known: set[str]) -> set[str]:
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
-            if name and name != module and not module.startswith(name + "."):
-                found.add(name)   # (a module's own parent packages run first anyway: no edge)
+            while name:
+                if name in known and name != module and not module.startswith(name + "."):
+                    found.add(name)   # (a module's own parent packages run first anyway: no edge)
+                # with ``parents``: importing a.b.c runs a/__init__ and a/b/__init__ first, edges
+                # to them too (a package __init__ that imports its children then closes a loop)
+                name = name.rpartition(".")[0] if parents else ""
     return found
 
 
@@ -94,7 +101,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-def stats(root: Path, top: int = 10) -> dict:
+def stats(root: Path, top: int = 10, parents: bool = False) -> dict:
     modules = _modules(root)
     lines = 0
     functions: list[tuple[int, str]] = []
@@ -105,7 +112,7 @@ def stats(root: Path, top: int = 10) -> dict:
         source = path.read_text(encoding="utf-8")
         lines += source.count("\n")
         tree = ast.parse(source)
-        graph[module] = _imports(tree, module, set(modules))
+        graph[module] = _imports(tree, module, set(modules), parents)
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append((node.end_lineno - node.lineno + 1,
@@ -123,11 +130,12 @@ def stats(root: Path, top: int = 10) -> dict:
             "import_cycles": _cycles(graph)}
 
 
-def import_cycles(root: Path) -> list[list[str]]:
-    """The import cycles of ``keras_reid/`` and ``plugins/`` under ``root`` (sorted module groups)."""
+def import_cycles(root: Path, parents: bool = False) -> list[list[str]]:
+    """The import cycles of ``keras_reid/`` and ``plugins/`` under ``root`` (sorted module groups);
+    ``parents``: count the package ``__init__`` modules an import runs first as imported too."""
     modules = _modules(root)
     return _cycles({module: _imports(ast.parse(path.read_text(encoding="utf-8")), module,
-                                     set(modules))
+                                     set(modules), parents)
                     for module, path in modules.items()})
 
 
@@ -169,8 +177,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--undeclared", action="store_true",
                         help="list the function-local imports without the '# deferred:' marker")
+    parser.add_argument("--parents", action="store_true",
+                        help="importing a.b.c also imports the packages a and a.b: count those edges")
     args = parser.parse_args()
-    out = stats(Path(args.root), args.top)
+    out = stats(Path(args.root), args.top, args.parents)
     if args.json:
         print(json.dumps(out, indent=1))
         return

@@ -1,9 +1,15 @@
 """keras-reid data commands: synth, info, pairs."""
 from __future__ import annotations
 
-import click
+import json
 
-from keras_reid.cli import handle_user_errors, main  # noqa: F401
+import click
+import yaml
+
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.data.camera_split import camera_pair_split
+from keras_reid.data.layout import load_dataset
+from keras_reid.errors import DatasetError, UserError
 
 
 @main.group()
@@ -19,10 +25,6 @@ _OPTION_HELP = ("reader parameter KEY=VALUE (repeatable; value read as YAML), e.
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
     """``("variant=labeled", "test_session=2")`` -> ``{"variant": "labeled", "test_session": 2}``."""
-    import yaml
-
-    from keras_reid.errors import UserError
-
     out = {}
     for item in pairs:
         key, sep, value = item.partition("=")
@@ -70,10 +72,6 @@ def info(root: str, type_: str | None, options: tuple[str, ...], as_json: bool) 
       keras-reid data info ~/data/Market-1501-v15.09.15
       keras-reid data info ~/data/cuhk03-np --option variant=labeled --json
     """
-    import json
-
-    from keras_reid.data.layout import load_dataset
-
     loaded = load_dataset(root, type_, _parse_options(options))
     ds = loaded.splits
     rows = ds.summary()
@@ -124,12 +122,6 @@ def pairs(root: str, cam_a: int, cam_b: int, split: str, type_: str | None,
     Example (the thesis counts 14,133 train pairs and 695 test images):
       keras-reid data pairs ~/data/Market-1501-v15.09.15 --a 5 --b 6
     """
-    import json
-
-    from keras_reid.data.layout import load_dataset
-    from keras_reid.data.camera_split import camera_pair_split
-    from keras_reid.errors import DatasetError
-
     loaded = load_dataset(root, type_, _parse_options(options))
     if split not in loaded.splits:
         raise DatasetError(f"dataset {loaded.type} at {loaded.splits.root} has no split '{split}'; "

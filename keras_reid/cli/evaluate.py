@@ -1,13 +1,24 @@
 """keras-reid evaluate: Market-protocol metrics (and re-ranking) of a saved distance matrix."""
 from __future__ import annotations
 
-import json
+import re
+import zipfile
 from pathlib import Path
 
 import click
+import numpy as np
 
-from keras_reid.cli import handle_user_errors, main
-from keras_reid.errors import UserError
+from keras_reid import io
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.cli.data import _parse_options
+from keras_reid.cli.inference import load_extractor
+from keras_reid.data.layout import load_dataset
+from keras_reid.data.records import JUNK_PID
+from keras_reid.errors import InputError, UserError
+from keras_reid.inference import extract_features
+from keras_reid.metrics import (chance_level, evaluate_retrieval, pairwise_distance,
+                                rerank as rerank_dist, rerank_features)
+from keras_reid.metrics.retrieval import fuse_features, single_shot_cmc
 
 REQUIRED = ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")
 RANKS = (1, 5, 10, 20)
@@ -15,10 +26,6 @@ RANKS = (1, 5, 10, 20)
 
 def load_npz(path: str, rerank: bool) -> dict:
     """The arrays of an evaluation npz; raises UserError naming missing keys or a bad file."""
-    import zipfile
-
-    import numpy as np
-
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not an .npz file; save the arrays with numpy.savez(path, distmat=..., "
                         "q_pids=..., g_pids=..., q_camids=..., g_camids=...)")
@@ -44,8 +51,6 @@ def load_npz(path: str, rerank: bool) -> dict:
 def check_arrays(path: str, arrays: dict) -> None:
     """Raise UserError when an array cannot be evaluated: ids that are not 1-D integers, distances
     or features that are not real numbers, contain NaN or infinity, or have the wrong shape."""
-    import numpy as np
-
     for key in ("q_pids", "g_pids", "q_camids", "g_camids"):
         a = arrays.get(key)
         if a is None:
@@ -80,9 +85,7 @@ def retrieval(dist, ids, max_rank: int, single_shot: bool = False) -> dict:
     """``evaluate_retrieval`` of ``dist`` summarised (:func:`summarise`); with ``single_shot`` the
     CMC is the single-shot CMC of :data:`SINGLE_SHOT_REPEATS` draws seeded as the evaluate stage
     seeds them (mAP and mINP stay those of the whole gallery)."""
-    from keras_reid.metrics import evaluate_retrieval
-    from keras_reid.metrics.retrieval import single_shot_cmc
-    from keras_reid.stages.evaluate.common import SINGLE_SHOT_SEED
+    from keras_reid.stages.evaluate.common import SINGLE_SHOT_SEED  # deferred: TensorFlow, keeps CLI startup light
 
     res = evaluate_retrieval(dist, *ids, max_rank=max_rank)
     if single_shot:
@@ -99,8 +102,6 @@ def evaluate_arrays(arrays: dict, rerank: bool, k1: int, k2: int, lambda_value: 
 
     With features (qf, gf) present, every distance is computed from them (Euclidean).
     """
-    from keras_reid.metrics import pairwise_distance, rerank as rerank_dist, rerank_features
-
     ids = [arrays[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
     features = "qf" in arrays and "gf" in arrays
     dist = pairwise_distance(arrays["qf"], arrays["gf"]) if features else arrays["distmat"]
@@ -164,8 +165,6 @@ def _table(results: dict) -> list[str]:
 def parse_dataset(spec: str) -> tuple[str | None, str]:
     """``"market1501:data/Market"`` -> ``("market1501", "data/Market")``; a bare folder -> ``(None,
     folder)`` (the layout is detected)."""
-    import re
-
     m = re.match(r"^([A-Za-z_][A-Za-z0-9_-]*):(.+)$", spec)
     return (m.group(1), m.group(2)) if m else (None, spec)
 
@@ -177,8 +176,6 @@ MULTI_QUERY_SPLIT = "gt_bbox"
 def check_multi_query_split(splits, where: str) -> None:
     """InputError (one line, exit code 2) when the dataset ``splits`` (read from ``where``) has no
     :data:`MULTI_QUERY_SPLIT` for ``--multi-query`` to pool from."""
-    from keras_reid.errors import InputError
-
     if MULTI_QUERY_SPLIT not in splits:
         raise InputError(f"--multi-query pools the images of split '{MULTI_QUERY_SPLIT}', which {where} "
                          f"does not have (splits: {', '.join(splits.splits)}); extract Market-1501's "
@@ -192,13 +189,8 @@ def multi_query_results(extractor, query: list, query_features, gallery_features
     feature pooled (``pooling``: mean or max) with those of the :data:`MULTI_QUERY_SPLIT` images
     of its person in its camera (the query's own file counted once), L2-normalised, ranked like
     a single query. Raises InputError when the dataset has no such split."""
-    import numpy as np
-
-    from keras_reid.data.pipeline import scan_images, skipped_message
-    from keras_reid.inference import extract_features
-    from keras_reid.metrics import pairwise_distance
-    from keras_reid.metrics.retrieval import fuse_features
-    from keras_reid.stages.evaluate.common import multi_query_pairs
+    from keras_reid.data.pipeline import scan_images, skipped_message  # deferred: TensorFlow, keeps CLI startup light
+    from keras_reid.stages.evaluate.common import multi_query_pairs  # deferred: TensorFlow, keeps CLI startup light
 
     check_multi_query_split(splits, where)
     wanted = {(q.pid, q.camid) for q in query}
@@ -224,42 +216,12 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     protocol; the evaluate stage's features and metrics; single-shot CMC with ``single_shot``,
     Market-1501 multi-query with ``multi_query`` mean|max). Returns ``evaluate_arrays``' result
     plus ``multi_query`` (when asked), ``chance``, ``model`` and ``dataset``."""
-    import numpy as np
-
-    from keras_reid.cli.inference import load_extractor
-    from keras_reid.data.layout import load_dataset
-    from keras_reid.data.pipeline import scan_images, skipped_message
-    from keras_reid.data.records import JUNK_PID
-    from keras_reid.errors import InputError
-    from keras_reid.inference import extract_features
-    from keras_reid.metrics import chance_level
-
-    type_, root = parse_dataset(dataset)
-    if not Path(root).expanduser().is_dir():
-        raise InputError(f"--dataset {dataset}: the folder {root} does not exist; give TYPE:ROOT with the "
-                         "folder that holds the dataset, e.g. market1501:data/Market-1501-v15.09.15")
-    if type_ == "synthetic" and not options:
-        # the synthetic reader writes a dataset (and refuses one made with other parameters); one
-        # that exists is read by the Market-1501 reader, like the synthetic reader does itself
-        type_ = "market1501"
-    loaded = load_dataset(root, type_, options)
+    loaded, root = _retrieval_dataset(dataset, options)
     splits = loaded.splits
-    if splits.kind != "retrieval":
-        raise InputError(f"--dataset {dataset}: {loaded.type} is closed-set data (classes, not query and "
-                         "gallery); evaluate it with a recipe's evaluate stage")
     where = f"{loaded.type} at {root}"
     if multi_query:   # before any image is embedded
         check_multi_query_split(splits, where)
-    sets = []
-    for split in ("query", "gallery"):
-        records = [r for r in splits[split] if r.pid != JUNK_PID]
-        good, bad = scan_images(records)
-        if bad:
-            click.secho(f"warning: {split}: {skipped_message(bad, len(records))}", fg="yellow", err=True)
-        if not good:
-            raise InputError(f"--dataset {dataset}: the {split} split has no readable images")
-        sets.append(good)
-    query, gallery = sets
+    query, gallery = (_readable_split(splits, split, dataset) for split in ("query", "gallery"))
     extractor = load_extractor(model, stage)
     click.echo(f"dataset: {loaded.type}{' (detected)' if loaded.detected else ''} at {root}: "
                f"{len(query)} queries x {len(gallery)} gallery images")
@@ -281,6 +243,38 @@ def evaluate_model(model: str, stage: str | None, dataset: str, options: dict, r
     results["model"] = str(extractor.path)
     results["dataset"] = {"type": loaded.type, "root": str(splits.root or root)}
     return results
+
+
+def _retrieval_dataset(dataset: str, options: dict):
+    """``(loaded, root)``: the dataset ``--dataset TYPE:ROOT`` names, read with its reader;
+    InputError when the folder does not exist or the data is closed-set."""
+    type_, root = parse_dataset(dataset)
+    if not Path(root).expanduser().is_dir():
+        raise InputError(f"--dataset {dataset}: the folder {root} does not exist; give TYPE:ROOT with the "
+                         "folder that holds the dataset, e.g. market1501:data/Market-1501-v15.09.15")
+    if type_ == "synthetic" and not options:
+        # the synthetic reader writes a dataset (and refuses one made with other parameters); one
+        # that exists is read by the Market-1501 reader, like the synthetic reader does itself
+        type_ = "market1501"
+    loaded = load_dataset(root, type_, options)
+    if loaded.splits.kind != "retrieval":
+        raise InputError(f"--dataset {dataset}: {loaded.type} is closed-set data (classes, not query and "
+                         "gallery); evaluate it with a recipe's evaluate stage")
+    return loaded, root
+
+
+def _readable_split(splits, split: str, dataset: str) -> list:
+    """The records of ``split`` without junk whose images decode; warns about the others,
+    InputError when none is left."""
+    from keras_reid.data.pipeline import scan_images, skipped_message  # deferred: TensorFlow, keeps CLI startup light
+
+    records = [r for r in splits[split] if r.pid != JUNK_PID]
+    good, bad = scan_images(records)
+    if bad:
+        click.secho(f"warning: {split}: {skipped_message(bad, len(records))}", fg="yellow", err=True)
+    if not good:
+        raise InputError(f"--dataset {dataset}: the {split} split has no readable images")
+    return good
 
 
 @main.command("evaluate")
@@ -340,8 +334,24 @@ def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], s
                  q_camids=qc, g_camids=gc)"
       keras-reid evaluate --distmat d.npz --rerank --json metrics.json
     """
-    from keras_reid.errors import InputError
+    _check_sources(model, dataset, options, stage, distmat_path, multi_query)
+    if model is not None:
+        results = evaluate_model(model, stage, dataset, _parse_options(options), rerank, k1, k2,
+                                 lambda_value, max_rank, batch_size, single_shot, multi_query)
+    else:
+        arrays = load_npz(distmat_path, rerank)
+        results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank, single_shot)
+    for line in _table(results):
+        click.echo(line)
+    if json_out:
+        io.write_json(json_out, results)
+        click.echo(f"metrics written to {json_out}")
 
+
+def _check_sources(model: str | None, dataset: str | None, options: tuple[str, ...],
+                   stage: str | None, distmat_path: str | None, multi_query: str | None) -> None:
+    """Refuse a command line that gives both or neither of MODEL and --distmat, or options that
+    go with the other one (InputError; UsageError, exit code 2, when nothing is given)."""
     if model is not None and distmat_path is not None:
         raise InputError("give MODEL --dataset TYPE:ROOT or --distmat FILE.npz, not both")
     if model is None and distmat_path is None:  # an argument error (exit code 2)
@@ -350,23 +360,10 @@ def evaluate(model: str | None, dataset: str | None, options: tuple[str, ...], s
         if not dataset:
             raise InputError(f"evaluating {model} needs --dataset TYPE:ROOT, e.g. --dataset "
                              "market1501:data/synthetic-quickstart")
-        from keras_reid.cli.data import _parse_options
-
-        results = evaluate_model(model, stage, dataset, _parse_options(options), rerank, k1, k2,
-                                 lambda_value, max_rank, batch_size, single_shot, multi_query)
-    else:
-        if dataset or options or stage:
-            raise InputError("--dataset, --option and --model go with MODEL, not with --distmat")
-        if multi_query:
-            raise InputError("--multi-query pools the features of each query person's gt_bbox images, "
-                             "which a distance matrix does not have; give MODEL --dataset TYPE:ROOT "
-                             "or drop --multi-query")
-        arrays = load_npz(distmat_path, rerank)
-        results = evaluate_arrays(arrays, rerank, k1, k2, lambda_value, max_rank, single_shot)
-    for line in _table(results):
-        click.echo(line)
-    if json_out:
-        from keras_reid import io
-
-        io.write_json(json_out, results)
-        click.echo(f"metrics written to {json_out}")
+        return
+    if dataset or options or stage:
+        raise InputError("--dataset, --option and --model go with MODEL, not with --distmat")
+    if multi_query:
+        raise InputError("--multi-query pools the features of each query person's gt_bbox images, "
+                         "which a distance matrix does not have; give MODEL --dataset TYPE:ROOT "
+                         "or drop --multi-query")

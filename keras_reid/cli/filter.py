@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 
 import click
+import yaml
 
-from keras_reid.cli import handle_user_errors, main
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.data.images import read_image
+from keras_reid.errors import RecipeError
+from keras_reid.registry import REGISTRY
 
 
 @main.command(name="filter")
@@ -22,12 +26,6 @@ def filter_command(name: str, images: tuple[str, ...], params: tuple[str, ...], 
     keras-reid filter face photo.jpg crops/*.jpg
     keras-reid filter face --set model=short_range --json photo.jpg
     """
-    import yaml
-
-    from keras_reid.data.images import read_image
-    from keras_reid.errors import RecipeError
-    from keras_reid.registry import REGISTRY
-
     spec: dict = {"type": name}
     for text in params:
         key, sep, value = text.partition("=")

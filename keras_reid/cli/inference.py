@@ -8,8 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
-from keras_reid.cli import handle_user_errors, main
+from keras_reid import export as model_export, io
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.errors import InputError
+from keras_reid.inference import ImageRecord, list_images, load_model, parse_identity
+from keras_reid.search import rank, render_html, render_png, text_lines
+
 
 def model_options(func):
     """``--model NAME`` and ``--batch-size``: shared by the commands that load a model."""
@@ -21,8 +27,6 @@ def model_options(func):
 
 def load_extractor(model: str, stage: str | None):
     """The :class:`keras_reid.inference.FeatureExtractor` of MODEL, with one line saying what it is."""
-    from keras_reid.inference import load_model
-
     extractor = load_model(model, stage)
     p = extractor.preprocessing
     h, w = p.image_size
@@ -34,9 +38,7 @@ def load_extractor(model: str, stage: str | None):
 
 def readable(paths: list[str]) -> list[str]:
     """The image files TensorFlow can decode; warns about (and drops) the others."""
-    from keras_reid.data.pipeline import scan_images, skipped_message
-    from keras_reid.errors import InputError
-    from keras_reid.inference import ImageRecord
+    from keras_reid.data.pipeline import scan_images, skipped_message  # deferred: TensorFlow, keeps CLI startup light
 
     good, bad = scan_images([ImageRecord(p) for p in paths])
     if bad:
@@ -67,12 +69,6 @@ def extract(model: str, images: tuple[str, ...], out: str, stage: str | None, ba
       keras-reid extract runs/quickstart/baseline data/synthetic-quickstart/query --out query.npz
       python -c "import numpy as np; d = np.load('query.npz'); print(d['features'].shape)"
     """
-    import numpy as np
-
-    from keras_reid import io
-    from keras_reid.errors import InputError
-    from keras_reid.inference import list_images, parse_identity
-
     if not out.endswith(".npz"):
         raise InputError(f"--out {out}: name an .npz file, e.g. --out feats.npz")
     paths = list_images(images)
@@ -90,11 +86,6 @@ def extract(model: str, images: tuple[str, ...], out: str, stage: str | None, ba
 
 def _gallery(items: tuple[str, ...], extractor, batch_size: int):
     """``(paths, features)`` of the gallery: images and folders, or one .npz written by extract."""
-    import numpy as np
-
-    from keras_reid.errors import InputError
-    from keras_reid.inference import list_images
-
     if len(items) == 1 and items[0].endswith(".npz"):
         try:
             with np.load(items[0], allow_pickle=False) as data:
@@ -140,10 +131,6 @@ def search(model: str, queries: tuple[str, ...], gallery: tuple[str, ...], top: 
       keras-reid search runs/quickstart/augmented --query data/synthetic-quickstart/query/0001_c1s1_000154_00.jpg \\
           --gallery data/synthetic-quickstart/bounding_box_test --top 5 --out ranked.html
     """
-    from keras_reid.errors import InputError
-    from keras_reid.inference import list_images
-    from keras_reid.search import rank, render_html, render_png, text_lines
-
     if out and Path(out).suffix.lower() not in (".png", ".html", ".htm"):
         raise InputError(f"--out {out}: name a .png or .html file")
     query_paths = list_images(queries)
@@ -188,24 +175,22 @@ def export(model: str, fmt: str, out: str, sample: tuple[str, ...], stage: str |
       keras-reid export runs/quickstart/baseline --format savedmodel --out exported/baseline
       keras-reid export runs/quickstart/baseline --format onnx --out baseline.onnx
     """
-    from keras_reid.errors import InputError
-    from keras_reid.export import FORMATS, ONNX_EXTRA, TOLERANCE, export_model, missing_onnx_packages
-    from keras_reid.inference import list_images
-
     fmt = fmt.lower()   # checked before the model loads
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and missing_onnx_packages():
-        raise InputError(f"--format onnx needs {' and '.join(missing_onnx_packages())}, which are not "
-                         f"installed: {ONNX_EXTRA}")
+    if fmt not in model_export.FORMATS:
+        raise InputError(f"--format {fmt}: unknown format; use one of {', '.join(model_export.FORMATS)}")
+    missing = model_export.missing_onnx_packages() if fmt == "onnx" else []
+    if missing:
+        raise InputError(f"--format onnx needs {' and '.join(missing)}, which are not "
+                         f"installed: {model_export.ONNX_EXTRA}")
     images = list_images(sample) if sample else None
     extractor = load_extractor(model, stage)
     click.echo(f"exporting to {fmt} ...")
-    result = export_model(extractor, out, fmt, sample_images=readable(images) if images else None)
+    result = model_export.export_model(extractor, out, fmt,
+                                       sample_images=readable(images) if images else None)
     if result.compact:
         click.echo(result.compact)
     click.echo(f"parity: max |exported - Keras| = {result.max_abs_diff:.2e} over {result.sample_images} "
-               f"{'sample' if images else 'random'} images (limit {TOLERANCE:g}): ok")
+               f"{'sample' if images else 'random'} images (limit {model_export.TOLERANCE:g}): ok")
     h, w = extractor.image_size
     click.echo(f"wrote {result.path} (input float32 [N, {h}, {w}, 3] RGB in [0, 255]; output "
                f"L2-normalised features) and {result.record}")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from keras_reid.cli import handle_user_errors, main
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.model_files import cache_dir as resolve, fetch_models, known_names, model_status
 
 
 @main.group()
@@ -39,8 +40,6 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
       keras-reid models fetch
       keras-reid models fetch face_detection_full_range_sparse --wheel mediapipe-0.10.21-*.whl
     """
-    from keras_reid.model_files import fetch_models
-
     paths = fetch_models(names or None, cache_dir=cache_dir, wheel=wheel, timeout=timeout,
                          log=click.echo)
     click.echo(f"{len(paths)} model(s) ready in {paths[0].parent if paths else cache_dir}")
@@ -53,8 +52,6 @@ def fetch(names: tuple[str, ...], cache_dir: str | None, wheel: str | None, time
 def list_(cache_dir: str | None) -> None:
     """List the known models and bundles: name, status (present, missing, bad checksum,
     outdated) and path."""
-    from keras_reid.model_files import cache_dir as resolve, known_names, model_status
-
     folder = resolve(cache_dir)
     rows = [(name, model_status(name, cache_dir), str(folder / name)) for name in known_names()]
     w0 = max(len(r[0]) for r in rows + [("NAME", "", "")])

@@ -10,8 +10,8 @@ import click
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from keras_reid.cli import handle_user_errors, main
-from keras_reid.registry import KINDS, Entry
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.registry import KINDS, REGISTRY, Entry
 
 
 @main.command()
@@ -26,8 +26,6 @@ def plugins(kind: str | None, name: str | None, as_json: bool) -> None:
     component's description and its recipe parameters with types, defaults and meaning.
     Third-party packages add components through the 'keras_reid.plugins' entry-point
     group."""
-    from keras_reid.registry import REGISTRY
-
     if name is not None:   # an unknown name is a RegistryError: one line with a did-you-mean, exit 2
         _show_component(REGISTRY.get(kind, name), as_json)
         return

@@ -1,11 +1,17 @@
 """keras-reid run / validate."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from keras_reid.cli import handle_user_errors, main
+from keras_reid import io, repeats, runlock, runner
+from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.errors import RecipeError
+from keras_reid.recipe import load_recipe
+from keras_reid.report import write_report
+from keras_reid.run_summary import closing_lines
 
 _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values are YAML-typed: "
              "2 is an int, [64,32] a list, null None); repeatable")
@@ -55,51 +61,50 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     resumes the unfinished one; stages whose config does not change between repeats run once.
     tensorboard --logdir runs/<name> shows the repeats side by side.
     """
-    from keras_reid import runner
-    from keras_reid.errors import RecipeError
-
     if seeds is not None or sweeps:
         return _run_repeats(recipe, overrides, run_dir, dry_run, only, shard, seeds, sweeps,
                             engine, ray_cpus, ray_gpus)
     if engine != "local":
         raise RecipeError(f"--engine {engine} runs repeats; add --seeds and/or --sweep")
-    from keras_reid import repeats
-    from keras_reid.recipe import load_recipe
-
     rec = load_recipe(recipe, overrides)
     part = parse_shard(shard) if shard else None
     target = Path(run_dir) if run_dir else runner.default_run_dir(rec)
     _check_stages(rec, only)
     repeats.check_single_run_folder(target)
     if dry_run:
-        check_dataset_roots(rec)
-        click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
-        steps = runner.plan(rec, target)
-        if only:   # what the run would refuse (a stage read that is not done), said now
-            runner.check_only(rec, steps, list(only))
-        for step in steps:
-            if only and step.name not in only:
-                continue
-            what = {"done": "skip (done, same config)", "resume": "resume", "run": "run"}[step.status]
-            click.echo(f"  {step.name:<20} {step.type:<18} {what}")
-        return
+        return _dry_run(rec, target, only)
     results = runner.run(rec, target, only=list(only) or None, shard=part)
     if "_incomplete" in results:
         click.echo(click.style(f"stopped after stage '{results['_incomplete']['stage']}' (shard "
                                f"{shard} done); the run folder is {target}", fg="yellow", bold=True))
         return
-    from keras_reid import runlock
-    from keras_reid.run_summary import closing_lines
-
     if not runlock.is_chief_process(rec.model.strategy.type):
         click.echo(f"done: this worker's part of the run; the chief wrote the results to {target}")
         return
-    metrics = target / "metrics.json"
+    _print_results(rec, target, results)
+
+
+def _dry_run(rec, target: Path, only: tuple[str, ...]) -> None:
+    """``run --dry-run``: check the dataset folders, then list what each stage would do."""
+    check_dataset_roots(rec)
+    click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
+    steps = runner.plan(rec, target)
+    if only:   # what the run would refuse (a stage read that is not done), said now
+        runner.check_only(rec, steps, list(only))
+    for step in steps:
+        if only and step.name not in only:
+            continue
+        what = {"done": "skip (done, same config)", "resume": "resume", "run": "run"}[step.status]
+        click.echo(f"  {step.name:<20} {step.type:<18} {what}")
+
+
+def _print_results(rec, target: Path, results: dict) -> None:
+    """The closing lines of a finished single run and its named comparisons."""
     click.echo(click.style(f"done: {target}", fg="green", bold=True))
     for line in closing_lines(rec, target, results):
         click.echo(line)
     for line in repeats.single_run_comparison_lines(
-            _read_json(metrics), rec.model.compare):
+            io.read_json(target / "metrics.json"), rec.model.compare):
         click.echo(line)
 
 
@@ -107,9 +112,6 @@ def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, d
                  only: tuple[str, ...], shard: str | None, seeds: str | None,
                  sweeps: tuple[str, ...], engine: str, ray_cpus: float, ray_gpus: float) -> None:
     """``run --seeds/--sweep``: expand and validate every repeat, run them, print the aggregate."""
-    from keras_reid import repeats
-    from keras_reid.errors import RecipeError
-
     if shard:
         raise RecipeError("--shard splits the augment stage of one run; it cannot be combined with "
                           "--seeds/--sweep; shard one repeat as a single run: --set seed=S --run-dir "
@@ -130,31 +132,19 @@ def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, d
     click.echo(f"TensorBoard (every repeat side by side): tensorboard --logdir {plan.run_dir}")
     rec = plan.repeats[0].recipe
     if agg.get("models") and any(spec.type == "report" for spec in rec.model.stages.values()):
-        from keras_reid.report import write_report
-
         write_report(plan.run_dir, echo=click.echo)   # the recipe ends with a report: the repeats' one
     else:
         click.echo(f"report (every repeat on one page): keras-reid report {plan.run_dir}")
 
 
 def _check_stages(rec, only: tuple[str, ...]) -> None:
-    from keras_reid.errors import RecipeError
-
     for name in only:
         if name not in rec.model.stages:
             raise RecipeError(f"--stage {name}: no such stage; stages: {', '.join(rec.model.stages)}")
 
 
-def _read_json(path: Path) -> dict | None:
-    from keras_reid import io
-
-    return io.read_json(path)
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; raises a UserError (exit 2) otherwise."""
-    from keras_reid.errors import RecipeError
-
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -167,10 +157,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def check_dataset_roots(rec) -> None:
     """Raise RecipeError (exit 2) naming the first dataset whose ``root`` folder does not exist
     and that its plugin would not create (``create_if_missing``), with the fix."""
-    import os
-
-    from keras_reid.errors import RecipeError
-
     for name, cfg in rec.dataset_configs.items():
         root = getattr(cfg, "root", None)
         if not isinstance(root, str) or getattr(cfg, "create_if_missing", False):
@@ -191,8 +177,6 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool, no_data: bool)
     """Check RECIPE without running it: syntax, base: files, ${ENV} values, every
     component's parameters against its plugin's schema, and that every dataset folder it
     reads exists (synthetic datasets are written on first use). Exit code 2 when invalid."""
-    from keras_reid.recipe import load_recipe
-
     rec = load_recipe(recipe, overrides)
     if not no_data:
         check_dataset_roots(rec)

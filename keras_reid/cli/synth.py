@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
-from keras_reid.cli import handle_user_errors
+from keras_reid.cli.app import handle_user_errors
 from keras_reid.cli.data import data
+from keras_reid.data.synthetic import synthesize
+from keras_reid.data.synthetic_closed_set import synthesize_closed_set
 
 
 @data.command()
@@ -43,8 +45,6 @@ def synth(out: str, ids: int, cameras: int, size: str, seed: int, images_per_id_
       keras-reid data synth data/synth
       keras-reid data synth data/synth-256 --ids 200 --size 256x128 --seed 1
     """
-    from keras_reid.data.synthetic import synthesize
-
     summary = synthesize(out, ids=ids, cameras=cameras, size=size, seed=seed,
                          images_per_id_camera=images_per_id_camera, distractors=distractors,
                          junk=junk, force=force, progress=True)
@@ -97,8 +97,6 @@ def synth_closed_set(out: str, ids: int, sessions: int, size: str, seed: int, im
       keras-reid data synth-closed-set data/lima-synth
       keras-reid data info data/lima-synth -o test_session=4
     """
-    from keras_reid.data.synthetic_closed_set import synthesize_closed_set
-
     s = synthesize_closed_set(out, ids=ids, sessions=sessions, size=size, seed=seed,
                               images_per_session=images_per_session,
                               unknown_per_session=unknown_per_session, cameras=cameras, force=force,
