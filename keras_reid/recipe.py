@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterable
@@ -509,8 +510,6 @@ def _expectation(err: dict) -> str:
 
 
 def _submodel_at(model: type[BaseModel], loc: Iterable[Any]) -> type[BaseModel] | None:
-    import typing
-
     current: Any = model
     for part in loc:
         if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
