@@ -24,6 +24,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from keras_reid.data.records import DatasetSplits
+from keras_reid.registry import REGISTRY
 
 
 @runtime_checkable
@@ -157,8 +158,5 @@ class GeneratorFactory(Protocol):
 
 def generator_factory(spec: dict, registry: Any = None) -> GeneratorFactory:
     """The registered generator component for ``spec`` (cheap: no TensorFlow). ``registry``
-    defaults to the process registry (imported here: the registry loads plugins, which import
-    this module)."""
-    from keras_reid.registry import REGISTRY
-
+    defaults to the process registry."""
     return (registry or REGISTRY).create("generator", spec)

@@ -8,6 +8,7 @@ This module imports Keras: plugin modules import it inside their ``build`` metho
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -68,8 +69,6 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
         super().__init__(**kwargs)
 
     def _moments(self, inputs, mask):
-        import tensorflow as tf
-
         ctx = tf.distribute.get_replica_context()
         if mask is not None or ctx is None or ctx.num_replicas_in_sync == 1:
             if mask is not None:

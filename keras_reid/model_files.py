@@ -21,13 +21,16 @@ The cache folder is ``$KERAS_REID_MODELS`` or ``~/.cache/keras_reid/models``.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import types
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -138,12 +141,9 @@ def _metadata_writers():
     metadata-parser version recorded in the model. When it is missing, a stand-in is installed
     that returns "1.0.0" for metadata using only the features of schema 1.0.0 (tensor metadata,
     image properties and normalisation: what is written here) and refuses anything newer."""
-    import sys
-    import types
-
     name = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
     try:
-        import mediapipe.tasks.cc.metadata.python._pywrap_metadata_version  # noqa: F401
+        import mediapipe.tasks.cc.metadata.python._pywrap_metadata_version  # noqa: F401  # deferred: MediaPipe, the CLI and plugin discovery import this module
     except ImportError:
         stub = types.ModuleType(name)
         stub.GetMinimumMetadataParserVersion = _minimum_parser_version
@@ -152,8 +152,8 @@ def _metadata_writers():
             sys.modules.setdefault(parent, types.ModuleType(parent))
         sys.modules[name] = stub
     try:
-        from mediapipe.tasks.python.metadata.metadata_writers import (metadata_writer,
-                                                                      model_asset_bundle_utils)
+        from mediapipe.tasks.python.metadata.metadata_writers import (  # deferred: MediaPipe, the CLI and plugin discovery import this module
+            metadata_writer, model_asset_bundle_utils)
     except Exception as exc:  # noqa: BLE001 - any import problem means: cannot build here
         raise ModelFileError(f"cannot build MediaPipe .task bundles: mediapipe's metadata writers do not "
                              f"import ({type(exc).__name__}: {exc}); install mediapipe>=0.10.30 or "
@@ -163,7 +163,7 @@ def _metadata_writers():
 
 def _minimum_parser_version(metadata_buffer: bytes) -> str:
     """"1.0.0" for metadata that uses only schema 1.0.0 features; raises ModelFileError otherwise."""
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb  # deferred: MediaPipe, the CLI and plugin discovery import this module
 
     md = fb.ModelMetadata.GetRootAsModelMetadata(bytearray(metadata_buffer), 0)
     newer = md.AssociatedFilesLength() > 0
@@ -216,8 +216,6 @@ def _info(name: str) -> ModelInfo | BundleInfo:
             return MODELS[candidate]
         if candidate in BUNDLES:
             return BUNDLES[candidate]
-    import difflib
-
     close = difflib.get_close_matches(name, known_names(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ModelFileError(f"unknown model '{name}'{hint}; known: {', '.join(known_names())}")
@@ -391,8 +389,6 @@ def _bundle_from_url(info: BundleInfo, folder: Path, timeout: float,
     try:
         with urllib.request.urlopen(info.url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL)
             data = resp.read()
-        import io
-
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             members = {m: hashlib.sha256(zf.read(m)).hexdigest() for m in info.members}
     except Exception:  # offline, blocked, HTTP error, not a bundle: build it instead
@@ -430,7 +426,7 @@ def build_bundle(name: str, cache: str | os.PathLike | None = None, *,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    import mediapipe
+    import mediapipe  # deferred: MediaPipe, the CLI and plugin discovery import this module
 
     _write_record(target, {
         "name": info.name, "source": "built", "recipe": info.recipe,
@@ -446,7 +442,7 @@ def _check_bundle(info: BundleInfo, path: Path) -> None:
     """Raise ModelFileError unless MediaPipe Tasks can create its task from the bundle at ``path``."""
     if info.name.startswith("pose_landmarker"):
         try:
-            from mediapipe.tasks.python import BaseOptions, vision
+            from mediapipe.tasks.python import BaseOptions, vision  # deferred: MediaPipe, the CLI and plugin discovery import this module
 
             options = vision.PoseLandmarkerOptions(
                 base_options=BaseOptions(model_asset_path=str(path)),

@@ -15,6 +15,6 @@ def bar_verbosity(verbose: int = 1) -> int:
 
 def progbar(target: int, verbose: int = 1, **kwargs: Any):
     """Returns a ``keras.utils.Progbar`` with :func:`bar_verbosity` applied."""
-    import keras
+    import keras  # deferred: Keras, the CLI imports this module
 
     return keras.utils.Progbar(target, verbose=bar_verbosity(verbose), **kwargs)

@@ -383,7 +383,7 @@ def _run_local(plan: RepeatPlan, only, registry: Registry, echo: Callable[[str],
 
 def _import_ray():
     try:
-        import ray
+        import ray  # deferred: Ray, optional extra [ray]
     except ImportError:
         raise UserError("--engine ray needs Ray; install it with: pip install 'keras-reid[ray]'") from None
     return ray

@@ -17,18 +17,24 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import io as _io
 import json
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import yaml
 
-from keras_reid import io, tb_events
+from keras_reid import __version__, io, repeats, tb_events  # repeats as a module, not its names:
+# it imports keras_reid.stages, whose report stage imports this module, so it may be half-run here
 from keras_reid.errors import InputError
+from keras_reid.model_files import sha256_file
+from keras_reid.run_summary import MEANING as CLOSING, describe_model
 from keras_reid.stages.base import COMPLETE_MARKER
 
 REPORT_FILE = "report.html"
@@ -93,8 +99,6 @@ class RunData:
 
 def read_run(folder: str | Path, label: str = "", current: str | None = None) -> RunData:
     """Read one (not repeated) run folder; raises InputError when ``folder`` is none."""
-    import yaml
-
     folder = Path(folder)
     recipe_path = folder / "recipe.resolved.yaml"
     if not recipe_path.is_file():
@@ -185,9 +189,6 @@ def _columns(models: dict) -> tuple[tuple[str, str], ...]:
 
 
 def _results_single(data: RunData) -> str:
-    from keras_reid.repeats import aggregate
-    from keras_reid.run_summary import describe_model
-
     models = data.metrics.get("models") or {}
     if not models:
         return "<p class='note'>No metrics yet: the run has no completed evaluate stage.</p>"
@@ -213,7 +214,7 @@ def _results_single(data: RunData) -> str:
     out = [table, f"<p class='note'>{_e(_meaning(cols))}</p>", _deploy_table(models)]
     compare = data.recipe.get("compare") or []
     if compare:
-        comps = aggregate([data.metrics], [tuple(p) for p in compare])["comparisons"]
+        comps = repeats.aggregate([data.metrics], [tuple(p) for p in compare])["comparisons"]
         out.append(_comparisons(comps, cols, single=True))
     return "".join(out)
 
@@ -262,8 +263,6 @@ def _deploy_table(models: dict) -> str:
 
 def _meaning(cols) -> str:
     """What the table's metrics mean (retrieval or closed-set)."""
-    from keras_reid.run_summary import MEANING as CLOSING
-
     if any(key == "prec1_all" for key, _ in cols):
         return CLOSING["closed_set"]
     return MEANING
@@ -316,9 +315,7 @@ def _comparisons(comps: dict, cols, single: bool) -> str:
 # ---------------------------------------------------------------------------- plots
 def _svg(fig) -> str:
     """The matplotlib figure as inline SVG (text as text, no metadata); closes it."""
-    import io as _io
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib, the CLI imports this module
 
     buf = _io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
@@ -330,10 +327,10 @@ def _svg(fig) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib, the CLI imports this module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib, the CLI imports this module
 
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                          "axes.spines.right": False})
@@ -391,45 +388,11 @@ def _cmc_section(runs: list[RunData]) -> str:
 def _training_section(data: RunData) -> str:
     blocks, curves = [], False
     for stage in data.of_type("train_reid", "train_generator"):
-        scalars = tb_events.scalars(data.tensorboard(stage.name))
-        losses, unit = _loss_curves(scalars, ("loss",) if stage.type == "train_reid"
-                                    else ("d_loss", "g_loss"))
-        evals = {k.rsplit("/", 1)[-1]: v for k, v in scalars.items()
-                 if "/eval/" in f"/{k}" and k.rsplit("/", 1)[-1] in ("mAP", "rank1")}
-        if not evals and stage.summary.get("eval_history"):
-            hist = stage.summary["eval_history"]
-            evals = {k: [(h["epoch"], h[k]) for h in hist if k in h] for k in ("mAP", "rank1")}
+        losses, unit, evals = _stage_curves(data, stage)
         if not losses and not evals:
             continue
         curves = curves or bool(evals)
-        plt = _pyplot()
-        from matplotlib.ticker import MaxNLocator
-
-        panels = 1 + bool(evals)
-        fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 2.4), squeeze=False)
-        ax = axes[0][0]
-        for name, points in losses.items():
-            ax.plot(*zip(*points), label=name, lw=1.5, marker="o" if len(points) <= 5 else None, ms=3)
-        ax.set_xlabel(unit)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{stage.name}: training loss", fontsize=9)
-        if losses:
-            ax.legend(frameon=False)
-        ax.grid(alpha=0.3)
-        if evals:
-            ax = axes[0][1]
-            for name, points in evals.items():
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, [100 * y for y in ys], marker="o", ms=3,
-                            label={"rank1": "rank-1"}.get(name, name))
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("%")
-            ax.set_title(f"{stage.name}: query/gallery during training", fontsize=9)
-            ax.legend(frameon=False)
-            ax.grid(alpha=0.3)
-        blocks.append(_svg(fig))
+        blocks.append(_svg(_training_figure(stage.name, losses, unit, evals)))
     if not blocks:
         return ""
     return ("<div class='plots'>" + "".join(blocks) + "</div><p class='note'>Epoch means of the "
@@ -438,6 +401,52 @@ def _training_section(data: RunData) -> str:
                "(<code>eval_every</code>; before the precise-BN pass of the saved model)." if curves
                else " Set <code>eval_every: N</code> on a train_reid stage to follow mAP and rank-1 "
                "during training.") + "</p>")
+
+
+def _stage_curves(data: RunData, stage) -> tuple[dict[str, list], str, dict[str, list]]:
+    """``(losses, unit, evals)`` of a training stage: its loss curves from TensorBoard and the
+    mAP/rank-1 of its ``eval_every`` evaluations (TensorBoard, else its summary's history)."""
+    scalars = tb_events.scalars(data.tensorboard(stage.name))
+    losses, unit = _loss_curves(scalars, ("loss",) if stage.type == "train_reid"
+                                else ("d_loss", "g_loss"))
+    evals = {k.rsplit("/", 1)[-1]: v for k, v in scalars.items()
+             if "/eval/" in f"/{k}" and k.rsplit("/", 1)[-1] in ("mAP", "rank1")}
+    if not evals and stage.summary.get("eval_history"):
+        hist = stage.summary["eval_history"]
+        evals = {k: [(h["epoch"], h[k]) for h in hist if k in h] for k in ("mAP", "rank1")}
+    return losses, unit, evals
+
+
+def _training_figure(name: str, losses: dict[str, list], unit: str, evals: dict[str, list]):
+    """The figure of stage ``name``: its training losses, and beside them its evaluations."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator  # deferred: matplotlib, the CLI imports this module
+
+    panels = 1 + bool(evals)
+    fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 2.4), squeeze=False)
+    ax = axes[0][0]
+    for label, points in losses.items():
+        ax.plot(*zip(*points), label=label, lw=1.5, marker="o" if len(points) <= 5 else None, ms=3)
+    ax.set_xlabel(unit)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{name}: training loss", fontsize=9)
+    if losses:
+        ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    if evals:
+        ax = axes[0][1]
+        for metric, points in evals.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, [100 * y for y in ys], marker="o", ms=3,
+                        label={"rank1": "rank-1"}.get(metric, metric))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("%")
+        ax.set_title(f"{name}: query/gallery during training", fontsize=9)
+        ax.legend(frameon=False)
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def _loss_curves(scalars: dict, names: Iterable[str]) -> tuple[dict[str, list], str]:
@@ -474,7 +483,7 @@ class _Thumbs:
         return self._cache[path] or None
 
     def _load(self, path: str) -> str:
-        import cv2
+        import cv2  # deferred: OpenCV, the CLI imports this module
 
         img = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None
         if img is None:
@@ -747,8 +756,6 @@ def _recipe_section(data: RunData) -> str:
 
 
 def _versions() -> list[tuple[str, str]]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = [("python", platform.python_version())]
     for name in VERSIONED:
         try:
@@ -772,8 +779,6 @@ def _model_files(data: RunData) -> list[tuple[str, Path]]:
 
 
 def _provenance_section(runs: list[RunData]) -> str:
-    from keras_reid.model_files import sha256_file
-
     many = len(runs) > 1
 
     def lab(data: RunData) -> str:
@@ -971,8 +976,6 @@ code{font-size:12px}
 
 
 def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
-    from keras_reid import __version__
-
     nav = "".join(f"<a href='#{a}'>{_e(t)}</a>" for a, t, _ in sections if t)
     body = "".join(f"<section id='{a}'>" + (f"<h2>{_e(t)}</h2>" if t else "") + f"{h}</section>"
                    for a, t, h in sections)

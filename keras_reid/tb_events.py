@@ -10,9 +10,15 @@ renamed (a repeat's hard-linked copy of a shared stage's logs is never changed i
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
+
+from keras_reid.io import atomic_path
 
 EVENT_GLOB = "events.out.tfevents.*"
 
@@ -45,7 +51,7 @@ def read_records(path: str | Path) -> Iterator[bytes]:
 
 def read_events(logdir: str | Path) -> Iterator:
     """Yields every ``Event`` proto of the event files directly in ``logdir``, file by file."""
-    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import event_pb2  # deferred: TensorBoard, the CLI imports this module
 
     for path in event_files(logdir):
         for raw in read_records(path):
@@ -78,8 +84,6 @@ def scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 def _tensor_scalar(t) -> float | None:
     """The number in a scalar ``TensorProto`` (float, double, int), or None."""
-    import numpy as np
-
     for field in ("float_val", "double_val", "int_val", "int64_val"):
         values = getattr(t, field)
         if len(values):
@@ -126,11 +130,8 @@ def clear_events(logdir: str | Path) -> int:
 def write_text(logdir: str | Path, tag: str, markdown: str, *, description: str = "") -> Path:
     """Replace the event files in ``logdir`` by one holding the text summary ``tag`` (Markdown,
     step 0), so writing it on every run never piles up copies; returns the folder."""
-    import socket
-    import time
-
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.plugins.text.summary_v2 import text_pb
+    from tensorboard.compat.proto import event_pb2  # deferred: TensorBoard, the CLI imports this module
+    from tensorboard.plugins.text.summary_v2 import text_pb  # deferred: TensorBoard, the CLI imports this module
 
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
@@ -149,9 +150,7 @@ def write_text(logdir: str | Path, tag: str, markdown: str, *, description: str 
 
 def _write_records(path: Path, records: list[bytes]) -> None:
     """Atomically write ``records`` as a TFRecord file (an event file TensorBoard reads)."""
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    from keras_reid.io import atomic_path
+    from tensorboard.summary.writer.record_writer import RecordWriter  # deferred: TensorBoard, the CLI imports this module
 
     with atomic_path(path, suffix="") as tmp:
         with open(tmp, "wb") as fh:
@@ -181,7 +180,7 @@ def filter_events(logdir: str | Path, keep: Callable[[str, int], bool]) -> int:
     """Rewrite the event files in ``logdir`` without the summary events for which
     ``keep(tag, step)`` is False (other events, e.g. the file version, stay); files with nothing
     to drop are left alone. Returns the number of events dropped."""
-    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import event_pb2  # deferred: TensorBoard, the CLI imports this module
 
     dropped = 0
     for path in event_files(logdir):

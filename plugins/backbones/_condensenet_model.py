@@ -70,6 +70,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_reid_plugins.backbones._head import global_pool
+
 PACKAGE = "keras_reid_condensenet"
 
 
@@ -425,9 +427,6 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
     """The CondenseNet re-ID model for ``cfg`` (a ``CondenseNetConfig``). With ``trained`` (a model
     this function built), returns its converted compact form with the trained weights;
     ``num_classes`` None (converting a features-only model) leaves out the classifier."""
-    from keras_reid_plugins.backbones._head import global_pool
-
-    g, factor = cfg.groups, cfg.condense_factor
     src = {layer.name: layer for layer in trained.layers} if trained is not None else {}
     layouts = block_layouts(layout, len(stages)) if trained is not None else []
 
@@ -437,55 +436,13 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
                                   name="stem_conv")(x)
     for b, (layers, k) in enumerate(zip(stages, growth)):
         for i in range(layers):
-            p = f"block{b + 1}_layer{i + 1}"
-            y = keras.layers.BatchNormalization(name=f"{p}_bn1")(x)
-            y = keras.layers.ReLU(name=f"{p}_relu1")(y)
-            lgc_name = f"{p}_lgc"
-            if trained is None or layouts[b] == "grouped":
-                if trained is None:
-                    y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=factor,
-                                         condense_steps=cfg.condense_steps or 0,
-                                         group_lasso=cfg.group_lasso, name=lgc_name)(y)
-                else:
-                    y = _condensed_conv(src[lgc_name], y, lgc_name)
-                y = keras.layers.BatchNormalization(name=f"{p}_bn2")(y)
-                y = keras.layers.ReLU(name=f"{p}_relu2")(y)
-                y = keras.layers.Conv2D(k, 3, padding="same", groups=g, use_bias=False,
-                                        name=f"{p}_conv2")(y)
-            else:
-                y = _converted_layer(src, p, y, layouts[b])
-            x = keras.layers.Concatenate(name=f"{p}_concat")([x, y])
+            x = _dense_layer(cfg, x, f"block{b + 1}_layer{i + 1}", k, src,
+                             layouts[b] if trained is not None else None)
         if b < len(stages) - 1:
             x = keras.layers.AveragePooling2D(2, padding="same", name=f"transition{b + 1}_pool")(x)
     x = keras.layers.BatchNormalization(name="final_bn")(x)
     x = keras.layers.ReLU(name="final_relu")(x)
-    pooled = global_pool(x, cfg.pooling)
-
-    # the head of _head.reid_head, with a condensing classifier
-    e = pooled
-    if cfg.embedding_dim:
-        e = keras.layers.Dense(cfg.embedding_dim, name="reduction")(e)
-    embedding = e
-    if cfg.bn_neck:
-        features = keras.layers.BatchNormalization(center=False, name="bn_neck")(embedding)
-    else:
-        features = embedding
-    y = keras.layers.Dropout(cfg.dropout, name="dropout")(features) if cfg.dropout > 0 else features
-    if num_classes is None:   # converting a features-only model: there is no classifier to keep
-        logits = None
-    elif trained is None:
-        logits = CondensingDense(num_classes, keep=cfg.classifier_keep,
-                                 condense_steps=cfg.condense_steps or 0, name="classifier")(y)
-    else:
-        clf = src["classifier"]
-        kept = clf.kept_inputs()
-        y = ChannelGather(kept, name="classifier_gather")(y)
-        dense = keras.layers.Dense(num_classes, use_bias=False, name="classifier")
-        logits = dense(y)
-        dense.set_weights([np.asarray(clf.kernel)[kept]])
-    outputs = {"embedding": embedding, "features": features, "logits": logits}
-    if logits is None:
-        del outputs["logits"]
+    outputs = _head(cfg, global_pool(x, cfg.pooling), num_classes, src if trained is not None else None)
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         outputs = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)
                    for k, v in outputs.items()}
@@ -497,6 +454,58 @@ def build_condensenet(cfg: Any, input_shape: Sequence[int], num_classes: int | N
         if old is not None and isinstance(old, type(layer)) and layer.weights:
             layer.set_weights(old.get_weights())
     return model
+
+
+def _dense_layer(cfg: Any, x: Any, p: str, k: int, src: dict, layout: str | None) -> Any:
+    """Dense layer ``p`` (growth ``k``): BN, ReLU, learned group conv, BN, ReLU, 3x3 group conv,
+    concatenated to its input. ``layout`` None: the trainable form; else the converted form of
+    the trained layers ``src`` (``grouped``: condensed convs; ``dense``/``split``: folded)."""
+    g = cfg.groups
+    y = keras.layers.BatchNormalization(name=f"{p}_bn1")(x)
+    y = keras.layers.ReLU(name=f"{p}_relu1")(y)
+    lgc_name = f"{p}_lgc"
+    if layout is None or layout == "grouped":
+        if layout is None:
+            y = LearnedGroupConv(cfg.bottleneck * k, groups=g, condense_factor=cfg.condense_factor,
+                                 condense_steps=cfg.condense_steps or 0,
+                                 group_lasso=cfg.group_lasso, name=lgc_name)(y)
+        else:
+            y = _condensed_conv(src[lgc_name], y, lgc_name)
+        y = keras.layers.BatchNormalization(name=f"{p}_bn2")(y)
+        y = keras.layers.ReLU(name=f"{p}_relu2")(y)
+        y = keras.layers.Conv2D(k, 3, padding="same", groups=g, use_bias=False,
+                                name=f"{p}_conv2")(y)
+    else:
+        y = _converted_layer(src, p, y, layout)
+    return keras.layers.Concatenate(name=f"{p}_concat")([x, y])
+
+
+def _head(cfg: Any, pooled: Any, num_classes: int | None, src: dict | None) -> dict:
+    """The head of ``_head.reid_head`` with a condensing classifier (``src``: the trained
+    model's layers when converting, its classifier then gathers the inputs it kept). Returns
+    the outputs ``{"embedding", "features", "logits"?}``."""
+    e = pooled
+    if cfg.embedding_dim:
+        e = keras.layers.Dense(cfg.embedding_dim, name="reduction")(e)
+    embedding = e
+    if cfg.bn_neck:
+        features = keras.layers.BatchNormalization(center=False, name="bn_neck")(embedding)
+    else:
+        features = embedding
+    y = keras.layers.Dropout(cfg.dropout, name="dropout")(features) if cfg.dropout > 0 else features
+    if num_classes is None:   # converting a features-only model: there is no classifier to keep
+        return {"embedding": embedding, "features": features}
+    if src is None:
+        logits = CondensingDense(num_classes, keep=cfg.classifier_keep,
+                                 condense_steps=cfg.condense_steps or 0, name="classifier")(y)
+    else:
+        clf = src["classifier"]
+        kept = clf.kept_inputs()
+        y = ChannelGather(kept, name="classifier_gather")(y)
+        dense = keras.layers.Dense(num_classes, use_bias=False, name="classifier")
+        logits = dense(y)
+        dense.set_weights([np.asarray(clf.kernel)[kept]])
+    return {"embedding": embedding, "features": features, "logits": logits}
 
 
 def _condensed_conv(lgc: LearnedGroupConv, x: Any, name: str) -> Any:

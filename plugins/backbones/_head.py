@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
+from keras_reid.layers import GeneralizedMeanPooling2D
+
 
 def global_pool(x: Any, pooling: str, name: str = "pool") -> Any:
     """Pool a feature map [B, H, W, C] to [B, C] with ``avg``, ``max`` or ``gem``; returns the tensor."""
-    import keras
-
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name=name)(x)
     if pooling == "max":
         return keras.layers.GlobalMaxPooling2D(name=name)(x)
     if pooling == "gem":
-        from keras_reid.layers import GeneralizedMeanPooling2D
-
         return GeneralizedMeanPooling2D(name=name)(x)
     raise ValueError(f"unknown pooling '{pooling}', expected avg, max or gem")
 
@@ -34,8 +34,6 @@ def reid_head(inputs: Any, pooled: Any, *, num_classes: int, embedding_dim: int 
     (zeros) only if ``classifier_bias`` (BoT: none, std 0.001; torchreid's ``nn.Linear``: bias,
     std 0.01). All three are float32 even under a mixed-precision policy.
     """
-    import keras
-
     x = pooled
     if embedding_dim:
         x = keras.layers.Dense(embedding_dim, name="reduction")(x)

@@ -104,7 +104,7 @@ class CondenseNetBackbone:
         """Returns the trainable (masked) ``keras.Model`` float32 images [B, H, W, 3] in [0, 255] ->
         ``{"embedding": [B, D], "features": [B, D], "logits": [B, num_classes]}`` (D = the final
         channel count, or ``embedding_dim``)."""
-        from keras_reid_plugins.backbones._condensenet_model import build_condensenet
+        from keras_reid_plugins.backbones._condensenet_model import build_condensenet  # deferred: Keras, keeps plugin discovery light
 
         if int(input_shape[-1]) != 3:
             raise ValueError(f"condensenet expects 3-channel images, got input shape {tuple(input_shape)}")
@@ -129,7 +129,7 @@ class CondenseNetBackbone:
     def condense(self, model: Any, classifier: bool | None = None) -> int:
         """One manual condensation of every learned layer of ``model`` (see
         ``_condensenet_model.condense_all``); returns the condensations done so far."""
-        from keras_reid_plugins.backbones._condensenet_model import condense_all
+        from keras_reid_plugins.backbones._condensenet_model import condense_all  # deferred: Keras, keeps plugin discovery light
 
         return condense_all(model, classifier)
 
@@ -143,7 +143,7 @@ class CondenseNetBackbone:
         how each dense block runs, ``dense`` / ``split`` / ``grouped`` or a list with one per
         block (None: the measured default, dense for the first three blocks and split after
         them; see ``_condensenet_model``)."""
-        from keras_reid_plugins.backbones._condensenet_model import convert_model
+        from keras_reid_plugins.backbones._condensenet_model import convert_model  # deferred: Keras, keeps plugin discovery light
 
         stages, growth = self.config.layout()
         return convert_model(self.config, model, stages=stages, growth=growth, layout=layout)
@@ -151,8 +151,8 @@ class CondenseNetBackbone:
 
 def load_model(path: str) -> Any:
     """Loads a saved CondenseNet model (trained or converted form; its layers registered first)."""
-    import keras
+    import keras  # deferred: Keras, keeps plugin discovery light
 
-    from keras_reid_plugins.backbones import _condensenet_model  # noqa: F401  (registers layers)
+    from keras_reid_plugins.backbones import _condensenet_model  # noqa: F401  # deferred: Keras; importing registers layers
 
     return keras.saving.load_model(path, compile=False)

@@ -19,8 +19,10 @@ import os
 import warnings
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keras_reid.errors import ModelFileError
 from keras_reid.registry import register
 
 #: Where Keras downloads the ImageNet weights from (quoted in the error when that fails).
@@ -83,9 +85,9 @@ class ResNet50Backbone:
         (D = 2048, or ``embedding_dim``; ``head: pngan``: ``embedding_dim`` or 1024). The
         convolutional trunk is one nested model (``resnet50``; ``resnet50_res5`` with the three
         res5 outputs for ``head: pngan``): the layers ``freeze_backbone_epochs`` freezes."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        from keras_reid_plugins.backbones._head import global_pool, reid_head
+        from keras_reid_plugins.backbones._head import global_pool, reid_head  # deferred: Keras, keeps plugin discovery light
 
         h, w, c = (int(v) for v in input_shape)
         if c != 3:
@@ -125,9 +127,7 @@ class ResNet50Backbone:
     def base_model(self) -> Any:
         """Returns the convolutional trunk (``keras.applications.ResNet50``, include_top=False,
         any input size) with the configured weights and last stride."""
-        import keras
-
-        from keras_reid.errors import ModelFileError
+        import keras  # deferred: Keras, keeps plugin discovery light
 
         weights = self.config.weights
         if weights is not None and weights != "imagenet":
@@ -168,7 +168,7 @@ class ResNet50Backbone:
 
 def _with_last_stride_1(base: Any) -> Any:
     """Returns a copy of ``base`` whose last stage keeps the resolution (weights copied)."""
-    import keras
+    import keras  # deferred: Keras, keeps plugin discovery light
 
     config = base.get_config()
     changed = 0
@@ -184,6 +184,4 @@ def _with_last_stride_1(base: Any) -> Any:
 
 
 def _array(values: Any) -> Any:
-    import numpy as np
-
     return np.asarray(values, dtype=np.float32)

@@ -49,9 +49,9 @@ class TinyBackbone:
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> Any:
         """Returns a ``keras.Model`` float32 images [B, H, W, 3] in [0, 255] ->
         ``{"embedding": [B, D], "features": [B, D], "logits": [B, num_classes]}``."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        from keras_reid_plugins.backbones._head import global_pool, reid_head
+        from keras_reid_plugins.backbones._head import global_pool, reid_head  # deferred: Keras, keeps plugin discovery light
 
         cfg = self.config
         inputs = keras.Input(tuple(int(v) for v in input_shape), name="images")

@@ -11,10 +11,12 @@ with ``single_shot: true`` for the single-shot CMC (one gallery image per identi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from keras_reid.data.records import DatasetSplits, Record
+from keras_reid.data.records import DatasetSplits
 from keras_reid.errors import DatasetError
 from keras_reid.registry import register
 
@@ -57,8 +59,6 @@ class Cuhk01:
     def load(self) -> DatasetSplits:
         """Return ``train`` (both cameras of the training identities), ``query`` (camera A of the
         test identities) and ``gallery`` (their camera B)."""
-        import numpy as np
-
         c = self.config
         root = existing_root(c.root, "cuhk01", CUHK01_LAYOUT)
         base = require_layout(root, [CUHK01_FOLDER], "cuhk01", CUHK01_LAYOUT)
@@ -86,8 +86,6 @@ class Cuhk01:
     @classmethod
     def layout_score(cls, root: str) -> int:
         """10 when ``root`` holds campus/ with CUHK01 names, 2 for the bare folder, else 0."""
-        from pathlib import Path
-
         base = locate(Path(root), [CUHK01_FOLDER])
         if base is None:
             return 0

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+import click
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.data.records import DatasetSplits, Record
@@ -55,7 +57,7 @@ def record_of(path: str, pair: int, person: int, view: int, image: int) -> Recor
 
 
 def _open_mat(path: Path):
-    import h5py
+    import h5py  # deferred: h5py (installed with TensorFlow), only cuhk-03.mat needs it
 
     try:
         return h5py.File(path, "r")
@@ -67,8 +69,6 @@ def _open_mat(path: Path):
 def read_test_splits(mat_path: Path) -> list[set[tuple[int, int]]]:
     """The test splits of ``cuhk-03.mat``: per split the set of ``(camera pair, person)``
     (1-based) of its test identities."""
-    import numpy as np
-
     with _open_mat(mat_path) as mat:
         if "testsets" not in mat:
             raise DatasetError(f"cuhk03: {mat_path} has no 'testsets'; use the cuhk-03.mat of the "
@@ -84,8 +84,7 @@ def extract_images(mat_path: Path, variant: str, out: Path, echo=None) -> int:
     """Write every ``variant`` image of ``cuhk-03.mat`` to ``out`` as a PNG named like
     ``1_001_1_01.png``; the folder appears complete or not at all (written beside it under a
     temporary name, then renamed). Returns the number of images."""
-    import cv2
-    import numpy as np
+    import cv2  # deferred: OpenCV, keeps plugin discovery light
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -148,8 +147,6 @@ class Cuhk03:
         mat_path = release / MAT_NAME
         images = root / f"images_{c.variant}"     # where torchreid extracts them too
         if not images.is_dir():
-            import click
-
             extract_images(mat_path, c.variant, images, echo=click.echo)
         tests = read_test_splits(mat_path)
         if c.split >= len(tests):

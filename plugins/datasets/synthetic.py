@@ -8,8 +8,14 @@ import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keras_reid.data.records import DatasetSplits
+from keras_reid.data.synthetic import make_params, parse_size, read_params, synthesize
+from keras_reid.data.synthetic_closed_set import (make_closed_set_params, read_closed_set_params,
+                                                  synthesize_closed_set)
 from keras_reid.errors import DatasetError
 from keras_reid.registry import register
+
+from .closed_set import ClosedSet, ClosedSetConfig
+from .market import read_market_layout
 
 
 class SyntheticConfig(BaseModel):
@@ -27,8 +33,6 @@ class SyntheticConfig(BaseModel):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, value):
-        from keras_reid.data.synthetic import parse_size
-
         return parse_size(value)
 
 
@@ -74,8 +78,6 @@ class SyntheticDataset:
         Raises DatasetError if root holds a synthetic dataset with other parameters (it
         is never overwritten), holds other files, or is missing with create_if_missing off.
         """
-        from keras_reid.data.synthetic import make_params, read_params, synthesize
-
         c = self.config
         root = Path(os.path.expanduser(c.root)).absolute()
         wanted = make_params(ids=c.ids, cameras=c.cameras, size=c.size, seed=c.seed,
@@ -87,8 +89,6 @@ class SyntheticDataset:
             what="synthetic dataset",
             command=f"keras-reid data synth {root} --ids {c.ids} --cameras {c.cameras} "
                     f"--size {c.size[0]}x{c.size[1]} --seed {c.seed}")
-        from .market import read_market_layout
-
         return read_market_layout(root, "synthetic")
 
 
@@ -112,8 +112,6 @@ class SyntheticClosedSetConfig(BaseModel):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, value):
-        from keras_reid.data.synthetic import parse_size
-
         return parse_size(value)
 
     @model_validator(mode="after")
@@ -134,11 +132,6 @@ class SyntheticClosedSet:
     def load(self) -> DatasetSplits:
         """Synthesise the dataset at root if it has none, then read it with ``closed_set``
         (``train``/``test`` by ``test_session``, plus ``session_<k>`` splits)."""
-        from keras_reid.data.synthetic_closed_set import (make_closed_set_params, read_closed_set_params,
-                                                          synthesize_closed_set)
-
-        from .closed_set import ClosedSet, ClosedSetConfig
-
         c = self.config
         root = Path(os.path.expanduser(c.root)).absolute()
         kwargs = dict(ids=c.ids, sessions=c.sessions, size=c.size, seed=c.seed,

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.mediapipe_tasks import TasksComponent
+from keras_reid.model_files import model_path
 from keras_reid.registry import register
 
 MODEL_FILES = {"full_range": "face_detection_full_range_sparse.tflite",
@@ -62,12 +63,10 @@ class FaceFilter(TasksComponent):
 
     def model_file(self):
         """Returns the path of the detector model in the cache (ModelFileError if missing)."""
-        from keras_reid.model_files import model_path
-
         return model_path(MODEL_FILES[self.config.model], self.config.model_dir)
 
     def _create(self):
-        from mediapipe.tasks.python import BaseOptions, vision
+        from mediapipe.tasks.python import BaseOptions, vision  # deferred: MediaPipe, keeps plugin discovery light
 
         path = self.model_file()
         options = vision.FaceDetectorOptions(
@@ -90,7 +89,7 @@ class FaceFilter(TasksComponent):
     def detect(self, image: np.ndarray) -> list[tuple[float, tuple[int, int, int, int]]]:
         """Faces of one RGB uint8 image [H, W, 3]: [(score, (x, y, w, h) in image pixels)],
         best first, after the threshold and ``min_face_size``."""
-        import mediapipe as mp
+        import mediapipe as mp  # deferred: MediaPipe, keeps plugin discovery light
 
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"face filter expects RGB images [H, W, 3], got shape {image.shape}")
@@ -98,7 +97,7 @@ class FaceFilter(TasksComponent):
         part = image[y0:y1, x0:x1]
         k = self.config.upscale
         if k > 1:
-            import cv2
+            import cv2  # deferred: OpenCV, keeps plugin discovery light
 
             part = cv2.resize(part, (part.shape[1] * k, part.shape[0] * k),
                               interpolation=cv2.INTER_CUBIC)

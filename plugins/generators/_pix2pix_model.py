@@ -1,6 +1,7 @@
 """Keras models of the ``pix2pix`` plugin (imported only when a GAN is built or loaded)."""
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import keras
@@ -36,8 +37,6 @@ class NoiseDropout(layers.Dropout):
         return super().call(inputs, training=bool(training) or self.noise)
 
     def _seeded(self, inputs):
-        import zlib
-
         salt = tf.constant(zlib.crc32(self.name.encode()), tf.int64)
         keep = 1.0 - self.rate
 

@@ -89,23 +89,23 @@ class DCGAN:
 
     def build(self, image_size: tuple[int, int]):
         """Returns the built ``DCGANModel`` for images of ``image_size`` (call in strategy.scope())."""
-        from keras_reid_plugins.generators._dcgan_model import build_gan
+        from keras_reid_plugins.generators._dcgan_model import build_gan  # deferred: Keras, keeps plugin discovery light
 
         start_shape(image_size)
         return build_gan(self.config.model_dump(), tuple(image_size))
 
     def load(self, path: str):
         """Returns the ``DCGANModel`` saved at ``path`` (``.keras``), without optimizers."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        import keras_reid_plugins.generators._dcgan_model  # noqa: F401  (registers the classes)
+        import keras_reid_plugins.generators._dcgan_model  # noqa: F401  # deferred: Keras; importing registers the classes
 
         return keras.saving.load_model(path, compile=False)
 
     def optimizers(self, steps_per_epoch: int, epochs: int) -> dict:
         """Returns ``{"d_optimizer", "g_optimizer"}``: Adam(lr, beta_1) each (D's at ``d_lr``
         when given)."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
         c = self.config
         return {"d_optimizer": keras.optimizers.Adam(c.d_lr or c.lr, beta_1=c.beta_1),

@@ -136,16 +136,16 @@ class Pix2Pix:
 
     def build(self, image_size: tuple[int, int]):
         """Returns the built ``Pix2PixGAN`` for images of ``image_size`` (call in strategy.scope())."""
-        from keras_reid_plugins.generators._pix2pix_model import build_gan
+        from keras_reid_plugins.generators._pix2pix_model import build_gan  # deferred: Keras, keeps plugin discovery light
 
         unet_depth(image_size, self.config.depth)
         return build_gan(self.config.model_dump(), tuple(image_size))
 
     def load(self, path: str):
         """Returns the ``Pix2PixGAN`` saved at ``path`` (``.keras``), without optimizers."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        import keras_reid_plugins.generators._pix2pix_model  # noqa: F401  (registers the classes)
+        import keras_reid_plugins.generators._pix2pix_model  # noqa: F401  # deferred: Keras; importing registers the classes
 
         return keras.saving.load_model(path, compile=False)
 
@@ -153,9 +153,9 @@ class Pix2Pix:
         """Returns ``{"d_optimizer", "g_optimizer"}``: two ``keras.optimizers.Adam(lr, beta_1)``,
         whose rate decays linearly to 0 over the last ``decay_epochs`` of ``epochs`` when set
         (a ``keras_reid.training.gan.LinearDecay``; over all epochs if ``decay_epochs > epochs``)."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        from keras_reid.training.gan import LinearDecay
+        from keras_reid.training.gan import LinearDecay  # deferred: Keras, keeps plugin discovery light
 
         c = self.config
         if steps_per_epoch < 1 or epochs < 1:

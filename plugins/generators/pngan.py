@@ -95,15 +95,15 @@ class PNGAN:
 
     def build(self, image_size: tuple[int, int]):
         """Returns the built ``PNGANModel`` for images of ``image_size`` (call in strategy.scope())."""
-        from keras_reid_plugins.generators._pngan_model import build_gan
+        from keras_reid_plugins.generators._pngan_model import build_gan  # deferred: Keras, keeps plugin discovery light
 
         return build_gan(self.config.model_dump(), check_image_size(image_size))
 
     def load(self, path: str):
         """Returns the ``PNGANModel`` saved at ``path`` (``.keras``), without optimizers."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        import keras_reid_plugins.generators._pngan_model  # noqa: F401  (registers the classes)
+        import keras_reid_plugins.generators._pngan_model  # noqa: F401  # deferred: Keras; importing registers the classes
 
         return keras.saving.load_model(path, compile=False)
 
@@ -117,9 +117,9 @@ class PNGAN:
         """Returns ``{"d_optimizer", "g_optimizer"}``: two ``keras.optimizers.Adam(lr, beta_1,
         beta_2)`` whose rate is constant, then decays linearly to 0 over the last
         :meth:`decay_epochs` epochs (a ``keras_reid.training.gan.LinearDecay``)."""
-        import keras
+        import keras  # deferred: Keras, keeps plugin discovery light
 
-        from keras_reid.training.gan import LinearDecay
+        from keras_reid.training.gan import LinearDecay  # deferred: Keras, keeps plugin discovery light
 
         c = self.config
         if steps_per_epoch < 1 or epochs < 1:

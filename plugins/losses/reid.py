@@ -111,7 +111,7 @@ def softmax_cross_entropy(labels: Any, logits: Any, label_smoothing: float = 0.0
     distributions. Both are smoothed as Keras' ``CategoricalCrossentropy`` does:
     ``target * (1 - eps) + eps / C``.
     """
-    from keras import ops
+    from keras import ops  # deferred: Keras, keeps plugin discovery light
 
     logits = ops.cast(logits, "float32")
     num_classes = ops.shape(logits)[-1]
@@ -130,7 +130,7 @@ def identities(labels: Any) -> tuple[Any, Any]:
     A soft target row has an identity (its argmax) when its largest entry is at least 0.5;
     rows such as LSRO's uniform distributions have none and take no part in metric losses.
     """
-    from keras import ops
+    from keras import ops  # deferred: Keras, keeps plugin discovery light
 
     if len(labels.shape) == 2:
         labels = ops.cast(labels, "float32")
@@ -142,7 +142,7 @@ def identities(labels: Any) -> tuple[Any, Any]:
 def pairwise_euclidean(x: Any, eps: float = 1e-12) -> Any:
     """Returns Euclidean distances [B, B] between the rows of ``x`` [B, D], with a finite
     gradient where the distance is 0 (the square root is taken only where d^2 > eps)."""
-    from keras import ops
+    from keras import ops  # deferred: Keras, keeps plugin discovery light
 
     sq = ops.sum(ops.square(x), axis=-1)
     d2 = ops.expand_dims(sq, 1) + ops.expand_dims(sq, 0) - 2.0 * ops.matmul(x, ops.transpose(x))
@@ -160,7 +160,7 @@ def batch_hard_triplet(labels: Any, embedding: Any, margin: float | None = 0.3,
     or ``softplus(d_ap - d_an)`` when ``margin`` is None. Anchors without a positive or a
     negative in the batch (and examples without an identity) contribute 0.
     """
-    from keras import ops
+    from keras import ops  # deferred: Keras, keeps plugin discovery light
 
     x = ops.cast(embedding, "float32")
     if normalize:

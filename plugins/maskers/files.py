@@ -20,7 +20,7 @@ from keras_reid.registry import register
 
 def read_mask(path: Path, size: tuple[int, int], threshold: float) -> np.ndarray:
     """Returns the mask image at ``path`` as float32 [H, W, 1] in {0, 1} (values / 255 >= threshold)."""
-    import cv2
+    import cv2  # deferred: OpenCV, keeps plugin discovery light
 
     m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if m is None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keras_reid.data.images import load_images
 from keras_reid.mediapipe_tasks import TasksComponent
+from keras_reid.model_files import MODELS, model_path
 from keras_reid.registry import register
 
 
@@ -49,8 +50,6 @@ class SelfieMasker(TasksComponent):
     def model_file(self) -> Path:
         """Returns the path of the segmentation model: ``model`` itself when it names an existing
         file, else the known model of that name in the cache (ModelFileError if missing)."""
-        from keras_reid.model_files import MODELS, model_path
-
         name = self.config.model
         given = Path(name).expanduser()
         if name not in MODELS and name + ".tflite" not in MODELS and given.is_file():
@@ -58,7 +57,7 @@ class SelfieMasker(TasksComponent):
         return model_path(name, self.config.model_dir)
 
     def _create(self):
-        from mediapipe.tasks.python import BaseOptions, vision
+        from mediapipe.tasks.python import BaseOptions, vision  # deferred: MediaPipe, keeps plugin discovery light
 
         options = vision.ImageSegmenterOptions(
             base_options=BaseOptions(model_asset_path=str(self.model_file())),
@@ -68,12 +67,12 @@ class SelfieMasker(TasksComponent):
 
     def mask(self, image: np.ndarray) -> np.ndarray:
         """Returns float32 [H, W]: the person confidence (0/1 with a threshold) of one uint8 RGB image."""
-        import mediapipe as mp
+        import mediapipe as mp  # deferred: MediaPipe, keeps plugin discovery light
 
         h, w = image.shape[:2]
         top = left = 0
         if self.config.pad_to_square and h != w:
-            import cv2
+            import cv2  # deferred: OpenCV, keeps plugin discovery light
 
             side = max(h, w)
             top, left = (side - h) // 2, (side - w) // 2

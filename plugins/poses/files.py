@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 def to_estimates(kp: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Returns float32 [..., 18, 3]: CSV keypoints ``kp`` [..., 18, 2] (128x64 pixels, -1 missing)
     scaled to ``size`` with score 1 where present and -1 in every column where missing."""
-    from keras_reid.keypoints import CSV_SIZE, scale_keypoints
+    from keras_reid.keypoints import CSV_SIZE, scale_keypoints  # deferred: OpenCV, keeps plugin discovery light
 
     yx = scale_keypoints(np.asarray(kp)[..., :2], CSV_SIZE, size)
     present = (yx[..., 0] >= 0) & (yx[..., 1] >= 0)
@@ -81,7 +81,7 @@ class SyntheticPose(_FilePose):
 
     def lookup(self, image_path: Path) -> np.ndarray:
         """Returns the int [18, 2] keypoints of ``image_path`` from its split's CSV."""
-        from keras_reid.keypoints import read_pose_csv
+        from keras_reid.keypoints import read_pose_csv  # deferred: OpenCV, keeps plugin discovery light
 
         csv = self.csv_path(image_path)
         table = self._tables.get(csv)
@@ -109,7 +109,7 @@ class PrecomputedPose(_FilePose):
     """Keypoints from a Pose-Transfer CSV (e.g. market-annotation-train.csv), looked up by image file name."""
 
     def __init__(self, config: PrecomputedPoseConfig) -> None:
-        from keras_reid.keypoints import read_pose_csv
+        from keras_reid.keypoints import read_pose_csv  # deferred: OpenCV, keeps plugin discovery light
 
         self.config = config
         csv = Path(os.path.expanduser(config.csv))

@@ -26,14 +26,18 @@ it as a context manager or call ``close()``; it is also closed when garbage-coll
 """
 from __future__ import annotations
 
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.data.images import read_image
+from keras_reid.errors import ModelFileError
 from keras_reid.mediapipe_tasks import TasksComponent
-from keras_reid.model_files import FETCH_HINT
+from keras_reid.model_files import FETCH_HINT, known_names, model_path
 from keras_reid.registry import register
 
 FROM_BLAZEPOSE: tuple[int | None, ...] = (
@@ -95,11 +99,9 @@ class CropLandmarker:
 
     def __init__(self, model: bytes) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter  # deferred: LiteRT, keeps plugin discovery light
         except ImportError:
-            import warnings
-
-            import tensorflow as tf
+            import tensorflow as tf  # deferred: TensorFlow, keeps plugin discovery light
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tf.lite.Interpreter points to ai-edge-litert
@@ -118,7 +120,7 @@ class CropLandmarker:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Returns (float32 [33, 3] (y, x, visibility), y and x as fractions of ``image``; pose
         presence in [0, 1]) for one uint8 RGB image (resized to the model's square input)."""
-        import cv2
+        import cv2  # deferred: OpenCV, keeps plugin discovery light
 
         h, w = self.input_size
         grow = image.shape[0] < h
@@ -153,8 +155,6 @@ class MediaPipePose(TasksComponent):
     def model_file(self) -> Path:
         """Returns the path of the model: ``model`` itself when it names an existing file, else the
         known bundle or model of that name in the cache (ModelFileError if missing)."""
-        from keras_reid.model_files import known_names, model_path
-
         name = self.config.model
         given = Path(name).expanduser()
         if not any(n in known_names() for n in (name, name + ".task", name + ".tflite")) and given.is_file():
@@ -162,10 +162,6 @@ class MediaPipePose(TasksComponent):
         return model_path(name, self.config.model_dir)
 
     def _create(self):
-        import zipfile
-
-        from keras_reid.errors import ModelFileError
-
         path = self.model_file()
         bundle = zipfile.is_zipfile(path)
         if self.config.roi == "crop":
@@ -182,7 +178,7 @@ class MediaPipePose(TasksComponent):
         if not bundle:
             raise ModelFileError(f"roi: detector needs a PoseLandmarker .task bundle, got {path}; "
                                  f"{FETCH_HINT}, or use roi: crop")
-        from mediapipe.tasks.python import BaseOptions, vision
+        from mediapipe.tasks.python import BaseOptions, vision  # deferred: MediaPipe, keeps plugin discovery light
 
         options = vision.PoseLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(path)),
@@ -195,7 +191,7 @@ class MediaPipePose(TasksComponent):
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """Returns float32 [33, 3] (y, x, visibility) of BlazePose's landmarks in pixels of one uint8
         RGB image [H, W, 3], or None when no person is found."""
-        import cv2
+        import cv2  # deferred: OpenCV, keeps plugin discovery light
 
         h, w = image.shape[:2]
         grow = 1.0 + self.config.margin
@@ -214,7 +210,7 @@ class MediaPipePose(TasksComponent):
             if presence < self.config.min_presence_confidence:
                 return None
         else:
-            import mediapipe as mp
+            import mediapipe as mp  # deferred: MediaPipe, keeps plugin discovery light
 
             frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=image)
             result = self.run(lambda task: task.detect(frame))
@@ -265,8 +261,7 @@ class MediaPipePose(TasksComponent):
         """Returns float32 [N, 18, 3] (y, x, score) of the images at ``paths`` in pixels of ``size``
         (height, width): each image is read at its own resolution, estimated, and its keypoints
         scaled to ``size``. Raises DatasetError naming an image that cannot be read."""
-        from keras_reid.data.images import read_image
-        from keras_reid.keypoints import scale_keypoints
+        from keras_reid.keypoints import scale_keypoints  # deferred: OpenCV, keeps plugin discovery light
 
         out = np.full((len(paths), 18, 3), -1.0, np.float32)
         for i, p in enumerate(paths):
