@@ -23,6 +23,8 @@ from typing import Iterable
 import keras
 import tensorflow as tf
 
+from keras_reid.layers import SyncBatchNormalization
+
 
 def batchnorm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
     """Every trainable BatchNormalization layer inside ``model`` (nested models included).
@@ -70,8 +72,6 @@ def synchronise_batchnorm(model: keras.Layer) -> int:
     how the training moments are computed; weights and configuration stay), so it works on any
     backbone, functional or subclassed. Returns the number of layers converted.
     """
-    from keras_reid.layers import SyncBatchNormalization
-
     layers = batchnorm_layers(model)
     for layer in layers:
         if not isinstance(layer, SyncBatchNormalization):
@@ -84,8 +84,6 @@ def plain_batchnorm(model: keras.Layer) -> int:
     """Undo :func:`synchronise_batchnorm` (layers become plain ``keras.layers.BatchNormalization``
     with the same weights), so a saved model does not depend on how it was trained: any Keras
     process loads it without importing this package. Returns the number of layers changed."""
-    from keras_reid.layers import SyncBatchNormalization
-
     layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
               if isinstance(layer, SyncBatchNormalization)]
     for layer in layers:

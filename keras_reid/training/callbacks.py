@@ -5,9 +5,14 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import keras
+import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
+
+from keras_reid.tb_events import purge_beyond
+from keras_reid.training.loop import model_optimizers
 
 
 def image_grid(images: np.ndarray, cols: int | None = None, border: int = 2,
@@ -37,8 +42,6 @@ def image_grid(images: np.ndarray, cols: int | None = None, border: int = 2,
 def label_rows(grid: np.ndarray, labels: list[str]) -> np.ndarray:
     """Returns ``grid`` (uint8 [H, W, 3], ``len(labels)`` rows of equal height) with a white
     strip on its left naming each row (dark text, vertically centred on the row)."""
-    import cv2
-
     rows = len(labels)
     if rows == 0:
         return grid
@@ -55,8 +58,6 @@ def label_rows(grid: np.ndarray, labels: list[str]) -> np.ndarray:
 
 def figure_to_image(fig) -> np.ndarray:
     """Render a matplotlib figure to a uint8 RGB array [H, W, 3] and close it."""
-    import matplotlib.pyplot as plt
-
     fig.canvas.draw()
     img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
@@ -88,8 +89,6 @@ class ScalarLogger(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.is_chief and not self._purged:
-            from keras_reid.tb_events import purge_beyond
-
             purge_beyond(self.logdir, step=optimizer_step(self.model),
                          epoch=int((self.params or {}).get("initial_epoch", 0)))
             self._purged = True
@@ -155,8 +154,6 @@ class BatchImageLogger(keras.callbacks.Callback):
 
 def optimizer_step(model: keras.Model) -> int:
     """The model's global training step: the largest ``iterations`` of its built optimizers."""
-    from keras_reid.training.loop import model_optimizers
-
     steps = [int(keras.ops.convert_to_numpy(opt.iterations))
              for opt in model_optimizers(model, built_only=True).values()]
     return max(steps) if steps else 0

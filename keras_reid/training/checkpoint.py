@@ -33,6 +33,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+try:
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+except ImportError:  # pragma: no cover - another TensorFlow layout
+    is_op_determinism_enabled = None
+
+from keras_reid.distribute import is_chief, num_workers, worker_index
 from keras_reid.errors import UserError
 from keras_reid.training.loop import build_optimizers, model_optimizers
 
@@ -151,16 +157,11 @@ def inexact_resume_reason() -> str | None:
     None. On CPU the restored state (weights, optimizer slots, random-generator states, epoch;
     data order is a function of seed and epoch) makes it exact; on a GPU cuDNN's convolution
     gradients are not bit-reproducible unless TensorFlow's op determinism is on."""
-    import tensorflow as tf
-
     if not tf.config.list_physical_devices("GPU"):
         return None
     deterministic = os.environ.get("TF_DETERMINISTIC_OPS", "").lower() in ("1", "true")
-    try:
-        from tensorflow.python.framework.config import is_op_determinism_enabled
+    if is_op_determinism_enabled is not None:
         deterministic = deterministic or is_op_determinism_enabled()
-    except ImportError:  # pragma: no cover - another TensorFlow layout
-        pass
     if deterministic:
         return None
     return ("the resumed run is not bit-identical to an uninterrupted one: a GPU is in use and "
@@ -179,8 +180,6 @@ def _has_rng(path: str) -> bool:
 
 def _check_workers_agree(strategy: tf.distribute.Strategy, epoch: int, ckpt_dir) -> None:
     """Multi-worker only: raise UserError on every worker unless all resume from the same epoch."""
-    from keras_reid.distribute import num_workers
-
     if num_workers(strategy) <= 1:
         return
     value = tf.constant([float(epoch), float(epoch) ** 2], tf.float64)
@@ -213,8 +212,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._write_dir: Path = self.ckpt_dir
 
     def _setup(self) -> None:
-        from keras_reid.distribute import is_chief, worker_index
-
         strategy = self.model.distribute_strategy
         self._chief = is_chief(strategy)
         self._write_dir = self.ckpt_dir if self._chief else self.ckpt_dir.with_name(

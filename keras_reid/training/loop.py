@@ -51,6 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_reid.distribute import is_chief
 from keras_reid.progress import progbar as progbar_
 
 log = logging.getLogger("keras_reid")
@@ -186,81 +187,119 @@ def train(model: keras.Model, dataset_fn: DatasetFn, *, strategy: tf.distribute.
     training after the current step. A Keras progress bar is shown when ``verbose`` and this
     process is the chief. Returns ``{name: [epoch means]}`` for the epochs run.
     """
-    from keras_reid.distribute import is_chief
-
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if jit_compile and not _jit_supported(strategy):
-        log.warning("jit_compile turned off: XLA does not work with %d replicas on CPU devices",
-                    strategy.num_replicas_in_sync)
-        jit_compile = False
-    chief = is_chief(strategy)
-    verbose = int(verbose) if chief else 0
+    jit_compile = _jit_setting(strategy, jit_compile)
+    verbose = int(verbose) if is_chief(strategy) else 0
 
     build_optimizers(model, strategy)
     step = _make_step(model, strategy, jit_compile)
-
-    cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
-        keras.callbacks.CallbackList(list(callbacks), model=model)
-    cbs.set_model(model)
-    cbs.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": verbose,
-                    "initial_epoch": initial_epoch})
+    cbs = _callback_list(model, callbacks, {"epochs": epochs, "steps": steps_per_epoch,
+                                            "verbose": verbose, "initial_epoch": initial_epoch})
 
     history: dict[str, list[float]] = {}
     model.stop_training = False
     cbs.on_train_begin()
     final_logs: dict[str, float] = {}
     for epoch in range(initial_epoch, epochs):
-        cbs.on_epoch_begin(epoch)
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}")
-        # values shown are running means computed here, so every name is "stateful" to Progbar
-        progbar = progbar_(steps_per_epoch, verbose=verbose, stateful_metrics=set()) \
-            if verbose else None
-        dist = strategy.distribute_datasets_from_function(
-            lambda ctx, _epoch=epoch: dataset_fn(ctx, _epoch))
-        # the only reference to the epoch's iterator, so it can be released on another thread
-        held = [iter(dist)]
-        sums: dict[str, float] = {}
-        done = 0
-        for batch in range(steps_per_epoch):
-            # the batch is fetched outside the step: a dataset running out inside the compiled
-            # step would still run its stateful ops (e.g. the optimizer's iteration counter)
-            try:
-                data = next(held[0])
-            except (StopIteration, tf.errors.OutOfRangeError):
-                log.warning("epoch %d: the dataset ran out after %d of %d steps", epoch + 1, batch,
-                            steps_per_epoch)
-                break
-            cbs.on_train_batch_begin(batch)
-            outputs = step(data)
-            logs = {name: _as_float(value) for name, value in outputs.items()}
-            done += 1
-            for name, value in logs.items():
-                sums[name] = sums.get(name, 0.0) + value
-            cbs.on_train_batch_end(batch, logs)
-            if progbar is not None:
-                progbar.stateful_metrics.update(sums)
-                progbar.update(batch + 1, [(k, v / done) for k, v in sums.items()],
-                               finalize=False)
-            if model.stop_training:
-                break
-        release_in_background(held)
-        epoch_logs = {name: total / max(done, 1) for name, total in sums.items()}
-        epoch_logs.update(learning_rates(model))
-        if on_epoch_end is not None:
-            extra = on_epoch_end(epoch, epoch_logs)
-            if extra:
-                epoch_logs.update({k: float(v) for k, v in extra.items()})
-        if progbar is not None:
-            progbar.stateful_metrics.update(epoch_logs)
-            progbar.update(done, list(epoch_logs.items()), finalize=True)
-        cbs.on_epoch_end(epoch, epoch_logs)
-        for name, value in epoch_logs.items():
+        final_logs = _run_epoch(model, step, strategy, dataset_fn, epoch, epochs, steps_per_epoch,
+                                cbs, verbose, on_epoch_end)
+        for name, value in final_logs.items():
             if np.ndim(value) == 0:
                 history.setdefault(name, []).append(float(value))
-        final_logs = epoch_logs
         if model.stop_training:
             break
     cbs.on_train_end(final_logs)
     return history
+
+
+def _run_epoch(model: keras.Model, step, strategy: tf.distribute.Strategy, dataset_fn: DatasetFn,
+               epoch: int, epochs: int, steps_per_epoch: int, cbs: keras.callbacks.CallbackList,
+               verbose: int, on_epoch_end) -> dict:
+    """One epoch: its steps between the epoch callbacks, with the progress bar; returns the
+    epoch logs."""
+    cbs.on_epoch_begin(epoch)
+    progbar = _epoch_progbar(epoch, epochs, steps_per_epoch, verbose)
+    sums, done = _run_steps(model, step, strategy, dataset_fn, epoch, steps_per_epoch, cbs, progbar)
+    epoch_logs = _epoch_logs(model, epoch, sums, done, on_epoch_end)
+    if progbar is not None:
+        progbar.stateful_metrics.update(epoch_logs)
+        progbar.update(done, list(epoch_logs.items()), finalize=True)
+    cbs.on_epoch_end(epoch, epoch_logs)
+    return epoch_logs
+
+
+def _jit_setting(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+    """``jit_compile``, turned off with a warning where XLA cannot work (see the module docstring)."""
+    if jit_compile and not _jit_supported(strategy):
+        log.warning("jit_compile turned off: XLA does not work with %d replicas on CPU devices",
+                    strategy.num_replicas_in_sync)
+        return False
+    return jit_compile
+
+
+def _callback_list(model: keras.Model, callbacks: Iterable[keras.callbacks.Callback],
+                   params: dict) -> keras.callbacks.CallbackList:
+    """``callbacks`` as one CallbackList set to ``model`` and the run's ``params``."""
+    cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
+        keras.callbacks.CallbackList(list(callbacks), model=model)
+    cbs.set_model(model)
+    cbs.set_params(params)
+    return cbs
+
+
+def _epoch_progbar(epoch: int, epochs: int, steps_per_epoch: int, verbose: int):
+    """Prints the epoch's header and returns its progress bar; None when not ``verbose``."""
+    if not verbose:
+        return None
+    print(f"Epoch {epoch + 1}/{epochs}")
+    # values shown are running means computed here, so every name is "stateful" to Progbar
+    return progbar_(steps_per_epoch, verbose=verbose, stateful_metrics=set())
+
+
+def _run_steps(model: keras.Model, step, strategy: tf.distribute.Strategy, dataset_fn: DatasetFn,
+               epoch: int, steps_per_epoch: int, cbs: keras.callbacks.CallbackList,
+               progbar) -> tuple[dict[str, float], int]:
+    """Runs epoch ``epoch``'s steps (fewer when its dataset runs out or ``model.stop_training``
+    is set), with the batch callbacks and the progress bar; returns ``(sums of the step values,
+    steps done)``. The epoch's input iterator is released on another thread afterwards."""
+    dist = strategy.distribute_datasets_from_function(lambda ctx: dataset_fn(ctx, epoch))
+    # the only reference to the epoch's iterator, so it can be released on another thread
+    held = [iter(dist)]
+    sums: dict[str, float] = {}
+    done = 0
+    for batch in range(steps_per_epoch):
+        # the batch is fetched outside the step: a dataset running out inside the compiled
+        # step would still run its stateful ops (e.g. the optimizer's iteration counter)
+        try:
+            data = next(held[0])
+        except (StopIteration, tf.errors.OutOfRangeError):
+            log.warning("epoch %d: the dataset ran out after %d of %d steps", epoch + 1, batch,
+                        steps_per_epoch)
+            break
+        cbs.on_train_batch_begin(batch)
+        outputs = step(data)
+        logs = {name: _as_float(value) for name, value in outputs.items()}
+        done += 1
+        for name, value in logs.items():
+            sums[name] = sums.get(name, 0.0) + value
+        cbs.on_train_batch_end(batch, logs)
+        if progbar is not None:
+            progbar.stateful_metrics.update(sums)
+            progbar.update(batch + 1, [(k, v / done) for k, v in sums.items()], finalize=False)
+        if model.stop_training:
+            break
+    release_in_background(held)
+    return sums, done
+
+
+def _epoch_logs(model: keras.Model, epoch: int, sums: dict[str, float], done: int,
+                on_epoch_end: Callable[[int, dict], Mapping[str, float] | None] | None) -> dict:
+    """The epoch's means of the step values, the learning rates and what ``on_epoch_end`` adds."""
+    epoch_logs = {name: total / max(done, 1) for name, total in sums.items()}
+    epoch_logs.update(learning_rates(model))
+    if on_epoch_end is not None:
+        extra = on_epoch_end(epoch, epoch_logs)
+        if extra:
+            epoch_logs.update({k: float(v) for k, v in extra.items()})
+    return epoch_logs

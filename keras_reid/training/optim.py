@@ -71,13 +71,13 @@ def make_optimizer(config: OptimizerConfig | dict, learning_rate: Any = None) ->
     ``learning_rate`` (a float or a ``LearningRateSchedule``, e.g. from :func:`make_schedule`)
     defaults to ``config.lr``.
     """
-    import keras
+    import keras  # deferred: Keras, recipe validation imports this module for the configs
 
     config = OptimizerConfig.model_validate(config) if isinstance(config, dict) else config
     lr = config.lr if learning_rate is None else learning_rate
     common = {"learning_rate": lr, "clipnorm": config.clipnorm}
     if config.weight_decay_mode == "coupled":
-        from keras_reid.training.l2_optimizers import AdamL2, SGDL2
+        from keras_reid.training.l2_optimizers import AdamL2, SGDL2  # deferred: Keras, as above
 
         if config.type == "sgd":
             return SGDL2(l2=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
@@ -103,7 +103,7 @@ def make_schedule(config: ScheduleConfig | dict, steps_per_epoch: int, base_lr: 
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     if config.type == "cosine" and not epochs:
         raise ValueError("a cosine schedule needs the number of training epochs (epochs=...)")
-    from keras_reid.training.schedules import ReIDSchedule
+    from keras_reid.training.schedules import ReIDSchedule  # deferred: Keras, validation stays light
 
     return ReIDSchedule(
         base_lr=float(base_lr), steps_per_epoch=int(steps_per_epoch), kind=config.type,

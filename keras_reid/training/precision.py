@@ -41,7 +41,7 @@ def precision_policy(name: str) -> Iterator[str]:
     """
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    import keras
+    import keras  # deferred: Keras, recipe validation imports this module for Precision
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(name)
@@ -63,7 +63,7 @@ def agree_on_finite(grads: list) -> list:
     step is skipped and the loss scale lowered, as on one device. One scalar all-reduce per step;
     with one replica the gradients are returned unchanged.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow, as above
 
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync <= 1:

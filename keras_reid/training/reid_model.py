@@ -23,6 +23,9 @@ import keras
 import tensorflow as tf
 
 from keras_reid import layers as _layers  # noqa: F401  (registers custom layers for loading)
+from keras_reid.errors import ModelFileError
+from keras_reid.io import atomic_path
+from keras_reid.registry import REGISTRY
 from keras_reid.training import l2_optimizers as _l2_optimizers  # noqa: F401  (registers AdamL2, SGDL2)
 from keras_reid.training import schedules as _schedules  # noqa: F401  (registers ReIDSchedule)
 from keras_reid.training.precision import agree_on_finite
@@ -32,8 +35,6 @@ def loss_spec(loss: Any) -> dict | None:
     """Returns the registry spec ``{"type": name, **params}`` of a registered loss object, else None."""
     if loss is None:
         return None
-    from keras_reid.registry import REGISTRY
-
     for entry in REGISTRY.entries("loss"):
         if entry.obj is type(loss):
             config = getattr(loss, "config", None)
@@ -57,8 +58,6 @@ class ReIDModel(keras.Model):
     def __init__(self, backbone: keras.Model, loss: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(loss, (dict, str)):
-            from keras_reid.registry import REGISTRY
-
             loss = REGISTRY.create("loss", loss)
         self.backbone = backbone
         self.reid_loss = loss
@@ -193,8 +192,6 @@ class ReIDModel(keras.Model):
     def export_inference_model(self, path: str | os.PathLike, output: str = "features") -> Path:
         """Atomically save :meth:`inference_model` (for ``output``) as a ``.keras`` file at
         ``path``; returns the path."""
-        from keras_reid.io import atomic_path
-
         path = Path(path)
         if path.suffix != ".keras":
             raise ValueError(f"inference models are saved as .keras files, got '{path}'")
@@ -219,8 +216,6 @@ def load_inference_model(path: str | os.PathLike) -> keras.Model:
 
     Raises ``ModelFileError`` when the file is missing or unreadable.
     """
-    from keras_reid.errors import ModelFileError
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file '{path}' does not exist; train the model first or fix the path")
