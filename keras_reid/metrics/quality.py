@@ -48,7 +48,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, max_val: float = 255.0) -> np.ndarray
     contrast-structure, averaged over the channels. Its mean over a whole image is that image's
     ``tf.image.ssim``. Raises ``ValueError`` on mismatched shapes or images under 11x11 pixels.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow, importing keras_reid.metrics stays numpy-only
 
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
@@ -152,20 +152,9 @@ def identity_preservation(gen_features: np.ndarray, gen_pids: np.ndarray, galler
     """
     gen_pids = np.asarray(gen_pids).ravel()
     gallery_pids = np.asarray(gallery_pids).ravel()
-    g_cams = (np.zeros(len(gallery_pids), np.int64) if gallery_cams is None
-              else np.asarray(gallery_cams).ravel())
-    if gen_cams is None:
-        unused = -1 if not np.any(g_cams == -1) else int(g_cams.min()) - 1
-        q_cams = np.full(len(gen_pids), unused, np.int64)
-    else:
-        q_cams = np.asarray(gen_cams).ravel()
+    q_cams, g_cams = _cameras(len(gen_pids), len(gallery_pids), gen_cams, gallery_cams)
     qf, gf = np.asarray(gen_features), np.asarray(gallery_features)
-    if qf.ndim != 2 or len(qf) != len(gen_pids) or len(q_cams) != len(gen_pids):
-        raise ValueError(f"gen_features must be [Q, D] with one pid (and camera) per row: got features "
-                         f"{qf.shape}, {len(gen_pids)} pids, {len(q_cams)} cameras")
-    if gf.ndim != 2 or len(gf) != len(gallery_pids) or len(g_cams) != len(gallery_pids):
-        raise ValueError(f"gallery_features must be [G, D] with one pid (and camera) per row: got "
-                         f"features {gf.shape}, {len(gallery_pids)} pids, {len(g_cams)} cameras")
+    _check_query_gallery(qf, gf, gen_pids, gallery_pids, q_cams, g_cams)
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     num_queries = int(len(gen_pids))
@@ -180,6 +169,29 @@ def identity_preservation(gen_features: np.ndarray, gen_pids: np.ndarray, galler
     return {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]),
             "mAP": float(res["mAP"]), "valid_queries": int(res["num_valid_queries"]),
             "num_queries": num_queries}
+
+
+def _cameras(num_queries: int, num_gallery: int, gen_cams, gallery_cams) -> tuple[np.ndarray, np.ndarray]:
+    """``(query cameras, gallery cameras)`` of :func:`identity_preservation`: the gallery in
+    camera 0 when not given; without ``gen_cams`` every query in a camera no gallery entry has."""
+    g_cams = (np.zeros(num_gallery, np.int64) if gallery_cams is None
+              else np.asarray(gallery_cams).ravel())
+    if gen_cams is None:
+        unused = -1 if not np.any(g_cams == -1) else int(g_cams.min()) - 1
+        q_cams = np.full(num_queries, unused, np.int64)
+    else:
+        q_cams = np.asarray(gen_cams).ravel()
+    return q_cams, g_cams
+
+
+def _check_query_gallery(qf, gf, gen_pids, gallery_pids, q_cams, g_cams) -> None:
+    """Raises ValueError unless features are 2-D with one pid and camera per row."""
+    if qf.ndim != 2 or len(qf) != len(gen_pids) or len(q_cams) != len(gen_pids):
+        raise ValueError(f"gen_features must be [Q, D] with one pid (and camera) per row: got features "
+                         f"{qf.shape}, {len(gen_pids)} pids, {len(q_cams)} cameras")
+    if gf.ndim != 2 or len(gf) != len(gallery_pids) or len(g_cams) != len(gallery_pids):
+        raise ValueError(f"gallery_features must be [G, D] with one pid (and camera) per row: got "
+                         f"features {gf.shape}, {len(gallery_pids)} pids, {len(g_cams)} cameras")
 
 
 def pixel_diversity(images: np.ndarray) -> float:

@@ -147,19 +147,9 @@ def single_shot_cmc(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max
         keep = np.ones(len(g_pids), bool)
         keep[junk] = False
         kept = np.flatnonzero(keep)
-        codes = g_codes[kept]
-        row = distmat[i, kept]
-        match_code = g_codes[matches[0]]
-        for _ in range(repeats):
-            # one item per pid: the one with the largest random key within its pid
-            order = np.lexsort((rng.random(len(kept)), codes))
-            last = np.r_[codes[order][1:] != codes[order][:-1], True]
-            pick = order[last]                       # positions in ``kept``, one per pid
-            d = row[pick]
-            m = pick[codes[pick] == match_code][0]
-            dm = row[m]
-            before = np.count_nonzero((d < dm) | ((d == dm) & (kept[pick] < kept[m])))
-            hist[min(int(before), max_rank)] += 1
+        for before in _sampled_match_ranks(distmat[i, kept], kept, g_codes[kept], g_codes[matches[0]],
+                                           repeats, rng):
+            hist[min(before, max_rank)] += 1
         valid += 1
     if valid == 0:
         raise ValueError("no query has a true match in the gallery (same pid on another camera): "
@@ -167,6 +157,24 @@ def single_shot_cmc(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max
     cmc = np.cumsum(hist[:max_rank]) / (valid * repeats)
     return {"cmc": cmc.astype(np.float64), "num_valid_queries": valid, "num_invalid_queries": len(q_pids) - valid,
             "repeats": repeats}
+
+
+def _sampled_match_ranks(row: np.ndarray, kept: np.ndarray, codes: np.ndarray, match_code: int,
+                         repeats: int, rng: np.random.Generator) -> list[int]:
+    """One query's 0-based rank of its sampled true match in each of ``repeats`` draws of one
+    gallery item per pid (``row``: its distances to the ``kept`` gallery items, ``codes``: their
+    pid codes; ties broken by gallery index)."""
+    out = []
+    for _ in range(repeats):
+        # one item per pid: the one with the largest random key within its pid
+        order = np.lexsort((rng.random(len(kept)), codes))
+        last = np.r_[codes[order][1:] != codes[order][:-1], True]
+        pick = order[last]                       # positions in ``kept``, one per pid
+        d = row[pick]
+        m = pick[codes[pick] == match_code][0]
+        dm = row[m]
+        out.append(int(np.count_nonzero((d < dm) | ((d == dm) & (kept[pick] < kept[m])))))
+    return out
 
 
 def chance_level(q_pids, g_pids, q_camids, g_camids) -> dict:
@@ -266,6 +274,21 @@ def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int 
     """
     if method not in FUSION_METHODS:
         raise ValueError(f"unknown fusion method {method!r}: expected one of {', '.join(FUSION_METHODS)}")
+    real, versions, owners, n = _fusion_inputs(real, versions, owners, n)
+    counts = np.bincount(owners, minlength=n)
+    if real is None and (counts == 0).any():
+        raise ValueError(f"image {int(np.flatnonzero(counts == 0)[0])} has neither a real vector nor a "
+                         "version to describe it")
+    if real is not None and method != "concat" and versions.shape[0] and versions.shape[1] != real.shape[1]:
+        raise ValueError(f"'{method}' fuses vectors of one size; real vectors have {real.shape[1]} "
+                         f"dimensions, versions {versions.shape[1]} (use concat)")
+    return _fuse(real, versions, owners, counts, n, method, normalise)
+
+
+def _fusion_inputs(real, versions, owners, n: int | None
+                   ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, int]:
+    """``fuse_features``' inputs as arrays, checked, their rows L2-normalised: ``(real or None,
+    versions [M, D'], owners [M], n)``. Raises ValueError on bad shapes or owners."""
     versions = np.asarray(versions, np.float32)
     owners = np.asarray(owners, np.int64).ravel()
     if real is not None:
@@ -285,13 +308,12 @@ def fuse_features(real: np.ndarray | None, versions: np.ndarray, owners, n: int 
     if owners.size and (owners.min() < 0 or owners.max() >= n):
         raise ValueError(f"owner indices must lie in 0..{n - 1}")
     versions = _l2_rows(versions) if versions.shape[0] else versions
-    counts = np.bincount(owners, minlength=n)
-    if real is None and (counts == 0).any():
-        raise ValueError(f"image {int(np.flatnonzero(counts == 0)[0])} has neither a real vector nor a "
-                         "version to describe it")
-    if real is not None and method != "concat" and versions.shape[0] and versions.shape[1] != real.shape[1]:
-        raise ValueError(f"'{method}' fuses vectors of one size; real vectors have {real.shape[1]} "
-                         f"dimensions, versions {versions.shape[1]} (use concat)")
+    return real, versions, owners, n
+
+
+def _fuse(real: np.ndarray | None, versions: np.ndarray, owners: np.ndarray, counts: np.ndarray, n: int,
+          method: str, normalise: bool) -> np.ndarray:
+    """The fused vectors of checked inputs (see :func:`fuse_features`)."""
     d = versions.shape[1] if versions.shape[0] or real is None else real.shape[1]
     final = _l2_rows if normalise else (lambda x: x)
     if method == "max":
