@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+import numpy as np
+
+from keras_reid.errors import DatasetError
+
 JUNK_PID = -1
 """Market-1501 pid of junk boxes (dropped by the readers, as in the Market protocol)."""
 DISTRACTOR_PID = 0
@@ -54,8 +58,6 @@ class DatasetSplits:
         try:
             return self.splits[split]
         except KeyError:
-            from keras_reid.errors import DatasetError
-
             raise DatasetError(
                 f"dataset '{self.name}' has no split '{split}'; use one of: {', '.join(self.splits)}"
             ) from None
@@ -87,12 +89,19 @@ def relabel(records: Iterable[Record]) -> tuple[list[int], Mapping[int, int]]:
     return [mapping[r.pid] for r in records], mapping
 
 
+def select_records(records: list[Record], cameras: list[int] | None, closed_set: bool) -> list[Record]:
+    """Training records: junk and (for retrieval data) distractors dropped, optional camera subset."""
+    out = [r for r in records if r.pid >= (0 if closed_set else 1)]
+    if cameras:
+        wanted = set(cameras)
+        out = [r for r in out if r.camid in wanted]
+    return out
+
+
 def subset(items: list, n: int | None, seed: int) -> list:
     """A deterministic subset of ``n`` of ``items`` in their order (``seed`` chooses which); all of
     them when ``n`` is None or 0 or not smaller than their number."""
     if not n or len(items) <= n:
         return items
-    import numpy as np
-
     keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
     return [items[i] for i in sorted(keep)]

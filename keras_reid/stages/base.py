@@ -12,7 +12,8 @@ from pydantic import AfterValidator
 
 from keras_reid import io
 from keras_reid.data.records import DatasetSplits
-from keras_reid.errors import UserError
+from keras_reid.distribute import is_chief, make_strategy
+from keras_reid.errors import DatasetError, UserError
 from keras_reid.registry import REGISTRY, Registry
 from keras_reid.stages.outputs import StageOutput
 
@@ -103,8 +104,6 @@ class StageContext:
     def strategy(self) -> Any:
         """The tf.distribute strategy the recipe names (created once per run)."""
         if "strategy" not in self._strategy_holder:
-            from keras_reid.distribute import make_strategy
-
             self._strategy_holder["strategy"] = make_strategy(self.recipe.model.strategy)
         return self._strategy_holder["strategy"]
 
@@ -113,17 +112,15 @@ class StageContext:
         """False on the non-chief workers of a multi-worker run (they must not write results)."""
         if self.recipe.model.strategy.type != "multi_worker":
             return True
-        from keras_reid.distribute import is_chief
-
         return is_chief(self.strategy)
 
     def decodable(self, records, what: str = "images") -> list:
         """The ``records`` whose image files exist and decode (``scan_images``); a warning line
         counts the others (``skipped 3 of 120 <what> that could not be decoded (first: PATH)``).
         Raises DatasetError when none is left."""
-        # deferred: the scanner decodes with TensorFlow, which validation must not import
-        from keras_reid.data.pipeline import scan_images, skipped_message
-        from keras_reid.errors import DatasetError
+        # the scanner decodes with TensorFlow
+        from keras_reid.data.pipeline import (  # deferred: TensorFlow, validation stays light
+            scan_images, skipped_message)
 
         records = list(records)
         good, bad = scan_images(records)

@@ -36,9 +36,11 @@ class StageOutput(BaseModel):
             raise UserError(f"stage '{stage}' recorded an output this version cannot read ({where}: "
                             f"{first['msg']}); re-run that stage (delete {marker})") from None
 
-    def dump(self) -> dict[str, Any]:
-        """The summary to return from a stage's ``run`` (JSON-ready, extra fields included)."""
-        return self.model_dump(mode="json")
+    def dump(self, only_set: bool = False) -> dict[str, Any]:
+        """The summary to return from a stage's ``run`` (JSON-ready, extra fields included);
+        ``only_set``: without the fields left at their defaults (an optional part the stage did
+        not produce is absent, not null)."""
+        return self.model_dump(mode="json", exclude_unset=only_set)
 
 
 class GeneratorOutput(StageOutput):
@@ -64,6 +66,16 @@ class GeneratorOutput(StageOutput):
         if self.model:
             return {"": self.model}
         return dict(self.generators or {})
+
+
+class CanonicalPosesOutput(StageOutput):
+    """``canonical_poses``: the k canonical poses (read by augment for pose generators)."""
+
+    poses: str = Field(description="the poses file (JSON: image_size, features and per pose its "
+                       "index, members and keypoints [18, 3]), relative to the run folder")
+    k: int
+    image_size: tuple[int, int]
+    features: str
 
 
 class HoldoutOutput(BaseModel):

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keras_reid.interfaces import generator_factory
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
 from keras_reid.stages.base import Stage, StageContext
@@ -95,8 +96,6 @@ class Augment(Stage):
             return (("generator",), f"stage '{config.generator}' is a {stage_type} stage, expected "
                     "a train_generator stage")
         gen_cfg = recipe.stage_configs[config.generator]
-        from keras_reid.interfaces import generator_factory
-
         gen_needs = generator_factory(gen_cfg.generator).generation_needs
         unconditional = "noise" in gen_needs
         if "target_pose" in gen_needs:
@@ -132,11 +131,11 @@ class Augment(Stage):
     @classmethod
     def preflight(cls, config: AugmentConfig, context: StageContext) -> None:
         """Check the source camera against the loaded dataset before any stage runs."""
-        from keras_reid.stages.augment import run as body
+        from keras_reid.stages.augment import run as body  # deferred: TensorFlow, validation stays light
 
         body.source_records(config, context)
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages.augment import run as body
+        from keras_reid.stages.augment import run as body  # deferred: TensorFlow, validation stays light
 
         return body.augment(self.config, context)

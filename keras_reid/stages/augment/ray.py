@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from keras_reid.errors import UserError
+from keras_reid.stages.augment.worker import Worker
 
 
 def _plain(value: Any) -> Any:
@@ -23,8 +24,6 @@ class GeneratorActor:
     """A Ray Data actor: one :class:`~keras_reid.stages.augment.worker.Worker` per actor."""
 
     def __init__(self, worker_kwargs: dict) -> None:
-        from keras_reid.stages.augment.worker import Worker
-
         self.worker = Worker(**worker_kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,7 +41,7 @@ class GeneratorActor:
 def run(items: list[dict], worker_kwargs: dict, cfg: Any) -> Iterable[list[dict]]:
     """Yield lists of manifest rows as Ray Data produces them (starting or joining Ray)."""
     try:
-        import ray
+        import ray  # deferred: Ray, an optional extra; missing, it is a one-line error
     except ImportError:
         raise UserError("engine: ray needs Ray; install it with: pip install 'keras-reid[ray]' "
                         "(or use engine: local with --shard i/N)") from None

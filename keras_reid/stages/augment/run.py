@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import tensorflow as tf
 
 from keras_reid import io
 from keras_reid.data import generated
@@ -30,7 +31,7 @@ from keras_reid.model_files import sha256_file
 from keras_reid.progress import progbar
 from keras_reid.stages.augment.worker import Worker
 from keras_reid.stages.base import StageContext, StageIncomplete
-from keras_reid.stages.outputs import GeneratorOutput
+from keras_reid.stages.outputs import CanonicalPosesOutput, GeneratorOutput
 from keras_reid.tb_events import clear_events
 from keras_reid.training.callbacks import image_grid, label_rows
 
@@ -352,9 +353,6 @@ def _write_rows(manifest: Path, batches: Iterable[list[dict]], total: int, ctx: 
 def _log_samples(ctx: StageContext, kept: list[dict], stage_dir: Path, n: int = 16) -> None:
     """Source / generated pairs of the first ``n`` kept images as one TensorBoard picture (rows
     named on the left; the picture of an earlier, unfinished attempt is replaced)."""
-    import tensorflow as tf
-
-
     rows = sorted(kept, key=lambda r: r["file"])[:n]
     first = read_image(str(generated.image_path(stage_dir, rows[0])), (128, 64))
     size = first.shape[:2]
@@ -373,8 +371,8 @@ def _pose_sources(cfg, ctx: StageContext, sources: list[Record], gen_out: Genera
     """Pose generators: the canonical poses (scaled to the generator's size by the worker), the
     pose indices to generate, and the sources left after the no-pose policy. Returns
     ``(sources, canonical, pose_indices, summary)``."""
-    poses_out = ctx.output_of(cfg.poses)
-    data = io.read_json(ctx.run_dir / poses_out["poses"])
+    poses_out = ctx.output_of(cfg.poses, CanonicalPosesOutput)
+    data = io.read_json(ctx.run_dir / poses_out.poses)
     if data is None:
         raise UserError(f"the canonical poses of stage '{cfg.poses}' are missing; re-run that stage")
     canonical = [{"keypoints": p["keypoints"], "size": data["image_size"]} for p in data["poses"]]

@@ -99,6 +99,20 @@ class Worker:
     def _process(self, items: list[dict], gan) -> list[ManifestRow]:
         """Generate, filter and write the images of ``items`` (dicts of :class:`WorkItem` fields
         with ``source_path``); returns their manifest rows."""
+        batch, target_files = self._inputs(items, gan)
+        generated = to_uint8(_generate(gan, batch, self.noise, [int(it["seed"]) for it in items]))
+        scores = {}
+        for spec, flt in zip(self.filter_specs, self.filters):
+            scores[spec["type"]] = np.asarray(flt(generated), np.float32)
+        measured = {spec["type"]: np.asarray(flt(generated), np.float32)
+                    for spec, flt in zip(self.measure_specs, self.measures)}
+        return [self._write(it, generated[j], {k: round(float(v[j]), 4) for k, v in scores.items()},
+                            {k: round(float(v[j]), 4) for k, v in measured.items()}, target_files[j])
+                for j, it in enumerate(items)]
+
+    def _inputs(self, items: list[dict], gan) -> tuple[dict[str, Any], list[str | None]]:
+        """The generator's batch for ``items`` (noise from each item's seed, or the source images;
+        masks, target poses as it needs them) and each item's target-mask image (or None)."""
         paths = [it["source_path"] for it in items]
         if "noise" in self.needs:  # z from each item's own seed: the same file whatever the batch
             z_dim = int(gan.z_dim)
@@ -122,32 +136,27 @@ class Worker:
             target_files = [self.target_paths[np.random.default_rng(it["seed"]).integers(len(self.target_paths))]
                             for it in items]
             batch["target_mask"] = self._masks(target_files)
-        generated = to_uint8(_generate(gan, batch, self.noise, [int(it["seed"]) for it in items]))
-        scores = {}
-        for spec, flt in zip(self.filter_specs, self.filters):
-            scores[spec["type"]] = np.asarray(flt(generated), np.float32)
-        measured = {spec["type"]: np.asarray(flt(generated), np.float32)
-                    for spec, flt in zip(self.measure_specs, self.measures)}
-        rows = []
-        for j, it in enumerate(items):
-            item_scores = {k: round(float(v[j]), 4) for k, v in scores.items()}
-            kept = all(v >= self.min_score for v in item_scores.values())
-            if kept:
-                ok, data = cv2.imencode(".jpg", generated[j][..., ::-1],
-                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-                if not ok:  # pragma: no cover - OpenCV failure
-                    raise UserError(f"could not encode {it['name']} as JPEG")
-                with io.atomic_path(self.out_dir / it["name"]) as tmp:
-                    tmp.write_bytes(data.tobytes())
-            rows.append({"file": it["name"], "kept": kept, "scores": item_scores,
-                         "measured": {k: round(float(v[j]), 4) for k, v in measured.items()},
-                         "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
-                         "source_camera": it["source_camera"], "sequence": it["sequence"],
-                         "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
-                         "target_mask_of": target_files[j],
-                         **({"pose_index": int(it["copy"])} if self.skeletons is not None else {}),
-                         **self.provenance})
-        return rows
+        return batch, target_files
+
+    def _write(self, it: dict, image: np.ndarray, item_scores: dict[str, float],
+               measured: dict[str, float], target_file: str | None) -> ManifestRow:
+        """Writes the generated ``image`` of item ``it`` (JPEG, atomically) when every filter
+        score reaches ``min_score``; returns its manifest row (kept or not)."""
+        kept = all(v >= self.min_score for v in item_scores.values())
+        if kept:
+            ok, data = cv2.imencode(".jpg", image[..., ::-1],
+                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:  # pragma: no cover - OpenCV failure
+                raise UserError(f"could not encode {it['name']} as JPEG")
+            with io.atomic_path(self.out_dir / it["name"]) as tmp:
+                tmp.write_bytes(data.tobytes())
+        return {"file": it["name"], "kept": kept, "scores": item_scores, "measured": measured,
+                "source": it["source_path"], "pid": it["pid"], "camera": it["camera"],
+                "source_camera": it["source_camera"], "sequence": it["sequence"],
+                "frame": it["frame"], "copy": it["copy"], "seed": it["seed"],
+                "target_mask_of": target_file,
+                **({"pose_index": int(it["copy"])} if self.skeletons is not None else {}),
+                **self.provenance}
 
 
 def _generate(gan, batch: dict, noise: bool | None, seeds: list[int]):

@@ -65,6 +65,6 @@ class CanonicalPoses(Stage):
         context.dataset(config.dataset)[config.split]
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages.canonical_poses import run as body
+        from keras_reid.stages.canonical_poses import run as body  # deferred: TensorFlow, validation stays light
 
         return body.run(self.config, context)

@@ -1,9 +1,13 @@
-"""The body of the ``canonical_poses`` stage (imported when it runs)."""
+"""The body of the ``canonical_poses`` stage (imported when it runs; it imports TensorFlow)."""
 from __future__ import annotations
 
 import time
 
+import cv2
+import keras
 import numpy as np
+import tensorflow as tf
+from scipy.cluster.vq import kmeans2
 
 from keras_reid import io
 from keras_reid.data.poses import cached_keypoints, pose_found, skeleton_images
@@ -11,6 +15,7 @@ from keras_reid.data.records import JUNK_PID, subset
 from keras_reid.errors import DatasetError, UserError
 from keras_reid.keypoints import CSV_SIZE, normalised_pose_vector, scale_keypoints, write_pose_csv
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.outputs import CanonicalPosesOutput
 from keras_reid.tb_events import clear_events
 from keras_reid.training.callbacks import image_grid
 
@@ -20,8 +25,6 @@ JSON_NAME = "canonical_poses.json"
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """``(centres [k, D], labels [N])`` of k-means (SciPy's kmeans2, k-means++ starts), the run
     with the lowest distortion of ``restarts``; every cluster non-empty."""
-    from scipy.cluster.vq import kmeans2
-
     best = None
     rng = np.random.default_rng(seed)
     for _ in range(restarts):
@@ -53,8 +56,6 @@ def pose_image_features(skeletons: np.ndarray, network: str, weights: str | None
     or ``cnn`` (MobileNetV2, global-average-pooled: D = 1280). ``weights``: 'imagenet', a local
     weights file of the network without its top, or None (random). Raises UserError (one line
     naming the fix) when the weights cannot be downloaded or loaded."""
-    import keras
-
     shape = (*skeletons.shape[1:3], 3)
     name = "VGG-19" if network == "vgg19" else "MobileNetV2"
     try:
@@ -97,16 +98,44 @@ def mean_keypoints(kp: np.ndarray) -> np.ndarray:
 
 
 def run(cfg, ctx: StageContext) -> dict:
-    import cv2
-
-
+    """Cluster the split's poses into ``cfg.k`` canonical poses: pictures, ``canonical_poses.json``
+    and ``.csv`` in the stage folder, a grid in TensorBoard; returns the stage summary."""
     h, w = cfg.image_size
     seed = ctx.seed if cfg.seed is None else cfg.seed
+    paths = _image_paths(cfg, ctx, seed)
+    t0 = time.time()
+    kp = _found_poses(cfg, ctx, paths)
+    skeletons = skeleton_images(kp, (h, w))
+    if cfg.features == "keypoints":
+        x = np.stack([normalised_pose_vector(p, (h, w)) for p in kp])
+    else:
+        x = pose_image_features(skeletons, cfg.features, cfg.cnn_weights)
+    _, labels = kmeans(x, cfg.k, seed=seed, restarts=cfg.restarts)
+    order = np.argsort(-np.bincount(labels, minlength=cfg.k), kind="stable")  # largest cluster first
+    poses, pictures = _write_clusters(cfg, ctx, kp, skeletons, labels, order)
+    _write_tables(cfg, ctx, poses)
+    if ctx.is_chief:
+        _log_pictures(cfg, ctx, pictures)
+    sizes = [p["members"] for p in poses]
+    ctx.echo(f"{cfg.k} canonical poses from {len(kp):,} poses ({cfg.features}); cluster sizes {sizes} "
+             f"-> {ctx.stage_dir / JSON_NAME}")
+    return CanonicalPosesOutput(
+        poses=str((ctx.stage_dir / JSON_NAME).relative_to(ctx.run_dir)), k=cfg.k, image_size=(h, w),
+        features=cfg.features, poses_found=len(kp), images=len(paths), cluster_sizes=sizes,
+        seconds=round(time.time() - t0, 2)).dump()
+
+
+def _image_paths(cfg, ctx: StageContext, seed: int) -> list[str]:
+    """The decodable images of the split (junk dropped), a seeded subset of ``max_poses``."""
     records = ctx.decodable([r for r in ctx.dataset(cfg.dataset)[cfg.split] if r.pid != JUNK_PID],
                             f"images of split '{cfg.split}'")
-    records = subset(records, cfg.max_poses, seed)
-    paths = [str(r.path) for r in records]
-    t0 = time.time()
+    return [str(r.path) for r in subset(records, cfg.max_poses, seed)]
+
+
+def _found_poses(cfg, ctx: StageContext, paths: list[str]) -> np.ndarray:
+    """The keypoints [N, 18, 3] of the images where the pose estimator found at least
+    ``min_keypoints``. Raises DatasetError when fewer than k poses are found."""
+    h, w = cfg.image_size
     with ctx.registry.using("pose", cfg.pose) as estimator:  # image-based ones decode on a cache miss only
         kp, cached = cached_keypoints(ctx.stage_dir, cfg.pose, estimator, paths, (h, w))
     found = pose_found(kp, cfg.min_keypoints)
@@ -115,14 +144,14 @@ def run(cfg, ctx: StageContext) -> dict:
     if found.sum() < cfg.k:
         raise DatasetError(f"canonical_poses: {int(found.sum())} poses found, fewer than k = {cfg.k}; "
                            "lower k or min_keypoints, or check the pose estimator")
-    kp = kp[found]
-    skeletons = skeleton_images(kp, (h, w))
-    if cfg.features == "keypoints":
-        x = np.stack([normalised_pose_vector(p, (h, w)) for p in kp])
-    else:
-        x = pose_image_features(skeletons, cfg.features, cfg.cnn_weights)
-    centres, labels = kmeans(x, cfg.k, seed=seed, restarts=cfg.restarts)
-    order = np.argsort(-np.bincount(labels, minlength=cfg.k), kind="stable")  # largest cluster first
+    return kp[found]
+
+
+def _write_clusters(cfg, ctx: StageContext, kp: np.ndarray, skeletons: np.ndarray, labels: np.ndarray,
+                    order: np.ndarray) -> tuple[list[dict], list[np.ndarray]]:
+    """Per cluster (in ``order``): its mean pose's skeleton ``pose_<i>.png`` and its members' mean
+    skeleton ``mean_<i>.png``. Returns ``(poses: [{index, members, keypoints}], pictures)``."""
+    h, w = cfg.image_size
     poses, pictures = [], []
     for i, c in enumerate(order):
         members = labels == c
@@ -136,22 +165,23 @@ def run(cfg, ctx: StageContext) -> dict:
         poses.append({"index": i, "members": int(members.sum()),
                       "keypoints": [[round(float(v), 2) for v in row] for row in mean_kp]})
         pictures += [pose_img, mean_img]
+    return poses, pictures
+
+
+def _write_tables(cfg, ctx: StageContext, poses: list[dict]) -> None:
+    """``canonical_poses.json`` (image size, features, poses) and ``canonical_poses.csv`` (the
+    poses' keypoints at the CSV's image size)."""
+    h, w = cfg.image_size
     io.write_json(ctx.stage_dir / JSON_NAME, {"image_size": [h, w], "features": cfg.features,
                                               "poses": poses})
     write_pose_csv(ctx.stage_dir / "canonical_poses.csv",
                    {f"pose_{p['index']}.png": np.rint(scale_keypoints(np.asarray(p["keypoints"])[:, :2], (h, w),
                                                                        CSV_SIZE)).astype(np.int64)
                     for p in poses})
-    if ctx.is_chief:
-        import tensorflow as tf
 
 
-        clear_events(ctx.tensorboard_dir)   # the picture of an earlier, unfinished attempt
-        with tf.summary.create_file_writer(str(ctx.tensorboard_dir)).as_default():
-            tf.summary.image("canonical_poses (pose, cluster mean)", image_grid(np.stack(pictures), cols=2 * min(cfg.k, 8))[None], step=0)
-    sizes = [p["members"] for p in poses]
-    ctx.echo(f"{cfg.k} canonical poses from {len(kp):,} poses ({cfg.features}); cluster sizes {sizes} "
-             f"-> {ctx.stage_dir / JSON_NAME}")
-    return {"poses": str((ctx.stage_dir / JSON_NAME).relative_to(ctx.run_dir)), "k": cfg.k,
-            "image_size": [h, w], "features": cfg.features, "poses_found": int(found.sum()),
-            "images": len(paths), "cluster_sizes": sizes, "seconds": round(time.time() - t0, 2)}
+def _log_pictures(cfg, ctx: StageContext, pictures: list[np.ndarray]) -> None:
+    """The poses and cluster means as one grid image in TensorBoard."""
+    clear_events(ctx.tensorboard_dir)   # the picture of an earlier, unfinished attempt
+    with tf.summary.create_file_writer(str(ctx.tensorboard_dir)).as_default():
+        tf.summary.image("canonical_poses (pose, cluster mean)", image_grid(np.stack(pictures), cols=2 * min(cfg.k, 8))[None], step=0)

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID
+from keras_reid.errors import DatasetError
 from keras_reid.recipe import ref
 from keras_reid.registry import register
 from keras_reid.stages.base import Stage, StageContext
@@ -164,8 +166,6 @@ class Evaluate(Stage):
     def preflight(cls, config: EvaluateConfig, context: StageContext) -> None:
         """Before any stage runs (else the error would come after the training): some query
         person appears in the gallery from another camera, and multi_query's split exists."""
-        from keras_reid.errors import DatasetError
-
         splits = context.dataset(config.dataset)
         if splits.kind == "retrieval" and config.query_split in splits and config.gallery_split in splits:
             cls._check_query_gallery(splits, config, context.stage_name)
@@ -182,9 +182,6 @@ class Evaluate(Stage):
     def _check_query_gallery(splits, config: EvaluateConfig, stage: str) -> None:
         """DatasetError when no query person appears in the gallery from another camera: every
         query would be dropped by the protocol and the stage would fail after the training."""
-        from keras_reid.data.records import DISTRACTOR_PID, JUNK_PID
-        from keras_reid.errors import DatasetError
-
         people = [r for r in splits[config.query_split] if r.pid not in (DISTRACTOR_PID, JUNK_PID)]
         gallery: dict[int, set[int]] = {}
         for r in splits[config.gallery_split]:
@@ -198,6 +195,6 @@ class Evaluate(Stage):
                 "gallery come from the same dataset (the root, query_split, gallery_split)")
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.stages.evaluate import run as body
+        from keras_reid.stages.evaluate import run as body  # deferred: TensorFlow, validation stays light
 
         return body.evaluate(self.config, context)

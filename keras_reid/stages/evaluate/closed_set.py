@@ -2,7 +2,11 @@
 test images, prec@1 and mAP for ALL classes and p-ID, confusion matrices."""
 from __future__ import annotations
 
+import keras
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import tensorflow as tf
 
 from keras_reid import io
 from keras_reid.data.pipeline import eval_dataset, scan_images
@@ -20,47 +24,13 @@ from keras_reid.training.callbacks import figure_to_image
 
 def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
-
     splits = ctx.dataset(cfg.dataset)
     test, bad = scan_images(splits[cfg.test_split])
     if bad:
         ctx.echo(f"warning: skipped {len(bad)} test images that could not be decoded")
     results = {}
     for stage in cfg.models:
-        name = cfg.names.get(stage, stage)
-        out = ctx.output_of(stage, ReIDOutput)
-        path = ctx.run_dir / (out.classifier or "")
-        if not out.classifier or not path.exists():
-            raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
-                            "a train_reid stage trained on closed-set data")
-        clf = load_saved(ctx, stage, path)
-        labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
-        pid_of = {int(v): int(k) for k, v in labels_map.items()}
-        num = len(pid_of)
-        pids = sorted(pid_of.values())
-        # columns ordered by class id (pid), classes unseen in training get score 0
-        col = {pid: i for i, pid in enumerate(pids)}
-        y = np.array([col.get(r.pid, -1) for r in test])
-        known = y >= 0
-
-        def score_model(model, model_name):
-            s = class_scores(model, test, out.image_size, cfg.batch_size)
-            res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
-            entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
-            entry["num_test_images"] = int(known.sum())
-            entry["num_classes"] = num
-            io.write_json(ctx.stage_dir / f"confusion_{model_name}.json",
-                          {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
-            if ctx.is_chief:
-                _write_closed_set_tensorboard(ctx, model_name, entry, np.asarray(res["confusion"]), pids)
-            return entry
-
-        results[name] = score_model(clf, name)
-        if cfg.converted and out.converted and out.converted.classifier:   # the deploy form
-
-            results.update(closed_set_converted(
-                ctx, cfg, stage, name, out, clf, results[name],
-                lambda model: score_model(model, converted_name(name)), test))
+        results.update(_classify_with(ctx, cfg, stage, test))
     if ctx.is_chief:
         ctx.record_metrics(results)
         for name, e in results.items():
@@ -71,11 +41,47 @@ def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     return {"models": results}
 
 
+def _classify_with(ctx: StageContext, cfg, stage: str, test: list[Record]) -> dict[str, dict]:
+    """The test images classified by train stage ``stage``'s classifier (and its deploy form,
+    when converted): ``{model name: entry}``; confusion matrices in the stage folder."""
+    name = cfg.names.get(stage, stage)
+    out = ctx.output_of(stage, ReIDOutput)
+    path = ctx.run_dir / (out.classifier or "")
+    if not out.classifier or not path.exists():
+        raise UserError(f"stage '{stage}' saved no classifier model; closed-set evaluation needs "
+                        "a train_reid stage trained on closed-set data")
+    clf = load_saved(ctx, stage, path)
+    labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")  # pid -> class index
+    pid_of = {int(v): int(k) for k, v in labels_map.items()}
+    num = len(pid_of)
+    pids = sorted(pid_of.values())
+    # columns ordered by class id (pid), classes unseen in training get score 0
+    col = {pid: i for i, pid in enumerate(pids)}
+    y = np.array([col.get(r.pid, -1) for r in test])
+    known = y >= 0
+
+    def score_model(model, model_name):
+        s = class_scores(model, test, out.image_size, cfg.batch_size)
+        res = closed_set_metrics(s[known], y[known], unknown_class=col.get(0, -1))
+        entry = {k: float(res[k]) for k in ("prec1_all", "prec1_pid", "mAP_all", "mAP_pid")}
+        entry["num_test_images"] = int(known.sum())
+        entry["num_classes"] = num
+        io.write_json(ctx.stage_dir / f"confusion_{model_name}.json",
+                      {"classes": pids, "matrix": np.asarray(res["confusion"]).tolist()})
+        if ctx.is_chief:
+            _write_closed_set_tensorboard(ctx, model_name, entry, np.asarray(res["confusion"]), pids)
+        return entry
+
+    results = {name: score_model(clf, name)}
+    if cfg.converted and out.converted and out.converted.classifier:   # the deploy form
+        results.update(closed_set_converted(
+            ctx, cfg, stage, name, out, clf, results[name],
+            lambda model: score_model(model, converted_name(name)), test))
+    return results
+
+
 def class_scores(classifier, records: list, image_size, batch_size: int) -> np.ndarray:
     """Softmax class scores float32 [N, C] of ``records`` under ``classifier`` (a logits model)."""
-    import keras
-
-
     scores = []
     for images in eval_dataset(records, image_size=tuple(image_size), batch_size=batch_size):
         if isinstance(images, (tuple, list)):
@@ -115,13 +121,7 @@ def classify_holdout(ctx: StageContext, cfg, stage: str) -> dict:
 def _write_closed_set_tensorboard(ctx: StageContext, name: str, entry: dict, confusion: np.ndarray,
                                   classes: list[int]) -> None:
     """Closed-set scalars and the row-normalised confusion matrix as a picture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-
+    matplotlib.use("Agg")   # the backend is chosen when drawing, not when the module is imported
     writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir / name))
     rows = confusion.sum(axis=1, keepdims=True)
     norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, np.float64), where=rows > 0)

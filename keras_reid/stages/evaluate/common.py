@@ -5,10 +5,16 @@ publishing a model's result (ranked lists, TensorBoard) and the printed table. T
 import from here; ``evaluate.run`` runs them."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
+import cv2
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import tensorflow as tf
+from tensorboard.plugins import projector
 
 from keras_reid import io
 from keras_reid.data.pipeline import scan_images
@@ -162,8 +168,6 @@ def multi_query_pairs(query: list[Record], records: list[Record]) -> tuple[np.nd
     """``(query indices, record indices)``: every pair of a query and a record with the query's pid
     and camera, except a record whose file name is the query's own (Market's gt_bbox/ holds the
     query images too; the query counts once)."""
-    import os
-
     by_key: dict[tuple[int, int], list[int]] = {}
     for i, q in enumerate(query):
         by_key.setdefault((q.pid, q.camid), []).append(i)
@@ -281,13 +285,7 @@ def _print_table(ctx: StageContext, results: dict, chance: dict | None = None) -
 
 def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,
                        rerank: dict | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-
+    matplotlib.use("Agg")   # the backend is chosen when drawing, not when the module is imported
     logdir = ctx.tensorboard_dir / name
     clear_events(logdir)   # an interrupted attempt's pictures and scalars: written again below
     writer = tf.summary.create_file_writer(str(logdir))
@@ -316,8 +314,6 @@ def _write_tensorboard(ctx, name, res, dist, query, gallery, gf, size, cfg,
 
 
 def _read_rgb(path: str, size) -> np.ndarray:
-    import cv2
-
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         return np.zeros((size[0], size[1], 3), np.uint8)
@@ -345,10 +341,6 @@ def _ranked_lists(dist, query, gallery, size, cfg, top: int = 10) -> np.ndarray:
 
 def _projector(logdir: Path, features: np.ndarray, records: list[Record], size, n: int, seed: int) -> None:
     """Export a subset of gallery embeddings (with thumbnails and pid/camera labels) for the projector."""
-    import tensorflow as tf
-    from tensorboard.plugins import projector
-
-
     logdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(records), size=min(n, len(records)), replace=False))

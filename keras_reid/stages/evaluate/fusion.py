@@ -37,6 +37,27 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
     for i, r in enumerate(images):
         index.setdefault(_source_key(r.path), []).append(i)
     where = f"stage '{ctx.stage_name}': fusion.views"
+    found, rows_seen, other, poses_present = _version_rows(ctx, fusion, index, where)
+    if other == rows_seen:
+        raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "
+                        f"from the '{cfg.query_split}'/'{cfg.gallery_split}' images of "
+                        f"dataset '{cfg.dataset}' (matched by their source path); run those "
+                        "augment stages over the query and gallery images")
+    if fusion.poses is not None and not set(fusion.poses) <= poses_present:
+        missing = sorted(set(fusion.poses) - poses_present)
+        raise UserError(f"{where}: pose {missing[0]} of fusion.poses occurs in no manifest row; poses "
+                        f"present: {sorted(poses_present)}")
+    found.sort()
+    records, owners, skipped = _decodable_versions(ctx, found, images)
+    return records, owners, {"rows": rows_seen, "other_sources": other, "used": len(records),
+                             "skipped": skipped}
+
+
+def _version_rows(ctx: StageContext, fusion, index: dict[str, list[int]], where: str
+                  ) -> tuple[list[tuple[int, int, str, str]], int, int, set[int]]:
+    """The kept manifest rows of the views whose source is one of the images (``index``: source
+    key -> image indices) and whose pose ``fusion.poses`` lists. Returns ``(found: [(owner,
+    pose, file, path)], rows seen, rows of other sources, poses present)``."""
     found: list[tuple[int, int, str, str]] = []  # (owner, pose, file, path)
     other = rows_seen = 0
     poses_present: set[int] = set()
@@ -59,16 +80,13 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
                     continue
             found += [(i, -1 if pose is None else int(pose), row["file"], str(generated.image_path(ctx.stage_dir_of(view), row)))
                       for i in owners]
-    if other == rows_seen:
-        raise UserError(f"{where}: none of the {rows_seen} kept images of {fusion.views} was generated "
-                        f"from the '{cfg.query_split}'/'{cfg.gallery_split}' images of "
-                        f"dataset '{cfg.dataset}' (matched by their source path); run those "
-                        "augment stages over the query and gallery images")
-    if fusion.poses is not None and not set(fusion.poses) <= poses_present:
-        missing = sorted(set(fusion.poses) - poses_present)
-        raise UserError(f"{where}: pose {missing[0]} of fusion.poses occurs in no manifest row; poses "
-                        f"present: {sorted(poses_present)}")
-    found.sort()
+    return found, rows_seen, other, poses_present
+
+
+def _decodable_versions(ctx: StageContext, found: list[tuple[int, int, str, str]],
+                        images: list[Record]) -> tuple[list[Record], np.ndarray, int]:
+    """The ``found`` versions that decode as records with their owner's pid and camera, their
+    owners (index into ``images``) and how many were skipped (with a warning)."""
     records = [Record(path, images[i].pid, images[i].camid) for i, _, _, path in found]
     good, bad = scan_images(records)
     if bad:
@@ -78,8 +96,7 @@ def pose_versions(ctx: StageContext, cfg, images: list[Record]) -> tuple[list[Re
         found = [f for f in found if f[3] not in bad_set]
         records = good
     owners = np.array([i for i, _, _, _ in found], np.int64)
-    return records, owners, {"rows": rows_seen, "other_sources": other, "used": len(records),
-                             "skipped": len(bad)}
+    return records, owners, len(bad)
 
 
 def prepare_fusion(ctx: StageContext, cfg, features: RealFeatures,
@@ -123,11 +140,7 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
         records = [r for r, m in zip(records, mine) if m]
     have = np.bincount(owners, minlength=len(images)) > 0
     without = int((~have).sum())
-    info = {"images_without_versions": without, "versions": int(len(records)),
-            "vectors": int(len(images) + len(records)),
-            "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
-                       "method": fusion.method, "poses": fusion.poses,
-                       "normalise_fused": fusion.normalise_fused}}
+    info = _fusion_info(fusion, without, len(records), len(images))
     nq = len(query)
     out: dict[str, dict] = {}
     size = features.model(fusion.real)[1].image_size
@@ -137,26 +150,46 @@ def evaluate_fusion(ctx: StageContext, cfg, features: RealFeatures, query: list[
     if mq is not None:
         out[fusion.name]["multi_query"] = mq.entry(fused[:nq], fused[nq:], query, gallery, real=True)
     if fusion.normalised_name:
-        # images without versions fall back to model B on the real image
-        fallback = np.flatnonzero(~have)
-        vb, owners_b = vf, owners
-        if fallback.size:
-            real_b = np.concatenate(features.get(fusion.normalised), 0)
-            vb = np.concatenate([vf, real_b[fallback]], 0)
-            owners_b = np.concatenate([owners, fallback])
-        only = fuse_features(None, vb, owners_b, len(images), fusion.method,
-                             normalise=fusion.normalise_fused)
-        info_b = {**info, "vectors": int(len(records) + fallback.size),
-                  "fusion": {**info["fusion"], "real": None}}
-        out[fusion.normalised_name] = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
-                                                   query, gallery, out_b.image_size, info_b)
-        if mq is not None:
-            out[fusion.normalised_name]["multi_query"] = mq.entry(only[:nq], only[nq:], query, gallery,
-                                                                  real=False)
+        out[fusion.normalised_name] = _normalised_only(ctx, cfg, features, query, gallery, vf, owners,
+                                                       have, info, mq, out_b.image_size)
     if without:
         ctx.echo(f"fusion: {without} of {len(images)} query/gallery images have no pose-normalised "
                  "version; they use the vectors they have")
     return out
+
+
+def _fusion_info(fusion, without: int, versions: int, images: int) -> dict:
+    """The fused entry's account of its inputs: images without versions, counts, the settings."""
+    return {"images_without_versions": without, "versions": int(versions),
+            "vectors": int(images + versions),
+            "fusion": {"real": fusion.real, "normalised": fusion.normalised, "views": list(fusion.views),
+                       "method": fusion.method, "poses": fusion.poses,
+                       "normalise_fused": fusion.normalise_fused}}
+
+
+def _normalised_only(ctx: StageContext, cfg, features: RealFeatures, query: list[Record],
+                     gallery: list[Record], vf: np.ndarray, owners: np.ndarray, have: np.ndarray,
+                     info: dict, mq, size_b) -> dict:
+    """The ``normalised_name`` entry: model B alone, its versions fused; images without versions
+    fall back to model B on the real image."""
+    fusion = cfg.fusion
+    images = query + gallery
+    nq = len(query)
+    fallback = np.flatnonzero(~have)
+    vb, owners_b = vf, owners
+    if fallback.size:
+        real_b = np.concatenate(features.get(fusion.normalised), 0)
+        vb = np.concatenate([vf, real_b[fallback]], 0)
+        owners_b = np.concatenate([owners, fallback])
+    only = fuse_features(None, vb, owners_b, len(images), fusion.method,
+                         normalise=fusion.normalise_fused)
+    info_b = {**info, "vectors": int(info["versions"] + fallback.size),
+              "fusion": {**info["fusion"], "real": None}}
+    entry = _fused_entry(ctx, cfg, fusion.normalised_name, only[:nq], only[nq:],
+                         query, gallery, size_b, info_b)
+    if mq is not None:
+        entry["multi_query"] = mq.entry(only[:nq], only[nq:], query, gallery, real=False)
+    return entry
 
 
 class _MultiQueryVectors:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid import report as html_report  # the module, not its names: keras_reid.report
+# imports stages.base, whose package imports this one, so its names may not exist yet here
 from keras_reid.recipe import ref
 from keras_reid.registry import register
 from keras_reid.stages.base import Stage, StageContext
@@ -39,8 +41,7 @@ class Report(Stage):
         return None
 
     def run(self, context: StageContext) -> dict:
-        from keras_reid.report import write_report
-
-        path = write_report(context.run_dir, context.stage_dir / REPORT_NAME, queries=self.config.queries,
-                            top=self.config.top, current_stage=context.stage_name, echo=context.echo)
+        path = html_report.write_report(context.run_dir, context.stage_dir / REPORT_NAME,
+                                        queries=self.config.queries, top=self.config.top,
+                                        current_stage=context.stage_name, echo=context.echo)
         return {"report": str(path.relative_to(context.run_dir)), "bytes": path.stat().st_size}

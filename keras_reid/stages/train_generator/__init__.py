@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keras_reid.data.gan_pairs import make_pairs
 from keras_reid.interfaces import MASK_KEYS, generator_factory
 from keras_reid.recipe import component, ref
 from keras_reid.registry import register
@@ -113,8 +114,6 @@ class TrainGenerator(Stage):
     @classmethod
     def preflight(cls, config: TrainGeneratorConfig, context: StageContext) -> None:
         """Check cameras and pairs against the loaded dataset before any stage runs."""
-        from keras_reid.data.gan_pairs import make_pairs
-
         factory = generator_factory(config.generator, context.registry)
         splits = context.dataset(config.dataset)
         make_pairs(factory.pairing, splits[config.split], source_camera=config.source_camera,
@@ -125,7 +124,7 @@ class TrainGenerator(Stage):
     def run(self, context: StageContext) -> dict:
         """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
         returns the summary, which records the precision."""
-        from keras_reid.stages.train_generator import run as body
+        from keras_reid.stages.train_generator import run as body  # deferred: TensorFlow, validation stays light
 
         with precision_policy(context.precision) as precision:
             summary = body.train(self.config, context)

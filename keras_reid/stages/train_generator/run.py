@@ -1,10 +1,11 @@
-"""The body of the ``train_generator`` stage (imported when it runs)."""
+"""The body of the ``train_generator`` stage (imported when it runs; it imports TensorFlow)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
 
 from keras_reid import io
@@ -41,8 +42,6 @@ class _Data:
 
 def train(cfg, ctx: StageContext) -> dict:
     """Pair, mask, train and save the generator the stage config describes; returns the summary."""
-    import keras
-
     factory = generator_factory(cfg.generator, ctx.registry)
     t0 = time.time()
     data = _pairs_and_images(cfg, ctx, factory)
@@ -140,8 +139,6 @@ def _fit_per_identity(cfg, ctx: StageContext, factory, data: _Data, scorer,
                       init_weights) -> tuple[dict[str, str], dict[str, dict]]:
     """One generator per wanted identity (``generators/<pid>.keras``; a finished one is kept).
     Returns ``({pid: file relative to the run folder}, {pid: training figures})``."""
-    import keras
-
     pids = sorted({r.pid for r in data.pairs.records})
     if cfg.identities == "people":
         wanted, missing = [p for p in pids if p != 0], []
@@ -212,37 +209,16 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
     """Train one generator on ``pairs`` (checkpoints in ``ckpt_dir``, resumed), save it to
     ``out_path``; returns ``{"history", "final", "steps_per_epoch", "resumed_from_epoch",
     "steps_per_second"}``."""
-
-    h, w = cfg.image_size
     strategy = ctx.strategy
-    replicas = strategy.num_replicas_in_sync
-    batch = cfg.batch_size
-    if cfg.per_identity and len(pairs) < batch:  # few images of one identity: a smaller batch
-        batch = max(replicas, len(pairs) // replicas * replicas)
-    data = GANInput(pairs, images, masks, needs=factory.needs, global_batch_size=batch,
-                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras, poses=poses)
-    steps = cfg.steps_per_epoch or data.steps_per_epoch
-    if steps > data.steps_per_epoch:
-        ctx.echo(f"note: steps_per_epoch {steps} is more than one pass over the pairs "
-                 f"({data.steps_per_epoch}); batches repeat within an epoch")
-    with strategy.scope():
-        gan = factory.build((h, w))
-        if init_weights is not None:
-            gan.set_weights(init_weights)
-        gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=cfg.epochs))
-    if scorer is not None and callable(getattr(gan, "set_semantic_filter", None)):
-        gan.set_semantic_filter(scorer, cfg.min_score)  # Delta(G(z)) of guided training
+    data, batch, steps = _gan_input(cfg, ctx, factory, pairs, images, masks, extras, poses)
+    gan = _build_gan(cfg, ctx, factory, steps, init_weights, scorer)
     initial_epoch = restore_latest(gan, ckpt_dir, strategy)
     if initial_epoch:
         ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
+    h, w = cfg.image_size
     ctx.echo(f"training {steps} steps/epoch x {cfg.epochs} epochs, global batch {batch} on "
-             f"{replicas} replica(s), {h}x{w}")
-    callbacks = [
-        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
-        ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief, prefix="gan"),
-        GeneratorSamples(tb_dir, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
-                         name="gan/samples", is_chief=ctx.is_chief),
-    ]
+             f"{strategy.num_replicas_in_sync} replica(s), {h}x{w}")
+    callbacks = _callbacks(cfg, ctx, data, gan, ckpt_dir, tb_dir)
 
     def dataset_fn(input_context, epoch):
         ds = data.dataset_fn(input_context, epoch)
@@ -261,6 +237,46 @@ def _fit(cfg, ctx: StageContext, factory, pairs, images, masks, extras, scorer, 
     return {"history": history, "steps_per_epoch": steps, "resumed_from_epoch": initial_epoch,
             "steps_per_second": round(done_steps / seconds, 3) if done_steps and seconds > 0 else None,
             "final": {k: float(v[-1]) for k, v in (history or {}).items() if v}}
+
+
+def _gan_input(cfg, ctx: StageContext, factory, pairs, images, masks, extras,
+               poses) -> tuple[GANInput, int, int]:
+    """The training stream of ``pairs``; returns ``(input, global batch, steps per epoch)``. One
+    identity with fewer pairs than a batch gets a smaller batch (a multiple of the replicas)."""
+    replicas = ctx.strategy.num_replicas_in_sync
+    batch = cfg.batch_size
+    if cfg.per_identity and len(pairs) < batch:  # few images of one identity: a smaller batch
+        batch = max(replicas, len(pairs) // replicas * replicas)
+    data = GANInput(pairs, images, masks, needs=factory.needs, global_batch_size=batch,
+                    seed=ctx.seed, flip=cfg.flip, num_replicas=replicas, extras=extras, poses=poses)
+    steps = cfg.steps_per_epoch or data.steps_per_epoch
+    if steps > data.steps_per_epoch:
+        ctx.echo(f"note: steps_per_epoch {steps} is more than one pass over the pairs "
+                 f"({data.steps_per_epoch}); batches repeat within an epoch")
+    return data, batch, steps
+
+
+def _build_gan(cfg, ctx: StageContext, factory, steps: int, init_weights, scorer):
+    """The GAN built and compiled in the strategy's scope (from ``init_weights`` if given), with
+    the semantic filter of guided training when it takes one."""
+    with ctx.strategy.scope():
+        gan = factory.build(tuple(cfg.image_size))
+        if init_weights is not None:
+            gan.set_weights(init_weights)
+        gan.compile(**factory.optimizers(steps_per_epoch=steps, epochs=cfg.epochs))
+    if scorer is not None and callable(getattr(gan, "set_semantic_filter", None)):
+        gan.set_semantic_filter(scorer, cfg.min_score)  # Delta(G(z)) of guided training
+    return gan
+
+
+def _callbacks(cfg, ctx: StageContext, data: GANInput, gan, ckpt_dir, tb_dir) -> list:
+    """Checkpoints, scalars and the sample grid."""
+    return [
+        EpochCheckpoint(ckpt_dir, max_to_keep=cfg.keep_checkpoints, label=ctx.stage_name),
+        ScalarLogger(tb_dir, every=cfg.log_every, is_chief=ctx.is_chief, prefix="gan"),
+        GeneratorSamples(tb_dir, _sample_examples(data, gan, cfg.samples, ctx.seed), every=cfg.sample_every,
+                         name="gan/samples", is_chief=ctx.is_chief),
+    ]
 
 
 def _sample_examples(data, gan, n: int, seed: int) -> dict:

@@ -6,12 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from keras_reid.recipe import component, ref
-from keras_reid.registry import register
-from keras_reid.stages.base import ImageSize, Stage, StageContext
-from keras_reid.training.precision import Precision, precision_policy
+from keras_reid.data.records import select_records
 from keras_reid.data.transforms import TransformSpec
+from keras_reid.deploy import converter
+from keras_reid.errors import DatasetError
+from keras_reid.recipe import component, ref
+from keras_reid.registry import REGISTRY, register
+from keras_reid.stages.base import ImageSize, Stage, StageContext
 from keras_reid.training.optim import OptimizerConfig, ScheduleConfig
+from keras_reid.training.precision import Precision, precision_policy
 
 log = logging.getLogger("keras_reid")
 
@@ -117,9 +120,6 @@ class TrainReIDConfig(BaseModel):
 
 def _has_deploy_form(backbone: dict) -> bool | None:
     """Whether the backbone component offers a deploy form (``convert``); None when unknown."""
-    from keras_reid.deploy import converter
-    from keras_reid.registry import REGISTRY
-
     try:
         return converter(REGISTRY.get("backbone", backbone.get("type")).obj) is not None
     except Exception:  # noqa: BLE001 - an unknown backbone is reported by the backbone's own check
@@ -128,8 +128,6 @@ def _has_deploy_form(backbone: dict) -> bool | None:
 
 def _trunk_problem(backbone: dict) -> str | None:
     """Returns why ``backbone`` cannot be frozen (it does not name its trunk layers), else None."""
-    from keras_reid.registry import REGISTRY
-
     name = backbone.get("type")
     try:
         cls = REGISTRY.get("backbone", name).obj
@@ -141,6 +139,82 @@ def _trunk_problem(backbone: dict) -> str | None:
     return None
 
 
+def _freeze_problem(config: TrainReIDConfig) -> tuple | None:
+    """``(key path, message)`` when freeze_backbone_epochs, convert or the PK batch cannot work."""
+    if config.freeze_backbone_epochs:
+        if config.freeze_backbone_epochs >= config.epochs:
+            return (("freeze_backbone_epochs",), f"{config.freeze_backbone_epochs} is not fewer "
+                    f"than epochs ({config.epochs}): the whole network would never train")
+        problem = _trunk_problem(config.backbone)
+        if problem:
+            return (("freeze_backbone_epochs",), problem)
+    if config.convert and _has_deploy_form(config.backbone) is False:
+        return (("convert",), f"backbone '{config.backbone.get('type')}' has no deploy form "
+                "(no convert method); remove convert or use a backbone that has one (condensenet)")
+    if config.sampler == "pk" and config.batch_size % config.instances_per_id:
+        return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
+                f"instances_per_id ({config.instances_per_id}) for the PK sampler")
+    return None
+
+
+def _real_problem(config: TrainReIDConfig) -> tuple | None:
+    """``(key path, message)`` when an option needs the real images but ``real`` is false."""
+    if config.holdout_per_class is not None and not config.real:
+        return (("holdout_per_class",), "withholds real training images, but real is false; "
+                "remove holdout_per_class or set real: true")
+    if config.real_filter is not None and not config.real:
+        return (("real_filter",), "chooses real images, but real is false; remove real_filter "
+                "or set real: true")
+    if not config.real:
+        if not config.generated:
+            return (("real",), "false leaves nothing to train on; add generated: "
+                    "[{stage: augment}] or set real: true")
+        if config.generated_ratio is not None:
+            return (("generated_ratio",), "shares a batch between real and generated images, "
+                    "but real is false; remove generated_ratio")
+        for i, g in enumerate(config.generated):
+            if g.labels in ("lsro", "unknown"):
+                return (("generated", i, "labels"), f"{g.labels} images need real classes to "
+                        "stand beside, but real is false; use labels: keep (or smooth/fixed) "
+                        "or set real: true")
+    return None
+
+
+def _generated_problem(config: TrainReIDConfig, recipe) -> tuple | None:
+    """``(key path, message)`` when a generated set names no augment stage or its lsro images
+    would go to the PK sampler."""
+    for i, g in enumerate(config.generated):
+        if g.stage is not None and recipe.model.stages[g.stage].type != "augment":
+            return (("generated", i, "stage"), f"stage '{g.stage}' is a "
+                    f"{recipe.model.stages[g.stage].type} stage, expected an augment stage")
+        if g.labels == "lsro" and config.sampler == "pk" and config.generated_ratio is None:
+            return (("generated", i, "labels"), "lsro images have no identity for the PK sampler; "
+                    "set generated_ratio (e.g. 0.25) so they come in their own share of each batch")
+    return None
+
+
+def _ratio_problem(config: TrainReIDConfig) -> tuple | None:
+    """``(key path, message)`` when generated_ratio leaves no generated or real share, or a real
+    share the PK sampler cannot fill."""
+    if config.generated_ratio is None:
+        return None
+    if not config.generated:
+        return (("generated_ratio",), "set, but there are no generated sets; add generated: "
+                "[{stage: augment}] or remove generated_ratio")
+    n_gen = round(config.batch_size * config.generated_ratio)
+    n_real = config.batch_size - n_gen
+    if n_gen == 0 or n_real == 0:
+        return (("generated_ratio",), f"{config.generated_ratio} of a batch of "
+                f"{config.batch_size} leaves {n_gen} generated and {n_real} real images; "
+                "expected both > 0")
+    if config.sampler == "pk" and n_real % config.instances_per_id:
+        return (("generated_ratio",), f"leaves {n_real} real images per batch, expected a "
+                f"multiple of instances_per_id ({config.instances_per_id}); e.g. "
+                f"{config.instances_per_id * max(1, round(n_real / config.instances_per_id))}"
+                f"/{config.batch_size} real")
+    return None
+
+
 @register("stage", "train_reid", config=TrainReIDConfig)
 class TrainReID(Stage):
     """Train a re-ID backbone with a re-ID loss; checkpoints every epoch and resumes."""
@@ -149,68 +223,13 @@ class TrainReID(Stage):
 
     @classmethod
     def check_config(cls, config: TrainReIDConfig, recipe) -> tuple | None:
-        if config.freeze_backbone_epochs:
-            if config.freeze_backbone_epochs >= config.epochs:
-                return (("freeze_backbone_epochs",), f"{config.freeze_backbone_epochs} is not fewer "
-                        f"than epochs ({config.epochs}): the whole network would never train")
-            problem = _trunk_problem(config.backbone)
-            if problem:
-                return (("freeze_backbone_epochs",), problem)
-        if config.convert and _has_deploy_form(config.backbone) is False:
-            return (("convert",), f"backbone '{config.backbone.get('type')}' has no deploy form "
-                    "(no convert method); remove convert or use a backbone that has one (condensenet)")
-        if config.sampler == "pk" and config.batch_size % config.instances_per_id:
-            return (("batch_size",), f"got {config.batch_size}, expected a multiple of "
-                    f"instances_per_id ({config.instances_per_id}) for the PK sampler")
-        if config.holdout_per_class is not None and not config.real:
-            return (("holdout_per_class",), "withholds real training images, but real is false; "
-                    "remove holdout_per_class or set real: true")
-        if config.real_filter is not None and not config.real:
-            return (("real_filter",), "chooses real images, but real is false; remove real_filter "
-                    "or set real: true")
-        if not config.real:
-            if not config.generated:
-                return (("real",), "false leaves nothing to train on; add generated: "
-                        "[{stage: augment}] or set real: true")
-            if config.generated_ratio is not None:
-                return (("generated_ratio",), "shares a batch between real and generated images, "
-                        "but real is false; remove generated_ratio")
-            for i, g in enumerate(config.generated):
-                if g.labels in ("lsro", "unknown"):
-                    return (("generated", i, "labels"), f"{g.labels} images need real classes to "
-                            "stand beside, but real is false; use labels: keep (or smooth/fixed) "
-                            "or set real: true")
-        for i, g in enumerate(config.generated):
-            if g.stage is not None and recipe.model.stages[g.stage].type != "augment":
-                return (("generated", i, "stage"), f"stage '{g.stage}' is a "
-                        f"{recipe.model.stages[g.stage].type} stage, expected an augment stage")
-            if g.labels == "lsro" and config.sampler == "pk" and config.generated_ratio is None:
-                return (("generated", i, "labels"), "lsro images have no identity for the PK sampler; "
-                        "set generated_ratio (e.g. 0.25) so they come in their own share of each batch")
-        if config.generated_ratio is not None:
-            if not config.generated:
-                return (("generated_ratio",), "set, but there are no generated sets; add generated: "
-                        "[{stage: augment}] or remove generated_ratio")
-            n_gen = round(config.batch_size * config.generated_ratio)
-            n_real = config.batch_size - n_gen
-            if n_gen == 0 or n_real == 0:
-                return (("generated_ratio",), f"{config.generated_ratio} of a batch of "
-                        f"{config.batch_size} leaves {n_gen} generated and {n_real} real images; "
-                        "expected both > 0")
-            if config.sampler == "pk" and n_real % config.instances_per_id:
-                return (("generated_ratio",), f"leaves {n_real} real images per batch, expected a "
-                        f"multiple of instances_per_id ({config.instances_per_id}); e.g. "
-                        f"{config.instances_per_id * max(1, round(n_real / config.instances_per_id))}"
-                        f"/{config.batch_size} real")
-        return None
+        return (_freeze_problem(config) or _real_problem(config) or _generated_problem(config, recipe)
+                or _ratio_problem(config))
 
     @classmethod
     def preflight(cls, config: TrainReIDConfig, context: StageContext) -> None:
         """Before any stage runs: the training split exists and every fixed_pid is one of its
         identities (a class index outside the classes would otherwise fail hours later)."""
-        from keras_reid.errors import DatasetError
-        from keras_reid.stages.train_reid.run import select_records
-
         splits = context.dataset(config.dataset)
         if config.eval_every and (splits.kind == "closed_set"
                                   or not splits.splits.get("query") or not splits.splits.get("gallery")):
@@ -231,7 +250,7 @@ class TrainReID(Stage):
     def run(self, context: StageContext) -> dict:
         """Train under the stage's precision (Keras' global dtype policy, restored afterwards);
         returns the summary, which records the precision."""
-        from keras_reid.stages.train_reid import run as body
+        from keras_reid.stages.train_reid import run as body  # deferred: TensorFlow, validation stays light
 
         with precision_policy(context.precision) as precision:
             summary = body.train(self.config, context)

@@ -1,6 +1,6 @@
 """``train_reid``'s ``eval_every``: retrieval metrics of the model being trained, every N epochs,
 so mAP and rank-1 are curves in TensorBoard (``reid/eval/<metric>``, x = epoch) and in the stage
-summary (``eval_history``). Imported only when the option is on."""
+summary (``eval_history``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_reid import io
 from keras_reid.data.records import Record
@@ -83,8 +84,6 @@ class RetrievalCurve(keras.callbacks.Callback):
         return {k: out[k] for k in CURVE_METRICS if k in out}
 
     def _write(self, epoch: int, entry: dict) -> None:
-        import tensorflow as tf
-
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.logdir)
         with self._writer.as_default(step=epoch):

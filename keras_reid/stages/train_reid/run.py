@@ -1,4 +1,4 @@
-"""The body of the ``train_reid`` stage (imported when it runs)."""
+"""The body of the ``train_reid`` stage (imported when it runs; it imports TensorFlow)."""
 from __future__ import annotations
 
 import logging
@@ -7,23 +7,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_reid import io
-from keras_reid.data.records import Record, relabel, subset
+from keras_reid.data import pipeline  # ReIDInput through the module: tests record what it gets
+from keras_reid.data.generated import generated_records
+from keras_reid.data.masks import cached_scores
+from keras_reid.data.records import Record, relabel, select_records, subset
+from keras_reid.deploy import CONVERTED_FILE, check_parity, converter
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.inference import Preprocessing, load_keras_model, write_preprocessing
 from keras_reid.stages.base import StageContext
+from keras_reid.stages.evaluate.common import usable_records
+from keras_reid.stages.outputs import ConvertedOutput, HoldoutOutput, ReIDOutput
+from keras_reid.stages.train_reid.retrieval_curve import RetrievalCurve
+from keras_reid.training import loop  # loop.train through the module: tests spy on it
+from keras_reid.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from keras_reid.training.callbacks import BatchImageLogger, ScalarLogger
+from keras_reid.training.checkpoint import EpochCheckpoint, restore_latest
+from keras_reid.training.optim import make_optimizer, make_schedule
+from keras_reid.training.reid_model import ReIDModel
 
 log = logging.getLogger("keras_reid")
-
-
-def select_records(records: list[Record], cameras: list[int] | None, closed_set: bool) -> list[Record]:
-    """Training records: junk and (for retrieval data) distractors dropped, optional camera subset."""
-    out = [r for r in records if r.pid >= (0 if closed_set else 1)]
-    if cameras:
-        wanted = set(cameras)
-        out = [r for r in out if r.camid in wanted]
-    return out
 
 
 def withhold_per_class(records: list[Record], fraction: float, seed: int
@@ -71,8 +78,6 @@ class GeneratedImages:
 def load_generated(g, ctx: StageContext, mapping: dict[int, int]) -> GeneratedImages:
     """Read one generated set and label it by its policy; identities the real images do not
     have get new classes (appended to ``mapping``, in place) unless the policy is lsro."""
-    from keras_reid.data.generated import generated_records
-
     if g.stage is not None:
         ctx.output_of(g.stage)  # raises a clear error if the augment stage has not completed
         records, name = generated_records(ctx.stage_dir_of(g.stage)), g.stage
@@ -119,8 +124,6 @@ class MixedInput:
         return self.real.steps_per_epoch
 
     def dataset_fn(self, input_context, epoch: int):
-        import tensorflow as tf
-
         real = self.real.dataset_fn(input_context, epoch)
         rounds = -(-self.real.steps_per_epoch // max(1, self.generated.steps_per_epoch))
         fake = self.generated.dataset_fn(input_context, epoch * 1000)
@@ -130,8 +133,6 @@ class MixedInput:
             lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)))
 
     def dataset(self, epoch: int):
-        import tensorflow as tf
-
         ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                          num_replicas_in_sync=1)
         return self.dataset_fn(ctx, epoch)
@@ -145,8 +146,6 @@ def train_phases(run_loop, trunk: list, freeze_epochs: int, initial_epoch: int, 
     (``initial_epoch``) skips what it has done. Callbacks that only act at the start of training
     (``BatchImageLogger``) take part in the first phase only. Returns the joined history
     ``{name: [epoch means]}``; the trunk is trainable again afterwards."""
-    from keras_reid.training.callbacks import BatchImageLogger
-
     phases = []
     if trunk and initial_epoch < freeze_epochs:
         phases.append((initial_epoch, freeze_epochs, True))
@@ -175,8 +174,6 @@ def _filter_real(cfg, ctx: StageContext, records: list[Record], labels: np.ndarr
     """The real training images ``cfg.real_filter`` accepts, each scored at its native size (cached
     in the stage folder). Returns ``(records, labels, summary)``; the labels keep the class indices
     of the whole split. Raises DatasetError when the filter accepts none."""
-    from keras_reid.data.masks import cached_scores
-
     spec = cfg.real_filter
     with ctx.registry.using("filter", spec) as scorer:
         scores, cached = cached_scores(ctx.stage_dir, spec, scorer, [str(r.path) for r in records], None)
@@ -206,15 +203,11 @@ def write_converted(cfg, ctx: StageContext, backbone, model, records: list[Recor
     (``classifier_converted.keras``) with its preprocessing record. Returns the summary part
     ``{"model", "classifier"?, "max_abs_diff", "params", "params_trained", "parity_images"}``,
     None when the backbone has no deploy form. Raises ConversionError when outputs differ."""
-    from keras_reid.data.pipeline import eval_dataset
-    from keras_reid.deploy import CONVERTED_FILE, check_parity, converter
-    from keras_reid.inference import Preprocessing, load_keras_model, write_preprocessing
-
     convert = converter(backbone)
     if convert is None:
         return None
     h, w = cfg.image_size
-    images = np.asarray(next(iter(eval_dataset(records[:16], image_size=(h, w), batch_size=16))),
+    images = np.asarray(next(iter(pipeline.eval_dataset(records[:16], image_size=(h, w), batch_size=16))),
                         np.float32)
     kind = cfg.backbone.get("type")
     out: dict = {}
@@ -260,71 +253,100 @@ class _TrainingSet:
     real_filter: dict | None
 
 
+@dataclass
+class _Fitted:
+    """What training did: the epoch it resumed from, the history, the seconds it took, the
+    BatchNorm recalibration batches, the retrieval curve and the converted deploy form."""
+
+    initial_epoch: int
+    history: dict[str, list[float]]
+    seconds: float
+    recalibrated: int = 0
+    curve: Any = None
+    converted: dict | None = None
+
+
 def train(cfg, ctx: StageContext) -> dict:
     """Train the model the stage config describes; returns the stage summary."""
-    import keras
-
-    from keras_reid.training.checkpoint import restore_latest
-    from keras_reid.training.loop import train as train_loop
-
     data = _training_set(cfg, ctx)
     keras.utils.set_random_seed(ctx.seed)
-    strategy = ctx.strategy
     inp = _training_input(cfg, ctx, data)
-    steps = inp.steps_per_epoch
-    _echo_training_set(cfg, ctx, data, steps)
-    backbone, net, model = _build_model(cfg, ctx, steps, len(data.mapping))
-    initial_epoch = restore_latest(model, ctx.stage_dir / "checkpoints", strategy)
+    _echo_training_set(cfg, ctx, data, inp.steps_per_epoch)
+    backbone, net, model = _build_model(cfg, ctx, inp.steps_per_epoch, len(data.mapping))
+    initial_epoch = _resume(ctx, model)
+    callbacks, curve = _callbacks(cfg, ctx, inp, initial_epoch)
+    fitted = _fit(cfg, ctx, backbone, net, model, inp, callbacks, initial_epoch)
+    fitted.curve = curve
+    fitted.recalibrated = _recalibrate(cfg, ctx, model, inp)
+    model_path = ctx.stage_dir / "model.keras"
+    if ctx.is_chief:
+        _save(cfg, ctx, model, model_path, data)
+    if ctx.is_chief and cfg.convert is not False:
+        fitted.converted = write_converted(cfg, ctx, backbone, model, data.good,
+                                           classifier=bool(data.closed or data.withheld))
+    return _summary(cfg, ctx, data, model_path, inp.steps_per_epoch, fitted)
+
+
+def _resume(ctx: StageContext, model) -> int:
+    """Restores the latest checkpoint into ``model``; returns its epoch (0: a fresh start)."""
+    initial_epoch = restore_latest(model, ctx.stage_dir / "checkpoints", ctx.strategy)
     if initial_epoch:
         ctx.echo(f"resuming from the checkpoint of epoch {initial_epoch}")
-    callbacks, curve = _callbacks(cfg, ctx, inp, initial_epoch)
+    return initial_epoch
+
+
+def _fit(cfg, ctx: StageContext, backbone, net, model, inp, callbacks: list,
+         initial_epoch: int) -> _Fitted:
+    """The core loop over the remaining epochs, in two phases with ``freeze_backbone_epochs``
+    (the trunk frozen first). Raises UserError when the backbone names no trunk to freeze."""
     trunk = list(backbone.trunk_layers(net)) if cfg.freeze_backbone_epochs else []
     if cfg.freeze_backbone_epochs and not trunk:
         raise UserError(f"stage '{ctx.stage_name}': freeze_backbone_epochs: backbone "
                         f"'{cfg.backbone['type']}' names no trunk layers to freeze; remove the option")
     t0 = time.time()
     history = train_phases(
-        lambda start, end, cbs: train_loop(
-            model, inp.dataset_fn, strategy=strategy, epochs=end, steps_per_epoch=steps,
-            initial_epoch=start, callbacks=cbs, verbose=cfg.verbose if ctx.is_chief else 0,
-            jit_compile=ctx.jit_compile),
+        lambda start, end, cbs: loop.train(
+            model, inp.dataset_fn, strategy=ctx.strategy, epochs=end,
+            steps_per_epoch=inp.steps_per_epoch, initial_epoch=start, callbacks=cbs,
+            verbose=cfg.verbose if ctx.is_chief else 0, jit_compile=ctx.jit_compile),
         trunk, cfg.freeze_backbone_epochs, initial_epoch, cfg.epochs, callbacks, echo=ctx.echo)
-    seconds = time.time() - t0
-    recalibrated = _recalibrate(cfg, ctx, model, inp)
-    trained = max(cfg.epochs - initial_epoch, 0) * steps * cfg.batch_size
-    model_path = ctx.stage_dir / "model.keras"
-    if ctx.is_chief:
-        _save(cfg, ctx, model, model_path, data)
-    converted = None
-    if ctx.is_chief and cfg.convert is not False:
-        converted = write_converted(cfg, ctx, backbone, model, data.good,
-                                    classifier=bool(data.closed or data.withheld))
-    summary = {
-        "model": str(model_path.relative_to(ctx.run_dir)),
-        "image_size": list(cfg.image_size),
-        "num_classes": len(data.mapping),
-        "num_images": len(data.good) if cfg.real else 0,
-        "generated_images": {g.name: len(g.records) for g in data.generated},
-        "skipped_images": data.skipped,
-        "epochs": cfg.epochs,
-        "frozen_backbone_epochs": cfg.freeze_backbone_epochs,
-        "resumed_from_epoch": initial_epoch,
-        "bn_recalibration_batches": recalibrated,
-        "images_per_second": round(trained / seconds, 2) if seconds > 0 and trained else None,
-        "final": {k: float(v[-1]) for k, v in (history or {}).items() if v},
-    }
-    if converted is not None:
-        summary["converted"] = converted
+    return _Fitted(initial_epoch, history, time.time() - t0)
+
+
+def _summary(cfg, ctx: StageContext, data: _TrainingSet, model_path: Path, steps: int,
+             fitted: _Fitted) -> dict:
+    """The stage summary: a :class:`ReIDOutput` (what evaluate and model loading read) plus the
+    training figures the report shows; optional parts appear only when they exist."""
+    trained = max(cfg.epochs - fitted.initial_epoch, 0) * steps * cfg.batch_size
+    seconds = fitted.seconds
+    optional: dict[str, Any] = {}
+    if fitted.converted is not None:
+        optional["converted"] = ConvertedOutput(**fitted.converted)
     if data.real_filter is not None:
-        summary["real_filter"] = data.real_filter
-    if curve is not None:
-        summary["eval_history"] = curve.history or []
+        optional["real_filter"] = data.real_filter
+    if fitted.curve is not None:
+        optional["eval_history"] = fitted.curve.history or []
     if data.closed or data.withheld:
-        summary["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
+        optional["classifier"] = str((ctx.stage_dir / "classifier.keras").relative_to(ctx.run_dir))
     if data.withheld:
-        summary["holdout"] = {"fraction": cfg.holdout_per_class, "images": len(data.withheld),
-                              "file": str((ctx.stage_dir / HOLDOUT_FILE).relative_to(ctx.run_dir))}
-    return summary
+        optional["holdout"] = HoldoutOutput(
+            fraction=cfg.holdout_per_class, images=len(data.withheld),
+            file=str((ctx.stage_dir / HOLDOUT_FILE).relative_to(ctx.run_dir)))
+    out = ReIDOutput(
+        model=str(model_path.relative_to(ctx.run_dir)),
+        image_size=tuple(cfg.image_size),
+        num_classes=len(data.mapping),
+        num_images=len(data.good) if cfg.real else 0,
+        generated_images={g.name: len(g.records) for g in data.generated},
+        skipped_images=data.skipped,
+        epochs=cfg.epochs,
+        frozen_backbone_epochs=cfg.freeze_backbone_epochs,
+        resumed_from_epoch=fitted.initial_epoch,
+        bn_recalibration_batches=fitted.recalibrated,
+        images_per_second=round(trained / seconds, 2) if seconds > 0 and trained else None,
+        final={k: float(v[-1]) for k, v in (fitted.history or {}).items() if v},
+        **optional)
+    return out.dump(only_set=True)
 
 
 def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
@@ -359,15 +381,13 @@ def _training_set(cfg, ctx: StageContext) -> _TrainingSet:
 def _training_input(cfg, ctx: StageContext, data: _TrainingSet):
     """The training stream: PK or random batches of the real images, the generated sets pooled
     with them, or (``generated_ratio``) a fixed share of every batch drawn from the generated."""
-    from keras_reid.data.pipeline import ReIDInput
-
     generated, good, labels = data.generated, data.good, data.labels
     k = cfg.instances_per_id
     common = dict(image_size=tuple(cfg.image_size), transforms=list(cfg.augment), seed=ctx.seed,
                   num_replicas=ctx.strategy.num_replicas_in_sync, num_classes=len(data.mapping))
 
     def pk_input(records, labels_, eps, batch):
-        return ReIDInput(records, labels_, global_batch_size=batch, sampler=cfg.sampler,
+        return pipeline.ReIDInput(records, labels_, global_batch_size=batch, sampler=cfg.sampler,
                          p=batch // k if cfg.sampler == "pk" else None,
                          k=k if cfg.sampler == "pk" else None,
                          epsilons=eps if generated else None, **common)
@@ -385,7 +405,7 @@ def _training_input(cfg, ctx: StageContext, data: _TrainingSet):
                         np.concatenate([real_eps, gen_eps]), cfg.batch_size)
     n_gen = round(cfg.batch_size * cfg.generated_ratio)
     real = pk_input(good, labels, real_eps, cfg.batch_size - n_gen)
-    fake = ReIDInput(gen_records, gen_labels, global_batch_size=n_gen, sampler="random",
+    fake = pipeline.ReIDInput(gen_records, gen_labels, global_batch_size=n_gen, sampler="random",
                      epsilons=gen_eps, **{**common, "seed": ctx.seed + 1})
     return MixedInput(real, fake)
 
@@ -411,9 +431,6 @@ def _echo_training_set(cfg, ctx: StageContext, data: _TrainingSet, steps: int) -
 def _build_model(cfg, ctx: StageContext, steps: int, num_classes: int):
     """Backbone, network and compiled ReIDModel, built in the strategy's scope. Returns
     ``(backbone component, network, model)``."""
-    from keras_reid.training.optim import make_optimizer, make_schedule
-    from keras_reid.training.reid_model import ReIDModel
-
     h, w = cfg.image_size
     with ctx.strategy.scope():
         backbone = ctx.registry.create("backbone", cfg.backbone)
@@ -429,8 +446,6 @@ def _build_model(cfg, ctx: StageContext, steps: int, num_classes: int):
             # two-pass keras_reid.layers.SyncBatchNormalization is not used here: two workers
             # trained with it end 1e-2 apart from one process (test_multi_worker_cli), which the
             # one-pass layers do not; see the issue 16 note.
-            from keras_reid.training.batchnorm import batchnorm_layers
-
             for layer in batchnorm_layers(net):
                 layer.synchronized = True
         loss = ctx.registry.create("loss", cfg.loss)
@@ -449,9 +464,6 @@ def _build_model(cfg, ctx: StageContext, steps: int, num_classes: int):
 def _callbacks(cfg, ctx: StageContext, inp, initial_epoch: int) -> tuple[list, Any]:
     """Checkpoints, scalars, the first input batch as a picture (a fresh run only) and, with
     ``eval_every``, the retrieval curve. Returns ``(callbacks, curve or None)``."""
-    from keras_reid.training.callbacks import BatchImageLogger, ScalarLogger
-    from keras_reid.training.checkpoint import EpochCheckpoint
-
     def sample_batch():
         images, _ = next(iter(inp.dataset(0).take(1)))
         return np.asarray(images).astype(np.uint8)
@@ -467,9 +479,6 @@ def _callbacks(cfg, ctx: StageContext, inp, initial_epoch: int) -> tuple[list, A
                                           is_chief=ctx.is_chief))
     curve = None
     if cfg.eval_every:
-        from keras_reid.stages.evaluate.common import usable_records
-        from keras_reid.stages.train_reid.retrieval_curve import RetrievalCurve
-
         curve = RetrievalCurve(usable_records(ctx, "query", cfg), usable_records(ctx, "gallery", cfg),
                                image_size=tuple(cfg.image_size), every=cfg.eval_every, epochs=cfg.epochs,
                                logdir=tb, stage_dir=ctx.stage_dir, echo=ctx.echo, is_chief=ctx.is_chief)
@@ -483,8 +492,6 @@ def _recalibrate(cfg, ctx: StageContext, model, inp) -> int:
     training/batchnorm.py). Returns the number of batches used."""
     if not cfg.bn_recalibration_batches:
         return 0
-    from keras_reid.training.batchnorm import recalibrate_batchnorm
-
     used = recalibrate_batchnorm(model, inp.dataset(cfg.epochs).repeat().take(cfg.bn_recalibration_batches))
     if used:   # 0: the model has no BatchNorm layer, nothing to say
         ctx.echo(f"BatchNorm statistics re-estimated over {used} training batches")
@@ -494,8 +501,6 @@ def _recalibrate(cfg, ctx: StageContext, model, inp) -> int:
 def _save(cfg, ctx: StageContext, model, model_path, data: _TrainingSet) -> None:
     """model.keras (+ its preprocessing record), labels.json, classifier.keras for closed-set
     data or a holdout, and the holdout's records."""
-    from keras_reid.inference import Preprocessing, write_preprocessing
-
     model.export_inference_model(model_path)
     write_preprocessing(model_path, Preprocessing(
         image_size=tuple(cfg.image_size), feature_dim=int(model.inference_model().outputs[0].shape[-1]),
