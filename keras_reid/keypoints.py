@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Collection, Mapping
 
+import cv2
 import numpy as np
 
 from keras_reid.data.synthetic_render import COCO18 as _RENDER_COCO18
@@ -107,8 +108,6 @@ def render_skeleton(kp: np.ndarray, size: tuple[int, int], thickness: int | None
     OpenPose-coloured sticks (:data:`LIMB_COLOURS`) on black, joints as dots of
     :data:`JOINT_COLOURS` on top. Limbs with a missing end are not drawn. ``thickness`` defaults
     to :func:`default_thickness` (scales with the image); dots have radius ``thickness``."""
-    import cv2
-
     kp = _check(kp, "render_skeleton")
     if kp.ndim != 2:
         raise ValueError(f"render_skeleton draws one pose [18, 2|3], got shape {kp.shape}")
@@ -214,6 +213,21 @@ def read_pose_csv(path: str | os.PathLike, names: Collection[str] | None = None)
     ``names`` (the dataset's image names) is given, names that are not in the dataset.
     """
     path = Path(path)
+    lines = _csv_lines(path)
+    known = None if names is None else set(names)
+    out: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    problems = _BadRows()
+    for number, line in enumerate(lines[1:], start=2):
+        row = _pose_row(line, number, first_line, known, problems)
+        if row is not None:
+            out[row[0]] = row[1]
+    problems.raise_if_any(path)
+    return out
+
+
+def _csv_lines(path: Path) -> list[str]:
+    """The lines of the keypoint CSV at ``path``; DatasetError when unreadable or its header is wrong."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -224,50 +238,62 @@ def read_pose_csv(path: str | os.PathLike, names: Collection[str] | None = None)
     if header != CSV_HEADER:
         raise DatasetError(f"{path}: expected header {CSV_HEADER!r}, got {lines[0] if lines else ''!r}; "
                            f"{CSV_HINT}")
-    known = None if names is None else set(names)
-    out: dict[str, np.ndarray] = {}
-    first_line: dict[str, int] = {}
-    problems: dict[str, list[int]] = {}   # reason -> line numbers, in order of appearance
-    examples: dict[str, str] = {}         # reason -> an example to quote
+    return lines
 
-    def bad(reason: str, number: int, example: str = "") -> None:
-        problems.setdefault(reason, []).append(number)
-        if example and reason not in examples:
-            examples[reason] = example
 
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = [f.strip() for f in line.split(":")]
-        if len(fields) != 3:
-            bad(f"{len(fields)} fields instead of 3", number)
-            continue
-        name, ys, xs = fields
-        if not name:
-            bad("an empty name", number)
-            continue
-        parsed_y, parsed_x = _parse_list(ys), _parse_list(xs)
-        if isinstance(parsed_y, str) or isinstance(parsed_x, str):
-            reason = parsed_y if isinstance(parsed_y, str) else parsed_x
-            bad(f"keypoint lists with {reason}", number)
-            continue
-        if name in first_line:
-            bad("names given on an earlier line", number, f"{name!r}, first on line {first_line[name]}")
-            continue
-        first_line[name] = number
-        if known is not None and name not in known:
-            bad("names not in the dataset (the file belongs to another dataset or split)", number,
-                repr(name))
-            continue
-        out[name] = np.stack([np.asarray(parsed_y), np.asarray(parsed_x)], axis=1).astype(np.int64)
-    if problems:
-        count = sum(len(n) for n in problems.values())
-        parts = [f"{_lines(numbers)}: {reason}" + (f", e.g. {examples[reason]}" if reason in examples
-                                                   else "")
-                 for reason, numbers in problems.items()]
+class _BadRows:
+    """The bad rows of a keypoint CSV: per reason its line numbers (in order of appearance) and
+    an example to quote."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, list[int]] = {}
+        self.examples: dict[str, str] = {}
+
+    def add(self, reason: str, number: int, example: str = "") -> None:
+        self.problems.setdefault(reason, []).append(number)
+        if example and reason not in self.examples:
+            self.examples[reason] = example
+
+    def raise_if_any(self, path: Path) -> None:
+        """One DatasetError listing every reason with its lines, if there is any bad row."""
+        if not self.problems:
+            return
+        count = sum(len(n) for n in self.problems.values())
+        parts = [f"{_lines(numbers)}: {reason}" + (f", e.g. {self.examples[reason]}"
+                                                   if reason in self.examples else "")
+                 for reason, numbers in self.problems.items()]
         raise DatasetError(f"{path}: {count} bad row{'s' if count > 1 else ''} ({'; '.join(parts)}); "
                            f"fix or delete those rows ({CSV_HINT})")
-    return out
+
+
+def _pose_row(line: str, number: int, first_line: dict[str, int], known: set[str] | None,
+              bad: _BadRows) -> tuple[str, np.ndarray] | None:
+    """``(name, int64 [18, 2] (y, x))`` of CSV line ``number``; None for a blank line or a bad
+    row (recorded in ``bad``). Records the name's line in ``first_line``."""
+    if not line.strip():
+        return None
+    fields = [f.strip() for f in line.split(":")]
+    if len(fields) != 3:
+        bad.add(f"{len(fields)} fields instead of 3", number)
+        return None
+    name, ys, xs = fields
+    if not name:
+        bad.add("an empty name", number)
+        return None
+    parsed_y, parsed_x = _parse_list(ys), _parse_list(xs)
+    if isinstance(parsed_y, str) or isinstance(parsed_x, str):
+        reason = parsed_y if isinstance(parsed_y, str) else parsed_x
+        bad.add(f"keypoint lists with {reason}", number)
+        return None
+    if name in first_line:
+        bad.add("names given on an earlier line", number, f"{name!r}, first on line {first_line[name]}")
+        return None
+    first_line[name] = number
+    if known is not None and name not in known:
+        bad.add("names not in the dataset (the file belongs to another dataset or split)", number,
+                repr(name))
+        return None
+    return name, np.stack([np.asarray(parsed_y), np.asarray(parsed_x)], axis=1).astype(np.int64)
 
 
 def write_pose_csv(path: str | os.PathLike, mapping: Mapping[str, np.ndarray]) -> Path:

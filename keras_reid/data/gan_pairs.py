@@ -83,54 +83,73 @@ def make_pairs(pairing: str, records: list[Record], *, source_camera: int | None
         if source_camera is None or target_camera is None:
             raise DatasetError(f"pairing '{pairing}' needs source_camera and target_camera")
     if pairing == "camera_pairs":
-        split = camera_pair_split(records, source_camera, target_camera, source=source)
-        if not split.train_pairs:
-            raise DatasetError(
-                f"cameras {source_camera} and {target_camera} share no identity in the same sequence "
-                f"in {source}, so there are no labelled pairs to train on; pick another camera pair "
-                "(`keras-reid data pairs ROOT` lists them) or use variant model4, which needs no "
-                "labelled target images")
-        unique, pos = _index([r for pair in split.train_pairs for r in pair])
-        pairs = np.array([(pos[a.path], pos[b.path]) for a, b in split.train_pairs], np.int64)
-        return GANPairs(pairing, unique, pairs)
+        return _camera_pairs(records, source_camera, target_camera, source)
     usable = _usable(records, closed_set)
     if pairing == "random_target":
-        cams = sorted({r.camid for r in usable})
-        for cam in (source_camera, target_camera):
-            if cam not in cams:
-                raise DatasetError(f"camera {cam} does not occur in {source}; cameras present: "
-                                   f"{', '.join(map(str, cams)) or '(none)'}")
-        if source_camera == target_camera:
-            raise DatasetError(f"source and target camera are both {source_camera}; pick two cameras")
-        a = [r for r in usable if r.camid == source_camera]
-        b = [r for r in usable if r.camid == target_camera]
-        unique, pos = _index(a + b)
-        b_idx = np.array([pos[r.path] for r in b], np.int64)
-        n = int(targets_per_source)
-        pairs = []
-        for r in a:
-            chosen = rng.choice(len(b_idx), size=n, replace=n > len(b_idx))
-            pairs.extend((pos[r.path], int(b_idx[j])) for j in chosen)
-        return GANPairs(pairing, unique, np.array(pairs, np.int64).reshape(-1, 2))
+        return _random_targets(usable, source_camera, target_camera, targets_per_source, rng, source)
     if pairing == "identity_pairs":
-        unique, pos = _index(usable)
-        by_pid: dict[int, list[int]] = {}
-        for r in unique:
-            by_pid.setdefault(r.pid, []).append(pos[r.path])
-        pairs = []
-        for pid in sorted(by_pid):
-            idx = by_pid[pid]
-            ordered = [(i, j) for i in idx for j in idx if i != j]
-            if max_pairs_per_identity and len(ordered) > max_pairs_per_identity:
-                keep = rng.choice(len(ordered), size=max_pairs_per_identity, replace=False)
-                ordered = [ordered[k] for k in sorted(keep)]
-            pairs.extend(ordered)
-        if not pairs:
-            raise DatasetError(f"no identity in {source} has two images, so there are no "
-                               "same-identity pairs to train on")
-        return GANPairs(pairing, unique, np.array(pairs, np.int64))
+        return _identity_pairs(usable, max_pairs_per_identity, rng, source)
     unique, _ = _index(usable)
     if not unique:
         raise DatasetError(f"{source} has no images with an identity to train on")
     idx = np.arange(len(unique), dtype=np.int64)
     return GANPairs(pairing, unique, np.stack([idx, idx], 1))
+
+
+def _camera_pairs(records: list[Record], source_camera: int, target_camera: int, source: str) -> GANPairs:
+    """``camera_pairs``: the labelled pairs of the camera-pair split (same identity, same sequence)."""
+    split = camera_pair_split(records, source_camera, target_camera, source=source)
+    if not split.train_pairs:
+        raise DatasetError(
+            f"cameras {source_camera} and {target_camera} share no identity in the same sequence "
+            f"in {source}, so there are no labelled pairs to train on; pick another camera pair "
+            "(`keras-reid data pairs ROOT` lists them) or use variant model4, which needs no "
+            "labelled target images")
+    unique, pos = _index([r for pair in split.train_pairs for r in pair])
+    pairs = np.array([(pos[a.path], pos[b.path]) for a, b in split.train_pairs], np.int64)
+    return GANPairs("camera_pairs", unique, pairs)
+
+
+def _random_targets(usable: list[Record], source_camera: int, target_camera: int,
+                    targets_per_source: int, rng: np.random.Generator, source: str) -> GANPairs:
+    """``random_target``: each source-camera image with ``targets_per_source`` random
+    target-camera images (any identity)."""
+    cams = sorted({r.camid for r in usable})
+    for cam in (source_camera, target_camera):
+        if cam not in cams:
+            raise DatasetError(f"camera {cam} does not occur in {source}; cameras present: "
+                               f"{', '.join(map(str, cams)) or '(none)'}")
+    if source_camera == target_camera:
+        raise DatasetError(f"source and target camera are both {source_camera}; pick two cameras")
+    a = [r for r in usable if r.camid == source_camera]
+    b = [r for r in usable if r.camid == target_camera]
+    unique, pos = _index(a + b)
+    b_idx = np.array([pos[r.path] for r in b], np.int64)
+    n = int(targets_per_source)
+    pairs = []
+    for r in a:
+        chosen = rng.choice(len(b_idx), size=n, replace=n > len(b_idx))
+        pairs.extend((pos[r.path], int(b_idx[j])) for j in chosen)
+    return GANPairs("random_target", unique, np.array(pairs, np.int64).reshape(-1, 2))
+
+
+def _identity_pairs(usable: list[Record], max_pairs_per_identity: int | None,
+                    rng: np.random.Generator, source: str) -> GANPairs:
+    """``identity_pairs``: every ordered pair of two images of one identity (a seeded subset of
+    ``max_pairs_per_identity`` per identity when set)."""
+    unique, pos = _index(usable)
+    by_pid: dict[int, list[int]] = {}
+    for r in unique:
+        by_pid.setdefault(r.pid, []).append(pos[r.path])
+    pairs = []
+    for pid in sorted(by_pid):
+        idx = by_pid[pid]
+        ordered = [(i, j) for i in idx for j in idx if i != j]
+        if max_pairs_per_identity and len(ordered) > max_pairs_per_identity:
+            keep = rng.choice(len(ordered), size=max_pairs_per_identity, replace=False)
+            ordered = [ordered[k] for k in sorted(keep)]
+        pairs.extend(ordered)
+    if not pairs:
+        raise DatasetError(f"no identity in {source} has two images, so there are no "
+                           "same-identity pairs to train on")
+    return GANPairs("identity_pairs", unique, np.array(pairs, np.int64))

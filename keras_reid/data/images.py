@@ -17,7 +17,7 @@ def read_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
 
     Raises DatasetError if the file is missing or cannot be decoded.
     """
-    import cv2
+    import cv2  # deferred: OpenCV, the CLI imports this module without reading an image
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from keras_reid.data.records import DatasetSplits
 from keras_reid.errors import DatasetError, UserError
+from keras_reid.registry import REGISTRY
 
 
 @dataclass
@@ -34,8 +35,6 @@ def detect_layout(root: str | os.PathLike, registry: Any = None) -> str:
 
     Raises DatasetError if ``root`` is missing or no registered reader recognises it.
     """
-    from keras_reid.registry import REGISTRY
-
     registry = registry or REGISTRY
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
@@ -67,8 +66,6 @@ def load_dataset(root: str | os.PathLike, type: str | None = None,
 
     Raises DatasetError/UserError (one line) for a bad root, type or option.
     """
-    from keras_reid.registry import REGISTRY
-
     registry = registry or REGISTRY
     detected = type is None
     name = detect_layout(root, registry) if detected else type

@@ -175,6 +175,21 @@ def _options() -> tf.data.Options:
     return options
 
 
+def _class_labels(records: list[Record], labels) -> np.ndarray:
+    """int32 class indices, one per record (``relabel``-ed pids when ``labels`` is None);
+    UserError unless they are that many integers >= 0."""
+    if labels is None:
+        labels, _ = relabel(records)
+    labels = np.asarray(labels)
+    if labels.shape != (len(records),) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"labels must be {len(records)} integers (one per record), "
+                        f"got shape {labels.shape} dtype {labels.dtype}")
+    if labels.min() < 0:
+        raise UserError("labels must be class indices >= 0; relabel pids first "
+                        "(keras_reid.data.records.relabel)")
+    return labels.astype(np.int32)
+
+
 class ReIDInput:
     """Training input: sampler + decode/resize + seeded transforms, per epoch and per replica.
 
@@ -201,17 +216,8 @@ class ReIDInput:
         records = list(records)
         if not records:
             raise DatasetError("the training set is empty; check the dataset root and split")
-        if labels is None:
-            labels, _ = relabel(records)
-        labels = np.asarray(labels)
-        if labels.shape != (len(records),) or not np.issubdtype(labels.dtype, np.integer):
-            raise UserError(f"labels must be {len(records)} integers (one per record), "
-                            f"got shape {labels.shape} dtype {labels.dtype}")
-        if labels.min() < 0:
-            raise UserError("labels must be class indices >= 0; relabel pids first "
-                            "(keras_reid.data.records.relabel)")
         self.records = records
-        self.labels = labels.astype(np.int32)
+        self.labels = _class_labels(records, labels)
         self._num_classes = int(num_classes) if num_classes else int(self.labels.max()) + 1
         if self._num_classes <= int(self.labels.max()):
             raise UserError(f"num_classes {num_classes} is not more than the largest label {self.labels.max()}")
@@ -230,6 +236,11 @@ class ReIDInput:
         if self.num_replicas <= 0 or self.global_batch_size % self.num_replicas:
             raise UserError(f"global batch size {global_batch_size} must be a multiple of the "
                             f"number of replicas ({num_replicas})")
+        self.sampler = self._sampler(sampler, p, k)
+        self.transforms = SeededTransforms(transforms, self.height, self.width)
+
+    def _sampler(self, sampler: str, p: int | None, k: int | None):
+        """The batch sampler: PK (P identities x K images; K = 4 when neither is given) or random."""
         if sampler == "pk":
             if k is None and p is None:
                 k = 4
@@ -239,14 +250,11 @@ class ReIDInput:
                 p = self.global_batch_size // k if k else 0
             if p * k != self.global_batch_size:
                 raise UserError(f"the PK sampler needs batch_size = P x K, got batch_size "
-                                f"{global_batch_size} with P={p}, K={k}")
-            self.sampler = PKSampler(self.labels, p, k, seed=self.seed,
-                                     num_replicas=self.num_replicas)
-        elif sampler == "random":
-            self.sampler = RandomSampler(len(records), self.global_batch_size, seed=self.seed)
-        else:
-            raise UserError(f"unknown sampler '{sampler}'; expected 'pk' or 'random'")
-        self.transforms = SeededTransforms(transforms, self.height, self.width)
+                                f"{self.global_batch_size} with P={p}, K={k}")
+            return PKSampler(self.labels, p, k, seed=self.seed, num_replicas=self.num_replicas)
+        if sampler == "random":
+            return RandomSampler(len(self.records), self.global_batch_size, seed=self.seed)
+        raise UserError(f"unknown sampler '{sampler}'; expected 'pk' or 'random'")
 
     @property
     def steps_per_epoch(self) -> int:

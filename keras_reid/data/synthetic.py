@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from keras_reid.errors import DatasetError
 
@@ -149,50 +150,68 @@ def plan_dataset(p: SynthParams) -> tuple[list[Job], dict]:
     shuffled = rng.permutation(pids)
     n_train = p.ids // 2
     train = set(int(x) for x in shuffled[:n_train])
-    counters: dict = {}
-    used: set = set()
+    frames = _Frames(rng)
     jobs: list[Job] = []
-    n0 = p.images_per_id_camera
-
-    def next_frames(cam: int, seq: int, n: int) -> list[int]:
-        start = counters.get((cam, seq), 0) + int(rng.integers(20, 200))
-        frames = (start + np.cumsum(rng.integers(4, 20, n))).tolist()
-        counters[(cam, seq)] = frames[-1]
-        return [int(f) for f in frames]
-
-    def unique(pid, cam, seq, frame, box=1):
-        name = market_name(pid, cam, seq, frame, box)
-        while name in used:
-            frame += 1
-            name = market_name(pid, cam, seq, frame, box)
-        used.add(name)
-        return name, frame
-
     for pid in (int(x) for x in pids):
-        home = int(rng.integers(1, 7))
-        k = int(rng.integers(2, min(p.cameras, 6) + 1))
-        cams = sorted(int(c) + 1 for c in rng.choice(p.cameras, size=k, replace=False))
-        is_train = pid in train
-        query_cams = [c for c in cams if rng.random() < 0.7] or [cams[int(rng.integers(k))]]
-        for cam in cams:
-            seq = home if rng.random() < 0.75 else int(rng.integers(1, 7))
-            n = int(rng.integers(max(2, math.ceil(n0 / 2)), n0 + n0 // 2 + 1))
-            q_index = int(rng.integers(n)) if (not is_train and cam in query_cams) else -1
-            for j, frame in enumerate(next_frames(cam, seq, n)):
-                name, frame = unique(pid, cam, seq, frame)
-                folder = SPLIT_FOLDERS["train"] if is_train else (
-                    SPLIT_FOLDERS["query"] if j == q_index else SPLIT_FOLDERS["gallery"])
-                jobs.append(Job(folder, name, "person", pid, cam, seq, frame,
-                                phase=frame * 2 * math.pi / 24.0, query=j == q_index))
+        jobs += _person_jobs(p, rng, frames, pid, pid in train)
     for kind, count, pid in (("distractor", p.distractors, 0), ("junk", p.junk, -1)):
         for _ in range(count):
             cam = int(rng.integers(1, p.cameras + 1))
             seq = int(rng.integers(1, 7))
             frame = int(rng.integers(1, 999_999))
-            name, frame = unique(pid, cam, seq, frame, int(rng.integers(1, 5)))
+            name, frame = frames.unique(pid, cam, seq, frame, int(rng.integers(1, 5)))
             jobs.append(Job(SPLIT_FOLDERS["gallery"], name, kind, pid, cam, seq, frame,
                             phase=frame * 2 * math.pi / 24.0))
     return jobs, {"train_pids": sorted(train), "test_pids": sorted(set(pids.tolist()) - train)}
+
+
+class _Frames:
+    """Frame numbers and file names of the planned dataset: per (camera, sequence) the frames
+    go on increasing; a name is never used twice."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.counters: dict = {}
+        self.used: set = set()
+
+    def next_frames(self, cam: int, seq: int, n: int) -> list[int]:
+        """The next ``n`` frame numbers of (``cam``, ``seq``), in random steps."""
+        start = self.counters.get((cam, seq), 0) + int(self.rng.integers(20, 200))
+        frames = (start + np.cumsum(self.rng.integers(4, 20, n))).tolist()
+        self.counters[(cam, seq)] = frames[-1]
+        return [int(f) for f in frames]
+
+    def unique(self, pid, cam, seq, frame, box=1) -> tuple[str, int]:
+        """``(name, frame)``: the frame moved on until its Market-1501 name is new."""
+        name = market_name(pid, cam, seq, frame, box)
+        while name in self.used:
+            frame += 1
+            name = market_name(pid, cam, seq, frame, box)
+        self.used.add(name)
+        return name, frame
+
+
+def _person_jobs(p: SynthParams, rng: np.random.Generator, frames: _Frames, pid: int,
+                 is_train: bool) -> list[Job]:
+    """The pictures of identity ``pid``: a few visits of 2..6 cameras (mostly in its home
+    sequence); a test identity gives one query picture in most of its cameras."""
+    n0 = p.images_per_id_camera
+    jobs = []
+    home = int(rng.integers(1, 7))
+    k = int(rng.integers(2, min(p.cameras, 6) + 1))
+    cams = sorted(int(c) + 1 for c in rng.choice(p.cameras, size=k, replace=False))
+    query_cams = [c for c in cams if rng.random() < 0.7] or [cams[int(rng.integers(k))]]
+    for cam in cams:
+        seq = home if rng.random() < 0.75 else int(rng.integers(1, 7))
+        n = int(rng.integers(max(2, math.ceil(n0 / 2)), n0 + n0 // 2 + 1))
+        q_index = int(rng.integers(n)) if (not is_train and cam in query_cams) else -1
+        for j, frame in enumerate(frames.next_frames(cam, seq, n)):
+            name, frame = frames.unique(pid, cam, seq, frame)
+            folder = SPLIT_FOLDERS["train"] if is_train else (
+                SPLIT_FOLDERS["query"] if j == q_index else SPLIT_FOLDERS["gallery"])
+            jobs.append(Job(folder, name, "person", pid, cam, seq, frame,
+                            phase=frame * 2 * math.pi / 24.0, query=j == q_index))
+    return jobs
 
 
 STRANGERS = 32
@@ -235,7 +254,7 @@ def read_params(root: str | os.PathLike, meta_name: str = "synthetic.json") -> d
 def load_keypoints(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a Pose-Transfer keypoint CSV: {image name: int array [18, 2] of (y, x), -1 missing}
     (:func:`keras_reid.keypoints.read_pose_csv`; raises DatasetError naming bad lines)."""
-    from keras_reid.keypoints import read_pose_csv
+    from keras_reid.keypoints import read_pose_csv  # deferred: OpenCV (keypoints draws with it)
 
     return read_pose_csv(csv_path)
 
@@ -368,10 +387,10 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _write(root: Path, p: SynthParams, progress: bool) -> dict:
     """Render and write every picture, mask and annotation under ``root``; return counts."""
-    import cv2
-    from tqdm import tqdm
+    import cv2  # deferred: OpenCV, importing this module stays light (CLI, plugin discovery)
 
-    from keras_reid.data.synthetic_render import Renderer, make_cameras, make_identities
+    from keras_reid.data.synthetic_render import (  # deferred: OpenCV (the renderer), as above
+        Renderer, make_cameras, make_identities)
 
     jobs, info = plan_dataset(p)
     cams = make_cameras(p.cameras, np.random.default_rng([p.seed, 3]))
@@ -402,6 +421,16 @@ def _write(root: Path, p: SynthParams, progress: bool) -> dict:
         kp_rows[job.folder].append((job.name, ys, xs))
         attr_rows[job.folder].append((job.name, job.pid, job.camera, job.sequence, job.frame,
                                       pic.view, int(pic.occluded), job.kind))
+    _write_annotations(root, kp_rows, attr_rows)
+    images = {split: len(attr_rows[folder]) for split, folder in SPLIT_FOLDERS.items()}
+    return {"images": images,
+            "identities": {"train": len(info["train_pids"]), "test": len(info["test_pids"])},
+            "distractors": p.distractors, "junk": p.junk}
+
+
+def _write_annotations(root: Path, kp_rows: dict, attr_rows: dict) -> None:
+    """Per split folder ``annotations/keypoints-<folder>.csv`` (Pose-Transfer format) and
+    ``attributes-<folder>.csv``, rows sorted by name."""
     for folder in SPLIT_FOLDERS.values():
         with open(root / "annotations" / f"keypoints-{folder}.csv", "w", newline="") as fh:
             fh.write("name:keypoints_y:keypoints_x\n")
@@ -411,7 +440,3 @@ def _write(root: Path, p: SynthParams, progress: bool) -> dict:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(("name", "pid", "camera", "sequence", "frame", "view", "occluded", "kind"))
             w.writerows(sorted(attr_rows[folder]))
-    images = {split: len(attr_rows[folder]) for split, folder in SPLIT_FOLDERS.items()}
-    return {"images": images,
-            "identities": {"train": len(info["train_pids"]), "test": len(info["test_pids"])},
-            "distractors": p.distractors, "junk": p.junk}

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from keras_reid.data.synthetic import parse_size, read_params, write_tree
+from keras_reid.data.synthetic import STRANGERS, parse_size, read_params, write_tree
 from keras_reid.errors import DatasetError
 
 FORMAT_VERSION = 1
@@ -85,7 +86,7 @@ def outfits(identities: list, sessions: int, seed: int) -> dict:
     """``{(pid, session): Identity}``: session 1 is each identity's base outfit; later sessions
     redraw clothes, pattern, sleeves, shoes and bag (body, skin, hair and face stay), with
     pairwise different clothing within a session."""
-    from keras_reid.data import synthetic_render as sr
+    from keras_reid.data import synthetic_render as sr  # deferred: OpenCV, importing this module stays light (CLI)
 
     out = {}
     for s in range(1, sessions + 1):
@@ -182,11 +183,10 @@ def synthesize_closed_set(out: str | os.PathLike, *, ids: int = 6, sessions: int
 
 
 def _write(root: Path, p: ClosedSetParams, progress: bool) -> dict:
-    import cv2
-    from tqdm import tqdm
+    import cv2  # deferred: OpenCV, importing this module stays light (CLI)
 
-    from keras_reid.data.synthetic import STRANGERS
-    from keras_reid.data.synthetic_render import Renderer, make_cameras, make_identities
+    from keras_reid.data.synthetic_render import (  # deferred: OpenCV (the renderer), as above
+        Renderer, make_cameras, make_identities)
 
     cams = make_cameras(p.cameras, np.random.default_rng([p.seed, 3]))
     people = make_identities(range(1, p.ids + 1), np.random.default_rng([p.seed, 4]))

@@ -285,17 +285,41 @@ def _neck(c: _HeadCanvas, view: str, facing: int) -> np.ndarray:
 
 def _front_head(c: _HeadCanvas, ident: Identity, neck: np.ndarray) -> dict:
     """A face: ears, skin, hair cap, eyes, brows, nose, mouth, chin shadow."""
-    H, W, k, img, xx, yy = c.H, c.W, c.k, c.img, c.xx, c.yy
-    cx, cy, rx, ry, y0 = c.cx, c.cy, c.rx, c.ry, c.y0
-    skin, hair, put = c.skin, c.hair, c.put
+    cx, cy, rx, ry = c.cx, c.cy, c.rx, c.ry
+    _face_skin(c)
+    _front_hair(c, ident)
+    # eye sockets, eyes (greyish sclera, large dark iris, upper lid), brows. These and
+    # the mouth were tuned against MediaPipe's face detector (tools/bench_synthetic.py).
+    ey = cy + ry * 0.05
+    ex_off = 0.38
     for s in (-1, 1):
-        put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
-            skin * 0.85)
+        _eye(c, cx + s * rx * ex_off, ey, es=0.9)
+    ny = _nose_and_mouth(c)
+    # shadow under the chin
+    _shade(c.img, _soft_ellipse((c.H, c.W), (cx, cy + ry * 1.02), (rx * 0.55, ry * 0.12), sigma=2.5 * c.k)
+           * neck, 0.6)
+    return {"nose": (ny - ry * 0.05, cx), "Reye": (ey, cx - rx * ex_off), "Leye": (ey, cx + rx * ex_off),
+            "Rear": (cy, cx - rx * 0.98), "Lear": (cy, cx + rx * 0.98)}
+
+
+def _face_skin(c: _HeadCanvas) -> None:
+    """Ears and the shaded skin of the face."""
+    H, W, k, img, xx, yy = c.H, c.W, c.k, c.img, c.xx, c.yy
+    cx, cy, rx, ry = c.cx, c.cy, c.rx, c.ry
+    for s in (-1, 1):
+        c.put(_soft_ellipse((H, W), (cx + s * rx * 0.98, cy + ry * 0.02), (rx * 0.16, ry * 0.2)),
+              c.skin * 0.85)
     head = _soft_ellipse((H, W), (cx, cy), (rx, ry), sigma=1.2 * k)
-    put(head, skin)
+    c.put(head, c.skin)
     r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
     _shade(img, head * np.clip(r2, 0, 1) ** 2, 0.7)
-    # hair: a cap over the top, the forehead free below the hairline
+
+
+def _front_hair(c: _HeadCanvas, ident: Identity) -> None:
+    """Hair seen from the front: a cap over the top, the forehead free below the hairline; side
+    locks (medium, long) or a bun."""
+    H, W, k, img, yy = c.H, c.W, c.k, c.img, c.yy
+    cx, cy, rx, ry, y0 = c.cx, c.cy, c.rx, c.ry, c.y0
     hair_m = _soft_ellipse((H, W), (cx, cy - ry * 0.12), (rx * 1.1, ry * 0.98), sigma=1.0 * k)
     hairline = cy - ry * 0.55
     forehead = _soft_ellipse((H, W), (cx, hairline + ry * 0.75), (rx * 0.86, ry * 0.8), sigma=1.5 * k)
@@ -309,28 +333,32 @@ def _front_head(c: _HeadCanvas, ident: Identity, neck: np.ndarray) -> dict:
             hair_m = np.maximum(hair_m, lock * (1 - forehead))
     if ident.hair_style == "bun":
         hair_m = np.maximum(hair_m, _soft_ellipse((H, W), (cx, y0 - ry * 0.08), (rx * 0.38, ry * 0.2)))
-    put(hair_m, hair)
+    c.put(hair_m, c.hair)
     _shade(img, hair_m * np.clip((yy - y0) / (2 * ry), 0, 1), 0.75)
-    # eye sockets, eyes (greyish sclera, large dark iris, upper lid), brows. These and
-    # the mouth were tuned against MediaPipe's face detector (tools/bench_synthetic.py).
-    ey = cy + ry * 0.05
-    es = 0.9
-    ex_off = 0.38
-    for s in (-1, 1):
-        ex = cx + s * rx * ex_off
-        _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.3 * es, ry * 0.16 * es), sigma=2.5 * k), 0.62)
-        brow = np.zeros((H, W), np.float32)
-        cv2.ellipse(brow, (int(ex * 16), int((ey - ry * 0.1 * es) * 16)),
-                    (int(rx * 0.3 * es * 16), int(ry * 0.1 * es * 16)), 0, 200, 340, 1.0,
-                    max(2, int(ry * 0.08)), cv2.LINE_AA, 4)
-        put(cv2.GaussianBlur(brow, (0, 0), 1.0 * k), hair * 0.6)
-        put(_soft_ellipse((H, W), (ex, ey), (rx * 0.2 * es, ry * 0.075 * es), sigma=1.0 * k), (180, 175, 170))
-        put(_soft_ellipse((H, W), (ex, ey), (rx * 0.1 * es * 1.5, ry * 0.085 * es), sigma=0.8 * k), (40, 28, 22))
-        lid = np.zeros((H, W), np.float32)
-        cv2.ellipse(lid, (int(ex * 16), int(ey * 16)), (int(rx * 0.22 * es * 16), int(ry * 0.09 * es * 16)),
-                    0, 190, 350, 1.0, max(1, int(ry * 0.04)), cv2.LINE_AA, 4)
-        put(cv2.GaussianBlur(lid, (0, 0), 0.8 * k), (30, 22, 20))
-    # nose: shadow along one side, dark nostrils, light tip; then the mouth
+
+
+def _eye(c: _HeadCanvas, ex: float, ey: float, es: float) -> None:
+    """One eye at (``ey``, ``ex``), ``es`` its scale: socket shadow, brow, sclera, iris, upper lid."""
+    H, W, k, img = c.H, c.W, c.k, c.img
+    rx, ry = c.rx, c.ry
+    _shade(img, _soft_ellipse((H, W), (ex, ey), (rx * 0.3 * es, ry * 0.16 * es), sigma=2.5 * k), 0.62)
+    brow = np.zeros((H, W), np.float32)
+    cv2.ellipse(brow, (int(ex * 16), int((ey - ry * 0.1 * es) * 16)),
+                (int(rx * 0.3 * es * 16), int(ry * 0.1 * es * 16)), 0, 200, 340, 1.0,
+                max(2, int(ry * 0.08)), cv2.LINE_AA, 4)
+    c.put(cv2.GaussianBlur(brow, (0, 0), 1.0 * k), c.hair * 0.6)
+    c.put(_soft_ellipse((H, W), (ex, ey), (rx * 0.2 * es, ry * 0.075 * es), sigma=1.0 * k), (180, 175, 170))
+    c.put(_soft_ellipse((H, W), (ex, ey), (rx * 0.1 * es * 1.5, ry * 0.085 * es), sigma=0.8 * k), (40, 28, 22))
+    lid = np.zeros((H, W), np.float32)
+    cv2.ellipse(lid, (int(ex * 16), int(ey * 16)), (int(rx * 0.22 * es * 16), int(ry * 0.09 * es * 16)),
+                0, 190, 350, 1.0, max(1, int(ry * 0.04)), cv2.LINE_AA, 4)
+    c.put(cv2.GaussianBlur(lid, (0, 0), 0.8 * k), (30, 22, 20))
+
+
+def _nose_and_mouth(c: _HeadCanvas) -> float:
+    """Nose (shadow along one side, dark nostrils, light tip) and mouth; returns the nostrils' y."""
+    H, W, k, img = c.H, c.W, c.k, c.img
+    cx, cy, rx, ry, skin = c.cx, c.cy, c.rx, c.ry, c.skin
     ny = cy + ry * 0.3
     _shade(img, _soft_ellipse((H, W), (cx - rx * 0.1, cy + ry * 0.15), (rx * 0.07, ry * 0.22),
                               sigma=2.0 * k), 0.8)
@@ -339,17 +367,13 @@ def _front_head(c: _HeadCanvas, ident: Identity, neck: np.ndarray) -> dict:
                               sigma=1.5 * k), 1.12)
     my = cy + ry * 0.55
     mw = 0.4
-    put(_soft_ellipse((H, W), (cx, my), (rx * mw, ry * 0.12), sigma=1.0 * k),
-        skin * np.array([0.58, 0.36, 0.36], np.float32))
+    c.put(_soft_ellipse((H, W), (cx, my), (rx * mw, ry * 0.12), sigma=1.0 * k),
+          skin * np.array([0.58, 0.36, 0.36], np.float32))
     lip = np.zeros((H, W), np.float32)
     cv2.line(lip, (int(cx - rx * mw * 0.93), int(my)), (int(cx + rx * mw * 0.93), int(my)), 1.0,
              max(1, int(ry * 0.04)), cv2.LINE_AA)
-    put(cv2.GaussianBlur(lip, (0, 0), 0.7 * k), skin * 0.35)
-    # shadow under the chin
-    _shade(img, _soft_ellipse((H, W), (cx, cy + ry * 1.02), (rx * 0.55, ry * 0.12), sigma=2.5 * k)
-           * neck, 0.6)
-    return {"nose": (ny - ry * 0.05, cx), "Reye": (ey, cx - rx * ex_off), "Leye": (ey, cx + rx * ex_off),
-           "Rear": (cy, cx - rx * 0.98), "Lear": (cy, cx + rx * 0.98)}
+    c.put(cv2.GaussianBlur(lip, (0, 0), 0.7 * k), skin * 0.35)
+    return ny
 
 
 def _back_head(c: _HeadCanvas, ident: Identity) -> dict:
@@ -433,45 +457,7 @@ def render_scene(scene: str, shape: tuple[int, int], horizon: float,
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     u = h / 128.0  # pixels per output-pixel-at-128
     tex = _noise_field(rng, (h, w), 6 * u)[..., None]
-    if scene == "brick":
-        img[:] = (150, 72, 52)
-        bh, bw = 5 * u, 13 * u
-        row = (yy // bh).astype(int)
-        off = (row % 2) * bw / 2
-        mortar = ((yy % bh) < 0.8 * u) | (((xx + off) % bw) < 0.8 * u)
-        img[mortar] = (190, 180, 165)
-        img *= 0.85 + 0.3 * tex
-        ground = (118, 112, 104)
-    elif scene == "glass":
-        img[:] = (70, 90, 105)
-        panel = ((xx % (24 * u)) < 1.5 * u) | ((yy % (40 * u)) < 1.5 * u)
-        refl = np.clip(np.sin((xx + yy * 0.6) / (9 * u)), 0, 1)[..., None]
-        img += refl * np.array([60, 70, 80], np.float32)
-        img[panel] = (45, 45, 50)
-        ground = (160, 158, 150)
-    elif scene == "park":
-        img[:] = (70, 120, 60)
-        img *= 0.6 + 0.7 * _noise_field(rng, (h, w), 2.5 * u)[..., None]
-        sky = yy < h * 0.22
-        img[sky] = (175, 200, 225)
-        ground = (150, 135, 100)
-    elif scene == "indoor":
-        img[:] = (205, 196, 176)
-        img[(xx % (30 * u)) < 2 * u] = (150, 140, 125)
-        img[(yy > gy - 10 * u) & (yy < gy)] = (120, 100, 80)  # skirting board
-        ground = (175, 150, 115)
-    elif scene == "street":
-        img[:] = (120, 128, 136)
-        for i in range(int(w / (18 * u)) + 1):  # shop fronts and poles
-            x0 = int(i * 18 * u + rng.uniform(0, 6 * u))
-            colour = rng.uniform(60, 200, 3)
-            cv2.rectangle(img, (x0, int(h * 0.1)), (x0 + int(12 * u), gy - int(6 * u)), colour.tolist(), -1)
-        ground = (82, 82, 86)
-    else:  # columns
-        img[:] = (168, 168, 162)
-        img[((xx % (40 * u)) > 26 * u)] = (120, 120, 118)
-        img *= (0.85 + 0.15 * np.cos(xx / (40 * u) * 2 * np.pi))[..., None]
-        ground = (140, 136, 130)
+    ground = _WALLS.get(scene, _columns_wall)(img, xx, yy, u, tex, gy, rng)
     gtex = _noise_field(rng, (h - gy, w), 4 * u)[..., None]
     img[gy:] = np.asarray(ground, np.float32) * (0.8 + 0.35 * gtex)
     if scene in ("indoor", "columns"):     # tiles
@@ -482,6 +468,67 @@ def render_scene(scene: str, shape: tuple[int, int], horizon: float,
         img[gy + int(20 * u):gy + int(22 * u), ::] *= np.where((xx[0] // (20 * u)) % 2, 1.0, 2.2)[:, None]
     img *= (0.94 + 0.12 * tex)
     return np.clip(img, 0, 255)
+
+
+# A scene's wall, painted into ``img`` (float32 [h, w, 3]) from the pixel grids ``xx``/``yy``,
+# ``u`` pixels per pixel-at-128, the texture ``tex`` and the ground's top row ``gy``; each returns
+# the colour of its ground.
+
+def _brick_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    img[:] = (150, 72, 52)
+    bh, bw = 5 * u, 13 * u
+    row = (yy // bh).astype(int)
+    off = (row % 2) * bw / 2
+    mortar = ((yy % bh) < 0.8 * u) | (((xx + off) % bw) < 0.8 * u)
+    img[mortar] = (190, 180, 165)
+    img *= 0.85 + 0.3 * tex
+    return (118, 112, 104)
+
+
+def _glass_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    img[:] = (70, 90, 105)
+    panel = ((xx % (24 * u)) < 1.5 * u) | ((yy % (40 * u)) < 1.5 * u)
+    refl = np.clip(np.sin((xx + yy * 0.6) / (9 * u)), 0, 1)[..., None]
+    img += refl * np.array([60, 70, 80], np.float32)
+    img[panel] = (45, 45, 50)
+    return (160, 158, 150)
+
+
+def _park_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    h, w = img.shape[:2]
+    img[:] = (70, 120, 60)
+    img *= 0.6 + 0.7 * _noise_field(rng, (h, w), 2.5 * u)[..., None]
+    sky = yy < h * 0.22
+    img[sky] = (175, 200, 225)
+    return (150, 135, 100)
+
+
+def _indoor_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    img[:] = (205, 196, 176)
+    img[(xx % (30 * u)) < 2 * u] = (150, 140, 125)
+    img[(yy > gy - 10 * u) & (yy < gy)] = (120, 100, 80)  # skirting board
+    return (175, 150, 115)
+
+
+def _street_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    h, w = img.shape[:2]
+    img[:] = (120, 128, 136)
+    for i in range(int(w / (18 * u)) + 1):  # shop fronts and poles
+        x0 = int(i * 18 * u + rng.uniform(0, 6 * u))
+        colour = rng.uniform(60, 200, 3)
+        cv2.rectangle(img, (x0, int(h * 0.1)), (x0 + int(12 * u), gy - int(6 * u)), colour.tolist(), -1)
+    return (82, 82, 86)
+
+
+def _columns_wall(img, xx, yy, u, tex, gy, rng) -> tuple:
+    img[:] = (168, 168, 162)
+    img[((xx % (40 * u)) > 26 * u)] = (120, 120, 118)
+    img *= (0.85 + 0.15 * np.cos(xx / (40 * u) * 2 * np.pi))[..., None]
+    return (140, 136, 130)
+
+
+_WALLS = {"brick": _brick_wall, "glass": _glass_wall, "park": _park_wall, "indoor": _indoor_wall,
+          "street": _street_wall}   # anything else: columns
 
 
 # ---------------------------------------------------------------- the person
@@ -503,7 +550,7 @@ def skeleton(ident: Identity, pose: Pose) -> dict:
     Returns {name: (x, y)} plus 'head' -> (x, y, w, h) of the head oval and 'far' -> the set
     of limbs behind the body (drawn first) for side views.
     """
-    u, b = pose.height, ident.build
+    u = pose.height
     y0 = pose.foot_y - u
     cx = pose.cx
     ph = pose.phase + ident.walk_offset
@@ -512,46 +559,59 @@ def skeleton(ident: Identity, pose: Pose) -> dict:
     head_w = head_h * 0.74
     lean = 0.0
     if pose.view == "side":
-        f = pose.facing
-        lean = f * 0.015 * u
-        k["neck"] = (cx + lean, y0 + 0.18 * u)
-        sh_y, hip_y = y0 + 0.205 * u, y0 + 0.53 * u
-        for side, sgn in (("R", 1), ("L", -1)):
-            near = (side == "R") == (f > 0)
-            dx = (0.02 * u if near else -0.02 * u)
-            swing = 0.42 * math.sin(ph) * sgn
-            bend = 0.55 * max(0.0, math.sin(ph + 1.2) * sgn)
-            hip = (cx + dx * 0.5, hip_y)
-            knee = (hip[0] + f * 0.22 * u * math.sin(swing), hip[1] + 0.22 * u * math.cos(swing))
-            a2 = swing - bend
-            ank = (knee[0] + f * 0.22 * u * math.sin(a2), knee[1] + 0.22 * u * math.cos(a2))
-            k[side + "hip"], k[side + "kne"], k[side + "ank"] = hip, knee, ank
-            arm = -0.5 * math.sin(ph) * sgn
-            sho = (cx + lean + dx * 0.5, sh_y)
-            elb = (sho[0] + f * 0.15 * u * math.sin(arm), sho[1] + 0.15 * u * math.cos(arm))
-            a3 = arm + 0.35
-            wri = (elb[0] + f * 0.14 * u * math.sin(a3), elb[1] + 0.14 * u * math.cos(a3))
-            k[side + "sho"], k[side + "elb"], k[side + "wri"] = sho, elb, wri
-        k["far"] = "L" if f > 0 else "R"
+        lean = _side_limbs(k, pose, y0, ph)
     else:
-        mirror = -1 if pose.view == "front" else 1   # person's right on image left when facing us
-        k["neck"] = (cx, y0 + 0.18 * u)
-        for side, sgn in (("R", 1), ("L", -1)):
-            s = mirror * sgn                           # image direction of this side
-            swing = 0.42 * math.sin(ph) * sgn          # + = leg forward (towards the camera for front)
-            towards = swing if pose.view == "front" else -swing
-            sho = (cx + s * 0.118 * u * b, y0 + 0.205 * u)
-            elb = (sho[0] + s * 0.018 * u, sho[1] + 0.15 * u * math.cos(0.5 * swing))
-            wri = (elb[0] + s * 0.008 * u, elb[1] + 0.14 * u * math.cos(0.5 * swing + 0.3 * abs(swing)))
-            hip = (cx + s * 0.062 * u * b, y0 + 0.53 * u)
-            lift = 0.05 * u * max(0.0, -towards * 2)
-            knee = (hip[0] + s * 0.006 * u, hip[1] + 0.215 * u * math.cos(swing) + 0.02 * u * towards)
-            ank = (knee[0] + s * 0.004 * u, hip[1] + 0.44 * u * math.cos(swing) - lift + 0.05 * u * towards)
-            k[side + "sho"], k[side + "elb"], k[side + "wri"] = sho, elb, wri
-            k[side + "hip"], k[side + "kne"], k[side + "ank"] = hip, knee, ank
-        k["far"] = ""
+        _front_back_limbs(k, ident, pose, y0, ph)
     k["head"] = (cx + lean * 1.5, y0 + head_h / 2 + 0.005 * u, head_w, head_h)
     return k
+
+
+def _side_limbs(k: dict, pose: Pose, y0: float, ph: float) -> float:
+    """Neck, arms and legs of a side view (walking towards ``pose.facing``) into ``k``, the far
+    side named in ``k["far"]``; returns the body's forward lean in px."""
+    u, cx, f = pose.height, pose.cx, pose.facing
+    lean = f * 0.015 * u
+    k["neck"] = (cx + lean, y0 + 0.18 * u)
+    sh_y, hip_y = y0 + 0.205 * u, y0 + 0.53 * u
+    for side, sgn in (("R", 1), ("L", -1)):
+        near = (side == "R") == (f > 0)
+        dx = (0.02 * u if near else -0.02 * u)
+        swing = 0.42 * math.sin(ph) * sgn
+        bend = 0.55 * max(0.0, math.sin(ph + 1.2) * sgn)
+        hip = (cx + dx * 0.5, hip_y)
+        knee = (hip[0] + f * 0.22 * u * math.sin(swing), hip[1] + 0.22 * u * math.cos(swing))
+        a2 = swing - bend
+        ank = (knee[0] + f * 0.22 * u * math.sin(a2), knee[1] + 0.22 * u * math.cos(a2))
+        k[side + "hip"], k[side + "kne"], k[side + "ank"] = hip, knee, ank
+        arm = -0.5 * math.sin(ph) * sgn
+        sho = (cx + lean + dx * 0.5, sh_y)
+        elb = (sho[0] + f * 0.15 * u * math.sin(arm), sho[1] + 0.15 * u * math.cos(arm))
+        a3 = arm + 0.35
+        wri = (elb[0] + f * 0.14 * u * math.sin(a3), elb[1] + 0.14 * u * math.cos(a3))
+        k[side + "sho"], k[side + "elb"], k[side + "wri"] = sho, elb, wri
+    k["far"] = "L" if f > 0 else "R"
+    return lean
+
+
+def _front_back_limbs(k: dict, ident: Identity, pose: Pose, y0: float, ph: float) -> None:
+    """Neck, arms and legs of a front or back view into ``k`` (no far side)."""
+    u, b, cx = pose.height, ident.build, pose.cx
+    mirror = -1 if pose.view == "front" else 1   # person's right on image left when facing us
+    k["neck"] = (cx, y0 + 0.18 * u)
+    for side, sgn in (("R", 1), ("L", -1)):
+        s = mirror * sgn                           # image direction of this side
+        swing = 0.42 * math.sin(ph) * sgn          # + = leg forward (towards the camera for front)
+        towards = swing if pose.view == "front" else -swing
+        sho = (cx + s * 0.118 * u * b, y0 + 0.205 * u)
+        elb = (sho[0] + s * 0.018 * u, sho[1] + 0.15 * u * math.cos(0.5 * swing))
+        wri = (elb[0] + s * 0.008 * u, elb[1] + 0.14 * u * math.cos(0.5 * swing + 0.3 * abs(swing)))
+        hip = (cx + s * 0.062 * u * b, y0 + 0.53 * u)
+        lift = 0.05 * u * max(0.0, -towards * 2)
+        knee = (hip[0] + s * 0.006 * u, hip[1] + 0.215 * u * math.cos(swing) + 0.02 * u * towards)
+        ank = (knee[0] + s * 0.004 * u, hip[1] + 0.44 * u * math.cos(swing) - lift + 0.05 * u * towards)
+        k[side + "sho"], k[side + "elb"], k[side + "wri"] = sho, elb, wri
+        k[side + "hip"], k[side + "kne"], k[side + "ank"] = hip, knee, ank
+    k["far"] = ""
 
 
 def _pt(p, s=16):
@@ -724,6 +784,18 @@ class Rendered:
     occluded: bool
 
 
+@dataclass
+class _Frame:
+    """One crop being drawn at the supersampled size: the picture (float RGB), body-part labels,
+    the person's and the occluder's masks, and the keypoints (y, x) at the output size."""
+
+    canvas: np.ndarray
+    lab: np.ndarray
+    person: np.ndarray
+    occ: np.ndarray
+    kp: np.ndarray
+
+
 class Renderer:
     """Renders people into camera scenes at one output size (h, w).
 
@@ -883,14 +955,7 @@ class Renderer:
         for distractor and junk detections.
         """
         cam = self.cameras[camera]
-        s = SUPERSAMPLE
-        bg = self.backgrounds[camera]
-        off = int(rng.integers(0, bg.shape[1] - self.sw))
-        canvas = bg[:, off:off + self.sw].copy()
-        lab = np.zeros((self.sh, self.sw), np.uint8)
-        person = np.zeros((self.sh, self.sw), bool)
-        occ = np.zeros((self.sh, self.sw), np.uint8)
-        kp = np.full((18, 2), -1.0, np.float32)
+        frame = self._frame(camera, rng)
         if view is None:
             view = VIEWS[int(rng.choice(3, p=np.asarray(cam.view_probs) / sum(cam.view_probs)))]
         facing = int(rng.choice((-1, 1)))
@@ -900,40 +965,64 @@ class Renderer:
         jit_h, jit_x, jit_y = rng.uniform(0.96, 1.03), rng.uniform(-0.07, 0.07), rng.normal(0, 0.02)
         if ident is not None:
             height = min(self.sh * cam.person_scale * ident.height * jit_h, 0.97 * self.sh) * scale
-            foot_y = self.sh / 2 + height / 2 + (jit_y + shift[1]) * self.sh
-            cx = self.sw / 2 + (jit_x + shift[0]) * self.sw
-            pose = Pose(view=view, facing=facing, phase=phase, cx=cx, foot_y=foot_y, height=height)
-            k = skeleton(ident, pose)
-            # contact shadow
-            shadow = np.zeros((self.sh, self.sw), np.float32)
-            cv2.ellipse(shadow, _pt((cx, foot_y)), (int(0.14 * height * 16), int(0.025 * height * 16)),
-                        0, 0, 360, 1.0, -1, cv2.LINE_AA, 4)
-            canvas *= (1 - 0.35 * cv2.GaussianBlur(shadow, (0, 0), 2.0))[..., None]
-            draw_body(lab, ident, k, pose)
-            self._colourise(canvas, lab, ident, k, pose)
-            person |= lab > 0
-            face = self._paste_head(canvas, person, ident, k, pose)
-            for name, (x, y) in list(face.items()) + [(n, k[n]) for n in COCO18 if n in k]:
-                kp[KP[name]] = (y / s, x / s)
-            if occlude:
-                self._occlude(canvas, occ, rng, k, pose)
-                person &= ~occ.astype(bool)
+            pose = Pose(view=view, facing=facing, phase=phase,
+                        cx=self.sw / 2 + (jit_x + shift[0]) * self.sw,
+                        foot_y=self.sh / 2 + height / 2 + (jit_y + shift[1]) * self.sh, height=height)
+            self._draw_person(frame, ident, pose, rng, occlude)
         else:
             occlude = False
+        img, mask = self._finish(frame, camera, occlude)
+        img = self._camera(img, cam, rng)
+        return Rendered(image=img, mask=mask, keypoints=frame.kp, view=view if ident is not None else "none",
+                        occluded=bool(occlude))
+
+    def _frame(self, camera: int, rng: np.random.Generator) -> _Frame:
+        """An empty frame: a random window of the camera's background, nothing drawn yet."""
+        bg = self.backgrounds[camera]
+        off = int(rng.integers(0, bg.shape[1] - self.sw))
+        return _Frame(canvas=bg[:, off:off + self.sw].copy(), lab=np.zeros((self.sh, self.sw), np.uint8),
+                      person=np.zeros((self.sh, self.sw), bool), occ=np.zeros((self.sh, self.sw), np.uint8),
+                      kp=np.full((18, 2), -1.0, np.float32))
+
+    def _draw_person(self, frame: _Frame, ident: Identity, pose: Pose, rng: np.random.Generator,
+                     occlude: bool) -> None:
+        """The person in ``pose`` into ``frame``: contact shadow, body, colours, head, keypoints,
+        and an occluder in front when ``occlude``."""
+        s = SUPERSAMPLE
+        canvas, height = frame.canvas, pose.height
+        k = skeleton(ident, pose)
+        # contact shadow
+        shadow = np.zeros((self.sh, self.sw), np.float32)
+        cv2.ellipse(shadow, _pt((pose.cx, pose.foot_y)), (int(0.14 * height * 16), int(0.025 * height * 16)),
+                    0, 0, 360, 1.0, -1, cv2.LINE_AA, 4)
+        canvas *= (1 - 0.35 * cv2.GaussianBlur(shadow, (0, 0), 2.0))[..., None]
+        draw_body(frame.lab, ident, k, pose)
+        self._colourise(canvas, frame.lab, ident, k, pose)
+        frame.person |= frame.lab > 0
+        face = self._paste_head(canvas, frame.person, ident, k, pose)
+        for name, (x, y) in list(face.items()) + [(n, k[n]) for n in COCO18 if n in k]:
+            frame.kp[KP[name]] = (y / s, x / s)
+        if occlude:
+            self._occlude(canvas, frame.occ, rng, k, pose)
+            frame.person &= ~frame.occ.astype(bool)
+
+    def _finish(self, frame: _Frame, camera: int, occlude: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The camera's light, down to the output size: ``(image float, mask uint8 0/255)``;
+        keypoints outside the crop or under the occluder become missing (-1) in ``frame.kp``."""
+        s = SUPERSAMPLE
+        canvas = frame.canvas
         canvas *= self.light[camera]
         img = cv2.resize(canvas, (self.w, self.h), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(person.astype(np.float32), (self.w, self.h), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(frame.person.astype(np.float32), (self.w, self.h), interpolation=cv2.INTER_AREA)
         mask = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
-        # keypoints outside the crop or under the occluder are missing
+        kp = frame.kp
         for i in range(18):
             y, x = kp[i]
             if y < 0 or x < 0 or y >= self.h or x >= self.w:
                 kp[i] = -1
-            elif occlude and occ[min(int(y * s), self.sh - 1), min(int(x * s), self.sw - 1)]:
+            elif occlude and frame.occ[min(int(y * s), self.sh - 1), min(int(x * s), self.sw - 1)]:
                 kp[i] = -1
-        img = self._camera(img, cam, rng)
-        return Rendered(image=img, mask=mask, keypoints=kp, view=view if ident is not None else "none",
-                        occluded=bool(occlude))
+        return img, mask
 
     def _camera(self, img: np.ndarray, cam: CameraStyle, rng: np.random.Generator) -> np.ndarray:
         """Camera response: saturation, exposure jitter, colour cast and tone curve, blur, noise."""

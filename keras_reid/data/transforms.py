@@ -120,7 +120,7 @@ def parse_specs(specs: Iterable[Any] | None) -> list[BaseModel]:
 
 
 def _albumentation(spec: BaseModel, height: int, width: int):
-    import cv2
+    import cv2  # deferred: OpenCV, recipe validation imports this module for the transform specs
 
     A = _albumentations()
     if isinstance(spec, FlipSpec):
@@ -149,7 +149,7 @@ def _albumentation(spec: BaseModel, height: int, width: int):
 
 def _albumentations():
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
-    import albumentations
+    import albumentations  # deferred: albumentations, recipe validation reads only the specs
 
     return albumentations
 
@@ -169,7 +169,7 @@ def build_transforms(specs: Iterable[Any] | None, height: int, width: int
 
 def _nodes(node) -> list:
     """Return ``node`` and every transform below it, depth first."""
-    from albumentations.core.composition import BaseCompose
+    from albumentations.core.composition import BaseCompose  # deferred: albumentations, as above
 
     out = [node]
     if isinstance(node, BaseCompose):
