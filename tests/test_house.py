@@ -28,19 +28,6 @@ _spec = importlib.util.spec_from_file_location("code_stats", ROOT / "tools" / "c
 code_stats = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_stats)
 
-# Paths whose undeclared function-local imports are still being cleared by a parallel change of
-# issue 14 (the long-function splits in training/, stages/, metrics/, data/). Tolerated here only
-# until that lands: remove a path as soon as `python tools/code_stats.py --undeclared` shows it
-# clean. Everything else must already follow the rule.
-NOT_YET_CLEARED = (
-    "keras_reid/training/",
-    "keras_reid/stages/",
-    "keras_reid/metrics/",
-    "keras_reid/data/",
-    "keras_reid/keypoints.py",
-    "plugins/backbones/_condensenet_model.py",
-)
-
 HEAVY = ("tensorflow", "keras", "mediapipe", "ray", "ai_edge_litert", "albumentations",
          "tensorboard", "scipy", "cv2")
 
@@ -50,8 +37,6 @@ def _undeclared() -> list[str]:
     for folder in code_stats.PACKAGES:
         for path in sorted((ROOT / folder).rglob("*.py")):
             where = path.relative_to(ROOT).as_posix()
-            if where.startswith(NOT_YET_CLEARED):
-                continue
             source = path.read_text(encoding="utf-8")
             for statement in code_stats.local_import_statements(ast.parse(source)):
                 if not code_stats.declared(source, statement):
