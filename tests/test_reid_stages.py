@@ -206,7 +206,8 @@ def test_features_are_compiled_once_per_model_whatever_the_batch_sizes(tmp_path)
     import keras
 
     from keras_reid.data.records import Record
-    from keras_reid.inference import _FORWARD, extract_features
+    from keras_reid.forward_pass import _FORWARD
+    from keras_reid.inference import extract_features
 
     records = []
     for i in range(13):
