@@ -33,6 +33,7 @@ from keras_reid.errors import DatasetError, InputError, UserError
 from keras_reid.forward_pass import forward
 from keras_reid.progress import progbar
 from keras_reid.registry import REGISTRY
+from keras_reid.stages.base import COMPLETE_MARKER
 
 RECORD_SUFFIX = ".preprocessing.json"
 """``NAME.keras`` -> ``NAME.preprocessing.json`` beside it."""
@@ -155,7 +156,6 @@ def write_preprocessing(model_path: str | os.PathLike, preprocessing: Preprocess
 def read_preprocessing(model_path: str | os.PathLike) -> Preprocessing:
     """The preprocessing of the model at ``model_path``: its record, else (a model trained before
     records existed) what its train stage's folder says; raises InputError when nothing is known."""
-    from keras_reid.stages.base import COMPLETE_MARKER  # deferred: the stage classes, keeps import keras_reid.inference (and the CLI) light
 
     model_path = Path(model_path)
     record = record_path(model_path)
@@ -193,7 +193,6 @@ class ModelLocation:
 
 def _run_models(run: Path) -> list[str]:
     """Names of the trained train_reid stages of the run folder ``run`` (in folder order)."""
-    from keras_reid.stages.base import COMPLETE_MARKER  # deferred: the stage classes, keeps import keras_reid.inference (and the CLI) light
 
     out = []
     for d in sorted(p for p in run.iterdir() if p.is_dir()):

@@ -297,7 +297,7 @@ def _entry_points() -> list[metadata.EntryPoint]:
     seen: dict[tuple[str, str], metadata.EntryPoint] = {}
     for ep in eps:
         seen.setdefault((ep.name, ep.value), ep)
-    return sorted(seen.values(), key=lambda e: (e.value != "keras_reid.stages", e.name))
+    return sorted(seen.values(), key=lambda e: (e.value != "keras_reid.stages.builtin", e.name))
 
 
 def metadata_cache_clear() -> None:

@@ -30,8 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from keras_reid import __version__, io, repeats, tb_events  # repeats as a module, not its names:
-# it imports keras_reid.stages, whose report stage imports this module, so it may be half-run here
+from keras_reid import __version__, io, repeats, tb_events
 from keras_reid.errors import InputError
 from keras_reid.model_files import sha256_file
 from keras_reid.run_summary import MEANING as CLOSING, describe_model

@@ -14,7 +14,7 @@ up in a cycle with every module that imports one of its children and is imported
 House rule: imports sit at the top of the module. A function-local import is allowed only where
 it deliberately defers a heavy dependency (TensorFlow/Keras, MediaPipe, OpenCV, Ray, LiteRT,
 albumentations, TensorBoard, matplotlib, SciPy, a project module that imports one of them at its
-top, or the stage classes of ``keras_reid.stages``, about 2 s of CPU) so that a light path stays
+top, or the stage classes, ``keras_reid.stages.builtin``, about 2 s of CPU) so that a light path stays
 light (CLI startup and ``--help``, recipe validation, plugin discovery, reading a JPEG). Such an import is *declared*: a comment starting with the marker
 ``# deferred:`` on one of its lines names what it defers and why, e.g.::
 

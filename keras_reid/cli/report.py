@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from keras_reid.cli.app import handle_user_errors, main
+from keras_reid.report import write_report
 
 
 @main.command()
@@ -24,6 +25,5 @@ def report(run: str, out: str | None, queries: int, top: int) -> None:
 
     Pictures and plots are inside the file: it opens in any browser without a network.
     """
-    from keras_reid.report import write_report  # deferred: the stage classes, keeps CLI startup light
 
     write_report(run, out, queries=queries, top=top, echo=click.echo)

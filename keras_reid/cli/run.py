@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from keras_reid import io, runlock
+from keras_reid import io, repeats, runlock, runner
 from keras_reid.cli.app import handle_user_errors, main
 from keras_reid.errors import RecipeError
 from keras_reid.recipe import load_recipe
+from keras_reid.report import write_report
 from keras_reid.run_summary import closing_lines
 
 _SET_HELP = ("override a recipe value, e.g. --set stages.train.epochs=2 (values are YAML-typed: "
@@ -60,7 +61,6 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
     resumes the unfinished one; stages whose config does not change between repeats run once.
     tensorboard --logdir runs/<name> shows the repeats side by side.
     """
-    from keras_reid import repeats, runner  # deferred: the stage classes, keeps CLI startup light
 
     if seeds is not None or sweeps:
         return _run_repeats(recipe, overrides, run_dir, dry_run, only, shard, seeds, sweeps,
@@ -87,7 +87,6 @@ def run(recipe: str, overrides: tuple[str, ...], run_dir: str | None, dry_run: b
 
 def _dry_run(rec, target: Path, only: tuple[str, ...]) -> None:
     """``run --dry-run``: check the dataset folders, then list what each stage would do."""
-    from keras_reid import runner  # deferred: the stage classes, keeps CLI startup light
 
     check_dataset_roots(rec)
     click.echo(f"recipe '{rec.name}' is valid; run folder: {target}")
@@ -103,7 +102,6 @@ def _dry_run(rec, target: Path, only: tuple[str, ...]) -> None:
 
 def _print_results(rec, target: Path, results: dict) -> None:
     """The closing lines of a finished single run and its named comparisons."""
-    from keras_reid import repeats  # deferred: the stage classes, keeps CLI startup light
 
     click.echo(click.style(f"done: {target}", fg="green", bold=True))
     for line in closing_lines(rec, target, results):
@@ -117,8 +115,6 @@ def _run_repeats(recipe: str, overrides: tuple[str, ...], run_dir: str | None, d
                  only: tuple[str, ...], shard: str | None, seeds: str | None,
                  sweeps: tuple[str, ...], engine: str, ray_cpus: float, ray_gpus: float) -> None:
     """``run --seeds/--sweep``: expand and validate every repeat, run them, print the aggregate."""
-    from keras_reid import repeats  # deferred: the stage classes, keeps CLI startup light
-    from keras_reid.report import write_report  # deferred: the stage classes, keeps CLI startup light
 
     if shard:
         raise RecipeError("--shard splits the augment stage of one run; it cannot be combined with "

@@ -1,4 +1,6 @@
-"""Pipeline stages, registered through the ``keras_reid.plugins`` entry point like any plugin.
+"""Pipeline stages, registered through the ``keras_reid.plugins`` entry point like any plugin
+(its target, :mod:`keras_reid.stages.builtin`, imports them; this ``__init__`` imports nothing, so
+importing ``stages.base`` or a stage's parts does not run every stage class).
 
 One shape for every stage: a package ``keras_reid/stages/<name>/`` whose ``__init__`` holds
 the stage class (its pydantic config, ``needs``/``check``/preflight and registration: what
@@ -9,5 +11,3 @@ modules in the package are named parts of the body (``augment.worker`` and ``aug
 each other, never from the package ``__init__``, so the import graph stays a tree. TensorFlow is
 imported inside functions where a module is also used without it (say so there).
 """
-from keras_reid.stages import (  # noqa: F401
-    augment, canonical_poses, evaluate, report, train_generator, train_reid)
