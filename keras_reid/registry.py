@@ -218,6 +218,9 @@ class Registry:
         if failed:
             extra = " (plugin modules that failed to import: " + ", ".join(
                 f"{f.module}: {f.reason}" for f in failed) + ")"
+        if not names:  # e.g. the entry points of an older install (stages = keras_reid.stages)
+            extra += ("; no plugin registers any: the installed entry points may be stale, "
+                      "reinstall keras-reid (pip install -e . in a checkout)")
         raise RegistryError(
             f"unknown {kind} '{name}'{where}{hint} available {kind}s: "
             f"{', '.join(names) if names else '(none)'}{extra}"

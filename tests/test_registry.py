@@ -57,6 +57,18 @@ def test_unknown_name_gives_kind_did_you_mean_and_list():
     assert "stages.train.backbone.type" in msg
 
 
+def test_a_kind_nothing_registers_points_at_stale_entry_points():
+    """An older install's entry points (e.g. ``stages = keras_reid.stages`` before the built-in
+    stages moved to ``keras_reid.stages.builtin``) register nothing: the error says to reinstall."""
+    with pytest.raises(RegistryError, match=r"available stages: \(none\).*reinstall keras-reid"):
+        fresh().get("stage", "train_reid")
+    reg = fresh()
+    reg.register("stage", "other")(type("Other", (), {"__init__": lambda self, c: None}))
+    with pytest.raises(RegistryError) as err:
+        reg.get("stage", "train_reid")
+    assert "reinstall" not in str(err.value)
+
+
 def test_unknown_kind():
     with pytest.raises(RegistryError, match="did you mean 'backbone'"):
         fresh().get("backbones", "x")
