@@ -138,11 +138,19 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, synth_root):
     root = _copy(synth_root, tmp_path)
     victim = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
     victim.write_bytes(b"this is not a jpeg")
+    query_victim = sorted((root / "query").glob("*.jpg"))[0]
+    query_victim.write_bytes(b"nor is this")
     lines = []
     out = runner.run(_recipe(tmp_path, root, "stages.train.epochs=1"), tmp_path / "run",
-                       echo=lines.append, only=["train"])
+                       echo=lines.append)
     assert out["train"]["skipped_images"] == 1
     assert any("skipped 1 of" in line and victim.name in line for line in lines), lines
+    # evaluate: the same one-line warning (StageContext.decodable), the query evaluated without it
+    assert any(line.startswith("warning: skipped 1 of") and "query images" in line
+               and query_victim.name in line for line in lines), lines
+    n_query = len(list((root / "query").glob("*.jpg")))
+    assert out["evaluate"]["models"]["train"]["valid_queries"] + \
+        out["evaluate"]["models"]["train"].get("invalid_queries", 0) == n_query - 1
 
 
 def test_empty_split_is_one_clear_error(tmp_path, synth_root):

@@ -114,10 +114,10 @@ class StageContext:
             return True
         return is_chief(self.strategy)
 
-    def decodable(self, records, what: str = "images") -> list:
+    def decodable(self, records, what: str = "images", *, allow_empty: bool = False) -> list:
         """The ``records`` whose image files exist and decode (``scan_images``); a warning line
         counts the others (``skipped 3 of 120 <what> that could not be decoded (first: PATH)``).
-        Raises DatasetError when none is left."""
+        Raises DatasetError when none is left, unless ``allow_empty`` (an optional set)."""
         # the scanner decodes with TensorFlow
         from keras_reid.data.pipeline import (  # deferred: TensorFlow, validation stays light
             scan_images, skipped_message)
@@ -126,7 +126,7 @@ class StageContext:
         good, bad = scan_images(records)
         if bad:
             self.echo(f"warning: {skipped_message(bad, len(records), what)}")
-        if not good:
+        if not good and not allow_empty:
             raise DatasetError(f"stage '{self.stage_name}': none of the {len(records)} {what} could be "
                                "decoded; check the dataset root and the files")
         return good

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_reid import io
-from keras_reid.data.pipeline import eval_dataset, scan_images
+from keras_reid.data.pipeline import eval_dataset
 from keras_reid.data.records import Record
 from keras_reid.deploy import converted_name, deploy_lines
 from keras_reid.errors import UserError
@@ -25,9 +25,8 @@ from keras_reid.training.callbacks import figure_to_image
 def evaluate_closed_set(cfg, ctx: StageContext) -> dict:
     """Closed-set identity classification (LIMA-style): prec@1 and mAP, ALL and p-ID."""
     splits = ctx.dataset(cfg.dataset)
-    test, bad = scan_images(splits[cfg.test_split])
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} test images that could not be decoded")
+    test = ctx.decodable(splits[cfg.test_split], f"images of test split '{cfg.test_split}'",
+                         allow_empty=True)
     results = {}
     for stage in cfg.models:
         results.update(_classify_with(ctx, cfg, stage, test))
@@ -105,9 +104,8 @@ def classify_holdout(ctx: StageContext, cfg, stage: str) -> dict:
         raise UserError(f"stage '{stage}' withheld training images but its classifier or "
                         f"{out.holdout.file} is missing; re-run that stage (delete "
                         f"{ctx.stage_dir_of(stage)}/.complete.json)")
-    records, bad = scan_images([Record(p, int(pid), int(cam)) for p, pid, cam in hold["records"]])
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} withheld images that could not be decoded")
+    records = ctx.decodable([Record(p, int(pid), int(cam)) for p, pid, cam in hold["records"]],
+                            f"withheld images of '{stage}'", allow_empty=True)
     labels_map = io.read_json(ctx.stage_dir_of(stage) / "labels.json")   # pid -> class index
     col = {int(k): int(v) for k, v in labels_map.items()}
     s = class_scores(load_saved(ctx, stage, path), records, out.image_size, cfg.batch_size)

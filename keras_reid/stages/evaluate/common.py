@@ -17,7 +17,6 @@ import tensorflow as tf
 from tensorboard.plugins import projector
 
 from keras_reid import io
-from keras_reid.data.pipeline import scan_images
 from keras_reid.data.records import JUNK_PID, Record
 from keras_reid.deploy import deploy_lines
 from keras_reid.errors import DatasetError, UserError
@@ -38,11 +37,7 @@ def usable_records(ctx: StageContext, split: str, cfg, dataset: str | None = Non
     if not records:
         raise DatasetError(f"stage '{ctx.stage_name}': split '{split}' of dataset '{dataset or cfg.dataset}' is "
                            "empty; check the dataset root and the split names")
-    good, bad = scan_images(records)
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} {split} images that could not be "
-                 f"decoded (first: {bad[0]})")
-    return good
+    return ctx.decodable(records, f"{split} images", allow_empty=True)
 
 
 def _load_model(ctx: StageContext, stage: str):
@@ -154,10 +149,8 @@ def multi_query_set(ctx: StageContext, cfg, query: list[Record]) -> tuple[list[R
             "extract Market-1501's gt_bbox/ beside query/, or set multi_query_split or multi_query: null")
 
     wanted = {(q.pid, q.camid) for q in query}
-    records, bad = scan_images([r for r in splits[cfg.multi_query_split] if (r.pid, r.camid) in wanted])
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} {cfg.multi_query_split} images that could not be "
-                 f"decoded (first: {bad[0]})")
+    records = ctx.decodable([r for r in splits[cfg.multi_query_split] if (r.pid, r.camid) in wanted],
+                            f"{cfg.multi_query_split} images", allow_empty=True)
     q_idx, m_idx = multi_query_pairs(query, records)
     ctx.echo(f"multi-query ({cfg.multi_query}): {len(set(m_idx.tolist()))} images of split "
              f"'{cfg.multi_query_split}' pooled into {len(set(q_idx.tolist()))} of {len(query)} queries")

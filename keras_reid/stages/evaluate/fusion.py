@@ -8,7 +8,6 @@ import os
 import numpy as np
 
 from keras_reid.data import generated
-from keras_reid.data.pipeline import scan_images
 from keras_reid.data.records import Record
 from keras_reid.errors import UserError
 from keras_reid.inference import extract_features
@@ -88,15 +87,14 @@ def _decodable_versions(ctx: StageContext, found: list[tuple[int, int, str, str]
     """The ``found`` versions that decode as records with their owner's pid and camera, their
     owners (index into ``images``) and how many were skipped (with a warning)."""
     records = [Record(path, images[i].pid, images[i].camid) for i, _, _, path in found]
-    good, bad = scan_images(records)
-    if bad:
-        ctx.echo(f"warning: skipped {len(bad)} of {len(records)} pose-normalised images that could "
-                 f"not be decoded (first: {bad[0]})")
-        bad_set = set(bad)
-        found = [f for f in found if f[3] not in bad_set]
+    good = ctx.decodable(records, "pose-normalised images", allow_empty=True)
+    skipped = len(records) - len(good)
+    if skipped:
+        kept = {str(r.path) for r in good}
+        found = [f for f in found if f[3] in kept]
         records = good
     owners = np.array([i for i, _, _, _ in found], np.int64)
-    return records, owners, len(bad)
+    return records, owners, skipped
 
 
 def prepare_fusion(ctx: StageContext, cfg, features: RealFeatures,
