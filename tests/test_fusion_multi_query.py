@@ -17,44 +17,28 @@ import numpy as np
 import pytest
 
 from keras_reid import io, runner
-from keras_reid.recipe import load_recipe
 from keras_reid.stages.base import COMPLETE_MARKER
+from keras_reid.testing import build_recipe
 
-RECIPE = """
-name: fused_mq
-seed: 0
-strategy: {{type: one_device}}
-datasets:
-  m: {{type: market1501, root: '{root}'}}
-stages:
-  gan:
-    type: train_generator
-    dataset: m
-    source_camera: 1
-    target_camera: 2
-    generator: {{type: pix2pix, variant: model1, filters: 4, max_filters: 8}}
-    image_size: [32, 16]
-    epochs: 1
-    verbose: 0
-  pn_test: {{type: augment, generator: gan}}
-  A: &reid
-    type: train_reid
-    dataset: m
-    image_size: [32, 16]
-    backbone: {{type: tiny, width: 8, blocks: 2, embedding_dim: 16}}
-    epochs: 1
-    verbose: 0
-  B: *reid
-  evaluate:
-    type: evaluate
-    dataset: m
-    models: [A]
-    ranked_lists: 0
-    projector_samples: 0
-    multi_query: {pooling}
-    fusion: {{real: A, normalised: B, views: [pn_test], normalised_name: B_normalised,
-              normalise_fused: {normalise_fused}}}
-"""
+def _recipe(path, root, pooling: str, normalise_fused: bool):
+    """A tiny PN-GAN-style recipe: a pix2pix generator and its versions (never trained here:
+    marked complete below), models A and B, an evaluation fusing them with multi-query."""
+    reid = {"type": "train_reid", "dataset": "m", "image_size": [32, 16], "epochs": 1, "verbose": 0,
+            "backbone": {"type": "tiny", "width": 8, "blocks": 2, "embedding_dim": 16}}
+    return build_recipe(
+        path, name="fused_mq",
+        datasets={"m": {"type": "market1501", "root": root}},
+        stages={"gan": {"type": "train_generator", "dataset": "m", "source_camera": 1,
+                        "target_camera": 2, "image_size": [32, 16], "epochs": 1, "verbose": 0,
+                        "generator": {"type": "pix2pix", "variant": "model1", "filters": 4,
+                                      "max_filters": 8}},
+                "pn_test": {"type": "augment", "generator": "gan"},
+                "A": reid, "B": reid,
+                "evaluate": {"type": "evaluate", "dataset": "m", "models": ["A"],
+                             "ranked_lists": 0, "projector_samples": 0, "multi_query": pooling,
+                             "fusion": {"real": "A", "normalised": "B", "views": ["pn_test"],
+                                        "normalised_name": "B_normalised",
+                                        "normalise_fused": normalise_fused}}})
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +120,7 @@ def test_multi_query_pools_the_fused_vectors(tmp_path, market, pooling, normalis
     from keras_reid.metrics import evaluate_retrieval, pairwise_distance
     from keras_reid_plugins.datasets.market import read_market_layout
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(root=market, pooling=pooling,
-                                    normalise_fused=str(normalise_fused).lower()))
-    rec = load_recipe(recipe)
+    rec = _recipe(tmp_path / "r.yaml", market, pooling, normalise_fused)
     run_dir = tmp_path / "run"
     splits = read_market_layout(market)
     query = [r for r in splits["query"] if r.pid != JUNK_PID]
