@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_reid import registry
+from keras_reid.data.images import load_images
+from keras_reid.data.synthetic_closed_set import synthesize_closed_set
+
 SIZE = (128, 64)
 
 
@@ -58,8 +62,6 @@ def _degraded(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 def image_sets(root: Path, test_session: int, samples: list[str]) -> dict[str, np.ndarray]:
     """Every row's images, uint8 [N, 128, 64, 3], in print order."""
-    from keras_reid.data.images import load_images
-
     rows = _read_labels(root, test_session)
     if not rows:
         raise SystemExit(f"error: no images outside session {test_session} in {root}/labels.csv")
@@ -81,8 +83,6 @@ def image_sets(root: Path, test_session: int, samples: list[str]) -> dict[str, n
 
 def measure(sets: dict[str, np.ndarray], threshold: float, crop: str) -> dict:
     """``{row: {"images", "face_rate", "mean_score"}}`` of the face filter on every set."""
-    from keras_reid import registry
-
     out = {}
     with registry.create("filter", {"type": "face", "threshold": threshold, "crop": crop}) as face:
         for name, images in sets.items():
@@ -105,8 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
         if root is None:
-            from keras_reid.data.synthetic_closed_set import synthesize_closed_set
-
             root = Path(tmp) / "synthetic-lima"
             synthesize_closed_set(root)
         result = measure(image_sets(root, args.test_session, args.samples), args.threshold, args.crop)
