@@ -98,6 +98,11 @@ def test_full_pipeline_writes_labelled_images_trains_with_them_and_scores_them(t
         assert r["file"].startswith(f"{r['pid']:04d}_")
         assert r["checkpoint"] == "gan/generator.keras" and isinstance(r["seed"], int)
         assert (run_dir / "augment" / "data" / "bounding_box_train" / r["file"]).is_file()
+    # written with colour at every pixel (jpeg_chroma: full, JPEG 4:4:4; PIL: 0 = 4:4:4, 2 = 4:2:0)
+    from PIL import Image, JpegImagePlugin
+
+    with Image.open(run_dir / "augment" / "data" / "bounding_box_train" / rows[0]["file"]) as im:
+        assert JpegImagePlugin.get_sampling(im) == 0
     # the generated folder reads as a Market-1501 training folder
     from keras_reid_plugins.datasets.market import parse_market_name
 

@@ -237,7 +237,8 @@ def _worker_kwargs(cfg, ctx: StageContext, gen_out: GeneratorOutput, files: dict
                   "recipe_seed": ctx.seed}
     return dict(generators=generators, gen_summary=gen_out.dump(), filters=cfg.filters, measure=cfg.measure,
                 min_score=cfg.min_score, noise=cfg.noise, out_dir=str(out_dir), target_paths=targets,
-                jpeg_quality=cfg.jpeg_quality, provenance=provenance, canonical=plan.canonical)
+                jpeg_quality=cfg.jpeg_quality, jpeg_chroma=cfg.jpeg_chroma, provenance=provenance,
+                canonical=plan.canonical)
 
 
 def _generate_items(cfg, ctx: StageContext, items: list[dict], worker_kwargs: dict) -> None:

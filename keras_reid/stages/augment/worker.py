@@ -42,7 +42,8 @@ class Worker:
 
     def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
                  measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
-                 jpeg_quality: int, provenance: dict, canonical: list | None = None) -> None:
+                 jpeg_quality: int, provenance: dict, canonical: list | None = None,
+                 jpeg_chroma: str = "full") -> None:
         gen = GeneratorOutput.model_validate(gen_summary)  # a plain dict: Ray pickles it
         self.factory = REGISTRY.create("generator", gen.generator)
         # {"": one generator} or {pid: its identity's generator}: {"path", "checkpoint",
@@ -62,7 +63,9 @@ class Worker:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.target_paths = target_paths
-        self.jpeg_quality = int(jpeg_quality)
+        self.jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        if jpeg_chroma == "full":
+            self.jpeg_params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         self.provenance = provenance
         self.skeletons = None
         if "target_pose" in self.needs:  # one skeleton image per canonical pose, at the generator's size
@@ -144,8 +147,7 @@ class Worker:
         score reaches ``min_score``; returns its manifest row (kept or not)."""
         kept = all(v >= self.min_score for v in item_scores.values())
         if kept:
-            ok, data = cv2.imencode(".jpg", image[..., ::-1],
-                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            ok, data = cv2.imencode(".jpg", image[..., ::-1], self.jpeg_params)
             if not ok:  # pragma: no cover - OpenCV failure
                 raise UserError(f"could not encode {it['name']} as JPEG")
             with io.atomic_path(self.out_dir / it["name"]) as tmp:
