@@ -13,6 +13,12 @@ def bar_verbosity(verbose: int = 1) -> int:
     return int(verbose)
 
 
+def live_bar(wanted: bool = True) -> bool:
+    """Whether to draw a tqdm bar (it writes to stderr): only when ``wanted`` and stderr is a
+    terminal; in a log file or pipe its carriage-return updates pile up into one long line."""
+    return bool(wanted) and sys.stderr.isatty()
+
+
 def progbar(target: int, verbose: int = 1, **kwargs: Any):
     """Returns a ``keras.utils.Progbar`` with :func:`bar_verbosity` applied."""
     import keras  # deferred: Keras, the CLI imports this module

@@ -289,3 +289,29 @@ def test_a_dataset_of_another_format_version_is_refused_not_mixed(tmp_path):
         synthesize(root, ids=4, cameras=2)
     assert not synthesize(root, ids=4, cameras=2, force=True)["skipped"]
     REGISTRY.create("dataset", cfg).load()   # the rewritten folder is the current version
+
+
+class _Stream:
+    """A stderr stand-in that records writes and claims to be (or not to be) a terminal."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, []
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text.append(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, tty):
+    # in a log file tqdm's carriage-return updates would pile up into one long line
+    stream = _Stream(tty)
+    monkeypatch.setattr("sys.stderr", stream)
+    synthesize(tmp_path / "ds", ids=2, cameras=2, images_per_id_camera=2, distractors=0, junk=0,
+               progress=True)
+    assert ("synthesising" in "".join(stream.text)) == tty

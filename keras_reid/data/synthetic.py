@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_reid.errors import DatasetError
+from keras_reid.progress import live_bar
 
 FORMAT_VERSION = 2
 """Bumped whenever the rendering changes, so an old dataset is not mistaken for a new one
@@ -406,7 +407,7 @@ def _write(root: Path, p: SynthParams, progress: bool) -> dict:
     kp_rows: dict = {f: [] for f in SPLIT_FOLDERS.values()}
     attr_rows: dict = {f: [] for f in SPLIT_FOLDERS.values()}
     sy, sx = KEYPOINT_SIZE[0] / p.size[0], KEYPOINT_SIZE[1] / p.size[1]
-    for job in tqdm(jobs, desc="synthesising", unit="img", disable=not progress, leave=False):
+    for job in tqdm(jobs, desc="synthesising", unit="img", disable=not live_bar(progress), leave=False):
         pic = _render_job(renderer, identities, strangers, job, p)
         bgr = cv2.cvtColor(pic.image, cv2.COLOR_RGB2BGR)
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality[job.camera]])

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from keras_reid.data.synthetic import STRANGERS, parse_size, read_params, write_tree
 from keras_reid.errors import DatasetError
+from keras_reid.progress import live_bar
 
 FORMAT_VERSION = 1
 META_NAME = "synthetic_closed_set.json"
@@ -195,7 +196,7 @@ def _write(root: Path, p: ClosedSetParams, progress: bool) -> dict:
     renderer = Renderer(p.size, cams, p.seed)
     quality = {c.index: c.jpeg_quality for c in cams}
     rows, counts = [], {"people": 0, **{k: 0 for k in UNKNOWN_KINDS}, "front": 0, "back": 0, "side": 0}
-    for job in tqdm(plan(p), desc="synthesising", unit="img", disable=not progress, leave=False):
+    for job in tqdm(plan(p), desc="synthesising", unit="img", disable=not live_bar(progress), leave=False):
         rng = np.random.default_rng([p.seed, 22, job["cls"], job["session"], job["frame"]])
         if job["cls"]:
             ident = dressed[(job["cls"], job["session"])]
