@@ -74,7 +74,9 @@ def test_filter_rates(tool, sets, flat):
 
 def test_view_classifier_plumbing(tool, rows, sets):
     predict, accuracy = tool.view_classifier(rows, 2, epochs=1)
-    assert accuracy is not None and 0.0 <= accuracy <= 1.0
+    assert set(accuracy) == {"real", "people, down x2 and up", "people, down x4 and up",
+                             "people, gaussian blur sigma 1", "people, gaussian blur sigma 2"}
+    assert all(0.0 <= a <= 1.0 for a in accuracy.values())
     shares = tool.view_shares(predict, {"fronts": sets["real, front views"]})
     assert set(shares["fronts"]) == {"front", "back", "side"}
     assert abs(sum(shares["fronts"].values()) - 1.0) < 1e-9
