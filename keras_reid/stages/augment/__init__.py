@@ -71,8 +71,9 @@ class AugmentConfig(BaseModel):
     jpeg_quality: int = Field(95, ge=50, le=100)
     jpeg_chroma: Literal["full", "subsampled"] = Field(
         "full", description="full: colour kept at every pixel (JPEG 4:4:4); subsampled: colour at "
-                            "half resolution (4:2:0, smaller files). At 128x64, 4:2:0 blurs a "
-                            "generated face enough to halve the face filter's rate")
+                            "half resolution (4:2:0, smaller files). At 128x64, 4:2:0 changes the "
+                            "face filter's verdict on many generated faces (one set of 400: "
+                            "15.5% faces before encoding, 8.8% as 4:2:0, 14.3% as 4:4:4)")
     engine: Literal["local", "ray"] = Field("local", description="local: this process (use "
                                             "`--shard i/N` to split across processes); ray: Ray Data "
                                             "actors (pip install 'keras-reid[ray]')")
