@@ -5,7 +5,9 @@ logical CPU devices at import time, before any TensorFlow op runs, so tests can 
 ``tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])``, and gives the session-scoped
 ``synthetic_data`` fixture. No TensorFlow op may run in this file before it loads.
 """
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,19 @@ def selfie_model():
 
     return fetch_models(["selfie_segmentation.tflite"],
                         wheel=os.environ.get("KERAS_REID_TEST_WHEEL") or None, timeout=3.0)[0]
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """``load_tool(name)``: the script ``tools/<name>.py`` imported as a module (once per session)."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(
+                name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load

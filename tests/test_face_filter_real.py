@@ -8,16 +8,13 @@ the tests on them are an extra that runs when their image folder is on this mach
 ($KERAS_REID_FACE_DATA, shared/face_filter_data beside the repository, or
 ~/.cache/keras_reid/face_filter_real; ``python tools/face_filter_real.py build --sources DIR``).
 """
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from keras_reid.registry import REGISTRY
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "face_filter_real.py"
 PETS_SOURCE = "debian:opencv-doc="
 
 # Committed PETS crops. Measured with the real filter (tools/face_filter_real.py measure
@@ -40,12 +37,9 @@ BACK = ["dg_056.png", "dg_086.png", "mk_q0.png", "mk_10.png"]
 
 
 @pytest.fixture(scope="module")
-def tool():
+def tool(load_tool):
     """tools/face_filter_real.py as a module."""
-    spec = importlib.util.spec_from_file_location("face_filter_real", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("face_filter_real")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
 """tools/lima_samples.py: its image sets, the real face filter on a small synthetic closed set
 (fronts are found, backs and 4x-downsampled people mostly not; shuffling keeps the colours) and
 the view classifier's plumbing."""
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -12,15 +9,10 @@ from keras_reid.data.synthetic_closed_set import synthesize_closed_set
 
 pytestmark = pytest.mark.usefixtures("face_models")
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "lima_samples.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("lima_samples", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(load_tool):
+    return load_tool("lima_samples")
 
 
 @pytest.fixture(scope="module")

@@ -203,15 +203,10 @@ def test_report_command_errors_are_one_line_with_exit_code_2(tmp_path):
     assert res.exit_code == 2 and "not a run folder" in res.output and "Traceback" not in res.output
 
 
-def test_report_opens_in_a_headless_browser_without_errors(run, tmp_path):
+def test_report_opens_in_a_headless_browser_without_errors(run, tmp_path, load_tool):
     """tools/report_screenshot.py: Chromium with every host name unresolvable renders the page,
     writes the screenshot and logs no error or network request."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "report_screenshot", Path(__file__).parents[1] / "tools" / "report_screenshot.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("report_screenshot")
     if tool.find_browser() is None:
         pytest.skip("no Chromium/Chrome binary (apt-get install chromium, or set $CHROME)")
     _, run_dir, _ = run

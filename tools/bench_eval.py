@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["rerank_features_compare"]["max_abs_difference"] = float(np.abs(new - old).max())
             order_new, order_old = (np.argsort(x, axis=1, kind="stable") for x in (new, old))
             # deep in a list near-ties swap under any rounding change; the top is what is used
-            results["rerank_features_compare"]["queries_top20_differently"] = int(
+            results["rerank_features_compare"]["queries_top_differently"] = int(
                 (order_new[:, :TOP] != order_old[:, :TOP]).any(1).sum())
             results["rerank_features_compare"]["queries_ranked_differently"] = int(
                 (order_new != order_old).any(1).sum())
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "rerank_features_compare" in results and "max_abs_difference" in results["rerank_features_compare"]:
         c = results["rerank_features_compare"]
         print(f"rerank_features vs {args.compare}: max |difference| {c['max_abs_difference']:.3g}, "
-              f"queries whose top {TOP} differ {c['queries_top20_differently']} of {args.queries} "
+              f"queries whose top {TOP} differ {c['queries_top_differently']} of {args.queries} "
               f"(whole ranking: {c['queries_ranked_differently']}, near-ties deep in the lists); "
               f"|difference| of mAP {c['mAP_difference']:.2g}, rank-1 {c['rank1_difference']:.2g}, "
               f"mINP {c['mINP_difference']:.2g}")

@@ -42,8 +42,8 @@ class Worker:
 
     def __init__(self, *, generators: dict[str, dict], gen_summary: dict, filters: list[dict],
                  measure: list[dict] | None = None, min_score: float, noise: bool | None, out_dir: str, target_paths: list[str],
-                 jpeg_quality: int, provenance: dict, canonical: list | None = None,
-                 jpeg_chroma: str = "full") -> None:
+                 jpeg_quality: int, jpeg_chroma: str, provenance: dict,
+                 canonical: list | None = None) -> None:
         gen = GeneratorOutput.model_validate(gen_summary)  # a plain dict: Ray pickles it
         self.factory = REGISTRY.create("generator", gen.generator)
         # {"": one generator} or {pid: its identity's generator}: {"path", "checkpoint",
