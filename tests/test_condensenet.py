@@ -245,3 +245,54 @@ def test_converted_model_keeps_the_weights_of_synchronised_batchnorm_layers():
     x = _images(2)
     np.testing.assert_allclose(np.asarray(model(x, training=False)["features"]),
                                np.asarray(converted(x, training=False)["features"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,strides", [(3, 1), (1, 1), (3, 2)])
+def test_group_conv_equals_keras_grouped_conv_with_its_gradients(kernel_size, strides):
+    """GroupConv2D (G plain convs on channel slices, the trained form's 3x3 group conv) computes
+    what Conv2D(groups=G) computes, forward and backward, with the same kernel."""
+    import keras
+
+    from keras_reid_plugins.backbones._condensenet_model import GroupConv2D
+
+    kw = dict(filters=8, kernel_size=kernel_size, strides=strides, padding="same", groups=4)
+    ours, ref = GroupConv2D(**kw), keras.layers.Conv2D(**kw)
+    x = tf.constant(np.random.default_rng(2).normal(size=(2, 6, 5, 12)).astype("float32"))
+    ours.build(x.shape)
+    ref.build(x.shape)
+    assert ours.kernel.shape == ref.kernel.shape == (kernel_size, kernel_size, 3, 8)
+    ref.set_weights(ours.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        a, b = ours(x), ref(x)
+        la, lb = tf.reduce_sum(a * a), tf.reduce_sum(b * b)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    for ga, gb in zip(tape.gradient(la, [x, ours.kernel]), tape.gradient(lb, [x, ref.kernel])):
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-4)
+
+
+def test_model_trained_with_keras_grouped_conv_still_converts():
+    """A model trained before GroupConv2D (its 3x3 group convs plain Conv2D(groups)) converts to
+    every layout with its weights."""
+    import keras
+
+    from keras_reid_plugins.backbones._condensenet_model import GroupConv2D
+
+    bb = _backbone()
+    model = bb.build(SHAPE, 3)
+    for _ in range(3):
+        bb.condense(model)
+
+    def as_keras_conv(layer):
+        if isinstance(layer, GroupConv2D):
+            return keras.layers.Conv2D.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    old = keras.models.clone_model(model, clone_function=as_keras_conv)
+    old.set_weights(model.get_weights())
+    assert any(type(l) is keras.layers.Conv2D and l.groups > 1 for l in old.layers)
+    x = _images()
+    for layout in ("grouped", "split", "dense"):
+        converted = bb.convert(old, layout=layout)
+        np.testing.assert_allclose(np.asarray(old(x, training=False)["features"]),
+                                   np.asarray(converted(x, training=False)["features"]), atol=1e-4)

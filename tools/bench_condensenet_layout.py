@@ -1,6 +1,7 @@
 """Options for running the converted CondenseNet on CPU, each measured in isolation.
 
     python tools/bench_condensenet_layout.py [--size 256x128] [--batches 1,32] [--runs 15] [--json]
+                                             [--train small@64x32,condensenet74@128x64]
 
 Part 1, single operations at one representative layer per dense block of CondenseNet-74 at
 ``--size`` (C = G = 4, fully condensed: each group keeps in / 4 inputs), per batch:
@@ -20,7 +21,12 @@ Part 2, the whole converted model in each layout (``convert(model, layout=...)``
 all ``split``, all ``grouped``, and the default dense for blocks 1-3 + split for 4-5 and two
 neighbours of it), Keras with XLA (``jit_compile``) off and on, per batch.
 
-Times are ms per call (part 1) or per image (part 2), median and minimum over ``--runs`` calls
+Part 3, training: one SGD step (batch 32, softmax on the logits) of the trained form for each
+``preset@HxW`` of ``--train``, with its 3x3 group convs as ``GroupConv2D`` (G plain convs on
+channel slices, what ``build`` uses) against Keras's ``Conv2D(groups=4)`` (one XLA call per
+layer on CPU; what ``build`` used before), same weights, XLA off.
+
+Times are ms per call (part 1), per image (part 2) or per step (part 3), median and minimum over ``--runs`` calls
 timed round-robin (one call of every option per round, after 2 warm-up calls) so that a changing
 load on a shared machine hits every option alike; compare options within one run. The machine's
 load average is printed before and after.
@@ -172,6 +178,41 @@ def model_layouts(h: int, w: int, batches: list[int], runs: int) -> list[dict]:
     return rows
 
 
+def train_steps(specs: list[str], batch: int, runs: int) -> list[dict]:
+    """Part 3 (module docstring): ms per training step, GroupConv2D against Conv2D(groups)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_reid.registry import REGISTRY
+    from keras_reid_plugins.backbones._condensenet_model import GroupConv2D
+
+    def keras_grouped(layer):
+        cls = keras.layers.Conv2D if isinstance(layer, GroupConv2D) else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for spec in specs:
+        preset, size = spec.split("@")
+        h, w = (int(v) for v in size.lower().split("x"))
+        net = REGISTRY.create("backbone", {"type": "condensenet", "preset": preset}).build((h, w, 3), 8)
+        x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32))
+        y = tf.constant(rng.integers(0, 8, batch).astype(np.int32))
+        calls = {}
+        for name, model in (("group_conv2d", net),
+                            ("keras_grouped_xla", keras.models.clone_model(net, clone_function=keras_grouped))):
+            if model is not net:
+                model.set_weights(net.get_weights())
+            head = keras.Model(model.inputs, model.outputs[-1])  # the logits
+            head.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False,
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            calls[name] = (lambda m=head: m.train_on_batch(x, y))
+        ms = _interleaved(calls, runs)
+        rows.append({"preset": preset, "size": f"{h}x{w}", "batch": batch, "ms_per_step": ms,
+                     "speedup": round(ms["keras_grouped_xla"]["median"] / ms["group_conv2d"]["median"], 2)})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="256x128", help="HxW")
@@ -179,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--skip-layers", action="store_true", help="leave out part 1")
     parser.add_argument("--skip-models", action="store_true", help="leave out part 2")
+    parser.add_argument("--train", default="small@64x32,condensenet74@128x64",
+                        help="part 3: comma-separated preset@HxW ('' leaves it out)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
@@ -187,10 +230,12 @@ def main(argv=None) -> int:
     before = os.getloadavg()
     layers = [] if args.skip_layers else [row for b in batches for row in layer_options(h, w, b, args.runs)]
     models = [] if args.skip_models else model_layouts(h, w, batches, args.runs)
+    train = train_steps([v for v in args.train.split(",") if v], 32, max(3, args.runs // 3))
     machine = {"loadavg_before": [round(v, 2) for v in before],
                "loadavg_after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()}
     if args.json:
-        print(json.dumps({"machine": machine, "layers": layers, "models": models}, indent=1))
+        print(json.dumps({"machine": machine, "layers": layers, "models": models,
+                          "train": train}, indent=1))
         return 0
     print(f"load average before {machine['loadavg_before']}, after {machine['loadavg_after']}; "
           "median (min) ms")
@@ -202,6 +247,10 @@ def main(argv=None) -> int:
         v = row["ms_per_image"]
         print(f"model {row['layout']:32s} jit={row['jit_compile']!s:5s} batch {row['batch']:3d}: "
               f"{v['median']:8.2f} ({v['min']:.2f}) ms/image  {row['params'] / 1e6:.2f}M params")
+    for row in train:
+        print(f"train step {row['preset']} {row['size']} batch {row['batch']}: " + "  ".join(
+            f"{k} {v['median']:.1f} ({v['min']:.1f}) ms" for k, v in row["ms_per_step"].items())
+            + f"  speed-up {row['speedup']}x")
     return 0
 
 
