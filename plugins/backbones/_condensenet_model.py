@@ -50,9 +50,12 @@ convs (:data:`LAYOUTS`):
   and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
   weights and multiply-adds.
 * ``grouped``: ``ChannelGather`` (the kept inputs of group 0, then group 1, ...) +
-  ``Conv2D(out, 1, groups=G)`` + ``ChannelShuffle(G)`` + BatchNorm, and the 3x3
-  ``Conv2D(groups=G)`` (Keras runs grouped convolutions on CPU through one XLA-compiled call per
-  layer): the first converted form, kept for comparison.
+  ``GroupConv2D(out, 1, groups=G)`` + ``ChannelShuffle(G)`` + BatchNorm, and the trained 3x3
+  ``GroupConv2D``: the first converted form (then with Keras's ``Conv2D(groups=G)``, which runs
+  through one XLA-compiled call per layer on CPU), kept for comparison.
+
+The trained form's 3x3 group convs are :class:`GroupConv2D` too (``Conv2D(groups=G)``'s weights,
+G plain convolutions on channel slices; see its docstring for why).
 
 The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BLOCKS` blocks
 (large feature maps, few channels: the per-op cost of gathers and XLA calls dominates) and
@@ -407,7 +410,7 @@ class GroupConv2D(keras.layers.Conv2D):
     Keras's TensorFlow backend runs every grouped convolution through an XLA-compiled call, whose
     CPU kernel (and gradient) is far slower than oneDNN's plain convolutions: a CondenseNet
     ``small`` training step at 64x32, batch 32, took ~600-860 ms with ``Conv2D(groups=4)`` and
-    ~80 ms with this layer (``tools/bench_condensenet_layout.py --train``). The kernel keeps
+    ~80 ms with this layer (``tools/bench_condensenet_layout.py``, part 3). The kernel keeps
     ``Conv2D``'s shape ``[kh, kw, in / G, filters]``, so weights move between the two freely."""
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
