@@ -633,19 +633,42 @@ def _kth_smallest(r: np.ndarray, v: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def _neighbour_lists(f: _Stacked, screen: _TileScreen, colmax: np.ndarray, k: int,
-                     pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
+                     pool: ThreadPoolExecutor | None, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Each item's first ``k`` neighbours [N, k] (ascending R, ties by index) and their R values.
 
     Candidates sorted by float32 d2; a candidate is kept if it is within the margin of the row's
     k-th smallest, and recomputed in float64 only when its float32 value is within the margin of
-    a neighbouring candidate (only there can rounding change the order).
+    a neighbouring candidate (only there can rounding change the order). Rows are handled in
+    blocks of ``block`` items, independently (on ``pool``'s threads when given).
     """
-    n, margin = len(colmax), screen.margin
+    n = len(colmax)
     r, c, v = screen.near.arrays()
     # tau only fell while the tiles were screened: drop what the final bounds exclude before sorting
-    pre = v <= screen.tau[r] + margin[r]
+    pre = v <= screen.tau[r] + screen.margin[r]
     r, c, v = r[pre], c[pre], v[pre]
-    keep = v <= _kth_smallest(r, v, n, k)[r] + margin[r]
+    starts = np.arange(0, n, block)
+    which = (r // block).astype(np.min_scalar_type(len(starts)))  # small ints: a counting sort
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(starts) + 1))
+    nbr = np.empty((n, k), np.int64)
+    key = np.empty((n, k), np.float32)
+
+    def rows(b: int) -> None:
+        s = int(starts[b])
+        take = order[bounds[b]:bounds[b + 1]]
+        e = min(n, s + block)
+        nbr[s:e], key[s:e] = _block_lists(f, r[take] - s, c[take], v[take], s, e - s,
+                                          screen.margin[s:e], colmax[s:e], k)
+
+    _run(pool, rows, range(len(starts)))
+    return nbr, key
+
+
+def _block_lists(f: _Stacked, r: np.ndarray, c: np.ndarray, v: np.ndarray, s: int, m: int,
+                 margin: np.ndarray, colmax: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_neighbour_lists`` for the ``m`` items s, s + 1, ... (``r``: their index minus s;
+    ``margin`` and ``colmax`` theirs)."""
+    keep = v <= _kth_smallest(r, v, m, k)[r] + margin[r]
     r, c, v = r[keep], c[keep], v[keep]
     order = np.lexsort((c, v, r))
     r, c, v = r[order], c[order], v[order]
@@ -655,13 +678,13 @@ def _neighbour_lists(f: _Stacked, screen: _TileScreen, colmax: np.ndarray, k: in
     amb[:-1] |= close
     key = np.maximum(v, 0) / colmax[r]
     if amb.any():
-        key[amb] = _o_of_d2(_d2_pairs(f, r[amb], c[amb], pool)) / colmax[r[amb]]
+        key[amb] = _o_of_d2(_d2_pairs(f, r[amb] + s, c[amb])) / colmax[r[amb]]
     order = np.lexsort((c, key, r))
     r, c, key = r[order], c[order], key[order]
-    counts = np.bincount(r, minlength=n)
+    counts = np.bincount(r, minlength=m)
     start = np.cumsum(counts) - counts
     take = (start[:, None] + np.arange(k)[None, :]).ravel()
-    return c[take].reshape(n, k), key[take].reshape(n, k)
+    return c[take].reshape(m, k), key[take].reshape(m, k)
 
 
 def _feature_neighbours(f: _Stacked, q: int, k: int, tile: int, pool: ThreadPoolExecutor | None = None,
@@ -684,7 +707,7 @@ def _feature_neighbours(f: _Stacked, q: int, k: int, tile: int, pool: ThreadPool
     with phases("maxima", workers):
         colmax = _row_maxima(f, screen, pool)
     with phases("lists", workers):
-        nbr, nkey = _neighbour_lists(f, screen, colmax, k, pool)
+        nbr, nkey = _neighbour_lists(f, screen, colmax, k, pool, block=tile)
     d2qg = screen.d2qg
     del screen
 
@@ -714,9 +737,11 @@ def rerank_features(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
 
     ``workers`` threads (default: the CPUs this process may use) share the tiles, each tile one
     single-threaded BLAS product (BLAS is held at one thread process-wide while the tiles run),
-    the float64 refinements and the Jaccard rows; the result does not depend on ``workers``
-    (a multi-threaded BLAS may round some float32 tile entries differently, by about 1e-7). ``timings``, when a dict, receives per phase ``{"seconds",
-    "cpu_seconds", "workers"}`` (wall time, process CPU time of all threads, threads used).
+    the float64 refinements, the neighbour lists (blocks of ``chunk`` rows) and the Jaccard
+    rows; the result does not depend on ``workers`` (a multi-threaded BLAS may round some float32
+    tile entries differently, by about 1e-7). ``timings``, when a dict, receives per phase
+    ``{"seconds", "cpu_seconds", "workers"}`` (wall time, process CPU time of all threads,
+    threads used).
     """
     qf, gf = np.asarray(qf), np.asarray(gf)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
