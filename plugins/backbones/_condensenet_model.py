@@ -389,9 +389,7 @@ class SplitGroupConv(keras.layers.Layer):
                                       initializer="he_normal")
 
     def call(self, inputs: Any) -> Any:
-        size = inputs.shape[-1] // self.groups
-        return ops.concatenate([ops.conv(inputs[..., g * size:(g + 1) * size], self.kernel[g],
-                                         padding="same") for g in range(self.groups)], axis=-1)
+        return _conv_per_group(inputs, [self.kernel[g] for g in range(self.groups)], padding="same")
 
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
         return (*input_shape[:-1], self.filters)
@@ -416,15 +414,24 @@ class GroupConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         if self.groups == 1:
             return super().convolution_op(inputs, kernel)
-        axis = -1 if self.data_format == "channels_last" else 1
-        cin, cout = kernel.shape[-2], self.filters // self.groups
-        parts = []
-        for g in range(self.groups):
-            x = inputs[..., g * cin:(g + 1) * cin] if axis == -1 else inputs[:, g * cin:(g + 1) * cin]
-            parts.append(ops.conv(x, kernel[..., g * cout:(g + 1) * cout],
-                                  strides=list(self.strides), padding=self.padding,
-                                  dilation_rate=self.dilation_rate, data_format=self.data_format))
-        return ops.concatenate(parts, axis=axis)
+        cout = self.filters // self.groups
+        return _conv_per_group(inputs, [kernel[..., g * cout:(g + 1) * cout] for g in range(self.groups)],
+                               strides=list(self.strides), padding=self.padding,
+                               dilation_rate=self.dilation_rate, data_format=self.data_format)
+
+
+def _conv_per_group(inputs: Any, kernels: Sequence[Any], data_format: str | None = None,
+                    **conv: Any) -> Any:
+    """A group convolution as one plain ``ops.conv`` per group: group g convolves the g-th of
+    ``len(kernels)`` contiguous channel slices of ``inputs`` with ``kernels[g]``; the outputs
+    are concatenated in group order."""
+    axis = 1 if data_format == "channels_first" else -1
+    size = inputs.shape[axis] // len(kernels)
+    parts = []
+    for g, kernel in enumerate(kernels):
+        x = inputs[:, g * size:(g + 1) * size] if axis == 1 else inputs[..., g * size:(g + 1) * size]
+        parts.append(ops.conv(x, kernel, data_format=data_format, **conv))
+    return ops.concatenate(parts, axis=axis)
 
 
 #: layouts of the converted model's dense blocks (see the module docstring)
