@@ -133,11 +133,12 @@ def test_group_lasso_adds_a_model_loss():
 
 
 @pytest.mark.parametrize("condensations,layout", [
-    (2, None), (3, "split"), (3, ["dense", "grouped", "split"])])
+    (2, None), (3, "split"), (3, "native"), (3, ["dense", "grouped", "split"]),
+    (3, ["native", "dense", "dense"]), (3, ["dense", "split_native", "native"])])
 def test_converted_model_equals_trained_model(condensations, layout):
     import keras
 
-    from keras_reid_plugins.backbones._condensenet_model import CondensingDense
+    from keras_reid_plugins.backbones._condensenet_model import CondensedPointwise, CondensingDense
 
     bb = _backbone()
     model = bb.build(SHAPE, 5)
@@ -160,6 +161,9 @@ def test_converted_model_equals_trained_model(condensations, layout):
     b = converted(x, training=False)
     for key in ("embedding", "features", "logits"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-4, rtol=1e-4)
+    if layout is None:  # dense 1-2, the last block split_native
+        assert isinstance(converted.get_layer("block3_layer1_lgc_split"), CondensedPointwise)
+        assert converted.get_layer("block3_layer1_conv2_native").groups == 4
     if layout in ("split", "grouped"):  # compact everywhere (dense blocks store the zeros)
         assert converted.count_params() < model.count_params()
     names = {l.name for l in converted.layers}
@@ -169,11 +173,18 @@ def test_converted_model_equals_trained_model(condensations, layout):
     if block2 == "grouped":  # gather + grouped conv + shuffle
         gconv = converted.get_layer("block2_layer1_lgc_gconv")
         assert gconv.kernel.shape == (1, 1, kept, lgc.filters) and gconv.groups == 4
-    elif block2 == "split":  # compact weights: each group's kept inputs only
+    elif block2 in ("split", "split_native"):  # compact weights: each group's kept inputs only
+        assert ("block2_layer1_conv2_native" in names) == (block2 == "split_native")
         split = converted.get_layer("block2_layer1_lgc_split")
         assert split.kernel.shape == (4, 1, 1, kept, lgc.filters // 4)
         assert [len(i) for i in split.indices] == [kept] * 4
-    else:  # dense: gather, shuffle and BatchNorm folded into one plain conv
+    else:  # dense/native: gather, shuffle and BatchNorm folded into one plain conv
+        if block2 == "native":  # + the trained 3x3 kernel in one TensorFlow grouped conv
+            conv2 = converted.get_layer("block2_layer1_conv2_native")
+            assert conv2.groups == 4 and conv2.kernel.shape == model.get_layer(
+                "block2_layer1_conv2").kernel.shape
+        else:
+            assert "block2_layer1_conv2_native" not in names
         assert converted.get_layer("block2_layer1_lgc_dense").kernel.shape == (1, 1, lgc.in_channels,
                                                                              lgc.filters)
         assert "block2_layer1_bn2" not in names and "block2_layer1_lgc_gather" not in names
@@ -184,7 +195,7 @@ def test_converted_model_equals_trained_model(condensations, layout):
 def test_converted_layout_rejected_with_the_choices():
     bb = _backbone()
     model = bb.build(SHAPE, 3)
-    with pytest.raises(ValueError, match="dense, split, grouped"):
+    with pytest.raises(ValueError, match="dense, native, split_native, split, grouped"):
         bb.convert(model, layout="fast")
     with pytest.raises(ValueError, match="one per dense block"):
         bb.convert(model, layout=["dense", "split"])  # the small preset has 3 blocks
@@ -197,7 +208,7 @@ def test_converted_model_saves_and_loads(tmp_path):
     model = bb.build(SHAPE, 3)
     for _ in range(3):
         bb.condense(model)
-    converted = bb.convert(model, layout=["dense", "split", "grouped"])
+    converted = bb.convert(model, layout=["native", "split_native", "grouped"])
     converted.save(tmp_path / "c.keras")
     again = load_model(str(tmp_path / "c.keras"))
     x = _images()
@@ -271,6 +282,28 @@ def test_group_conv_equals_keras_grouped_conv_with_its_gradients(kernel_size, st
         np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel_size,strides", [(3, 1), (1, 1), (3, 2)])
+def test_native_group_conv_equals_keras_grouped_conv(kernel_size, strides):
+    """NativeGroupConv2D (the converted ``native`` layout's 3x3 conv: TensorFlow's own grouped
+    convolution) computes what Conv2D(groups=G) computes, eagerly and in a graph (where
+    TensorFlow's optimizer rewrites convolutions), with the same kernel; a bias is refused."""
+    import keras
+
+    from keras_reid_plugins.backbones._condensenet_model import NativeGroupConv2D
+
+    kw = dict(filters=8, kernel_size=kernel_size, strides=strides, padding="same", groups=4)
+    ours, ref = NativeGroupConv2D(use_bias=False, **kw), keras.layers.Conv2D(use_bias=False, **kw)
+    x = tf.constant(np.random.default_rng(4).normal(size=(2, 6, 5, 12)).astype("float32"))
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    graph = tf.function(lambda v: tf.nn.relu(ours(v)))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(graph(x)), np.maximum(np.asarray(ref(x)), 0), atol=1e-5)
+    with pytest.raises(ValueError, match="use_bias=False"):
+        NativeGroupConv2D(**kw)
+
+
 def test_model_trained_with_keras_grouped_conv_still_converts():
     """A model trained before GroupConv2D (its 3x3 group convs plain Conv2D(groups)) converts to
     every layout with its weights."""
@@ -292,7 +325,7 @@ def test_model_trained_with_keras_grouped_conv_still_converts():
     old.set_weights(model.get_weights())
     assert any(type(l) is keras.layers.Conv2D and l.groups > 1 for l in old.layers)
     x = _images()
-    for layout in ("grouped", "split", "dense"):
+    for layout in ("grouped", "split", "dense", "native", "split_native"):
         converted = bb.convert(old, layout=layout)
         np.testing.assert_allclose(np.asarray(old(x, training=False)["features"]),
                                    np.asarray(converted(x, training=False)["features"]), atol=1e-4)

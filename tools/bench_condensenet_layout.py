@@ -15,11 +15,14 @@ Part 1, single operations at one representative layer per dense block of Condens
 * the pieces alone: ``gather`` (one channel gather of all kept inputs), ``shuffle`` (reshape +
   transpose), ``concat`` (the dense connectivity's copy of the block input plus k channels);
 * 3x3 group conv (``4k -> k``, 4 groups): ``grouped_xla`` (Keras), ``dense`` block-diagonal kernel
-  (4x the MACs), ``split`` (4 plain convs on channel slices + concat).
+  (4x the MACs), ``split`` (4 plain convs on channel slices + concat), ``native`` (TensorFlow's own
+  grouped convolution, ``tf.nn.conv2d`` with the grouped kernel; what ``NativeGroupConv2D`` runs).
 
 Part 2, the whole converted model in each layout (``convert(model, layout=...)``: all ``dense``,
-all ``split``, all ``grouped``, and the default dense for blocks 1-3 + split for 4-5 and two
-neighbours of it), Keras with XLA (``jit_compile``) off and on, per batch.
+all ``split``, all ``grouped``, all ``native``, the default: dense for blocks 1-2, native for 3-4,
+split_native for 5, three neighbours of it and the previous default, dense 1-3 + split 4-5), Keras with XLA
+(``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads; ``--no-tflite`` leaves it
+out), per batch.
 
 Part 3, training: one SGD step (batch 32, softmax on the logits) of the trained form for each
 ``preset@HxW`` of ``--train``, with its 3x3 group convs as ``GroupConv2D`` (G plain convs on
@@ -112,6 +115,7 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
             "shuffle": shuffle,
             "conv3_grouped_xla": lambda v: xla_conv(v, k3),
             "conv3_dense": lambda v: tf.nn.conv2d(v, k3d, 1, "SAME"),
+            "conv3_native": lambda v: tf.nn.conv2d(v, k3, 1, "SAME"),  # TF's own grouped conv
             "conv3_split": lambda v: tf.concat([tf.nn.conv2d(v[..., g * (out // G):(g + 1) * (out // G)],
                                                              k3s[g], 1, "SAME") for g in range(G)], -1),
         }
@@ -126,7 +130,7 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
         for name in ("lgc_grouped_xla", "lgc_split", "lgc_einsum", "lgc_matmul_split"):
             assert np.allclose(calls[name](), ref, atol=1e-3), name  # the options compute the same
         ref3 = calls["conv3_dense"]()
-        for name in ("conv3_grouped_xla", "conv3_split"):
+        for name in ("conv3_grouped_xla", "conv3_split", "conv3_native"):
             assert np.allclose(calls[name](), ref3, atol=1e-3), name
         rows.append({"block": b + 1, "map": f"{hh}x{ww}", "in": cin, "out": out, "k": k,
                      "batch": batch, "ms_per_call": _interleaved(calls, runs)})
@@ -140,16 +144,21 @@ LAYOUT_CHOICES = {
     "grouped": "grouped",
     "dense": "dense",
     "split": "split",
-    "default (dense 1-3, split 4-5)": None,
-    "dense 1-2, split 3-5": ["dense"] * 2 + ["split"] * 3,
-    "dense 1-4, split 5": ["dense"] * 4 + ["split"],
+    "native": "native",
+    "default (dense 1-2, native 3-4, split_native 5)": None,
+    "dense 1-2, native 3-5": ["dense"] * 2 + ["native"] * 3,
+    "dense 1, native 2-4, split_native 5": ["dense"] + ["native"] * 3 + ["split_native"],
+    "dense 1-2, split_native 3-5": ["dense"] * 2 + ["split_native"] * 3,
+    "dense 1-3, split 4-5 (the default before native)": ["dense"] * 3 + ["split"] * 2,
 }
 
 
-def model_layouts(h: int, w: int, batches: list[int], runs: int) -> list[dict]:
-    """Part 2 (module docstring): ms per image of the converted model in each layout, XLA off/on."""
+def model_layouts(h: int, w: int, batches: list[int], runs: int, tflite: bool = True) -> list[dict]:
+    """Part 2 (module docstring): ms per image of the converted model in each layout, Keras with
+    XLA off/on and (``tflite``) its TFLite export with XNNPACK, 2 threads."""
     import tensorflow as tf
 
+    from bench_backbones import tflite_blob, tflite_runner
     from keras_reid.registry import REGISTRY
 
     bb = REGISTRY.create("backbone", {"type": "condensenet"})
@@ -158,6 +167,7 @@ def model_layouts(h: int, w: int, batches: list[int], runs: int) -> list[dict]:
         bb.condense(trained)
     bb.condense(trained, classifier=True)
     models = {name: bb.convert(trained, layout=layout) for name, layout in LAYOUT_CHOICES.items()}
+    blobs = {name: tflite_blob(model) for name, model in models.items()} if tflite else {}
     rows = []
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -169,12 +179,14 @@ def model_layouts(h: int, w: int, batches: list[int], runs: int) -> list[dict]:
                 fn = tf.function(lambda v, m=model: m(v, training=False)["features"], jit_compile=jit)
                 err = float(np.abs(np.asarray(fn(x[:1])) - ref).max())
                 assert err < 1e-4, (name, jit, err)  # every layout computes the trained outputs
-                calls[(name, jit)] = (lambda fn=fn: np.asarray(fn(x)))
+                calls[(name, "keras", jit)] = (lambda fn=fn: np.asarray(fn(x)))
+            if name in blobs:
+                calls[(name, "tflite", None)] = tflite_runner(blobs[name], np.asarray(x))
         r = max(3, runs if batch == 1 else runs // 3)
         ms = _interleaved(calls, r, per=batch)
-        for (name, jit), v in ms.items():
-            rows.append({"layout": name, "jit_compile": jit, "batch": batch, "ms_per_image": v,
-                         "params": int(models[name].count_params())})
+        for (name, runtime, jit), v in ms.items():
+            rows.append({"layout": name, "runtime": runtime, "jit_compile": jit, "batch": batch,
+                         "ms_per_image": v, "params": int(models[name].count_params())})
     return rows
 
 
@@ -220,6 +232,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--skip-layers", action="store_true", help="leave out part 1")
     parser.add_argument("--skip-models", action="store_true", help="leave out part 2")
+    parser.add_argument("--no-tflite", action="store_true", help="part 2 without the TFLite export")
     parser.add_argument("--train", default="small@64x32,condensenet74@128x64",
                         help="part 3: comma-separated preset@HxW ('' leaves it out)")
     parser.add_argument("--json", action="store_true")
@@ -229,7 +242,8 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     before = os.getloadavg()
     layers = [] if args.skip_layers else [row for b in batches for row in layer_options(h, w, b, args.runs)]
-    models = [] if args.skip_models else model_layouts(h, w, batches, args.runs)
+    models = [] if args.skip_models else model_layouts(h, w, batches, args.runs,
+                                                              tflite=not args.no_tflite)
     train = train_steps([v for v in args.train.split(",") if v], 32, max(3, args.runs // 3))
     machine = {"loadavg_before": [round(v, 2) for v in before],
                "loadavg_after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()}
@@ -245,7 +259,8 @@ def main(argv=None) -> int:
                   f"{k} {v['median']:.2f} ({v['min']:.2f})" for k, v in row["ms_per_call"].items()))
     for row in models:
         v = row["ms_per_image"]
-        print(f"model {row['layout']:32s} jit={row['jit_compile']!s:5s} batch {row['batch']:3d}: "
+        rt = "tflite" if row["runtime"] == "tflite" else f"keras jit={row['jit_compile']!s:5s}"
+        print(f"model {row['layout']:50s} {rt:16s} batch {row['batch']:3d}: "
               f"{v['median']:8.2f} ({v['min']:.2f}) ms/image  {row['params'] / 1e6:.2f}M params")
     for row in train:
         print(f"train step {row['preset']} {row['size']} batch {row['batch']}: " + "  ".join(

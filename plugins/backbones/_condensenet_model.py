@@ -45,6 +45,11 @@ convs (:data:`LAYOUTS`):
   the weights) with the following BatchNorm folded in (bias + ReLU), and the 3x3 group conv as
   one plain ``Conv2D`` with a block-diagonal kernel: G times the multiply-adds of the compact
   form, but single oneDNN convolutions with no gather, shuffle or XLA call.
+* ``native``: the learned 1x1 conv as in ``dense`` and the 3x3 group conv as one
+  :class:`NativeGroupConv2D` with the trained kernel (TensorFlow's own grouped convolution, one
+  grouped ``CONV_2D`` in TFLite): compact 3x3 multiply-adds, no gather, shuffle or XLA call.
+* ``split_native``: the learned 1x1 conv as in ``split`` (compact weights) and the 3x3 group conv
+  as in ``native``.
 * ``split``: :class:`CondensedPointwise` (per group a gather of its kept inputs and a 1x1
   conv, concatenated, one channel gather back to the o mod G order, the BatchNorm folded + ReLU)
   and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
@@ -58,9 +63,12 @@ The trained form's 3x3 group convs are :class:`GroupConv2D` too (``Conv2D(groups
 G plain convolutions on channel slices; see its docstring for why).
 
 The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BLOCKS` blocks
-(large feature maps, few channels: the per-op cost of gathers and XLA calls dominates) and
-``split`` after them (small maps, many channels: multiply-adds and weights dominate), chosen by
-measurement (``tools/bench_condensenet_layout.py``). The classifier is ``ChannelGather`` +
+(large feature maps, few channels: TensorFlow's and XNNPACK's grouped convolutions are slower
+there than the block-diagonal dense one), ``native`` after them (smaller maps, more channels:
+the 3x3 multiply-adds dominate) and ``split_native`` for the last block, whose learned 1x1
+convs hold most of the weights (CondenseNet-74: as ``native`` the model stores 10.7M weights, 6.2M
+with a compact last block, equally fast), chosen by measurement
+(``tools/bench_condensenet_layout.py``, ``tools/bench_backbones.py``). The classifier is ``ChannelGather`` +
 ``Dense``; every other layer keeps its weights.
 """
 from __future__ import annotations
@@ -420,6 +428,31 @@ class GroupConv2D(keras.layers.Conv2D):
                                dilation_rate=self.dilation_rate, data_format=self.data_format)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NativeGroupConv2D(keras.layers.Conv2D):
+    """``Conv2D(groups=G)`` (same kernel shape, config and outputs) run as one TensorFlow grouped
+    convolution, ``tf.nn.convolution`` with a kernel of ``in / G`` input channels, instead of
+    Keras's XLA-compiled call. TensorFlow runs that op on CPU (forward only: there is no CPU
+    gradient for the kernel, so the trained form uses :class:`GroupConv2D`), and the TFLite
+    converter makes it one grouped ``CONV_2D`` that XNNPACK runs natively: the converted model's
+    ``native`` layout (``tools/bench_condensenet_layout.py``).
+
+    Bias-free and without activation: TensorFlow's graph optimizer fuses a convolution with a
+    following bias add (and ReLU) into a kernel that has no grouped form on CPU."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.use_bias or self.activation is not keras.activations.linear:
+            raise ValueError(f"NativeGroupConv2D {self.name}: use_bias=False and no activation "
+                             "(TensorFlow cannot fuse a bias or activation into a grouped "
+                             "convolution on CPU); add them as separate layers")
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        return tf.nn.convolution(inputs, kernel, strides=list(self.strides),
+                                 padding=self.padding.upper(), dilations=list(self.dilation_rate),
+                                 data_format="NCHW" if self.data_format == "channels_first" else "NHWC")
+
+
 def _conv_per_group(inputs: Any, kernels: Sequence[Any], data_format: str | None = None,
                     **conv: Any) -> Any:
     """A group convolution as one plain ``ops.conv`` per group: group g convolves the g-th of
@@ -435,16 +468,19 @@ def _conv_per_group(inputs: Any, kernels: Sequence[Any], data_format: str | None
 
 
 #: layouts of the converted model's dense blocks (see the module docstring)
-LAYOUTS = ("dense", "split", "grouped")
-#: the default converted layout: ``dense`` for this many first blocks, ``split`` after them
-DEFAULT_DENSE_BLOCKS = 3
+LAYOUTS = ("dense", "native", "split_native", "split", "grouped")
+#: the default converted layout: ``dense`` for this many first blocks, ``native`` after them and
+#: ``split_native`` for the last block (see the module docstring)
+DEFAULT_DENSE_BLOCKS = 2
 
 
 def block_layouts(layout: str | Sequence[str] | None, blocks: int) -> list[str]:
     """One layout per dense block: ``None`` = the default, a name = every block, or a list."""
     if layout is None:
         dense = min(DEFAULT_DENSE_BLOCKS, blocks)
-        chosen = ["dense"] * dense + ["split"] * (blocks - dense)
+        chosen = ["dense"] * dense + ["native"] * (blocks - dense)
+        if blocks > dense:
+            chosen[-1] = "split_native"
     elif isinstance(layout, str):
         chosen = [layout] * blocks
     else:
@@ -578,7 +614,8 @@ def _folded_bn(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndar
 
 def _converted_layer(src: dict, p: str, x: Any, layout: str) -> Any:
     """Learned group conv + BatchNorm + ReLU + 3x3 group conv of layer ``p`` of the trained model
-    (``src``: its layers by name) in the ``dense`` or ``split`` layout (module docstring)."""
+    (``src``: its layers by name) in the ``dense``, ``native``, ``split_native`` or ``split``
+    layout (module docstring)."""
     lgc, conv2 = src[f"{p}_lgc"], src[f"{p}_conv2"]
     scale, shift = _folded_bn(src[f"{p}_bn2"])
     kernel = np.asarray(lgc.kernel, np.float64)[0, 0] * np.asarray(lgc.mask)  # [in, out]
@@ -588,28 +625,34 @@ def _converted_layer(src: dict, p: str, x: Any, layout: str) -> Any:
     k3 = np.asarray(conv2.kernel)  # [kh, kw, out / G, k]
     k = k3.shape[-1]
     cin_g, cout_g = out // g, k // g
-    if layout == "dense":
+    if layout in ("dense", "native"):  # 1x1: the masked kernel, gather and shuffle folded in
         pointwise = keras.layers.Conv2D(out, 1, activation="relu", name=f"{p}_lgc_dense")
         x = pointwise(x)
         pointwise.set_weights([kernel[None, None], bias])
+    else:  # 1x1: compact, per group a gather of its kept inputs
+        kept = lgc.kept_inputs()
+        per = out // g
+        pointwise = CondensedPointwise(out, kept, name=f"{p}_lgc_split")
+        x = pointwise(x)
+        compact = np.stack([kernel[np.ix_(kept[gi], np.arange(per) * g + gi)] for gi in range(g)])
+        pointwise.set_weights([compact[:, None, None], bias])
+    if layout == "dense":  # 3x3: block-diagonal plain conv
         full = np.zeros((*k3.shape[:2], out, k), k3.dtype)
         for gi in range(g):
             full[:, :, gi * cin_g:(gi + 1) * cin_g, gi * cout_g:(gi + 1) * cout_g] = \
                 k3[..., gi * cout_g:(gi + 1) * cout_g]
         conv = keras.layers.Conv2D(k, k3.shape[0], padding="same", use_bias=False,
                                    name=f"{p}_conv2_dense")
-        x = conv(x)
-        conv.set_weights([full])
-        return x
-    kept = lgc.kept_inputs()
-    per = out // g
-    pointwise = CondensedPointwise(out, kept, name=f"{p}_lgc_split")
-    x = pointwise(x)
-    compact = np.stack([kernel[np.ix_(kept[gi], np.arange(per) * g + gi)] for gi in range(g)])
-    pointwise.set_weights([compact[:, None, None], bias])
-    conv = SplitGroupConv(k, k3.shape[0], g, name=f"{p}_conv2_split")
+        weights = full
+    elif layout == "split":  # 3x3: G plain convs on channel slices
+        conv = SplitGroupConv(k, k3.shape[0], g, name=f"{p}_conv2_split")
+        weights = np.stack([k3[..., gi * cout_g:(gi + 1) * cout_g] for gi in range(g)])
+    else:  # native, split_native - 3x3: one TensorFlow grouped conv with the trained kernel
+        conv = NativeGroupConv2D(k, k3.shape[0], padding="same", groups=g, use_bias=False,
+                                 name=f"{p}_conv2_native")
+        weights = k3
     x = conv(x)
-    conv.set_weights([np.stack([k3[..., gi * cout_g:(gi + 1) * cout_g] for gi in range(g)])])
+    conv.set_weights([weights])
     return x
 
 

@@ -19,10 +19,12 @@ network dense until :meth:`CondenseNetBackbone.condense` is called. See
 o belongs to group o mod G).
 
 :meth:`CondenseNetBackbone.convert` returns the inference model computing the same outputs:
-the first three dense blocks as plain convolutions with the gathers, shuffles and BatchNorms
-folded into (block-sparse) weights, the later blocks compact (per-group gather + 1x1 conv, the
-3x3 group conv split per group), the classifier's inputs gathered; the layout was chosen by
-measurement (``tools/bench_condensenet_layout.py``). It is the backbone's deploy form
+the learned 1x1 convs of all but the last dense block as plain convolutions with the gathers,
+shuffles and BatchNorms folded into (block-sparse) weights, the last block's compact (per-group
+gather + 1x1 conv); the 3x3 group convs of the first two blocks as block-diagonal plain
+convolutions, the later ones as TensorFlow's own grouped convolution; the classifier's inputs
+gathered. The layout was chosen by measurement (``tools/bench_condensenet_layout.py``,
+``tools/bench_backbones.py``). It is the backbone's deploy form
 (``keras_reid.deploy``): ``train_reid`` saves it as ``model_converted.keras`` after training and
 ``evaluate`` reports it beside the trained model, with both forms' size and latency. A process that loads a saved CondenseNet ``.keras`` file must import
 ``keras_reid_plugins.backbones._condensenet_model`` first (or use :func:`load_model`).
@@ -140,9 +142,10 @@ class CondenseNetBackbone:
     def convert(self, model: Any, layout: str | list[str] | None = None) -> Any:
         """Returns the compact inference ``keras.Model`` of ``model`` (built by :meth:`build`,
         any number of condensations done) with the same outputs in inference mode. ``layout``:
-        how each dense block runs, ``dense`` / ``split`` / ``grouped`` or a list with one per
-        block (None: the measured default, dense for the first three blocks and split after
-        them; see ``_condensenet_model``)."""
+        how each dense block runs, ``dense`` / ``native`` / ``split_native`` / ``split`` /
+        ``grouped`` or a list with one per block (None: the measured default, dense for the
+        first two blocks, native after them and split_native for the last; see
+        ``_condensenet_model``)."""
         from keras_reid_plugins.backbones._condensenet_model import convert_model  # deferred: Keras, keeps plugin discovery light
 
         stages, growth = self.config.layout()
