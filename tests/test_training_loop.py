@@ -269,6 +269,10 @@ def test_interrupted_save_is_not_taken_as_latest(tmp_path, one_device, monkeypat
             os.remove(ckpt / name)
     assert latest_checkpoint(ckpt).endswith("ckpt-1")
     assert latest_checkpoint(tmp_path / "missing") is None
+    # a run folder given relative to the working directory (`--run-dir runs/x`) resumes too
+    monkeypatch.chdir(tmp_path)
+    assert latest_checkpoint("ckpt") == os.path.join("ckpt", "ckpt-1")
+    assert restore_latest(make_model(one_device), "ckpt") == 1
 
 
 def test_checkpoint_of_another_model_is_a_user_error(tmp_path, one_device):

@@ -102,11 +102,11 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     if state is None:
         return None
     candidates = [state.model_checkpoint_path, *reversed(list(state.all_model_checkpoint_paths))]
+    # get_checkpoint_state has already joined relative entries to ckpt_dir (relative itself when
+    # the run folder was given relative to the working directory: joining again doubled it)
     for path in candidates:
         if not path:
             continue
-        if not os.path.isabs(path):
-            path = os.path.join(ckpt_dir, path)
         if tf.io.gfile.exists(path + ".index"):
             return path
         log.warning("checkpoint %s is listed but its files are missing; trying an older one", path)
