@@ -20,8 +20,8 @@ Part 1, single operations at one representative layer per dense block of Condens
 
 Part 2, the whole converted model in each layout (``convert(model, layout=...)``: all ``dense``,
 all ``split``, all ``grouped``, all ``native``, the default: dense for blocks 1-2, native for 3-4,
-split_native for 5, three neighbours of it and the previous default, dense 1-3 + split 4-5), Keras with XLA
-(``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads; ``--no-tflite`` leaves it
+split_native for 5, three neighbours of it and the previous default, dense 1-3 + split 4-5),
+Keras with XLA (``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads; ``--no-tflite`` leaves it
 out), per batch.
 
 Part 3, training: one SGD step (batch 32, softmax on the logits) of the trained form for each
@@ -40,26 +40,14 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
 
+# tools/ is sys.path[0] when this runs as a script
+from bench_backbones import interleaved_ms, tflite_blob, tflite_runner
+
 STAGES, GROWTH, G = (4, 6, 8, 10, 8), (8, 16, 32, 64, 128), 4
-
-
-def _interleaved(calls: dict, runs: int, per: int = 1) -> dict:
-    for call in calls.values():
-        call()
-        call()
-    times = {k: [] for k in calls}
-    for _ in range(runs):
-        for k, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[k].append((time.perf_counter() - t0) * 1000.0 / per)
-    return {k: {"median": round(float(np.median(v)), 3), "min": round(float(np.min(v)), 3)}
-            for k, v in times.items()}
 
 
 def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[dict]:
@@ -133,7 +121,7 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
         for name in ("conv3_grouped_xla", "conv3_split", "conv3_native"):
             assert np.allclose(calls[name](), ref3, atol=1e-3), name
         rows.append({"block": b + 1, "map": f"{hh}x{ww}", "in": cin, "out": out, "k": k,
-                     "batch": batch, "ms_per_call": _interleaved(calls, runs)})
+                     "batch": batch, "ms_per_call": interleaved_ms(calls, 1, runs)})
         ch = cin + (layers - layers // 2) * k
         if b < len(STAGES) - 1:
             hh, ww = (hh + 1) // 2, (ww + 1) // 2
@@ -158,7 +146,6 @@ def model_layouts(h: int, w: int, batches: list[int], runs: int, tflite: bool = 
     XLA off/on and (``tflite``) its TFLite export with XNNPACK, 2 threads."""
     import tensorflow as tf
 
-    from bench_backbones import tflite_blob, tflite_runner
     from keras_reid.registry import REGISTRY
 
     bb = REGISTRY.create("backbone", {"type": "condensenet"})
@@ -183,7 +170,7 @@ def model_layouts(h: int, w: int, batches: list[int], runs: int, tflite: bool = 
             if name in blobs:
                 calls[(name, "tflite", None)] = tflite_runner(blobs[name], np.asarray(x))
         r = max(3, runs if batch == 1 else runs // 3)
-        ms = _interleaved(calls, r, per=batch)
+        ms = interleaved_ms(calls, batch, r)
         for (name, runtime, jit), v in ms.items():
             rows.append({"layout": name, "runtime": runtime, "jit_compile": jit, "batch": batch,
                          "ms_per_image": v, "params": int(models[name].count_params())})
@@ -219,7 +206,7 @@ def train_steps(specs: list[str], batch: int, runs: int) -> list[dict]:
             head.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False,
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             calls[name] = (lambda m=head: m.train_on_batch(x, y))
-        ms = _interleaved(calls, runs)
+        ms = interleaved_ms(calls, 1, runs)
         rows.append({"preset": preset, "size": f"{h}x{w}", "batch": batch, "ms_per_step": ms,
                      "speedup": round(ms["keras_grouped_xla"]["median"] / ms["group_conv2d"]["median"], 2)})
     return rows
@@ -243,7 +230,7 @@ def main(argv=None) -> int:
     before = os.getloadavg()
     layers = [] if args.skip_layers else [row for b in batches for row in layer_options(h, w, b, args.runs)]
     models = [] if args.skip_models else model_layouts(h, w, batches, args.runs,
-                                                              tflite=not args.no_tflite)
+                                                       tflite=not args.no_tflite)
     train = train_steps([v for v in args.train.split(",") if v], 32, max(3, args.runs // 3))
     machine = {"loadavg_before": [round(v, 2) for v in before],
                "loadavg_after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()}

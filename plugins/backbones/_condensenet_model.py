@@ -66,10 +66,10 @@ The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BL
 (large feature maps, few channels: TensorFlow's and XNNPACK's grouped convolutions are slower
 there than the block-diagonal dense one), ``native`` after them (smaller maps, more channels:
 the 3x3 multiply-adds dominate) and ``split_native`` for the last block, whose learned 1x1
-convs hold most of the weights (CondenseNet-74: as ``native`` the model stores 10.7M weights, 6.2M
-with a compact last block, equally fast), chosen by measurement
-(``tools/bench_condensenet_layout.py``, ``tools/bench_backbones.py``). The classifier is ``ChannelGather`` +
-``Dense``; every other layer keeps its weights.
+convs hold most of the weights (CondenseNet-74: as ``native`` the model stores 10.7M weights,
+6.2M with a compact last block, equally fast), chosen by measurement
+(``tools/bench_condensenet_layout.py``, ``tools/bench_backbones.py``). The classifier is
+``ChannelGather`` + ``Dense``; every other layer keeps its weights.
 """
 from __future__ import annotations
 
@@ -450,7 +450,8 @@ class NativeGroupConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         return tf.nn.convolution(inputs, kernel, strides=list(self.strides),
                                  padding=self.padding.upper(), dilations=list(self.dilation_rate),
-                                 data_format="NCHW" if self.data_format == "channels_first" else "NHWC")
+                                 data_format="NCHW" if self.data_format == "channels_first"
+                                 else "NHWC")
 
 
 def _conv_per_group(inputs: Any, kernels: Sequence[Any], data_format: str | None = None,
