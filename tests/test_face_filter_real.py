@@ -162,3 +162,31 @@ def test_defaults_rates_on_all_labelled_crops_at_128x64(tool, real):
     neg = np.array([r["view"] == "back" for r in rows])
     tpr, fpr = float(np.mean(s[pos] > 0)), float(np.mean(s[neg] > 0))
     assert tpr >= 0.7 and fpr <= 0.3, (tpr, fpr)
+
+
+def test_build_cuts_crops_skips_committed_ones_and_names_a_missing_source(tool, tmp_path):
+    import csv
+    import cv2
+
+    rows = tool.load_labels()
+    github = next(r for r in rows if r["source"].startswith("github:") and r["box"])
+    pets = next(r for r in rows if r["source"].startswith(PETS_SOURCE))
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([github, pets])
+    x, y, w, h = (int(v) for v in github["box"].split())
+    src = tmp_path / "src" / github["source"][len("github:"):].replace("/", "+") / github["path"]
+    src.parent.mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 256, (y + h + 5, x + w + 5, 3), dtype=np.uint8)
+    cv2.imwrite(str(src), image)
+    image = cv2.imread(str(src))                      # as stored (the source may be a JPEG)
+    data = tmp_path / "data"
+    # the PETS row's video is not there, but its crop is committed: skipped, not an error
+    assert tool.build(tmp_path / "src", data, labels) == 1
+    crop = cv2.imread(str(data / "images" / github["file"]))
+    assert crop.shape == (h, w, 3) and np.array_equal(crop, image[y:y + h, x:x + w])
+    src.unlink()
+    with pytest.raises(FileNotFoundError, match=github["source"]):
+        tool.build(tmp_path / "src", data, labels)

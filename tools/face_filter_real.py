@@ -110,16 +110,23 @@ def _source_file(sources: Path, row: dict) -> Path:
 
 def build(sources: Path, data: Path, labels: Path = LABELS) -> int:
     """Cut every labelled crop out of its source file into ``data/images``; fill in the native
-    width/height columns of labels.csv if they are empty. Returns the number of crops."""
+    width/height columns of labels.csv if they are empty. A crop whose source is not under
+    ``sources`` but which is committed (the PETS crops) is left to the committed copy. Returns
+    the number of crops cut."""
     import cv2
 
     rows = load_labels(labels)
     (data / "images").mkdir(parents=True, exist_ok=True)
     videos: dict[Path, dict[int, np.ndarray]] = {}
+    cut = 0
     for row in rows:
         src = _source_file(sources, row)
         if not src.exists():
-            raise FileNotFoundError(f"source file not found: {src}")
+            if (COMMITTED / "images" / row["file"]).exists():
+                continue
+            at = f" at commit {row['commit']}" if row["commit"] else ""
+            raise FileNotFoundError(f"source file not found: {src} (put {row['source']}{at} "
+                                    f"there, or pass the --sources folder that holds it)")
         if row["frame"]:
             frames = videos.setdefault(src, {})
             idx = int(row["frame"])
@@ -140,11 +147,12 @@ def build(sources: Path, data: Path, labels: Path = LABELS) -> int:
             img = img[max(0, y):y + h, max(0, x):x + w]
         cv2.imwrite(str(data / "images" / row["file"]), img)
         row["width"], row["height"] = str(img.shape[1]), str(img.shape[0])
+        cut += 1
     with open(labels, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return len(rows)
+    return cut
 
 
 def region(shape, crop: str) -> tuple[int, int]:
