@@ -12,11 +12,16 @@ NOISE = [
     b"error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
     b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
     b"appropriate compiler flags.\n",
+    b"E0000 00:00:1796057654.952810    4652 meta_optimizer.cc:967] remapper failed: INVALID_ARGUMENT: "
+    b"Mutation::Apply error: fanout 'unet_generator_1/up0_skip_1/concat' exist for missing node "
+    b"'unet_generator_1/down0_conv_1/BiasAdd'.\n",
 ]
 
 
 def test_filter_drops_noise_and_keeps_everything_else_byte_for_byte():
     keep = [b"error: datasets.market.root: /x does not exist\n", b"E0000 is not a TF line\n",
+            b"E0000 00:00:1796057654.9 4652 meta_optimizer.cc:967] remapper failed: INVALID_ARGUMENT: "
+            b"MutableGraphView::MutableGraphView error: node 'x' has self cycle fanin 'x'.\n",
             b"synthesising:  12%|##   | 80/718\r", b"synthesising:  13%|##   | 90/718\r", b"done\n"]
     stream = b"".join(NOISE[:2] + keep[:2] + NOISE[2:] + keep[2:])
     f = StderrFilter()

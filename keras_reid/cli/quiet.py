@@ -19,11 +19,17 @@ NOISE = re.compile(
     rb"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|[IWE]\d{4} [\d:.]+\s+\d+ (?:cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|"
     rb"cpu_feature_guard|cuda_dnn|cuda_fft|cuda_blas|port)\.cc:\d+\] .*"
+    rb"|E\d{4} [\d:.]+\s+\d+ meta_optimizer\.cc:\d+\] remapper failed: INVALID_ARGUMENT: "
+    rb"Mutation::Apply error: fanout '[^']*' exist for missing node '[^']*'\."
     rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)"
     rb"\r?\n$")
-"""Lines dropped: absl's pre-initialisation banner, TensorFlow's CUDA/CPU-feature start-up notes
-and the TFLite interpreter's XNNPACK notice (``keras-reid export --format tflite``)."""
+"""Lines dropped: absl's pre-initialisation banner, TensorFlow's CUDA/CPU-feature start-up notes,
+the TFLite interpreter's XNNPACK notice (``keras-reid export --format tflite``) and Grappler's
+"remapper failed ... fanout ... exist for missing node" (a known TensorFlow bug when a fused
+Conv2D + BiasAdd + activation's BiasAdd has another consumer, e.g. pix2pix's U-Net skips and
+LeakyReLU gradients: the remapper skips that graph, which then runs as written; every other
+Grappler error is kept)."""
 
 _PREFIXES = (b"WARNING: All log messages", b"I0", b"W0", b"E0", b"I1", b"W1", b"E1",
              b"To enable the following", b"INFO: Created TensorFlow Lite")
