@@ -21,8 +21,8 @@ Part 1, single operations at one representative layer per dense block of Condens
 Part 2, the whole converted model in each layout (``convert(model, layout=...)``: all ``dense``,
 all ``split``, all ``grouped``, all ``native``, the default: dense for blocks 1-2, native for 3-4,
 split_native for 5, three neighbours of it and the previous default, dense 1-3 + split 4-5),
-Keras with XLA (``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads; ``--no-tflite`` leaves it
-out), per batch.
+Keras with XLA (``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads;
+``--no-tflite`` leaves it out), per batch.
 
 Part 3, training: one SGD step (batch 32, softmax on the logits) of the trained form for each
 ``preset@HxW`` of ``--train``, with its 3x3 group convs as ``GroupConv2D`` (G plain convs on

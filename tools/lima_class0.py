@@ -38,8 +38,11 @@ def run_folders(paths: list[Path]) -> list[Path]:
 
 
 def table(runs: list[Path], models: list[str], baseline: str) -> dict:
-    """Per run and model the two rates; per model mean, std and the paired difference to
-    ``baseline`` (runs missing a model are left out of that model's figures)."""
+    """Per run and model the two rates; per model their mean and sample std over the runs that
+    have it (``keras_reid.repeats.aggregate_mapping``) and the paired difference to ``baseline``
+    (``keras_reid.repeats.paired_differences``: mean, standard error, n)."""
+    from keras_reid.repeats import aggregate_mapping, paired_differences
+
     per_run = {}
     for run in runs:
         rates = {}
@@ -48,21 +51,23 @@ def table(runs: list[Path], models: list[str], baseline: str) -> dict:
             if f.exists():
                 rates[model] = class0_rates(json.loads(f.read_text())["matrix"])
         per_run[str(run)] = rates
+
+    def metrics(model: str) -> list[dict | None]:
+        return [dict(zip(("people_to_0", "class0_recall"), r[model])) if model in r else None
+                for r in per_run.values()]
+
     summary = {}
     for model in models:
-        have = [r for r in per_run.values() if model in r]
-        if not have:
+        values = metrics(model)
+        if not any(values):
             continue
-        a = np.array([r[model] for r in have])
-        entry = {"n": len(a), "people_to_0": a[:, 0].mean(), "class0_recall": a[:, 1].mean(),
-                 "people_to_0_std": a[:, 0].std(ddof=1) if len(a) > 1 else 0.0,
-                 "class0_recall_std": a[:, 1].std(ddof=1) if len(a) > 1 else 0.0}
-        pairs = [r for r in have if baseline in r]
-        if model != baseline and pairs:
-            d = np.array([np.subtract(r[model], r[baseline]) for r in pairs])
-            se = d.std(axis=0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.zeros(2)
-            entry["paired"] = {"n": len(d), "people_to_0": d[:, 0].mean(), "people_to_0_se": se[0],
-                               "class0_recall": d[:, 1].mean(), "class0_recall_se": se[1]}
+        entry = aggregate_mapping(values)
+        if model != baseline:
+            diff = paired_differences(values, metrics(baseline))
+            if diff:
+                entry["paired"] = {"n": diff["people_to_0"]["n"]}
+                for key, d in diff.items():
+                    entry["paired"][key], entry["paired"][f"{key}_se"] = d["mean"], d["se"]
         summary[model] = entry
     return {"runs": per_run, "models": summary, "baseline": baseline}
 
@@ -86,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         print(run + ": " + "  ".join(f"{m} {p:.1f}% / {c:.1f}%" for m, (p, c) in rates.items()))
     print(f"{'model':10s} {'people -> class 0':>20s} {'class-0 recall':>18s}   paired vs {res['baseline']} "
           "(mean +- SE)")
+    def pm(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
     for model, e in res["models"].items():
-        line = (f"{model:10s} {e['people_to_0']:9.1f} +- {e['people_to_0_std']:4.1f}% "
-                f"{e['class0_recall']:9.1f} +- {e['class0_recall_std']:4.1f}%")
+        line = (f"{model:10s} {e['people_to_0']:9.1f} +- {pm(e['people_to_0_std']):>4s}% "
+                f"{e['class0_recall']:9.1f} +- {pm(e['class0_recall_std']):>4s}%")
         if "paired" in e:
             p = e["paired"]
-            line += (f"   {p['people_to_0']:+.1f} +- {p['people_to_0_se']:.1f} / "
-                     f"{p['class0_recall']:+.1f} +- {p['class0_recall_se']:.1f} (n={p['n']})")
+            line += (f"   {p['people_to_0']:+.1f} +- {pm(p['people_to_0_se'])} / "
+                     f"{p['class0_recall']:+.1f} +- {pm(p['class0_recall_se'])} (n={p['n']})")
         print(line)
     return 0
 
