@@ -132,6 +132,41 @@ def test_group_lasso_adds_a_model_loss():
     assert len(model.losses) > 0 and float(sum(np.asarray(v) for v in model.losses)) > 0
 
 
+def test_default_layout_per_block_count():
+    """dense for the first two blocks, split_native (compact 1x1) for the last two, native
+    between (CondenseNet-74: dense 1-2, native 3, split_native 4-5)."""
+    from keras_reid_plugins.backbones._condensenet_model import block_layouts
+
+    assert block_layouts(None, 5) == ["dense", "dense", "native", "split_native", "split_native"]
+    assert block_layouts(None, 3) == ["dense", "dense", "split_native"]
+    assert block_layouts(None, 2) == ["dense", "dense"]
+    assert block_layouts("native", 2) == ["native", "native"]
+
+
+def test_batchnorm_relu_equals_batchnorm_then_relu_and_refuses_training():
+    """The converted model's BatchNormReLU (TensorFlow's fused batch norm + ReLU) computes
+    relu(BatchNormalization(x)) in inference with the same weights, and says it cannot train."""
+    import keras
+
+    from keras_reid_plugins.backbones._condensenet_model import BatchNormReLU
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 4, 6)).astype("float32")
+    bn, fused = keras.layers.BatchNormalization(), BatchNormReLU()
+    bn.build(x.shape)
+    fused.build(x.shape)
+    weights = [rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.5, 6), rng.normal(0, 0.5, 6), rng.uniform(0.2, 2, 6)]
+    bn.set_weights([w.astype("float32") for w in weights])
+    fused.set_weights(bn.get_weights())
+    expected = np.maximum(np.asarray(bn(x, training=False)), 0)
+    assert (expected == 0).any() and (expected > 0).any()
+    np.testing.assert_allclose(np.asarray(fused(x, training=False)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="inference-only"):
+        fused(x, training=True)
+    with pytest.raises(ValueError, match="4-D channels-last"):
+        BatchNormReLU().build((2, 6))
+
+
 @pytest.mark.parametrize("condensations,layout", [
     (2, None), (3, "split"), (3, "native"), (3, ["dense", "grouped", "split"]),
     (3, ["native", "dense", "dense"]), (3, ["dense", "split_native", "native"])])
@@ -161,7 +196,8 @@ def test_converted_model_equals_trained_model(condensations, layout):
     b = converted(x, training=False)
     for key in ("embedding", "features", "logits"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-4, rtol=1e-4)
-    if layout is None:  # dense 1-2, the last block split_native
+    if layout is None:  # dense 1-2, the last block split_native (of 3 here)
+        assert type(converted.get_layer("block1_layer1_bn1")).__name__ == "BatchNormReLU"
         assert isinstance(converted.get_layer("block3_layer1_lgc_split"), CondensedPointwise)
         assert converted.get_layer("block3_layer1_conv2_native").groups == 4
     if layout in ("split", "grouped"):  # compact everywhere (dense blocks store the zeros)

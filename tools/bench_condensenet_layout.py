@@ -10,8 +10,11 @@ Part 1, single operations at one representative layer per dense block of Condens
   ``grouped_xla`` gather + ``Conv2D(groups=4)`` (Keras runs it through one XLA call) + shuffle
   (the first converted form); ``dense`` one plain 1x1 conv with the block-sparse kernel (gather and
   shuffle folded into the weights, 4x the MACs); ``split`` per group a gather + plain 1x1 conv,
-  concat, one channel gather for the shuffle; ``einsum`` one gather + ``einsum('xgn,gnp->xpg')``
-  (shuffle folded into the output order); ``matmul_split`` as ``split`` with reshaped 2-D matmuls;
+  concat, one channel gather for the shuffle (what the ``split`` layouts ran before ``rows``);
+  ``einsum`` one gather + ``einsum('xgn,gnp->xpg')`` (shuffle folded into the output order);
+  ``matmul_split`` as ``split`` with reshaped 2-D matmuls; ``rows`` (what ``CondensedPointwise``,
+  the ``split`` layouts' 1x1, runs): channels as rows (one transpose), one gather of whole rows,
+  one batched matmul, the transpose back putting the outputs in shuffled order;
 * the pieces alone: ``gather`` (one channel gather of all kept inputs), ``shuffle`` (reshape +
   transpose), ``concat`` (the dense connectivity's copy of the block input plus k channels);
 * 3x3 group conv (``4k -> k``, 4 groups): ``grouped_xla`` (Keras), ``dense`` block-diagonal kernel
@@ -19,8 +22,8 @@ Part 1, single operations at one representative layer per dense block of Condens
   grouped convolution, ``tf.nn.conv2d`` with the grouped kernel; what ``NativeGroupConv2D`` runs).
 
 Part 2, the whole converted model in each layout (``convert(model, layout=...)``: all ``dense``,
-all ``split``, all ``grouped``, all ``native``, the default: dense for blocks 1-2, native for 3-4,
-split_native for 5, three neighbours of it and the previous default, dense 1-3 + split 4-5),
+all ``split``, all ``grouped``, all ``native``, the default: dense for blocks 1-2, native for 3,
+split_native for 4-5, three neighbours of it and the two previous defaults),
 Keras with XLA (``jit_compile``) off and on and the TFLite export (XNNPACK, 2 threads;
 ``--no-tflite`` leaves it out), per batch.
 
@@ -96,6 +99,9 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
             "lgc_matmul_split": lambda v: tf.gather(tf.reshape(tf.concat(
                 [tf.matmul(tf.reshape(tf.gather(v, kept[g], axis=-1), (-1, n)), kb[g]) for g in range(G)],
                 -1), (*v.shape[:3], out)), perm, axis=-1),
+            "lgc_rows": lambda v: tf.reshape(tf.transpose(tf.matmul(
+                tf.reshape(tf.gather(tf.transpose(tf.reshape(v, (-1, cin))), idx), (G, n, -1)), kb,
+                transpose_a=True), (1, 2, 0)), (*v.shape[:3], out)),
             "gather": lambda v: tf.gather(v, idx, axis=-1),
             "concat": lambda v: tf.concat([v, v[..., :k]], -1),
         }
@@ -115,7 +121,7 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
             fn = tf.function(f)
             calls[name] = (lambda fn=fn: fn(y).numpy())
         ref = calls["lgc_dense"]()
-        for name in ("lgc_grouped_xla", "lgc_split", "lgc_einsum", "lgc_matmul_split"):
+        for name in ("lgc_grouped_xla", "lgc_split", "lgc_einsum", "lgc_matmul_split", "lgc_rows"):
             assert np.allclose(calls[name](), ref, atol=1e-3), name  # the options compute the same
         ref3 = calls["conv3_dense"]()
         for name in ("conv3_grouped_xla", "conv3_split", "conv3_native"):
@@ -133,10 +139,12 @@ LAYOUT_CHOICES = {
     "dense": "dense",
     "split": "split",
     "native": "native",
-    "default (dense 1-2, native 3-4, split_native 5)": None,
+    "default (dense 1-2, native 3, split_native 4-5)": None,
     "dense 1-2, native 3-5": ["dense"] * 2 + ["native"] * 3,
-    "dense 1, native 2-4, split_native 5": ["dense"] + ["native"] * 3 + ["split_native"],
+    "dense 1, native 2-3, split_native 4-5": ["dense"] + ["native"] * 2 + ["split_native"] * 2,
     "dense 1-2, split_native 3-5": ["dense"] * 2 + ["split_native"] * 3,
+    "dense 1-2, native 3-4, split_native 5 (the default before)": ["dense"] * 2 + ["native"] * 2
+    + ["split_native"],
     "dense 1-3, split 4-5 (the default before native)": ["dense"] * 3 + ["split"] * 2,
 }
 

@@ -64,12 +64,14 @@ G plain convolutions on channel slices; see its docstring for why).
 
 The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BLOCKS` blocks
 (large feature maps, few channels: TensorFlow's and XNNPACK's grouped convolutions are slower
-there than the block-diagonal dense one), ``native`` after them (smaller maps, more channels:
-the 3x3 multiply-adds dominate) and ``split_native`` for the last block, whose learned 1x1
-convs hold most of the weights (CondenseNet-74: as ``native`` the model stores 10.7M weights,
-6.2M with a compact last block, equally fast), chosen by measurement
-(``tools/bench_condensenet_layout.py``, ``tools/bench_backbones.py``). The classifier is
-``ChannelGather`` + ``Dense``; every other layer keeps its weights.
+there than the block-diagonal dense one), ``split_native`` for the last
+:data:`DEFAULT_COMPACT_BLOCKS` (small maps, many input channels: the compact 1x1 as a row gather
++ batched matmul beats the dense one with 4x the multiply-adds, and these blocks hold most of
+the weights: CondenseNet-74 stores 10.7M weights with all of them ``native``, 5.0M like this)
+and ``native`` between, chosen by measurement (``tools/bench_condensenet_layout.py``,
+``tools/bench_backbones.py``). Every dense layer's BatchNorm + ReLU on its concatenated input
+(and the final one) is one :class:`BatchNormReLU`. The classifier is ``ChannelGather`` +
+``Dense``; every other layer keeps its weights.
 """
 from __future__ import annotations
 
@@ -501,18 +503,18 @@ def _conv_per_group(inputs: Any, kernels: Sequence[Any], data_format: str | None
 
 #: layouts of the converted model's dense blocks (see the module docstring)
 LAYOUTS = ("dense", "native", "split_native", "split", "grouped")
-#: the default converted layout: ``dense`` for this many first blocks, ``native`` after them and
-#: ``split_native`` for the last block (see the module docstring)
+#: the default converted layout: ``dense`` for this many first blocks, ``split_native`` for the
+#: last :data:`DEFAULT_COMPACT_BLOCKS` after them, ``native`` between (see the module docstring)
 DEFAULT_DENSE_BLOCKS = 2
+DEFAULT_COMPACT_BLOCKS = 2
 
 
 def block_layouts(layout: str | Sequence[str] | None, blocks: int) -> list[str]:
     """One layout per dense block: ``None`` = the default, a name = every block, or a list."""
     if layout is None:
         dense = min(DEFAULT_DENSE_BLOCKS, blocks)
-        chosen = ["dense"] * dense + ["native"] * (blocks - dense)
-        if blocks > dense:
-            chosen[-1] = "split_native"
+        compact = min(DEFAULT_COMPACT_BLOCKS, blocks - dense)
+        chosen = ["dense"] * dense + ["native"] * (blocks - dense - compact) + ["split_native"] * compact
     elif isinstance(layout, str):
         chosen = [layout] * blocks
     else:

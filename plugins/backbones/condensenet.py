@@ -144,7 +144,7 @@ class CondenseNetBackbone:
         any number of condensations done) with the same outputs in inference mode. ``layout``:
         how each dense block runs, ``dense`` / ``native`` / ``split_native`` / ``split`` /
         ``grouped`` or a list with one per block (None: the measured default, dense for the
-        first two blocks, native after them and split_native for the last; see
+        first two blocks, split_native for the last two, native between; see
         ``_condensenet_model``)."""
         from keras_reid_plugins.backbones._condensenet_model import convert_model  # deferred: Keras, keeps plugin discovery light
 
