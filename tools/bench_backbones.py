@@ -3,7 +3,7 @@ condensenet (trained/masked form) and condensenet converted (inference form).
 
     python tools/bench_backbones.py [--size 256x128] [--classes 751] [--batches 1,32] [--runs 10]
                                     [--groups 4] [--condense-factor 4] [--imagenet] [--jit]
-                                    [--no-tflite] [--json]
+                                    [--threads N] [--no-tflite] [--json]
 
 * ``params``: all weights of the re-ID model (trainable and not; the condensenet masks and step
   counters included in the trained form, as saved); ``nonzero_params`` those that are not zero
@@ -19,7 +19,9 @@ condensenet (trained/masked form) and condensenet converted (inference form).
 * ``ms_per_image``: CPU wall time per image, ``{runtime: {batch: {median, min}}}``: ``keras`` =
   ``model(x, training=False)`` in a ``tf.function`` (XLA only with ``--jit``), ``tflite`` = the
   model converted by ``tf.lite.TFLiteConverter.from_keras_model`` run by the TFLite interpreter
-  with ``num_threads=2`` (default delegates: XNNPACK). ``--runs`` timed calls at batch 1 (half
+  with ``num_threads=2`` (default delegates: XNNPACK; ``--threads N``: N threads for TFLite and
+  TensorFlow's intra-op pool, one inter-op thread; ``--threads 1`` shows what each model gets
+  from the second core). ``--runs`` timed calls at batch 1 (half
   as many, at least 3, at larger batches) after 2 warm-up calls, the models timed round-robin
   (one call of each per round) so that a changing load on a shared machine hits all of them
   alike; ``resnet50_over_this`` is resnet50's median over the model's, same setting, same run.
@@ -178,12 +180,22 @@ def main(argv=None) -> int:
     parser.add_argument("--imagenet", action="store_true",
                         help="add condensenet rows at 224x224 with 1000 classes (Keras batch 1)")
     parser.add_argument("--jit", action="store_true", help="time XLA-compiled Keras calls (jit_compile)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for TFLite and TensorFlow's intra-op pool (one inter-op thread); "
+                             "default: TensorFlow's default and 2 for TFLite")
     parser.add_argument("--no-tflite", action="store_true", help="leave out the TFLite export")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     shape = (h, w, 3)
     batches = [int(b) for b in args.batches.split(",")]
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from keras_reid.registry import REGISTRY
 
@@ -209,7 +221,7 @@ def main(argv=None) -> int:
         runs = args.runs if batch == 1 else max(3, args.runs // 2)
         settings = {"keras": {n: keras_runner(m, x, args.jit) for n, m in models.items()}}
         if blobs:
-            settings["tflite"] = {n: tflite_runner(b, x) for n, b in blobs.items()}
+            settings["tflite"] = {n: tflite_runner(b, x, args.threads or 2) for n, b in blobs.items()}
         for runtime, calls in settings.items():
             ms = interleaved_ms(calls, batch, runs)
             for r in rows:
@@ -232,7 +244,8 @@ def main(argv=None) -> int:
                          "flops_masked": masked, "input": "224x224", "classes": 1000,
                          "jit_compile": args.jit, "ms_per_image": {"keras": {"1": ms[name]}}})
     load = {"loadavg_before": [round(v, 2) for v in load_before],
-            "loadavg_after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()}
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
+            "threads": args.threads}
     if args.json:
         print(json.dumps({"machine": load, "rows": rows}, indent=1))
     else:
