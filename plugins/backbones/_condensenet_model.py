@@ -50,9 +50,9 @@ convs (:data:`LAYOUTS`):
   grouped ``CONV_2D`` in TFLite): compact 3x3 multiply-adds, no gather, shuffle or XLA call.
 * ``split_native``: the learned 1x1 conv as in ``split`` (compact weights) and the 3x3 group conv
   as in ``native``.
-* ``split``: :class:`CondensedPointwise` (per group a gather of its kept inputs and a 1x1
-  conv, concatenated, one channel gather back to the o mod G order, the BatchNorm folded + ReLU)
-  and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
+* ``split``: :class:`CondensedPointwise` (the compact 1x1 with the channels as rows: one gather
+  of the groups' kept input rows, one batched matmul, the transpose back doing the shuffle; the
+  BatchNorm folded + ReLU) and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
   weights and multiply-adds.
 * ``grouped``: ``ChannelGather`` (the kept inputs of group 0, then group 1, ...) +
   ``GroupConv2D(out, 1, groups=G)`` + ``ChannelShuffle(G)`` + BatchNorm, and the trained 3x3
@@ -67,7 +67,7 @@ The default (``layout=None``) is ``dense`` for the first :data:`DEFAULT_DENSE_BL
 there than the block-diagonal dense one), ``split_native`` for the last
 :data:`DEFAULT_COMPACT_BLOCKS` (small maps, many input channels: the compact 1x1 as a row gather
 + batched matmul beats the dense one with 4x the multiply-adds, and these blocks hold most of
-the weights: CondenseNet-74 stores 10.7M weights with all of them ``native``, 5.0M like this)
+the weights: CondenseNet-74 stores 10.7M weights with all of them ``native``, 4.8M like this)
 and ``native`` between, chosen by measurement (``tools/bench_condensenet_layout.py``,
 ``tools/bench_backbones.py``). Every dense layer's BatchNorm + ReLU on its concatenated input
 (and the final one) is one :class:`BatchNormReLU`. The classifier is ``ChannelGather`` +
