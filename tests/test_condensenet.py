@@ -173,7 +173,8 @@ def test_batchnorm_relu_equals_batchnorm_then_relu_and_refuses_training():
 def test_converted_model_equals_trained_model(condensations, layout):
     import keras
 
-    from keras_reid_plugins.backbones._condensenet_model import CondensedPointwise, CondensingDense
+    from keras_reid_plugins.backbones._condensenet_model import (BatchNormReLU, CondensedPointwise,
+                                                                 CondensingDense)
 
     bb = _backbone()
     model = bb.build(SHAPE, 5)
@@ -197,7 +198,7 @@ def test_converted_model_equals_trained_model(condensations, layout):
     for key in ("embedding", "features", "logits"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-4, rtol=1e-4)
     if layout is None:  # dense 1-2, the last block split_native (of 3 here)
-        assert type(converted.get_layer("block1_layer1_bn1")).__name__ == "BatchNormReLU"
+        assert isinstance(converted.get_layer("block1_layer1_bn1"), BatchNormReLU)
         assert isinstance(converted.get_layer("block3_layer1_lgc_split"), CondensedPointwise)
         assert converted.get_layer("block3_layer1_conv2_native").groups == 4
     if layout in ("split", "grouped"):  # compact everywhere (dense blocks store the zeros)

@@ -57,6 +57,8 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
     """Part 1 (module docstring): one dict per block with the options' times."""
     import tensorflow as tf
 
+    from keras_reid_plugins.backbones._condensenet_model import rows_pointwise
+
     rng = np.random.default_rng(seed)
     rows = []
     ch = 2 * GROWTH[0]
@@ -99,9 +101,7 @@ def layer_options(h: int, w: int, batch: int, runs: int, seed: int = 0) -> list[
             "lgc_matmul_split": lambda v: tf.gather(tf.reshape(tf.concat(
                 [tf.matmul(tf.reshape(tf.gather(v, kept[g], axis=-1), (-1, n)), kb[g]) for g in range(G)],
                 -1), (*v.shape[:3], out)), perm, axis=-1),
-            "lgc_rows": lambda v: tf.reshape(tf.transpose(tf.matmul(
-                tf.reshape(tf.gather(tf.transpose(tf.reshape(v, (-1, cin))), idx), (G, n, -1)), kb,
-                transpose_a=True), (1, 2, 0)), (*v.shape[:3], out)),
+            "lgc_rows": lambda v: rows_pointwise(v, idx, kb),
             "gather": lambda v: tf.gather(v, idx, axis=-1),
             "concat": lambda v: tf.concat([v, v[..., :k]], -1),
         }

@@ -52,8 +52,8 @@ convs (:data:`LAYOUTS`):
   as in ``native``.
 * ``split``: :class:`CondensedPointwise` (the compact 1x1 with the channels as rows: one gather
   of the groups' kept input rows, one batched matmul, the transpose back doing the shuffle; the
-  BatchNorm folded + ReLU) and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on channel slices): compact
-  weights and multiply-adds.
+  BatchNorm folded + ReLU) and :class:`SplitGroupConv` (the 3x3 group conv as G plain convs on
+  channel slices): compact weights and multiply-adds.
 * ``grouped``: ``ChannelGather`` (the kept inputs of group 0, then group 1, ...) +
   ``GroupConv2D(out, 1, groups=G)`` + ``ChannelShuffle(G)`` + BatchNorm, and the trained 3x3
   ``GroupConv2D``: the first converted form (then with Keras's ``Conv2D(groups=G)``, which runs
@@ -333,6 +333,21 @@ class ChannelShuffle(keras.layers.Layer):
         return {**super().get_config(), "groups": self.groups}
 
 
+def rows_pointwise(inputs: Any, indices: np.ndarray, kernel: Any) -> Any:
+    """A condensed 1x1 conv with the channels as rows: ``inputs`` [..., in] channels-last,
+    ``indices`` the G groups' kept input channels concatenated (G x n), ``kernel`` [G, n, per].
+    One transpose, one gather of whole rows, one batched matmul, and the transpose back to
+    channels-last, which puts output j of group g at channel j * G + g (the channel shuffle).
+    What :class:`CondensedPointwise` runs (``tools/bench_condensenet_layout.py`` times it as
+    ``lgc_rows``)."""
+    groups, n, per = (int(v) for v in kernel.shape)
+    shape = tf.shape(inputs)
+    rows = tf.transpose(tf.reshape(inputs, (-1, int(inputs.shape[-1]))))
+    picked = tf.reshape(tf.gather(rows, indices), (groups, n, -1))  # [G, n, pixels]
+    y = tf.matmul(picked, kernel, transpose_a=True)  # [G, pixels, per]
+    return tf.reshape(tf.transpose(y, (1, 2, 0)), tf.concat([shape[:-1], [groups * per]], 0))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CondensedPointwise(keras.layers.Layer):
     """A condensed learned group conv (``split`` layout): ``activation(conv1x1 + bias)`` where
@@ -342,7 +357,7 @@ class CondensedPointwise(keras.layers.Layer):
     the channels as rows: one gather of the G groups' kept input rows, one batched matmul, and a
     transpose back to channels-last that leaves the outputs in the o mod G order. (Per group a
     channel gather and a 1x1 conv, concatenated and put back in order by a second channel
-    gather, computes the same 1.3-2.2x slower: a gather along the last axis copies single
+    gather, computes the same 1.3-2.3x slower: a gather along the last axis copies single
     floats.) ``bias`` holds a folded BatchNorm.
     """
 
@@ -365,14 +380,8 @@ class CondensedPointwise(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
 
     def call(self, inputs: Any) -> Any:
-        # y[pixel, j, g] = output j * G + g: the transpose back is the channel shuffle
-        c, n, per = int(inputs.shape[-1]), len(self.indices[0]), self.filters // self.groups
-        shape = tf.shape(inputs)
-        rows = tf.transpose(tf.reshape(inputs, (-1, c)))
-        picked = tf.reshape(tf.gather(rows, self._flat), (self.groups, n, -1))  # [G, n, pixels]
-        y = tf.matmul(picked, tf.reshape(self.kernel, (self.groups, n, per)), transpose_a=True)
-        y = tf.reshape(tf.transpose(y, (1, 2, 0)), tf.concat([shape[:-1], [self.filters]], 0))
-        return self.activation(y + self.bias)
+        kernel = tf.reshape(self.kernel, (self.groups, len(self.indices[0]), self.filters // self.groups))
+        return self.activation(rows_pointwise(inputs, self._flat, kernel) + self.bias)
 
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple:
         return (*input_shape[:-1], self.filters)
